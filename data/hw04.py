@@ -1,0 +1,186 @@
+"""Reading and validating the HW04 ``Dataset/`` layout (see ../shared/HW04.md).
+
+The layout::
+
+    mapping.json    {"speaker2id": {"id00464": 0, ...}, "id2speaker": {"0": "id00464", ...}}
+    metadata.json   {"n_mels": 40, "speakers": {"id03074": [{"feature_path": "uttr-....pt", "mel_len": 435}, ...]}}
+    testdata.json   {"n_mels": 40, "utterances": [{"feature_path": "uttr-....pt", "mel_len": 813}, ...]}
+    uttr-<hex>.pt   float32 tensor (mel_len, n_mels), loadable with torch.load(weights_only=True)
+
+``read_layout`` checks the json files and that every referenced file exists (cheap); the tensors
+themselves are checked one by one by ``load_features`` (shape, dtype, finite values), which the feature
+bank calls while packing, so a broken file is found exactly once and named.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data.errors import DataError
+
+SILENCE = math.log(1e-9)  # -20.72: HW04 clamps power at 1e-9 before the log
+PAD_VALUE = -20.0  # the sample code pads with -20 (about silence); masks make the value irrelevant
+
+
+@dataclass(frozen=True)
+class Utterance:
+    feature_path: str  # file name inside the dataset folder
+    mel_len: int  # frames, as metadata says
+    label: int  # speaker id from mapping.json; -1 for test utterances
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A validated HW04 folder: json contents, with every referenced file known to exist."""
+
+    root: Path
+    n_mels: int
+    id2speaker: list[str]  # label -> speaker name, e.g. id2speaker[0] == "id00464"
+    train: list[Utterance]  # in metadata order (speaker by speaker)
+    test: list[Utterance]  # in testdata.json order: the order of the submission rows
+
+    @property
+    def n_speakers(self) -> int:
+        return len(self.id2speaker)
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise DataError(f"{path}: expected a JSON object at the top level")
+    return value
+
+
+def _entry(path: Path, where: str, item: object) -> tuple[str, int]:
+    """Validate one {"feature_path", "mel_len"} entry; returns (feature_path, mel_len)."""
+    if not isinstance(item, dict) or "feature_path" not in item or "mel_len" not in item:
+        raise DataError(f"{path}: {where} needs 'feature_path' and 'mel_len'")
+    name, mel_len = item["feature_path"], item["mel_len"]
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name or name.startswith("."):
+        raise DataError(f"{path}: {where} has an invalid feature_path {name!r}")
+    if isinstance(mel_len, bool) or not isinstance(mel_len, int) or mel_len <= 0:
+        raise DataError(f"{path}: {where} ({name}) has an invalid mel_len {mel_len!r}")
+    return name, mel_len
+
+
+def _n_mels(path: Path, doc: dict) -> int:
+    n_mels = doc.get("n_mels")
+    if isinstance(n_mels, bool) or not isinstance(n_mels, int) or n_mels <= 0:
+        raise DataError(f"{path}: 'n_mels' must be a positive integer, got {n_mels!r}")
+    return n_mels
+
+
+def read_layout(root: str | Path) -> Layout:
+    """Read and validate the json files of an HW04 folder; raise DataError naming the problem."""
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"{root}: data folder not found")
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder")
+
+    mapping_path, meta_path, test_path = root / "mapping.json", root / "metadata.json", root / "testdata.json"
+    mapping = _read_json(mapping_path)
+    speaker2id = mapping.get("speaker2id")
+    if not isinstance(speaker2id, dict) or not speaker2id:
+        raise DataError(f"{mapping_path}: 'speaker2id' must be a non-empty object")
+    ids = sorted(speaker2id.values(), key=lambda v: (not isinstance(v, int), v if isinstance(v, int) else 0))
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in ids) or ids != list(range(len(ids))):
+        raise DataError(f"{mapping_path}: speaker2id values must be the integers 0..{len(speaker2id) - 1}, each once")
+    id2speaker = [""] * len(speaker2id)
+    for name, label in speaker2id.items():
+        id2speaker[label] = name
+    id2 = mapping.get("id2speaker")
+    if id2 is not None and (not isinstance(id2, dict) or any(id2.get(str(i)) != s for i, s in enumerate(id2speaker))):
+        raise DataError(f"{mapping_path}: 'id2speaker' disagrees with 'speaker2id'")
+
+    meta = _read_json(meta_path)
+    n_mels = _n_mels(meta_path, meta)
+    speakers = meta.get("speakers")
+    if not isinstance(speakers, dict) or not speakers:
+        raise DataError(f"{meta_path}: 'speakers' must be a non-empty object of speaker -> utterances")
+    train: list[Utterance] = []
+    for speaker, items in speakers.items():
+        if speaker not in speaker2id:
+            raise DataError(f"{meta_path}: speaker {speaker!r} is not in mapping.json")
+        if not isinstance(items, list) or not items:
+            raise DataError(f"{meta_path}: speaker {speaker!r} has no utterances")
+        for i, item in enumerate(items):
+            name, mel_len = _entry(meta_path, f"speakers[{speaker!r}][{i}]", item)
+            train.append(Utterance(name, mel_len, speaker2id[speaker]))
+
+    test_doc = _read_json(test_path)
+    test_n_mels = _n_mels(test_path, test_doc)
+    if test_n_mels != n_mels:
+        raise DataError(f"{test_path}: n_mels {test_n_mels} disagrees with metadata.json's {n_mels}")
+    items = test_doc.get("utterances")
+    if not isinstance(items, list) or not items:
+        raise DataError(f"{test_path}: 'utterances' must be a non-empty list")
+    test = [Utterance(*_entry(test_path, f"utterances[{i}]", item), -1) for i, item in enumerate(items)]
+
+    seen: set[str] = set()
+    for utt in train + test:
+        if utt.feature_path in seen:
+            raise DataError(f"{root}: {utt.feature_path} is listed twice")
+        seen.add(utt.feature_path)
+    present = {p.name for p in root.iterdir()}
+    missing = [u.feature_path for u in train + test if u.feature_path not in present]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise DataError(f"{root / missing[0]}: feature file not found{more}")
+    return Layout(root, n_mels, id2speaker, train, test)
+
+
+def load_features(root: Path, utt: Utterance, n_mels: int) -> torch.Tensor:
+    """Load one utterance's (mel_len, n_mels) float32 tensor, refusing anything but a plain tensor.
+
+    ``weights_only=True`` refuses pickled objects (arbitrary code) outright.
+    """
+    path = root / utt.feature_path
+    try:
+        value = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(f"{path}: cannot load as a plain tensor with weights_only=True ({reason[:160]})") from None
+    if not isinstance(value, torch.Tensor):
+        raise DataError(f"{path}: holds a {type(value).__name__}, expected a tensor")
+    if value.dtype != torch.float32:
+        raise DataError(f"{path}: dtype {str(value.dtype).removeprefix('torch.')}, expected float32")
+    if value.dim() != 2 or value.shape[1] != n_mels:
+        raise DataError(f"{path}: shape {tuple(value.shape)}, expected (mel_len, {n_mels}) (n_mels from metadata.json)")
+    if value.shape[0] != utt.mel_len:
+        raise DataError(f"{path}: {value.shape[0]} frames, but the json says mel_len {utt.mel_len}")
+    if not torch.isfinite(value).all():
+        raise DataError(f"{path}: contains NaN or infinite values")
+    return value
+
+
+def stratified_split(labels: np.ndarray, valid_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split utterance indices into (train, valid), taking the same share of every speaker.
+
+    Fixed by the seed alone: the same labels and seed give the same split on any machine. A speaker
+    with a single utterance keeps it for training.
+    """
+    if not 0.0 < valid_fraction < 1.0:
+        raise ValueError(f"valid_fraction must be in (0, 1), got {valid_fraction}")
+    rng = np.random.default_rng(seed)
+    train, valid = [], []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        members = members[rng.permutation(len(members))]
+        n_valid = min(len(members) - 1, max(1, round(valid_fraction * len(members))))
+        valid.append(members[:n_valid])
+        train.append(members[n_valid:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(valid))

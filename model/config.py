@@ -1,0 +1,56 @@
+"""The model configuration: one plain dataclass, defaults equal to the HW04 sample code's model."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+
+@dataclass
+class ModelConfig:
+    n_mels: int = 40  # input features per frame (HW04: 40 log-mel bins)
+    n_classes: int = 600  # speakers to tell apart
+    # --- encoder ---
+    encoder: str = "transformer"  # name in model.registry.ENCODERS
+    d_model: int = 80  # encoder width; the prenet maps n_mels -> d_model
+    layers: int = 1  # encoder blocks
+    nhead: int = 2  # attention heads; must divide d_model
+    ffn: int = 256  # feed-forward hidden size
+    dropout: float = 0.1
+    norm_first: bool = False  # pre-norm: deeper stacks train at lr 1e-3 (the sample is post-norm)
+    conformer_kernel: int = 31  # depthwise convolution kernel (conformer only)
+    subsampling: bool = False  # conv2d front end with 4x fewer frames (conformer only)
+    # --- pooling over time: (B, T, d) -> (B, d') ---
+    pooling: str = "mean"  # name in model.registry.POOLINGS
+    # --- head: pooled vector -> embedding ---
+    head: str = "mlp"  # "mlp": Linear -> Sigmoid (the sample's); "linear": the pooled vector itself
+    head_hidden: int = 80  # width of the mlp head's hidden layer (sample code: d_model)
+    # --- classification layer and loss: embedding -> logits ---
+    loss: str = "ce"  # name in model.registry.LOSSES
+    label_smoothing: float = 0.0  # cross-entropy only
+    margin: float = 0.2  # additive (am) or angular (aam) margin
+    scale: float = 30.0  # logit scale s of the cosine losses
+    # --- SpecAugment (training only) ---
+    time_masks: int = 0  # number of time masks per crop
+    time_mask_width: int = 0  # max frames per time mask
+    freq_masks: int = 0  # number of frequency masks
+    freq_mask_width: int = 0  # max mel bins per frequency mask
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ModelConfig":
+        """Build from a dict, ignoring keys this version does not know (older or newer studies)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def validate(self) -> None:
+        from model.registry import ENCODERS, LOSSES, POOLINGS  # late: registries import this module
+
+        if self.d_model % self.nhead:
+            raise ValueError(f"nhead {self.nhead} must divide d_model {self.d_model}")
+        ENCODERS.check(self.encoder)
+        POOLINGS.check(self.pooling)
+        LOSSES.check(self.loss)
+        if self.head not in ("linear", "mlp"):
+            raise ValueError(f"unknown head {self.head!r}; choose from linear, mlp")

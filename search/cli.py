@@ -1,0 +1,265 @@
+"""The ``search`` command line: a thin click layer over the library (tested in-process with CliRunner).
+
+Every command turns bad input into one line, ``Error: <what>: <problem>``, and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+import optuna
+
+from data.errors import DataError
+
+DEFAULT_STUDY = "hw04"
+CPU_BUDGET = 400  # steps per trial on a CPU: 20 trials of the cpu space in ~5 minutes on 2 cores
+GPU_BUDGET = 2000  # steps per trial on a GPU
+
+
+def friendly_errors(command):
+    """Show our errors (and the storage's) as one line, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from search.errors import UserError
+
+        try:
+            return command(*args, **kwargs)
+        except (UserError, DataError) as err:
+            raise click.ClickException(str(err)) from None
+
+    return wrapper
+
+
+def storage_option(f):
+    return click.option("--storage", default=None, metavar="URL",
+                        help="Optuna storage URL [default: sqlite:///studies/<study>.db]; also postgresql://, "
+                             "mysql+pymysql://, journal:///path.log")(f)
+
+
+def study_option(f):
+    return click.option("--study", "study_name", default=DEFAULT_STUDY, show_default=True, help="Study name.")(f)
+
+
+def device_option(f):
+    return click.option("--device", default="auto", show_default=True,
+                        type=click.Choice(["auto", "cpu", "cuda"]), help="Where to train.")(f)
+
+
+def data_option(f):
+    return click.option("--data", "data_dir", default=None, type=click.Path(path_type=Path),
+                        help="HW04 Dataset/ folder [default: the embedded synthetic dataset].")(f)
+
+
+def _echo_progress(label: str):
+    def progress(done: int, total: int) -> None:
+        if done == total or done % 5000 < 500:
+            click.echo(f"{label}: {done}/{total}", err=True)
+    return progress
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Hyperparameter search for HW04 speaker classification, on Optuna.
+
+    \b
+    Quick start:
+      search run --trials 20          # a study on the embedded data
+      search dashboard                # browse it in optuna-dashboard
+      search finalize best            # retrain the best config, write predictions.csv
+    """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@main.command()
+@click.option("--trials", type=click.IntRange(min=1), required=True, help="Trials to add to the study.")
+@study_option
+@storage_option
+@data_option
+@click.option("--budget", type=int, default=None,
+              help=f"Training steps of a full trial [default: {GPU_BUDGET} on GPU, {CPU_BUDGET} on CPU; "
+                   "a resumed study keeps its own].")
+@device_option
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the split, the sampler and training.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Stop starting new trials after this many seconds.")
+@click.option("--space", "profile", type=click.Choice(["auto", "full", "cpu"]), default="auto", show_default=True,
+              help="Search-space profile: full (GPU) or cpu (small models); auto picks by device.")
+@click.option("--warm-start/--no-warm-start", default=True, show_default=True,
+              help="Run the known HW04 configurations first in a new study.")
+@click.option("--fail-fast", is_flag=True, help="Stop at the first failed trial instead of recording it.")
+@friendly_errors
+def run(trials, study_name, storage, data_dir, budget, device, seed, timeout, profile, warm_start, fail_fast):
+    """Run TRIALS more trials of a study (creating it, or resuming it).
+
+    Example: search run --trials 20 --study hw04 --data Dataset/
+    """
+    from search.errors import UserError
+    from search.storage import default_url, redact
+    from search.study import EVALUATIONS_PER_TRIAL, Progress, StudySettings, best_trial_or_none, open_study, run_trials
+    from search.task import load_task, resolve_device
+
+    torch_device = resolve_device(device)
+    if budget is not None and budget < EVALUATIONS_PER_TRIAL:
+        raise UserError(f"--budget {budget}: too small to evaluate a trial; use at least {EVALUATIONS_PER_TRIAL} steps")
+    url = storage or default_url(study_name)
+    requested = StudySettings(
+        budget=budget or (GPU_BUDGET if torch_device.type == "cuda" else CPU_BUDGET),
+        eval_every=0, data=str(data_dir.resolve()) if data_dir else "embedded", seed=seed,
+        profile=profile if profile != "auto" else ("full" if torch_device.type == "cuda" else "cpu"))
+    requested.eval_every = max(1, requested.budget // EVALUATIONS_PER_TRIAL)
+    task = load_task(data_dir, seed, torch_device, progress=_echo_progress("preparing data"))
+    study, settings, created = open_study(study_name, url, requested, budget is not None, warm_start)
+    before = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+    click.echo(f"{'created' if created else 'resuming'} study {study_name!r} in {redact(url)} "
+               f"({before} finished trials so far); {trials} trials of {settings.budget} steps on {torch_device}, "
+               f"space {settings.profile}, data {settings.data}")
+    run_trials(study, settings, task, trials, timeout=timeout, fail_fast=fail_fast, on_trial=Progress(trials, click.echo))
+    best = best_trial_or_none(study)
+    if best is None:
+        click.echo("no trial completed.")
+    else:
+        click.echo(f"best trial #{best.number}: valid accuracy {best.value:.4f}")
+        click.echo("  " + json.dumps(best.params))
+    click.echo(f"study stored in {redact(url)}")
+    flags = f" --study {study_name}" + (f" --storage '{redact(url)}'" if storage else "")
+    click.echo(f"next: search dashboard{flags}    |    search finalize best{flags}"
+               + (f" --data {data_dir}" if data_dir else ""))
+
+
+@main.command()
+@click.argument("which", default="best", metavar="[TRIAL]")
+@study_option
+@storage_option
+@data_option
+@click.option("--steps", type=click.IntRange(min=1), default=70_000, show_default=True, help="Training steps.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Predictions CSV [default: studies/<study>/predictions.csv].")
+@device_option
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Steps between checkpoints; a killed finalize resumes from the last one.")
+@friendly_errors
+def finalize(which, study_name, storage, data_dir, steps, out, device, checkpoint_every):
+    """Retrain the best trial (or trial TRIAL) on the full budget and write the predictions CSV.
+
+    Example: search finalize best --study hw04 --data Dataset/ --steps 70000
+    """
+    from search.errors import UserError
+    from search.finalize import check_writable, finalize as run_finalize, pick_trial
+    from search.storage import default_url
+    from search.study import StudySettings, load_study
+    from search.task import load_task, resolve_device
+
+    url = storage or default_url(study_name)
+    study = load_study(study_name, url)
+    trial = pick_trial(study, which)
+    settings = StudySettings.from_attrs(study.user_attrs)
+    seed = settings.seed if settings else 0
+    folder = Path("studies") / study_name / "final"
+    out = out or Path("studies") / study_name / "predictions.csv"
+    check_writable(out, "--out")
+    if settings and data_dir is None and settings.data != "embedded":
+        data_dir = Path(settings.data)  # the study's own data unless told otherwise
+    task = load_task(data_dir, seed, resolve_device(device), progress=_echo_progress("preparing data"))
+    click.echo(f"finalizing trial #{trial.number} of {study_name!r} (valid accuracy {trial.value:.4f} in the search): "
+               f"{steps} steps on {task.device}")
+
+    def on_eval(step: int, metrics: dict) -> None:
+        rate = metrics["steps_per_second"]
+        eta = (steps - step) / rate if rate > 0 else 0
+        click.echo(f"step {step}/{steps}  loss {metrics['train_loss']:.4f}  valid acc {metrics['valid_accuracy']:.4f}"
+                   f"  {rate:.1f} steps/s  ETA {eta:.0f}s")
+
+    try:
+        result = run_finalize(study, trial, task, steps, out, folder, seed, on_eval, checkpoint_every)
+    except ValueError as err:  # a checkpoint of another configuration
+        raise UserError(str(err)) from None
+    click.echo(f"valid accuracy {result.valid_accuracy:.4f} (best at step {result.best_step})")
+    click.echo(f"model saved to {result.model_path}")
+    click.echo(f"predictions written to {result.predictions_path}")
+
+
+@main.command()
+@study_option
+@storage_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (127.0.0.1: this machine only).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@friendly_errors
+def dashboard(study_name, storage, host, port):
+    """Start optuna-dashboard on the study's storage.
+
+    Example: search dashboard --study hw04 --port 8080
+    """
+    import optuna_dashboard
+
+    from search.storage import default_url
+    from search.study import load_study
+
+    url = storage or default_url(study_name)
+    study = load_study(study_name, url)  # fails clearly if the study is not there
+    click.echo(f"optuna-dashboard for study {study_name!r}: http://{host}:{port}/dashboard/studies/{study._study_id}")
+    optuna_dashboard.run_server(study._storage, host=host, port=port)
+
+
+@main.group()
+def data() -> None:
+    """Make or check a dataset in the HW04 layout."""
+
+
+@data.command()
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option("--speakers", type=click.IntRange(min=2), default=None, help="Speakers [default: the embedded set's].")
+@click.option("--utterances-per-speaker", type=click.IntRange(min=2), default=None, help="Training utterances each.")
+@click.option("--length-scale", type=click.FloatRange(min=0.05), default=None,
+              help="Utterance lengths relative to HW04's (1.0 = HW04 scale).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@friendly_errors
+def synth(out_dir, speakers, utterances_per_speaker, length_scale, seed):
+    """Write a synthetic speech-like dataset in the HW04 layout.
+
+    Example (HW04 scale): search data synth bigdata/ --speakers 600 --utterances-per-speaker 94 --length-scale 1.0
+    """
+    from data import synth as synthesis
+    from search.errors import UserError
+
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise UserError(f"{out_dir}: folder exists and is not empty")
+    kwargs = {k: v for k, v in dict(speakers=speakers, utterances_per_speaker=utterances_per_speaker,
+                                    length_scale=length_scale).items() if v is not None}
+    summary = synthesis.synthesize(out_dir, seed=seed, progress=_echo_progress("synthesizing"), **kwargs)
+    click.echo(f"wrote {out_dir}: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+
+
+@data.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@friendly_errors
+def check(folder, as_json):
+    """Validate an HW04 folder (json files and every tensor) and print its counts and length stats.
+
+    Example: search data check Dataset/
+    """
+    from data.bank import describe
+    from data.hw04 import load_features, read_layout
+
+    layout = read_layout(folder)
+    everything = layout.train + layout.test
+    for i, utt in enumerate(everything):
+        load_features(layout.root, utt, layout.n_mels)
+    summary = describe(layout)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(f"{folder}: OK, {summary['speakers']} speakers, n_mels {summary['n_mels']}")
+    for split in ("train", "test"):
+        s = summary[split]
+        click.echo(f"  {split:5s} {s['utterances']:6d} utterances, {s['frames']} frames; length min {s['min']} "
+                   f"p5 {s['p5']:.0f} median {s['median']:.0f} mean {s['mean']} p95 {s['p95']:.0f} max {s['max']}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,9 @@
+"""Errors the CLI shows as one line (``Error: ...``) with a non-zero exit and no traceback."""
+
+
+class UserError(Exception):
+    """Bad input or a state the user must fix: the message names the option or file and the problem."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite; the trial ends as failed with this reason."""

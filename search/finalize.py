@@ -1,0 +1,102 @@
+"""Retrain the best trial's configuration on the full budget and write the Kaggle predictions CSV.
+
+Writes under ``studies/<study>/final/``: ``checkpoint-trial<N>-steps<S>.pt`` (training state, saved atomically every
+``checkpoint_every`` steps: a killed finalize resumes from it), ``model.pt`` (the best weights and
+their config, loadable with ``weights_only=True``), ``config.json``; and the CSV at ``out``
+(``Id,Category``, one row per test utterance in testdata.json order), written to a temporary file and
+renamed so a failure never leaves half a CSV.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import optuna
+import torch
+
+from search import space as search_space
+from search.errors import UserError
+from search.objective import trial_seed
+from search.study import best_trial_or_none
+from search.task import Task
+from search.train import TrainResult, predict, train
+
+
+@dataclass
+class FinalResult:
+    trial: int
+    valid_accuracy: float
+    best_step: int
+    model_path: Path
+    predictions_path: Path
+    steps_per_second: float
+
+
+def pick_trial(study: optuna.Study, which: str) -> optuna.trial.FrozenTrial:
+    """``best`` or a trial number; only completed trials have a configuration worth retraining."""
+    if which == "best":
+        best = best_trial_or_none(study)
+        if best is None:
+            raise UserError(f"study {study.study_name!r} has no completed trial yet: run `search run` first")
+        return best
+    if not which.isdigit():
+        raise UserError(f"TRIAL {which!r}: expected 'best' or a trial number")
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    trial = trials.get(int(which))
+    if trial is None or trial.state != optuna.trial.TrialState.COMPLETE:
+        raise UserError(f"TRIAL {which}: no completed trial #{which} in study {study.study_name!r}")
+    return trial
+
+
+def check_writable(path: Path, option: str) -> None:
+    """Fail before hours of training, not after: the output's folder must exist or be creatable."""
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{option} {path}: cannot create folder {folder} ({err.strerror})") from None
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)) or path.is_dir():
+        raise UserError(f"{option} {path}: not writable")
+
+
+def write_predictions(task: Task, model, out: Path) -> None:
+    bank = task.bank
+    test_ids = bank.test_ids()
+    labels = predict(model, bank, test_ids).cpu().tolist()
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["Id", "Category"])
+        for utt, label in zip(test_ids.cpu().tolist(), labels):
+            writer.writerow([bank.names[utt], bank.id2speaker[label]])
+    os.replace(tmp, out)
+
+
+def finalize(study: optuna.Study, trial: optuna.trial.FrozenTrial, task: Task, steps: int, out: Path,
+             folder: Path, seed: int, on_eval: Callable[[int, dict], None] | None = None,
+             checkpoint_every: int = 1000) -> FinalResult:
+    check_writable(out, "--out")
+    check_writable(folder / "model.pt", "study folder")
+    model_cfg, train_cfg = search_space.build_configs(
+        trial.params, task.bank.n_mels, task.bank.n_speakers, steps, trial_seed(seed, trial.number),
+        eval_every=min(2000, max(1, steps // 8)))
+    train_cfg.warmup_steps = max(1, min(1000, steps // 10))
+    result: TrainResult = train(model_cfg, train_cfg, task, on_eval=on_eval, checkpoint=folder / f"checkpoint-trial{trial.number}-steps{steps}.pt",
+                                checkpoint_every=checkpoint_every)
+    model_path = folder / "model.pt"
+    tmp = model_path.with_name(f"model.pt.tmp{os.getpid()}")
+    torch.save({"model_config": model_cfg.to_dict(), "state_dict": result.model.state_dict(),
+                "id2speaker": task.bank.id2speaker}, tmp)
+    os.replace(tmp, model_path)
+    (folder / "config.json").write_text(json.dumps({
+        "study": study.study_name, "trial": trial.number, "params": trial.params,
+        "model_config": model_cfg.to_dict(), "train_config": asdict(train_cfg),
+        "valid_accuracy": result.best_accuracy, "best_step": result.best_step, "history": result.history,
+    }, indent=2))
+    write_predictions(task, result.model, out)
+    return FinalResult(trial.number, result.best_accuracy, result.best_step, model_path, out, result.steps_per_second)

@@ -1,0 +1,80 @@
+"""The Optuna objective: sample a configuration, train it, report validation accuracy as it goes.
+
+The pruner sees the full-length validation accuracy at each evaluation step (the resource is the
+training step) and may stop the trial there. Everything a user wants to see per trial goes into its
+user attributes: the resolved config, parameter count, speed, device, and why it ended.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+
+import optuna
+import torch
+
+from model import build_model, count_parameters
+from search import space as search_space
+from search.errors import TrainingDiverged
+from search.task import Task
+from search.train import train
+
+
+def trial_seed(study_seed: int, trial_number: int) -> int:
+    """Training seed of a trial: fixed by the study seed and the trial number."""
+    return study_seed * 100_003 + trial_number
+
+
+class Objective:
+    def __init__(self, task: Task, budget: int, space: list[search_space.Param], seed: int) -> None:
+        self.task = task
+        self.budget = budget
+        self.space = space
+        self.seed = seed
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        params = search_space.suggest(trial, self.space)
+        model_cfg, train_cfg = search_space.build_configs(
+            params, self.task.bank.n_mels, self.task.bank.n_speakers, self.budget, trial_seed(self.seed, trial.number))
+        trial.set_user_attr("model_config", model_cfg.to_dict())
+        trial.set_user_attr("train_config", {k: v for k, v in vars(train_cfg).items()})
+        trial.set_user_attr("device", _device_name(self.task.device))
+        trial.set_user_attr("parameters", count_parameters(build_model(model_cfg)))
+        started = time.perf_counter()
+
+        def on_eval(step: int, metrics: dict) -> None:
+            trial.report(metrics["valid_accuracy"], step)
+            trial.set_user_attr("last_step", step)
+            trial.set_user_attr("train_loss", round(metrics["train_loss"], 4))
+            trial.set_user_attr("steps_per_second", round(metrics["steps_per_second"], 2))
+            if trial.should_prune():
+                trial.set_user_attr("ended", f"pruned at step {step}")
+                trial.set_user_attr("wall_seconds", round(time.perf_counter() - started, 2))
+                raise optuna.TrialPruned(f"pruned at step {step} (valid accuracy {metrics['valid_accuracy']:.4f})")
+
+        try:
+            result = train(model_cfg, train_cfg, self.task, on_eval=on_eval)
+        except TrainingDiverged as err:
+            trial.set_user_attr("ended", f"failed: {err}")
+            raise
+        except torch.OutOfMemoryError:
+            trial.set_user_attr("ended", "failed: out of GPU memory")
+            gc.collect()
+            torch.cuda.empty_cache()  # give the memory back before the next trial of this worker
+            raise
+        except optuna.TrialPruned:
+            raise
+        except Exception as err:  # recorded; the study goes on unless --fail-fast
+            trial.set_user_attr("ended", f"failed: {type(err).__name__}: {err}"[:500])
+            raise
+        trial.set_user_attr("steps_per_second", round(result.steps_per_second, 2))
+        trial.set_user_attr("best_step", result.best_step)
+        trial.set_user_attr("wall_seconds", round(time.perf_counter() - started, 2))
+        trial.set_user_attr("ended", f"complete after {self.budget} steps")
+        return result.best_accuracy
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return "cpu"

@@ -1,0 +1,175 @@
+"""The search space: the one place that calls ``trial.suggest_*``.
+
+The space is declared as data (a list of ``Param``), so the same declaration drives sampling, the
+``search space`` table and its JSON, and the checks on warm-start configurations. A parameter with a
+condition is sampled only when the condition holds on the parameters sampled before it (Optuna's
+define-by-run conditional spaces): conformer settings exist only in conformer trials, margin settings
+only with a margin loss.
+
+d_model choices are all multiples of 16 and nhead choices are powers of two up to 16, so every
+(d_model, nhead) pair is valid: nhead always divides d_model, with no rejected samples.
+
+Two profiles: ``full`` (GPU) and ``cpu``, a narrower range for a CPU, where a 6-layer d_model 512
+trial would take longer than a whole default study.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import optuna
+
+from model import ModelConfig
+from model.registry import ENCODERS, LOSSES, POOLINGS
+from search.train import TrainConfig
+
+PROFILES = ("full", "cpu")
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    kind: str  # "categorical", "int" or "float"
+    choices: Sequence | None = None  # categorical
+    low: float | None = None  # int / float
+    high: float | None = None
+    log: bool = False
+    step: int | None = None  # int only
+    when: Callable[[dict], bool] | None = None  # sampled only if when(params so far)
+    condition: str = ""  # the same condition in words, for `search space`
+
+    def applies(self, params: dict) -> bool:
+        return self.when is None or self.when(params)
+
+    def distribution(self) -> optuna.distributions.BaseDistribution:
+        if self.kind == "categorical":
+            return optuna.distributions.CategoricalDistribution(list(self.choices))
+        if self.kind == "int":
+            return optuna.distributions.IntDistribution(int(self.low), int(self.high), log=self.log, step=self.step or 1)
+        return optuna.distributions.FloatDistribution(self.low, self.high, log=self.log)
+
+    def describe(self) -> dict:
+        entry = {"name": self.name, "type": self.kind}
+        if self.kind == "categorical":
+            entry["choices"] = list(self.choices)
+        else:
+            entry.update(low=self.low, high=self.high, log=self.log)
+            if self.step:
+                entry["step"] = self.step
+        entry["condition"] = self.condition or "always"
+        return entry
+
+
+def _is(name: str, *values) -> Callable[[dict], bool]:
+    return lambda p: p.get(name) in values
+
+
+def build_space(profile: str = "full") -> list[Param]:
+    """The parameters, in sampling order (a condition may only look at parameters before it)."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown space profile {profile!r}; choose from {', '.join(PROFILES)}")
+    cpu = profile == "cpu"
+    margin_losses = [n for n in LOSSES.names() if n != "ce"]
+    return [
+        Param("encoder", "categorical", ENCODERS.names()),
+        Param("d_model", "categorical", [64, 80, 128, 160] if cpu else [80, 128, 160, 256, 384, 512]),
+        Param("nhead", "categorical", [1, 2, 4, 8] if cpu else [1, 2, 4, 8, 16]),
+        Param("layers", "int", low=1, high=2 if cpu else 6),
+        Param("ffn", "categorical", [128, 256, 512] if cpu else [256, 512, 1024, 2048]),
+        Param("dropout", "float", low=0.0, high=0.3),
+        Param("norm_first", "categorical", [False, True], when=_is("encoder", "transformer"),
+              condition="encoder == transformer"),
+        Param("conformer_kernel", "categorical", [7, 15, 31], when=_is("encoder", "conformer"),
+              condition="encoder == conformer"),
+        Param("subsampling", "categorical", [False, True], when=_is("encoder", "conformer"),
+              condition="encoder == conformer"),
+        Param("pooling", "categorical", POOLINGS.names()),
+        Param("head", "categorical", ["linear", "mlp"]),
+        Param("head_hidden", "categorical", [80, 160, 256] if cpu else [80, 256, 512, 1024], when=_is("head", "mlp"),
+              condition="head == mlp"),
+        Param("loss", "categorical", LOSSES.names()),
+        Param("label_smoothing", "float", low=0.0, high=0.2, when=_is("loss", "ce"), condition="loss == ce"),
+        Param("margin", "float", low=0.05, high=0.4, when=_is("loss", *margin_losses),
+              condition="loss in " + ", ".join(margin_losses)),
+        Param("scale", "float", low=10.0, high=40.0, when=_is("loss", *margin_losses),
+              condition="loss in " + ", ".join(margin_losses)),
+        Param("time_masks", "int", low=0, high=2),
+        Param("time_mask_width", "int", low=5, high=40, when=lambda p: p["time_masks"] > 0, condition="time_masks > 0"),
+        Param("freq_masks", "int", low=0, high=2),
+        Param("freq_mask_width", "int", low=2, high=10, when=lambda p: p["freq_masks"] > 0, condition="freq_masks > 0"),
+        Param("lr", "float", low=1e-4, high=3e-3, log=True),
+        Param("weight_decay", "float", low=1e-4, high=0.1, log=True),
+        Param("batch_size", "categorical", [32, 64] if cpu else [32, 64, 128]),
+        Param("segment", "int", low=128, high=192 if cpu else 384, step=32),
+    ]
+
+
+def suggest(trial: optuna.Trial, space: list[Param]) -> dict:
+    """Sample one configuration's parameters from the trial (the only ``suggest_*`` calls)."""
+    params: dict = {}
+    for p in space:
+        if not p.applies(params):
+            continue
+        if p.kind == "categorical":
+            params[p.name] = trial.suggest_categorical(p.name, list(p.choices))
+        elif p.kind == "int":
+            params[p.name] = trial.suggest_int(p.name, int(p.low), int(p.high), log=p.log, step=p.step or 1)
+        else:
+            params[p.name] = trial.suggest_float(p.name, p.low, p.high, log=p.log)
+    return params
+
+
+def contains(space: list[Param], params: dict) -> bool:
+    """Whether ``params`` is exactly a point of ``space`` (all applicable parameters, in range)."""
+    expected: dict = {}
+    for p in space:
+        if p.applies(params):
+            if p.name not in params or not _in_range(p, params[p.name]):
+                return False
+            expected[p.name] = params[p.name]
+    return expected == params
+
+
+def _in_range(p: Param, value) -> bool:
+    if p.kind == "categorical":
+        return value in list(p.choices)
+    if p.kind == "int" and (not isinstance(value, int) or (p.step and (value - p.low) % p.step)):
+        return False
+    return p.low <= value <= p.high
+
+
+# Known configurations from ../shared/HW04.md, run first in a new study (warm start).
+_COMMON = dict(dropout=0.1, loss="ce", label_smoothing=0.0, time_masks=0, freq_masks=0, lr=1e-3,
+               weight_decay=0.01, batch_size=32, segment=128)
+KNOWN_CONFIGS = {
+    "sample-code": dict(encoder="transformer", d_model=80, nhead=2, layers=1, ffn=256, norm_first=False,
+                        pooling="mean", head="mlp", head_hidden=80, **_COMMON),
+    "medium-d512-h16": dict(encoder="transformer", d_model=512, nhead=16, layers=1, ffn=2048, norm_first=False,
+                            pooling="mean", head="mlp", head_hidden=1024, **_COMMON),
+    "conformer-1block-linear": dict(encoder="conformer", d_model=512, nhead=8, layers=1, ffn=2048,
+                                    conformer_kernel=31, subsampling=False, pooling="mean", head="linear", **_COMMON),
+}
+
+
+def warm_start_configs(space: list[Param]) -> dict[str, dict]:
+    """The known configurations that are points of this space (a cpu profile holds fewer)."""
+    return {name: params for name, params in KNOWN_CONFIGS.items() if contains(space, params)}
+
+
+def build_configs(params: dict, n_mels: int, n_classes: int, steps: int, seed: int,
+                  eval_every: int | None = None) -> tuple[ModelConfig, TrainConfig]:
+    """Turn sampled parameters into the model and training configurations for ``steps`` steps."""
+    model_keys = set(ModelConfig.__dataclass_fields__)
+    model_cfg = ModelConfig.from_dict({**{k: v for k, v in params.items() if k in model_keys},
+                                       "n_mels": n_mels, "n_classes": n_classes})
+    train_cfg = TrainConfig(
+        steps=steps, batch_size=params["batch_size"], segment=params["segment"], lr=params["lr"],
+        weight_decay=params["weight_decay"], warmup_steps=max(1, min(1000, steps // 10)),
+        eval_every=eval_every or max(1, steps // 8), seed=seed,
+    )
+    return model_cfg, train_cfg
+
+
+def describe(space: list[Param]) -> list[dict]:
+    return [p.describe() for p in space]

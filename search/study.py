@@ -1,0 +1,129 @@
+"""Creating, resuming and running a study: sampler, pruner and the settings a study keeps.
+
+A study remembers (in its user attributes) the settings its trials must share to be comparable: the
+step budget, the evaluation interval the pruner's resource counts in, the data, the seed and the space
+profile. Running it again adds trials with those settings; asking for different ones is an error
+rather than a silently mixed study.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import optuna
+from optuna.trial import TrialState
+
+from search import space as search_space
+from search.errors import UserError
+from search.objective import Objective
+from search.storage import open_storage, redact
+from search.task import Task
+
+EVALUATIONS_PER_TRIAL = 8  # validations per trial: the pruner's decision points
+
+
+@dataclass
+class StudySettings:
+    budget: int  # training steps of a full trial
+    eval_every: int  # steps between validations (the pruner's resource unit)
+    data: str  # the data folder, or "embedded"
+    seed: int
+    profile: str  # search-space profile: full or cpu
+
+    @classmethod
+    def from_attrs(cls, attrs: dict) -> "StudySettings | None":
+        keys = cls.__dataclass_fields__
+        return cls(**{k: attrs[k] for k in keys}) if all(k in attrs for k in keys) else None
+
+
+def make_pruner(settings: StudySettings) -> optuna.pruners.BasePruner:
+    """Hyperband over training steps, with explicit resources: every worker computes the same brackets
+    (``max_resource='auto'`` would be guessed per process from the trials it happens to see)."""
+    return optuna.pruners.HyperbandPruner(min_resource=settings.eval_every, max_resource=settings.budget,
+                                          reduction_factor=3)
+
+
+def load_study(name: str, url: str) -> optuna.Study:
+    """An existing study, or a one-line UserError listing the studies that do exist."""
+    storage = open_storage(url)
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+        known = f"; studies there: {', '.join(names)}" if names else "; it holds no study"
+        raise UserError(f"--study {name}: no such study in {redact(url)}{known}") from None
+
+
+def open_study(name: str, url: str, requested: StudySettings, budget_given: bool,
+               warm_start: bool = True, worker: int = 0) -> tuple[optuna.Study, StudySettings, bool]:
+    """Create the study or load it to add trials. Returns (study, settings in force, created)."""
+    storage = open_storage(url)
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
+    settings = StudySettings.from_attrs(study.user_attrs)
+    created = settings is None
+    if created:
+        settings = requested
+        for key, value in vars(settings).items():
+            study.set_user_attr(key, value)
+        if warm_start:
+            space = search_space.build_space(settings.profile)
+            for label, params in search_space.warm_start_configs(space).items():
+                study.enqueue_trial(params, user_attrs={"warm_start": label})
+    else:
+        if budget_given and requested.budget != settings.budget:
+            raise UserError(f"--budget {requested.budget}: study {name!r} was created with --budget {settings.budget}; "
+                            "trials of one study must share a budget (use another --study)")
+        if requested.data != settings.data:
+            raise UserError(f"--data {requested.data}: study {name!r} was created on {settings.data}; "
+                            "use the same data or another --study")
+    # Seeded per worker and per number of trials so far: a resumed run does not replay the first
+    # trials' random samples, and the same seed still gives the same sequence.
+    n_before = len(study.get_trials(deepcopy=False))
+    sampler = optuna.samplers.TPESampler(seed=settings.seed * 7919 + n_before * 31 + worker, n_startup_trials=10)
+    study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=make_pruner(settings))
+    return study, settings, created
+
+
+def counts(study: optuna.Study) -> dict[str, int]:
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    return {state.name.lower(): states.count(state) for state in TrialState}
+
+
+def best_trial_or_none(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    try:
+        return study.best_trial
+    except ValueError:  # no completed trial
+        return None
+
+
+def run_trials(study: optuna.Study, settings: StudySettings, task: Task, n_trials: int,
+               timeout: float | None = None, fail_fast: bool = False,
+               on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None) -> None:
+    """Run ``n_trials`` trials in this process. A trial that fails (divergence, out of memory, a bug in
+    one configuration) is recorded as FAIL with its reason and the study goes on, unless ``fail_fast``."""
+    objective = Objective(task, settings.budget, search_space.build_space(settings.profile), settings.seed)
+    catch = () if fail_fast else (Exception,)
+    study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=catch,
+                   callbacks=[on_trial] if on_trial else None, gc_after_trial=True)
+
+
+class Progress:
+    """Prints one line per finished trial: n/N, state, value, best so far, elapsed time."""
+
+    def __init__(self, total: int, echo: Callable[[str], None]) -> None:
+        self.total, self.echo, self.done, self.started = total, echo, 0, time.perf_counter()
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.done += 1
+        c = counts(study)
+        best = best_trial_or_none(study)
+        if trial.state == TrialState.COMPLETE:
+            value = f"acc {trial.value:.4f}"
+        else:
+            value = trial.user_attrs.get("ended", "")
+        best_text = f"best {best.value:.4f} (#{best.number})" if best else "no complete trial yet"
+        self.echo(f"trial {self.done}/{self.total}  #{trial.number} {trial.state.name.lower():8s} {value}  |  "
+                  f"{best_text}  |  complete {c['complete']} pruned {c['pruned']} failed {c['fail']}  |  "
+                  f"{time.perf_counter() - self.started:.0f}s")

@@ -1,0 +1,69 @@
+"""The data a worker trains on: a feature bank on the device and a seeded train/valid split.
+
+Loaded once per process and reused by every trial of that process (``load_task`` caches it).
+With no data folder, the embedded synthetic dataset is generated once into the cache folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data.bank import FeatureBank, open_bank
+from data.hw04 import stratified_split
+
+VALID_FRACTION = 0.1  # the sample code's 90/10 split
+EMBEDDED_SEED = 0  # the embedded dataset is one fixed dataset, whatever the search seed
+DEFAULT_CACHE = Path("studies") / ".cache"
+
+
+@dataclass
+class Task:
+    bank: FeatureBank  # on the training device
+    train_ids: torch.Tensor  # (N_train,) utterance ids on the device
+    valid_ids: torch.Tensor  # (N_valid,)
+    seed: int
+    source: str  # the data folder, for the user attributes
+
+    @property
+    def device(self) -> torch.device:
+        return self.bank.device
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        from search.errors import UserError
+
+        raise UserError(f"--device {name}: CUDA is not available on this machine (try --device cpu)")
+    return torch.device(name)
+
+
+def embedded_data_dir(cache: Path = DEFAULT_CACHE, progress=None) -> Path:
+    """The embedded default dataset, generated deterministically on first use."""
+    from data import synth
+
+    folder = cache / f"embedded-synth-v1-s{EMBEDDED_SEED}"
+    if not (folder / "metadata.json").exists():  # metadata.json is written last: its presence = complete
+        synth.synthesize(folder, seed=EMBEDDED_SEED, progress=progress)
+    return folder
+
+
+_TASKS: dict[tuple, Task] = {}
+
+
+def load_task(data_dir: str | Path | None, seed: int, device: torch.device, progress=None) -> Task:
+    folder = Path(data_dir) if data_dir is not None else embedded_data_dir(progress=progress)
+    key = (str(folder.resolve()), seed, str(device))
+    if key not in _TASKS:
+        bank = open_bank(folder, progress=progress)
+        labels = bank.labels[: bank.n_train].numpy()
+        train, valid = stratified_split(labels, VALID_FRACTION, seed)
+        _TASKS.clear()  # one dataset per process: free the previous bank's memory
+        _TASKS[key] = Task(bank.to(device), torch.from_numpy(train).to(device), torch.from_numpy(valid).to(device),
+                           seed, str(folder))
+    return _TASKS[key]
