@@ -19,8 +19,13 @@ class ModelConfig:
     norm_first: bool = False  # pre-norm: deeper stacks train at lr 1e-3 (the sample is post-norm)
     conformer_kernel: int = 31  # depthwise convolution kernel (conformer only)
     subsampling: bool = False  # conv2d front end with 4x fewer frames (conformer only)
+    # conformer only: conv2d channels of the subsampling front end. ESPnet/WeNet use d_model, but there the
+    # input is 80 mels; here it is d_model wide, so its Linear would hold channels * d_model**2 / 4 weights.
+    subsampling_channels: int = 64
+    rel_pos_clip: int = 64  # conformer only: relative positions clipped to +-this many frames (Shaw et al.)
     # --- pooling over time: (B, T, d) -> (B, d') ---
     pooling: str = "mean"  # name in model.registry.POOLINGS
+    pool_hidden: int = 128  # hidden width of the sap / asp attention scorers (ECAPA-TDNN: 128)
     # --- head: pooled vector -> embedding ---
     head: str = "mlp"  # "mlp": Linear -> Sigmoid (the sample's); "linear": the pooled vector itself
     head_hidden: int = 80  # width of the mlp head's hidden layer (sample code: d_model)

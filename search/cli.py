@@ -92,14 +92,18 @@ def main() -> None:
 @click.option("--warm-start/--no-warm-start", default=True, show_default=True,
               help="Run the known HW04 configurations first in a new study.")
 @click.option("--fail-fast", is_flag=True, help="Stop at the first failed trial instead of recording it.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes on this machine, sharing the trials (more machines: run the same command "
+                   "there with a postgresql:// or mysql+pymysql:// --storage).")
 @friendly_errors
-def run(trials, study_name, storage, data_dir, budget, device, seed, timeout, profile, warm_start, fail_fast):
+def run(trials, study_name, storage, data_dir, budget, device, seed, timeout, profile, warm_start, fail_fast,
+        workers):
     """Run TRIALS more trials of a study (creating it, or resuming it).
 
     Example: search run --trials 20 --study hw04 --data Dataset/
     """
     from search.errors import UserError
-    from search.storage import default_url, redact
+    from search.storage import check_url, default_url, redact
     from search.study import EVALUATIONS_PER_TRIAL, Progress, StudySettings, best_trial_or_none, open_study, run_trials
     from search.task import load_task, resolve_device
 
@@ -107,18 +111,30 @@ def run(trials, study_name, storage, data_dir, budget, device, seed, timeout, pr
     if budget is not None and budget < EVALUATIONS_PER_TRIAL:
         raise UserError(f"--budget {budget}: too small to evaluate a trial; use at least {EVALUATIONS_PER_TRIAL} steps")
     url = storage or default_url(study_name)
+    check_url(url)
     requested = StudySettings(
         budget=budget or (GPU_BUDGET if torch_device.type == "cuda" else CPU_BUDGET),
         eval_every=0, data=str(data_dir.resolve()) if data_dir else "embedded", seed=seed,
         profile=profile if profile != "auto" else ("full" if torch_device.type == "cuda" else "cpu"))
     requested.eval_every = max(1, requested.budget // EVALUATIONS_PER_TRIAL)
-    task = load_task(data_dir, seed, torch_device, progress=_echo_progress("preparing data"))
+    if workers == 1:
+        task = load_task(data_dir, seed, torch_device, progress=_echo_progress("preparing data"))
+    else:  # each worker loads the data itself; build the feature-bank cache once, here
+        from search.workers import WorkerJob, prepare_data, run_workers, split_trials
+        prepare_data(data_dir, progress=_echo_progress("preparing data"))
     study, settings, created = open_study(study_name, url, requested, budget is not None, warm_start)
     before = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
     click.echo(f"{'created' if created else 'resuming'} study {study_name!r} in {redact(url)} "
                f"({before} finished trials so far); {trials} trials of {settings.budget} steps on {torch_device}, "
                f"space {settings.profile}, data {settings.data}")
-    run_trials(study, settings, task, trials, timeout=timeout, fail_fast=fail_fast, on_trial=Progress(trials, click.echo))
+    if workers == 1:
+        run_trials(study, settings, task, trials, timeout=timeout, fail_fast=fail_fast, on_trial=Progress(trials, click.echo))
+    else:
+        shares = split_trials(trials, workers)
+        click.echo(f"{len(shares)} worker processes, trials each: {', '.join(map(str, shares))}")
+        report = run_workers(study, [WorkerJob(i, study_name, url, requested, budget is not None,
+                                               str(data_dir) if data_dir else None, str(torch_device), n, timeout,
+                                               fail_fast) for i, n in enumerate(shares)], click.echo, trials)
     best = best_trial_or_none(study)
     if best is None:
         click.echo("no trial completed.")
@@ -129,6 +145,9 @@ def run(trials, study_name, storage, data_dir, budget, device, seed, timeout, pr
     flags = f" --study {study_name}" + (f" --storage '{redact(url)}'" if storage else "")
     click.echo(f"next: search dashboard{flags}    |    search finalize best{flags}"
                + (f" --data {data_dir}" if data_dir else ""))
+    if workers > 1 and report.failed:
+        raise UserError("; ".join(o.describe() for o in report.failed)
+                        + f"; {report.finished} of {trials} trials finished")
 
 
 @main.command()

@@ -12,6 +12,8 @@ next worker to ask for a trial marks it FAIL and re-queues its parameters
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import re
 import warnings
 from pathlib import Path
@@ -29,6 +31,31 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 HEARTBEAT_INTERVAL = 10  # seconds between a running trial's heartbeats
 GRACE_PERIOD = 30  # seconds without a heartbeat before a trial counts as dead
 MAX_RETRY = 3  # times a dead trial's parameters are run again
+# Overrides (whole seconds), e.g. for tests: SEARCH_HEARTBEAT_INTERVAL=1 SEARCH_GRACE_PERIOD=3.
+# Worker processes inherit them from the environment.
+HEARTBEAT_ENV, GRACE_ENV = "SEARCH_HEARTBEAT_INTERVAL", "SEARCH_GRACE_PERIOD"
+CONNECT_TIMEOUT = 10  # seconds to reach a database server before giving up
+SQLITE_BUSY_TIMEOUT = 120  # seconds a SQLite writer waits for another process's lock
+
+
+def _seconds_from_env(name: str, default: int) -> int:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    if not text.isdigit() or int(text) <= 0:
+        raise UserError(f"{name}={text}: expected a positive whole number of seconds")
+    return int(text)
+
+
+def heartbeat_settings() -> tuple[int, int]:
+    """(heartbeat interval, grace period) in seconds: the defaults or the environment's overrides."""
+    interval = _seconds_from_env(HEARTBEAT_ENV, HEARTBEAT_INTERVAL)
+    grace = _seconds_from_env(GRACE_ENV, max(GRACE_PERIOD, 3 * interval) if HEARTBEAT_ENV in os.environ
+                              else GRACE_PERIOD)
+    if grace <= interval:
+        raise UserError(f"{GRACE_ENV}={grace}: the grace period must be longer than the heartbeat interval "
+                        f"({interval} s), or live trials would be taken for dead ones")
+    return interval, grace
 
 
 def default_url(study: str) -> str:
@@ -41,16 +68,61 @@ def redact(url: str) -> str:
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    dbapi_connection.isolation_level = None  # the driver's own implicit BEGIN off: _sqlite_begin decides
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")  # readers don't block the writer
     cursor.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; fewer fsyncs per write
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT * 1000}")
     cursor.close()
 
 
-def open_storage(url: str, heartbeat_interval: int | None = HEARTBEAT_INTERVAL,
-                 grace_period: int | None = GRACE_PERIOD) -> optuna.storages.BaseStorage:
-    """Open (creating if needed) the storage at ``url``; a one-line UserError if that fails."""
-    if url.startswith("journal:///") or ("://" not in url and url.endswith(".log")):
+def _sqlite_begin(connection) -> None:
+    """Every transaction takes SQLite's write lock up front (waiting up to the busy timeout for it).
+
+    SQLite ignores ``SELECT ... FOR UPDATE``, so without this two workers can both read a WAITING trial
+    and both start it; and a deferred transaction that reads, then writes after another process
+    committed fails at once with "database is locked" whatever the busy timeout. Serialising the
+    (short) transactions of a study's workers costs nothing next to a trial's training time.
+    """
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _with_installed_driver(url: sqlalchemy.engine.URL) -> sqlalchemy.engine.URL:
+    """``postgresql://`` and ``mysql://`` with the driver that is installed (SQLAlchemy 2.1's defaults,
+    psycopg 3 and mysqlclient, are often not; this package's ``db`` extra installs psycopg2 and pymysql)."""
+    fallbacks = {"postgresql": ("psycopg", "psycopg2"), "mysql": ("MySQLdb", "pymysql"),
+                 "mariadb": ("MySQLdb", "pymysql")}
+    if url.drivername in fallbacks:
+        default, other = fallbacks[url.drivername]
+        if importlib.util.find_spec(default) is None and importlib.util.find_spec(other) is not None:
+            return url.set(drivername=f"{url.drivername}+{other}")
+    return url
+
+
+def is_journal(url: str) -> bool:
+    return url.startswith("journal:///") or ("://" not in url and url.endswith(".log"))
+
+
+def check_url(url: str) -> None:
+    """Refuse a malformed URL before any work is done (reachability is checked when it is opened)."""
+    if is_journal(url):
+        return
+    try:
+        sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise UserError(f"--storage {redact(url)}: not a storage URL (e.g. sqlite:///studies/hw04.db, "
+                        "postgresql://user@host/db, mysql+pymysql://user@host/db)") from None
+
+
+def open_storage(url: str, heartbeat_interval: int | None = -1,
+                 grace_period: int | None = -1) -> optuna.storages.BaseStorage:
+    """Open (creating if needed) the storage at ``url``; a one-line UserError if that fails.
+
+    Heartbeat interval and grace period default to ``heartbeat_settings()``; ``heartbeat_interval=None``
+    turns heartbeats off. Journal storages have no heartbeat in Optuna 5: a trial of a killed worker
+    stays RUNNING there (use an RDB storage where workers may be killed).
+    """
+    if is_journal(url):
         # Like sqlite URLs: journal:///studies/hw04.log is relative, journal:////tmp/hw04.log absolute.
         path = Path(url.removeprefix("journal:///"))
         try:
@@ -58,29 +130,39 @@ def open_storage(url: str, heartbeat_interval: int | None = HEARTBEAT_INTERVAL,
             return JournalStorage(JournalFileBackend(str(path)))
         except OSError as err:
             raise UserError(f"--storage {url}: cannot open the journal file ({err.strerror})") from None
-    try:
-        sqlalchemy.engine.make_url(url)
-    except sqlalchemy.exc.ArgumentError:
-        raise UserError(f"--storage {redact(url)}: not a storage URL (e.g. sqlite:///studies/hw04.db, "
-                        "postgresql://user@host/db, mysql+pymysql://user@host/db)") from None
+    check_url(url)
+    parsed = sqlalchemy.engine.make_url(url)
+    backend = parsed.get_backend_name()
     engine_kwargs: dict = {}
-    if url.startswith("sqlite:"):
-        database = sqlalchemy.engine.make_url(url).database
+    if backend == "sqlite":
+        database = parsed.database
         if database and database != ":memory:":
             try:
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
             except OSError as err:
                 raise UserError(f"--storage {url}: cannot create {Path(database).parent} ({err.strerror})") from None
-        engine_kwargs["connect_args"] = {"timeout": 120}  # seconds a writer waits for the lock
+        engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT}
+    elif backend in ("postgresql", "mysql", "mariadb"):
+        parsed = _with_installed_driver(parsed)
+        engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
+        engine_kwargs["pool_pre_ping"] = True  # a connection the server dropped is replaced, not an error
+    if heartbeat_interval == -1 or grace_period == -1:
+        default_interval, default_grace = heartbeat_settings()
+        heartbeat_interval = default_interval if heartbeat_interval == -1 else heartbeat_interval
+        grace_period = default_grace if grace_period == -1 else grace_period
     retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY) if heartbeat_interval else None
     try:
-        storage = RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
-                             grace_period=grace_period, heartbeat_stale_trial_callback=retry)
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as err:
+        storage = RDBStorage(parsed.render_as_string(hide_password=False), engine_kwargs=engine_kwargs,
+                             heartbeat_interval=heartbeat_interval or None,
+                             grace_period=grace_period if heartbeat_interval else None,
+                             heartbeat_stale_trial_callback=retry)
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, TypeError) as err:
         reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
         raise UserError(f"--storage {redact(url)}: cannot open the storage ({redact(reason)[:200]})") from None
-    if url.startswith("sqlite:"):
+    if backend == "sqlite":
         sqlalchemy.event.listen(storage.engine, "connect", _sqlite_pragmas)
+        sqlalchemy.event.listen(storage.engine, "begin", _sqlite_begin)
+        storage.engine.dispose()  # the connection opened while creating the tables predates the listeners
         with storage.engine.connect() as connection:  # WAL is a property of the file: set it now
-            connection.exec_driver_sql("PRAGMA journal_mode=WAL")
+            connection.exec_driver_sql("SELECT 1")
     return storage

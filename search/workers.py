@@ -1,0 +1,209 @@
+"""Several worker processes on one study: ``search run --workers N``.
+
+The parent creates (or resumes) the study first, so the warm-start trials are enqueued once and the
+data's feature-bank cache is built once; then it starts N processes with the ``spawn`` start method.
+Each worker loads the task itself, opens the storage itself (its own connections, its own heartbeat
+thread), opens the study with its own sampler seed (``open_study(..., worker=i)``) and runs its share
+of the trials: the shares add up to exactly ``--trials``. Workers on other machines are the same thing
+started by hand: ``search run --storage postgresql://... --study NAME`` on each machine.
+
+Each worker reports every finished trial to the parent through its own pipe; the parent prints the
+progress lines and waits. A worker that dies (killed, out of host memory, a crash in native code)
+closes its pipe: the parent notices at once, reports it and goes on waiting for the others; it never
+hangs on a dead worker. The trial the dead worker was running is failed and re-queued by the next
+worker that asks for a trial once the grace period has passed (heartbeats, RDB storages only).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import optuna
+
+from search.errors import UserError
+from search.study import Progress, StudySettings, open_study, run_trials
+
+STOP_GRACE = 30  # seconds workers get to finish the trial they are in after an interrupt, before SIGKILL
+
+
+def split_trials(total: int, workers: int) -> list[int]:
+    """Each worker's share: as equal as possible, exactly ``total`` together, no worker with none."""
+    workers = max(1, min(workers, total))
+    return [total // workers + (i < total % workers) for i in range(workers)]
+
+
+def prepare_data(data_dir: Path | None, progress=None) -> Path:
+    """Validate the data and build its feature-bank cache once, in the parent, before the workers start
+    (so they don't race to build it); the parent itself keeps no copy of the data."""
+    from data.bank import open_bank
+    from search.task import embedded_data_dir
+
+    folder = Path(data_dir) if data_dir is not None else embedded_data_dir(progress=progress)
+    open_bank(folder, progress=progress)
+    return folder
+
+
+@dataclass
+class WorkerJob:
+    """Everything a worker needs, picklable (a spawned process starts from nothing)."""
+
+    index: int
+    study_name: str
+    url: str
+    requested: StudySettings
+    budget_given: bool
+    data_dir: str | None
+    device: str
+    n_trials: int
+    timeout: float | None = None
+    fail_fast: bool = False
+
+
+@dataclass
+class WorkerOutcome:
+    index: int
+    share: int
+    finished: int = 0  # trials this worker finished (complete, pruned or failed)
+    exitcode: int | None = None
+    error: str | None = None  # why it stopped early, if it did
+
+    def describe(self) -> str:
+        if self.error:
+            reason = self.error
+        elif self.exitcode is not None and self.exitcode < 0:
+            try:
+                reason = f"killed by {signal.Signals(-self.exitcode).name}"
+            except ValueError:
+                reason = f"killed by signal {-self.exitcode}"
+        else:
+            reason = f"exited with code {self.exitcode}"
+        return f"worker {self.index} stopped after {self.finished} of its {self.share} trials ({reason})"
+
+
+@dataclass
+class WorkersReport:
+    outcomes: list[WorkerOutcome] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> list[WorkerOutcome]:
+        return [o for o in self.outcomes if o.error or o.exitcode != 0]
+
+    @property
+    def finished(self) -> int:
+        return sum(o.finished for o in self.outcomes)
+
+
+def _interrupt(_signum, _frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _worker_main(job: WorkerJob, conn) -> None:
+    """Body of one worker process. Sends ("trial", trial_id) per finished trial, then ("done", None) or
+    ("error", message); the exit code says the rest."""
+    import torch
+
+    from data.errors import DataError
+    from search.task import load_task
+
+    # SIGTERM (the parent stopping a --fail-fast run, a batch system's kill) ends the trial in progress
+    # the way Ctrl-C does: Optuna records it as FAIL instead of leaving it RUNNING.
+    signal.signal(signal.SIGTERM, _interrupt)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    def on_trial(_study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        conn.send(("trial", trial._trial_id))
+
+    code = 0
+    try:
+        task = load_task(job.data_dir, job.requested.seed, torch.device(job.device))
+        study, settings, _ = open_study(job.study_name, job.url, job.requested, job.budget_given,
+                                        warm_start=False, worker=job.index)
+        run_trials(study, settings, task, job.n_trials, timeout=job.timeout, fail_fast=job.fail_fast,
+                   on_trial=on_trial)
+        conn.send(("done", None))
+    except (UserError, DataError) as err:
+        conn.send(("error", str(err)))
+        code = 1
+    except KeyboardInterrupt:
+        conn.send(("error", "interrupted"))
+        code = 130
+    except Exception as err:  # --fail-fast, or the storage failing under the worker
+        conn.send(("error", f"{type(err).__name__}: {err}".strip().splitlines()[0][:300]))
+        code = 1
+    finally:
+        conn.close()
+    sys.exit(code)
+
+
+def run_workers(study: optuna.Study, jobs: list[WorkerJob], echo: Callable[[str], None],
+                total: int | None = None) -> WorkersReport:
+    """Start one process per job, print a progress line per finished trial, wait for all of them.
+
+    ``study`` is the parent's handle on the same study (for the progress lines). With ``fail_fast``
+    jobs, the first worker that stops on a failed trial makes the parent stop the others.
+    """
+    context = multiprocessing.get_context("spawn")
+    progress = Progress(total or sum(j.n_trials for j in jobs), echo)
+    report = WorkersReport([WorkerOutcome(j.index, j.n_trials) for j in jobs])
+    outcomes = {j.index: o for j, o in zip(jobs, report.outcomes)}
+    processes: dict[int, multiprocessing.Process] = {}
+    readers: dict = {}
+    started = time.perf_counter()
+    try:
+        for job in jobs:
+            reader, writer = context.Pipe(duplex=False)
+            process = context.Process(target=_worker_main, args=(job, writer), name=f"search-worker-{job.index}")
+            process.start()
+            writer.close()  # the worker holds the only write end: its death reads as EOF here
+            processes[job.index], readers[reader] = process, job.index
+        while readers:
+            for reader in multiprocessing.connection.wait(list(readers), timeout=5):
+                index = readers[reader]
+                try:
+                    kind, payload = reader.recv()
+                except (EOFError, OSError):
+                    del readers[reader]
+                    reader.close()
+                    continue
+                if kind == "trial":
+                    outcomes[index].finished += 1
+                    progress(study, study._storage.get_trial(payload), worker=index)
+                elif kind == "error":
+                    outcomes[index].error = payload
+                    if any(j.fail_fast for j in jobs):
+                        _stop(processes, signal.SIGTERM, but=index)
+        for index, process in processes.items():
+            process.join()
+            outcomes[index].exitcode = process.exitcode
+    except BaseException:  # Ctrl-C: the workers end their trials as FAIL (not RUNNING), then go
+        _join_all(processes, 5)  # a terminal's Ctrl-C reached the workers too
+        _stop(processes, signal.SIGTERM)
+        _join_all(processes, STOP_GRACE)
+        _stop(processes, signal.SIGKILL)
+        raise
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _join_all(processes: dict[int, multiprocessing.Process], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    for process in processes.values():
+        process.join(max(0.0, deadline - time.monotonic()))
+
+
+def _stop(processes: dict[int, multiprocessing.Process], sig: signal.Signals, but: int | None = None) -> None:
+    for index, process in processes.items():
+        if index != but and process.is_alive() and process.pid is not None:
+            try:
+                os.kill(process.pid, sig)
+            except ProcessLookupError:
+                pass

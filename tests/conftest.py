@@ -1,0 +1,45 @@
+"""Shared fixtures: a tiny synthetic dataset in the HW04 layout, made once per test session."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from data.synth import synthesize
+
+TINY = dict(speakers=6, utterances_per_speaker=10, length_scale=0.25, seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """A read-only-by-convention tiny dataset; copy it (``dataset_copy``) before changing anything."""
+    folder = tmp_path_factory.mktemp("data") / "Dataset"
+    synthesize(folder, **TINY)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def four_speakers(tmp_path_factory) -> Path:
+    """Few speakers, more utterances each: a validation split big enough to rank short trials."""
+    folder = tmp_path_factory.mktemp("data4") / "Dataset"
+    synthesize(folder, speakers=4, utterances_per_speaker=40, length_scale=0.3, seed=5)
+    return folder
+
+
+@pytest.fixture
+def dataset_copy(tiny_dataset, tmp_path) -> Path:
+    """A private copy of the tiny dataset that a test may break."""
+    folder = tmp_path / "Dataset"
+    shutil.copytree(tiny_dataset, folder, ignore=shutil.ignore_patterns(".bank"))
+    return folder
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    """Run in an empty folder, so ``studies/`` is created there and not in the repository."""
+    folder = tmp_path / "work"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    return folder

@@ -1,0 +1,119 @@
+"""The user's path end to end through the CLI, in-process with click's CliRunner."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import optuna
+import pytest
+from click.testing import CliRunner
+from optuna.trial import TrialState
+
+from search.cli import main
+
+TINY_RUN = ["--budget", "16", "--device", "cpu", "--seed", "1"]
+
+
+def invoke(*args: str):
+    result = CliRunner().invoke(main, list(args))
+    return result
+
+
+def one_error_line(result) -> str:
+    assert result.exit_code != 0
+    lines = result.output.strip().splitlines()
+    assert len(lines) >= 1 and lines[-1].startswith("Error: "), result.output
+    assert "Traceback" not in result.output
+    return lines[-1]
+
+
+def test_run_then_finalize_writes_a_submission(tiny_dataset, workdir):
+    result = invoke("run", "--trials", "3", "--data", str(tiny_dataset), "--study", "s", *TINY_RUN)
+    assert result.exit_code == 0, result.output
+    assert "trial 3/3" in result.output
+    assert "best trial #" in result.output and "search finalize best --study s" in result.output
+    assert (workdir / "studies" / "s.db").exists()
+
+    result = invoke("finalize", "best", "--study", "s", "--steps", "24", "--out", "sub/predictions.csv")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.reader(open(workdir / "sub" / "predictions.csv")))
+    test_ids = [u["feature_path"] for u in json.loads((tiny_dataset / "testdata.json").read_text())["utterances"]]
+    speakers = set(json.loads((tiny_dataset / "mapping.json").read_text())["speaker2id"])
+    assert rows[0] == ["Id", "Category"]
+    assert [r[0] for r in rows[1:]] == test_ids
+    assert {r[1] for r in rows[1:]} <= speakers
+    assert (workdir / "studies" / "s" / "final" / "model.pt").exists()
+
+
+def test_trials_record_what_users_browse(tiny_dataset, workdir):
+    assert invoke("run", "--trials", "2", "--data", str(tiny_dataset), "--study", "s", *TINY_RUN).exit_code == 0
+    study = optuna.load_study(study_name="s", storage="sqlite:///studies/s.db")
+    trial = study.trials[0]
+    assert trial.user_attrs["warm_start"] == "sample-code"
+    assert trial.user_attrs["model_config"]["d_model"] == 80
+    assert trial.user_attrs["parameters"] > 0
+    assert trial.user_attrs["steps_per_second"] > 0
+    assert trial.user_attrs["device"] == "cpu"
+    assert len(trial.intermediate_values) >= 2  # the validation curve
+
+
+def test_resume_adds_trials_to_the_study(tiny_dataset, workdir):
+    assert invoke("run", "--trials", "2", "--data", str(tiny_dataset), "--study", "r", *TINY_RUN).exit_code == 0
+    result = invoke("run", "--trials", "2", "--data", str(tiny_dataset), "--study", "r", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "resuming study 'r'" in result.output
+    study = optuna.load_study(study_name="r", storage="sqlite:///studies/r.db")
+    assert len([t for t in study.trials if t.state.is_finished()]) == 4
+    assert study.user_attrs["budget"] == 16  # kept from the first run
+
+
+def test_a_bad_trial_is_pruned(four_speakers, workdir):
+    """Good trials first, then one whose learning rate (1e-7, enqueued outside the space) leaves it at its
+    random initialisation: at its first rung it ranks below the good ones and the pruner stops it."""
+    from search.space import KNOWN_CONFIGS
+
+    good = dict(KNOWN_CONFIGS["sample-code"], lr=3e-3)
+    storage = "sqlite:///studies/p.db"
+    args = ["--data", str(four_speakers), "--study", "p", "--budget", "64", "--device", "cpu"]
+    assert invoke("run", "--trials", "1", "--no-warm-start", *args).exit_code == 0
+    study = optuna.load_study(study_name="p", storage=storage)
+    for _ in range(5):
+        study.enqueue_trial(good)
+    study.enqueue_trial(dict(good, lr=1e-7), user_attrs={"deliberately": "bad"})
+    result = invoke("run", "--trials", "6", *args)
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="p", storage=storage)
+    bad = next(t for t in study.trials if t.user_attrs.get("deliberately") == "bad")
+    assert bad.state == TrialState.PRUNED, [(t.number, t.state, t.intermediate_values) for t in study.trials]
+    assert bad.user_attrs["ended"].startswith("pruned at step")
+    assert max(bad.intermediate_values) < 64  # stopped before its full budget
+
+
+def test_finalize_without_completed_trials_fails_clearly(workdir):
+    (workdir / "studies").mkdir()
+    study = optuna.create_study(study_name="empty", storage="sqlite:///studies/empty.db")
+    assert study.study_name == "empty"
+    line = one_error_line(invoke("finalize", "best", "--study", "empty"))
+    assert "no completed trial" in line
+
+
+def test_unknown_study_is_named(workdir):
+    (workdir / "studies").mkdir()
+    optuna.create_study(study_name="exists", storage="sqlite:///studies/x.db")
+    line = one_error_line(invoke("finalize", "best", "--study", "nope", "--storage", "sqlite:///studies/x.db"))
+    assert "--study nope: no such study" in line and "exists" in line
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--trials", "0"], "--trials"),
+    (["run", "--trials", "-3"], "--trials"),
+    (["run", "--trials", "2", "--budget", "3"], "--budget 3: too small"),
+    (["run", "--trials", "2", "--storage", "nonsense"], "--storage nonsense: not a storage URL"),
+])
+def test_bad_options_are_one_line_errors(args, message, tiny_dataset, workdir):
+    result = invoke(*args, "--data", str(tiny_dataset))
+    assert result.exit_code != 0
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not (workdir / "studies").exists() or not list((workdir / "studies").glob("*.db"))

@@ -1,0 +1,141 @@
+"""The HW04 layout: round trip, validation of broken folders, the split, the feature bank."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from data.bank import open_bank
+from data.errors import DataError
+from data.hw04 import read_layout, stratified_split
+from search.cli import main
+from tests.conftest import TINY
+
+
+def test_synth_then_load_round_trip(tiny_dataset, tmp_path):
+    layout = read_layout(tiny_dataset)
+    assert layout.n_mels == 40
+    assert layout.n_speakers == TINY["speakers"]
+    assert len(layout.test) > 0
+    bank = open_bank(tiny_dataset, cache_root=tmp_path / "cache")
+    assert bank.n_train == len(layout.train)
+    assert len(bank.names) == len(layout.train) + len(layout.test)
+    # The bank returns exactly the frames of each .pt file (at float16 precision).
+    for i, utt in enumerate(layout.train + layout.test):
+        original = torch.load(tiny_dataset / utt.feature_path, weights_only=True)
+        start, length = int(bank.offsets[i]), int(bank.lengths[i])
+        assert length == utt.mel_len
+        assert torch.equal(bank.frames[start:start + length], original.half())
+        assert int(bank.labels[i]) == utt.label
+
+
+def test_bank_is_rebuilt_when_the_source_changes(dataset_copy, tmp_path):
+    cache = tmp_path / "cache"
+    bank = open_bank(dataset_copy, cache_root=cache)
+    first = read_layout(dataset_copy).train[0]
+    changed = torch.full((first.mel_len, 40), 1.5)
+    torch.save(changed, dataset_copy / first.feature_path)
+    rebuilt = open_bank(dataset_copy, cache_root=cache)
+    assert not torch.equal(bank.frames[: first.mel_len], rebuilt.frames[: first.mel_len])
+    assert torch.equal(rebuilt.frames[: first.mel_len], changed.half())
+
+
+def _edit_json(folder: Path, name: str, edit) -> None:
+    path = folder / name
+    doc = json.loads(path.read_text())
+    edit(doc)
+    path.write_text(json.dumps(doc))
+
+
+def _first_train(folder: Path) -> Path:
+    meta = json.loads((folder / "metadata.json").read_text())
+    return folder / next(iter(meta["speakers"].values()))[0]["feature_path"]
+
+
+def _first_len(folder: Path) -> int:
+    meta = json.loads((folder / "metadata.json").read_text())
+    return next(iter(meta["speakers"].values()))[0]["mel_len"]
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+BROKEN = {
+    "missing mapping.json": (lambda d: (d / "mapping.json").unlink(), "mapping.json: file not found"),
+    "malformed metadata.json": (lambda d: (d / "metadata.json").write_text("{not json"), "metadata.json: not valid JSON"),
+    "metadata without speakers": (lambda d: _edit_json(d, "metadata.json", lambda m: m.pop("speakers")),
+                                  "'speakers' must be a non-empty object"),
+    "empty speaker list": (lambda d: _edit_json(d, "metadata.json", lambda m: m.update(speakers={})),
+                           "'speakers' must be a non-empty object"),
+    "speaker with no utterances": (
+        lambda d: _edit_json(d, "metadata.json", lambda m: m["speakers"].update({next(iter(m["speakers"])): []})),
+        "has no utterances"),
+    "speaker absent from mapping": (
+        lambda d: _edit_json(d, "metadata.json", lambda m: m["speakers"].update(
+            {"id99999": m["speakers"].pop(next(iter(m["speakers"])))})),
+        "speaker 'id99999' is not in mapping.json"),
+    "empty testdata": (lambda d: _edit_json(d, "testdata.json", lambda t: t.update(utterances=[])),
+                       "testdata.json: 'utterances' must be a non-empty list"),
+    "n_mels disagreement between json files": (lambda d: _edit_json(d, "testdata.json", lambda t: t.update(n_mels=80)),
+                                               "n_mels 80 disagrees"),
+    "missing feature file": (lambda d: _first_train(d).unlink(), "feature file not found"),
+    "wrong shape": (lambda d: torch.save(torch.zeros(_first_len(d), 39), _first_train(d)), "expected (mel_len, 40)"),
+    "wrong dtype": (lambda d: torch.save(torch.zeros(_first_len(d), 40, dtype=torch.float64), _first_train(d)),
+                    "dtype float64, expected float32"),
+    "NaN values": (lambda d: torch.save(torch.full((_first_len(d), 40), float("nan")), _first_train(d)),
+                   "contains NaN or infinite values"),
+    "mel_len disagreement": (lambda d: torch.save(torch.zeros(_first_len(d) + 3, 40), _first_train(d)),
+                             "but the json says mel_len"),
+    "n_mels disagreeing with the tensors": (
+        lambda d: (_edit_json(d, "metadata.json", lambda m: m.update(n_mels=80)),
+                   _edit_json(d, "testdata.json", lambda t: t.update(n_mels=80))),
+        "expected (mel_len, 80) (n_mels from metadata.json)"),
+    "pickled object instead of a tensor": (lambda d: _first_train(d).write_bytes(pickle.dumps(_Evil())),
+                                           "cannot load as a plain tensor with weights_only=True"),
+    "not a tensor": (lambda d: torch.save({"features": torch.zeros(3, 40)}, _first_train(d)), "holds a dict"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_broken_folder_is_refused_with_one_line(case, dataset_copy, capfd):
+    breaker, message = BROKEN[case]
+    breaker(dataset_copy)
+    result = CliRunner().invoke(main, ["data", "check", str(dataset_copy)])
+    assert result.exit_code != 0
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert message in lines[0]
+    assert "Traceback" not in result.output
+    assert "this must never run" not in capfd.readouterr().out
+
+
+def test_missing_data_folder(tmp_path):
+    with pytest.raises(DataError, match="data folder not found"):
+        read_layout(tmp_path / "nowhere")
+
+
+def test_data_check_prints_counts(tiny_dataset):
+    result = CliRunner().invoke(main, ["data", "check", str(tiny_dataset), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["speakers"] == TINY["speakers"]
+    assert summary["train"]["utterances"] == len(read_layout(tiny_dataset).train)
+
+
+def test_split_is_fixed_by_the_seed_and_stratified():
+    labels = np.repeat(np.arange(20), 30)
+    a_train, a_valid = stratified_split(labels, 0.1, seed=7)
+    b_train, b_valid = stratified_split(labels, 0.1, seed=7)
+    c_train, c_valid = stratified_split(labels, 0.1, seed=8)
+    assert np.array_equal(a_valid, b_valid) and np.array_equal(a_train, b_train)
+    assert not np.array_equal(a_valid, c_valid)
+    assert sorted(np.concatenate([a_train, a_valid]).tolist()) == list(range(len(labels)))
+    assert np.all(np.bincount(labels[a_valid]) == 3)  # the same share of every speaker
