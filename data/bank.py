@@ -122,7 +122,7 @@ class FeatureBank:
         return batches
 
 
-def _cache_dir(layout: Layout, cache_root: Path | None) -> Path:
+def cache_folder(layout: Layout, cache_root: Path | None) -> Path:
     beside = layout.root / ".bank"
     if cache_root is None and os.access(layout.root, os.W_OK):
         return beside
@@ -162,7 +162,7 @@ def open_bank(root: str | Path, cache_root: Path | None = None,
               progress: Callable[[int, int], None] | None = None) -> FeatureBank:
     """Validate the HW04 folder ``root``, pack it if its bank is missing or stale, and load it (CPU)."""
     layout = read_layout(root)
-    folder = _cache_dir(layout, cache_root)
+    folder = cache_folder(layout, cache_root)
     want = fingerprint(layout)
     index_path = folder / "index.npz"
     if not (index_path.exists() and str(np.load(index_path)["fingerprint"]) == want):

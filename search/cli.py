@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -55,6 +56,18 @@ def data_option(f):
                         help="HW04 Dataset/ folder [default: the embedded synthetic dataset].")(f)
 
 
+def quiet_option(f):
+    return click.option("--quiet", "-q", is_flag=True,
+                        help="Print no progress lines, only the summary (all lines still go to "
+                             "studies/<study>/search.log). Progress is printed on a terminal and in pipes alike.")(f)
+
+
+def open_console(study_name: str, quiet: bool):
+    from search.logs import open_console as _open
+
+    return _open(study_name, quiet)
+
+
 def _echo_progress(label: str):
     def progress(done: int, total: int) -> None:
         if done == total or done % 5000 < 500:
@@ -70,6 +83,7 @@ def main() -> None:
     Quick start:
       search run --trials 20          # a study on the embedded data
       search dashboard                # browse it in optuna-dashboard
+      search report                   # one HTML page of plotly figures: report.html
       search finalize best            # retrain the best config, write predictions.csv
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -95,9 +109,10 @@ def main() -> None:
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes on this machine, sharing the trials (more machines: run the same command "
                    "there with a postgresql:// or mysql+pymysql:// --storage).")
+@quiet_option
 @friendly_errors
 def run(trials, study_name, storage, data_dir, budget, device, seed, timeout, profile, warm_start, fail_fast,
-        workers):
+        workers, quiet):
     """Run TRIALS more trials of a study (creating it, or resuming it).
 
     Example: search run --trials 20 --study hw04 --data Dataset/
@@ -112,38 +127,39 @@ def run(trials, study_name, storage, data_dir, budget, device, seed, timeout, pr
         raise UserError(f"--budget {budget}: too small to evaluate a trial; use at least {EVALUATIONS_PER_TRIAL} steps")
     url = storage or default_url(study_name)
     check_url(url)
+    echo = open_console(study_name, quiet)  # prints, and appends to studies/<study>/search.log
     requested = StudySettings(
         budget=budget or (GPU_BUDGET if torch_device.type == "cuda" else CPU_BUDGET),
         eval_every=0, data=str(data_dir.resolve()) if data_dir else "embedded", seed=seed,
         profile=profile if profile != "auto" else ("full" if torch_device.type == "cuda" else "cpu"))
     requested.eval_every = max(1, requested.budget // EVALUATIONS_PER_TRIAL)
     if workers == 1:
-        task = load_task(data_dir, seed, torch_device, progress=_echo_progress("preparing data"))
+        task = load_task(data_dir, seed, torch_device, progress=echo.data_progress("preparing data"))
     else:  # each worker loads the data itself; build the feature-bank cache once, here
         from search.workers import WorkerJob, prepare_data, run_workers, split_trials
-        prepare_data(data_dir, progress=_echo_progress("preparing data"))
+        prepare_data(data_dir, progress=echo.data_progress("preparing data"))
     study, settings, created = open_study(study_name, url, requested, budget is not None, warm_start)
     before = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
-    click.echo(f"{'created' if created else 'resuming'} study {study_name!r} in {redact(url)} "
+    echo(f"{'created' if created else 'resuming'} study {study_name!r} in {redact(url)} "
                f"({before} finished trials so far); {trials} trials of {settings.budget} steps on {torch_device}, "
                f"space {settings.profile}, data {settings.data}")
     if workers == 1:
-        run_trials(study, settings, task, trials, timeout=timeout, fail_fast=fail_fast, on_trial=Progress(trials, click.echo))
+        run_trials(study, settings, task, trials, timeout=timeout, fail_fast=fail_fast, on_trial=Progress(trials, echo.progress))
     else:
         shares = split_trials(trials, workers)
-        click.echo(f"{len(shares)} worker processes, trials each: {', '.join(map(str, shares))}")
+        echo(f"{len(shares)} worker processes, trials each: {', '.join(map(str, shares))}")
         report = run_workers(study, [WorkerJob(i, study_name, url, requested, budget is not None,
                                                str(data_dir) if data_dir else None, str(torch_device), n, timeout,
-                                               fail_fast) for i, n in enumerate(shares)], click.echo, trials)
+                                               fail_fast) for i, n in enumerate(shares)], echo.progress, trials)
     best = best_trial_or_none(study)
     if best is None:
-        click.echo("no trial completed.")
+        echo("no trial completed.")
     else:
-        click.echo(f"best trial #{best.number}: valid accuracy {best.value:.4f}")
-        click.echo("  " + json.dumps(best.params))
-    click.echo(f"study stored in {redact(url)}")
+        echo(f"best trial #{best.number}: valid accuracy {best.value:.4f}")
+        echo("  " + json.dumps(best.params))
+    echo(f"study stored in {redact(url)}")
     flags = f" --study {study_name}" + (f" --storage '{redact(url)}'" if storage else "")
-    click.echo(f"next: search dashboard{flags}    |    search finalize best{flags}"
+    echo(f"next: search dashboard{flags}    |    search finalize best{flags}"
                + (f" --data {data_dir}" if data_dir else ""))
     if workers > 1 and report.failed:
         raise UserError("; ".join(o.describe() for o in report.failed)
@@ -161,8 +177,9 @@ def run(trials, study_name, storage, data_dir, budget, device, seed, timeout, pr
 @device_option
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Steps between checkpoints; a killed finalize resumes from the last one.")
+@quiet_option
 @friendly_errors
-def finalize(which, study_name, storage, data_dir, steps, out, device, checkpoint_every):
+def finalize(which, study_name, storage, data_dir, steps, out, device, checkpoint_every, quiet):
     """Retrain the best trial (or trial TRIAL) on the full budget and write the predictions CSV.
 
     Example: search finalize best --study hw04 --data Dataset/ --steps 70000
@@ -181,25 +198,31 @@ def finalize(which, study_name, storage, data_dir, steps, out, device, checkpoin
     folder = Path("studies") / study_name / "final"
     out = out or Path("studies") / study_name / "predictions.csv"
     check_writable(out, "--out")
+    echo = open_console(study_name, quiet)  # prints, and appends to studies/<study>/search.log
     if settings and data_dir is None and settings.data != "embedded":
         data_dir = Path(settings.data)  # the study's own data unless told otherwise
-    task = load_task(data_dir, seed, resolve_device(device), progress=_echo_progress("preparing data"))
-    click.echo(f"finalizing trial #{trial.number} of {study_name!r} (valid accuracy {trial.value:.4f} in the search): "
+    task = load_task(data_dir, seed, resolve_device(device), progress=echo.data_progress("preparing data"))
+    echo(f"finalizing trial #{trial.number} of {study_name!r} (valid accuracy {trial.value:.4f} in the search): "
                f"{steps} steps on {task.device}")
 
     def on_eval(step: int, metrics: dict) -> None:
         rate = metrics["steps_per_second"]
         eta = (steps - step) / rate if rate > 0 else 0
-        click.echo(f"step {step}/{steps}  loss {metrics['train_loss']:.4f}  valid acc {metrics['valid_accuracy']:.4f}"
+        echo.progress(f"step {step}/{steps}  loss {metrics['train_loss']:.4f}  valid acc {metrics['valid_accuracy']:.4f}"
                    f"  {rate:.1f} steps/s  ETA {eta:.0f}s")
 
     try:
         result = run_finalize(study, trial, task, steps, out, folder, seed, on_eval, checkpoint_every)
     except ValueError as err:  # a checkpoint of another configuration
         raise UserError(str(err)) from None
-    click.echo(f"valid accuracy {result.valid_accuracy:.4f} (best at step {result.best_step})")
-    click.echo(f"model saved to {result.model_path}")
-    click.echo(f"predictions written to {result.predictions_path}")
+    if result.resumed_from_step is not None:
+        echo(f"resumed from the checkpoint at step {result.resumed_from_step} of an earlier finalize")
+    echo(f"valid accuracy {result.valid_accuracy:.4f} (best at step {result.best_step})")
+    echo(f"model saved to {result.model_path}")
+    echo(f"predictions written to {result.predictions_path}")
+    if result.artifacts:
+        echo(f"artifacts (served by `search dashboard --study {study_name}`, study page): "
+             + ", ".join(result.artifacts) + f" in studies/{study_name}/artifacts")
 
 
 @main.command()
@@ -209,7 +232,10 @@ def finalize(which, study_name, storage, data_dir, steps, out, device, checkpoin
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
 @friendly_errors
 def dashboard(study_name, storage, host, port):
-    """Start optuna-dashboard on the study's storage.
+    """Start optuna-dashboard on the study's storage, serving its artifacts (the finalized model, config and CSV).
+
+    Every trial's page shows its resolved configuration, parameter count, steps/s, device, wall time,
+    validation curve and why it ended (user attributes and intermediate values). Stop it with Ctrl-C.
 
     Example: search dashboard --study hw04 --port 8080
     """
@@ -220,13 +246,122 @@ def dashboard(study_name, storage, host, port):
 
     url = storage or default_url(study_name)
     study = load_study(study_name, url)  # fails clearly if the study is not there
-    click.echo(f"optuna-dashboard for study {study_name!r}: http://{host}:{port}/dashboard/studies/{study._study_id}")
-    optuna_dashboard.run_server(study._storage, host=host, port=port)
+    from search.artifacts import artifact_dir, artifact_store
+
+    folder = artifact_dir(study_name)  # what `search finalize` uploaded: listed and served by the dashboard
+    click.echo(f"optuna-dashboard for study {study_name!r}: http://{host}:{port}/dashboard/studies/{study._study_id}"
+               f"  (artifacts: {folder})")
+    optuna_dashboard.run_server(study._storage, host=host, port=port, artifact_store=artifact_store(folder))
+
+
+@main.command("space")
+@click.option("--profile", type=click.Choice(["full", "cpu"]), default="full", show_default=True,
+              help="Which profile of the space: full (GPU) or cpu (small models).")
+@click.option("--json", "as_json", is_flag=True, help="Print every parameter as JSON.")
+def space_command(profile, as_json):
+    """Print the search space: each parameter, its choices or range, and when it applies.
+
+    Example: search space --profile cpu --json
+    """
+    from search import space as search_space
+
+    entries = search_space.describe(search_space.build_space(profile))
+    if as_json:
+        click.echo(json.dumps({"profile": profile, "parameters": entries,
+                               "warm_start": search_space.warm_start_configs(search_space.build_space(profile))},
+                              indent=2))
+        return
+    rows = [(e["name"], e["type"] + (" (log)" if e.get("log") else ""),
+             ", ".join(map(str, e["choices"])) if "choices" in e
+             else f"{e['low']:g} .. {e['high']:g}" + (f" step {e['step']}" if e.get("step") else ""),
+             e["condition"]) for e in entries]
+    widths = [max(len(r[i]) for r in rows + [("parameter", "type", "choices / range", "applies when")]) for i in range(4)]
+    for row in [("parameter", "type", "choices / range", "applies when")] + rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+@main.command()
+@study_option
+@storage_option
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=Path("report.html"), show_default=True,
+              help="The HTML file to write (replaced atomically).")
+@friendly_errors
+def report(study_name, storage, out):
+    """Write one self-contained HTML report of a study (plotly figures, opens offline) and print its best trials.
+
+    \b
+    Figures: optimisation history, validation curves, parameter importances, parallel coordinates,
+    slices, accuracy by encoder / pooling / loss, and a timeline.
+    Example: search report --study hw04 --out report.html
+    """
+    from search.finalize import check_writable
+    from search.report import summary_lines, write_report
+    from search.storage import default_url
+    from search.study import load_study
+
+    study = load_study(study_name, storage or default_url(study_name))
+    check_writable(out, "--out")
+    sections = write_report(study, out)
+    for line in summary_lines(study):
+        click.echo(line)
+    skipped = [s for s in sections if s.figure is None]
+    for s in skipped:
+        click.echo(f"figure skipped: {s.title}: {s.note}")
+    click.echo(f"report written to {out} ({len(sections) - len(skipped)} figures)")
+
+
+@main.command()
+@click.option("--storage", default=None, metavar="URL",
+              help="Optuna storage URL [default: every studies/*.db file].")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+@friendly_errors
+def studies(storage, as_json):
+    """List the studies in a storage: trials by state and the best value.
+
+    Example: search studies --storage sqlite:///studies/hw04.db
+    """
+    from search.inspection import default_storages, studies_lines, study_rows
+
+    urls = [storage] if storage else default_storages()
+    rows = [row for url in urls for row in study_rows(url)]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for line in studies_lines(rows):
+        click.echo(line)
+
+
+@main.command()
+@study_option
+@storage_option
+@click.option("--trial", "number", type=click.IntRange(min=0), default=None,
+              help="Trial number [default: the best complete trial].")
+@click.option("--json", "as_json", is_flag=True, help="Print the trial as JSON.")
+@friendly_errors
+def show(study_name, storage, number, as_json):
+    """Print one trial's configuration and results: parameters, resolved configs, curve, why it ended.
+
+    Example: search show --study hw04 --trial 3
+    """
+    from search.inspection import pick_any_trial, trial_json, trial_lines
+    from search.storage import default_url
+    from search.study import load_study
+
+    study = load_study(study_name, storage or default_url(study_name))
+    trial = pick_any_trial(study, number)
+    if as_json:
+        click.echo(json.dumps(trial_json(trial), indent=2, default=str))
+        return
+    for line in trial_lines(study, trial):
+        click.echo(line)
 
 
 @main.group()
 def data() -> None:
-    """Make or check a dataset in the HW04 layout."""
+    """Make or check a dataset in the HW04 layout.
+
+    Example: search data synth toy/ && search data check toy/
+    """
 
 
 @data.command()
@@ -236,8 +371,10 @@ def data() -> None:
 @click.option("--length-scale", type=click.FloatRange(min=0.05), default=None,
               help="Utterance lengths relative to HW04's (1.0 = HW04 scale).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1,
+              help="Processes rendering in parallel [default: all cores]; the files do not depend on it.")
 @friendly_errors
-def synth(out_dir, speakers, utterances_per_speaker, length_scale, seed):
+def synth(out_dir, speakers, utterances_per_speaker, length_scale, seed, workers):
     """Write a synthetic speech-like dataset in the HW04 layout.
 
     Example (HW04 scale): search data synth bigdata/ --speakers 600 --utterances-per-speaker 94 --length-scale 1.0
@@ -249,7 +386,8 @@ def synth(out_dir, speakers, utterances_per_speaker, length_scale, seed):
         raise UserError(f"{out_dir}: folder exists and is not empty")
     kwargs = {k: v for k, v in dict(speakers=speakers, utterances_per_speaker=utterances_per_speaker,
                                     length_scale=length_scale).items() if v is not None}
-    summary = synthesis.synthesize(out_dir, seed=seed, progress=_echo_progress("synthesizing"), **kwargs)
+    summary = synthesis.synthesize(out_dir, seed=seed, progress=_echo_progress("synthesizing"), workers=workers,
+                                   **kwargs)
     click.echo(f"wrote {out_dir}: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
 
 

@@ -4,7 +4,9 @@ Writes under ``studies/<study>/final/``: ``checkpoint-trial<N>-steps<S>.pt`` (tr
 ``checkpoint_every`` steps: a killed finalize resumes from it), ``model.pt`` (the best weights and
 their config, loadable with ``weights_only=True``), ``config.json``; and the CSV at ``out``
 (``Id,Category``, one row per test utterance in testdata.json order), written to a temporary file and
-renamed so a failure never leaves half a CSV.
+renamed so a failure never leaves half a CSV. Then model.pt, config.json and the CSV are uploaded to the
+study's artifact store, ``studies/<study>/artifacts/`` (see search/artifacts.py), where `search dashboard`
+lists and serves them.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -35,6 +37,8 @@ class FinalResult:
     model_path: Path
     predictions_path: Path
     steps_per_second: float
+    artifacts: dict[str, str] = field(default_factory=dict)  # name -> Optuna artifact id
+    resumed_from_step: int | None = None  # training went on from the checkpoint of a killed finalize
 
 
 def pick_trial(study: optuna.Study, which: str) -> optuna.trial.FrozenTrial:
@@ -86,7 +90,9 @@ def finalize(study: optuna.Study, trial: optuna.trial.FrozenTrial, task: Task, s
         trial.params, task.bank.n_mels, task.bank.n_speakers, steps, trial_seed(seed, trial.number),
         eval_every=min(2000, max(1, steps // 8)))
     train_cfg.warmup_steps = max(1, min(1000, steps // 10))
-    result: TrainResult = train(model_cfg, train_cfg, task, on_eval=on_eval, checkpoint=folder / f"checkpoint-trial{trial.number}-steps{steps}.pt",
+    checkpoint = folder / f"checkpoint-trial{trial.number}-steps{steps}.pt"
+    resumed = _checkpoint_step(checkpoint)
+    result: TrainResult = train(model_cfg, train_cfg, task, on_eval=on_eval, checkpoint=checkpoint,
                                 checkpoint_every=checkpoint_every)
     model_path = folder / "model.pt"
     tmp = model_path.with_name(f"model.pt.tmp{os.getpid()}")
@@ -97,6 +103,22 @@ def finalize(study: optuna.Study, trial: optuna.trial.FrozenTrial, task: Task, s
         "study": study.study_name, "trial": trial.number, "params": trial.params,
         "model_config": model_cfg.to_dict(), "train_config": asdict(train_cfg),
         "valid_accuracy": result.best_accuracy, "best_step": result.best_step, "history": result.history,
+        "resumed_from_step": resumed,
     }, indent=2))
     write_predictions(task, result.model, out)
-    return FinalResult(trial.number, result.best_accuracy, result.best_step, model_path, out, result.steps_per_second)
+    from search.artifacts import upload_final  # into studies/<study>/artifacts, served by `search dashboard`
+
+    artifacts = upload_final(study, trial.number, [model_path, folder / "config.json", out], folder.parent / "artifacts",
+                             {"steps": steps, "valid_accuracy": result.best_accuracy, "best_step": result.best_step})
+    return FinalResult(trial.number, result.best_accuracy, result.best_step, model_path, out, result.steps_per_second,
+                       artifacts, resumed_from_step=resumed)
+
+
+def _checkpoint_step(path: Path) -> int | None:
+    """The step a checkpoint left by an earlier (killed) finalize holds, or None without one."""
+    if not path.exists():
+        return None
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["step"])
+    except Exception:  # noqa: BLE001 - train() reports an unusable checkpoint itself
+        return None

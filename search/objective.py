@@ -8,6 +8,8 @@ user attributes: the resolved config, parameter count, speed, device, and why it
 from __future__ import annotations
 
 import gc
+import os
+import socket
 import time
 
 import optuna
@@ -33,6 +35,18 @@ class Objective:
         self.seed = seed
 
     def __call__(self, trial: optuna.Trial) -> float:
+        # Which machine and process ran the trial: the one to look at if it ends FAIL by heartbeat.
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        try:
+            return self._run(trial)
+        except optuna.TrialPruned:
+            raise
+        except Exception as err:  # e.g. a configuration the model refuses (an enqueued out-of-space one)
+            if "ended" not in trial.user_attrs:
+                trial.set_user_attr("ended", f"failed: {type(err).__name__}: {err}"[:500])
+            raise
+
+    def _run(self, trial: optuna.Trial) -> float:
         params = search_space.suggest(trial, self.space)
         model_cfg, train_cfg = search_space.build_configs(
             params, self.task.bank.n_mels, self.task.bank.n_speakers, self.budget, trial_seed(self.seed, trial.number))
@@ -56,9 +70,11 @@ class Objective:
             result = train(model_cfg, train_cfg, self.task, on_eval=on_eval)
         except TrainingDiverged as err:
             trial.set_user_attr("ended", f"failed: {err}")
+            trial.set_user_attr("wall_seconds", round(time.perf_counter() - started, 2))
             raise
         except torch.OutOfMemoryError:
             trial.set_user_attr("ended", "failed: out of GPU memory")
+            trial.set_user_attr("wall_seconds", round(time.perf_counter() - started, 2))
             gc.collect()
             torch.cuda.empty_cache()  # give the memory back before the next trial of this worker
             raise
@@ -66,6 +82,7 @@ class Objective:
             raise
         except Exception as err:  # recorded; the study goes on unless --fail-fast
             trial.set_user_attr("ended", f"failed: {type(err).__name__}: {err}"[:500])
+            trial.set_user_attr("wall_seconds", round(time.perf_counter() - started, 2))
             raise
         trial.set_user_attr("steps_per_second", round(result.steps_per_second, 2))
         trial.set_user_attr("best_step", result.best_step)

@@ -1,13 +1,16 @@
 """Storage URLs -> Optuna storages, made safe for several workers.
 
-- ``sqlite:///studies/hw04.db`` (default): one machine. WAL journal and a long busy timeout so several
-  processes on one file wait for each other instead of failing with "database is locked".
+- ``sqlite:///studies/hw04.db`` (default): one machine. WAL journal, a long busy timeout and
+  ``BEGIN IMMEDIATE`` transactions, so several processes on one file wait for each other instead of
+  failing with "database is locked", and two of them never start the same queued trial.
 - ``postgresql://...``, ``mysql+pymysql://...``: many workers on many machines.
 - ``journal:///path/to/file.log`` (or any path ending in ``.log``): Optuna's journal file storage.
 
 RDB storages get heartbeats: a worker that dies mid-trial stops beating, and after the grace period the
 next worker to ask for a trial marks it FAIL and re-queues its parameters
-(``RetryHeartbeatStaleTrialCallback``), so no trial stays RUNNING forever.
+(``RetryHeartbeatStaleTrialCallback``), so no trial stays RUNNING forever. Intervals: 10 s / 30 s, or
+``SEARCH_HEARTBEAT_INTERVAL`` / ``SEARCH_GRACE_PERIOD``. Journal storage has no heartbeat in Optuna 5.
+``postgresql://`` and ``mysql://`` use whichever driver is installed (psycopg2, pymysql as fallbacks).
 """
 
 from __future__ import annotations
@@ -150,12 +153,14 @@ def open_storage(url: str, heartbeat_interval: int | None = -1,
         default_interval, default_grace = heartbeat_settings()
         heartbeat_interval = default_interval if heartbeat_interval == -1 else heartbeat_interval
         grace_period = default_grace if grace_period == -1 else grace_period
-    retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY) if heartbeat_interval else None
     try:
-        storage = RDBStorage(parsed.render_as_string(hide_password=False), engine_kwargs=engine_kwargs,
-                             heartbeat_interval=heartbeat_interval or None,
-                             grace_period=grace_period if heartbeat_interval else None,
-                             heartbeat_stale_trial_callback=retry)
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5: used knowingly, tested
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY) if heartbeat_interval else None
+            storage = RDBStorage(parsed.render_as_string(hide_password=False), engine_kwargs=engine_kwargs,
+                                 heartbeat_interval=heartbeat_interval or None,
+                                 grace_period=grace_period if heartbeat_interval else None,
+                                 heartbeat_stale_trial_callback=retry)
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, TypeError) as err:
         reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
         raise UserError(f"--storage {redact(url)}: cannot open the storage ({redact(reason)[:200]})") from None

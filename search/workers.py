@@ -29,6 +29,7 @@ from typing import Callable
 import optuna
 
 from search.errors import UserError
+from search.storage import redact
 from search.study import Progress, StudySettings, open_study, run_trials
 
 STOP_GRACE = 30  # seconds workers get to finish the trial they are in after an interrupt, before SIGKILL
@@ -106,7 +107,7 @@ def _interrupt(_signum, _frame) -> None:
     raise KeyboardInterrupt
 
 
-def _worker_main(job: WorkerJob, conn) -> None:
+def _worker_main(job: WorkerJob, conn, cpu_threads: int) -> None:
     """Body of one worker process. Sends ("trial", trial_id) per finished trial, then ("done", None) or
     ("error", message); the exit code says the rest."""
     import torch
@@ -118,6 +119,8 @@ def _worker_main(job: WorkerJob, conn) -> None:
     # the way Ctrl-C does: Optuna records it as FAIL instead of leaving it RUNNING.
     signal.signal(signal.SIGTERM, _interrupt)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if job.device == "cpu":  # N workers on one CPU share its cores instead of each taking all of them
+        torch.set_num_threads(cpu_threads)
 
     def on_trial(_study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         conn.send(("trial", trial._trial_id))
@@ -137,7 +140,7 @@ def _worker_main(job: WorkerJob, conn) -> None:
         conn.send(("error", "interrupted"))
         code = 130
     except Exception as err:  # --fail-fast, or the storage failing under the worker
-        conn.send(("error", f"{type(err).__name__}: {err}".strip().splitlines()[0][:300]))
+        conn.send(("error", redact(f"{type(err).__name__}: {err}".strip().splitlines()[0][:300])))
         code = 1
     finally:
         conn.close()
@@ -151,6 +154,11 @@ def run_workers(study: optuna.Study, jobs: list[WorkerJob], echo: Callable[[str]
     ``study`` is the parent's handle on the same study (for the progress lines). With ``fail_fast``
     jobs, the first worker that stops on a failed trial makes the parent stop the others.
     """
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    if not is_heartbeat_enabled(study._storage):
+        echo("note: this storage has no heartbeats (journal): a trial of a worker that is killed stays RUNNING; "
+             "use sqlite://, postgresql:// or mysql+pymysql:// where workers may be killed")
     context = multiprocessing.get_context("spawn")
     progress = Progress(total or sum(j.n_trials for j in jobs), echo)
     report = WorkersReport([WorkerOutcome(j.index, j.n_trials) for j in jobs])
@@ -158,10 +166,11 @@ def run_workers(study: optuna.Study, jobs: list[WorkerJob], echo: Callable[[str]
     processes: dict[int, multiprocessing.Process] = {}
     readers: dict = {}
     started = time.perf_counter()
+    cpu_threads = max(1, (os.cpu_count() or 1) // max(1, len(jobs)))
     try:
         for job in jobs:
             reader, writer = context.Pipe(duplex=False)
-            process = context.Process(target=_worker_main, args=(job, writer), name=f"search-worker-{job.index}")
+            process = context.Process(target=_worker_main, args=(job, writer, cpu_threads), name=f"search-worker-{job.index}")
             process.start()
             writer.close()  # the worker holds the only write end: its death reads as EOF here
             processes[job.index], readers[reader] = process, job.index

@@ -1,0 +1,191 @@
+"""Speed benchmark: the project's trainer against the HW04 sample code's loop, measured in one run.
+
+Prints one JSON object per measurement (and a summary table at the end):
+1. steps/s at batch 32, sample loop vs our trainer, for d_model 80 / 2 heads and 512 / 16 heads;
+2. segments/s of our trainer at its best batch size against the sample loop's;
+3. trials per GPU-hour through ``search run`` (sample-model trials of --trial-steps steps, with full-length
+   validation of the whole validation split at each evaluation), with K = 1, 2, 4 workers on one GPU;
+4. GPU memory of the bank and of a training step; packing time and the packing process's peak host memory.
+
+GPU (writes the numbers for BENCHMARKS.md):
+    python bench/bench.py --data /path/to/hw04-scale-synth --device cuda
+CPU smoke mode (seconds; the test suite runs it):
+    python bench/bench.py --smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.sample_loop import time_sample_loop  # noqa: E402
+from data.bank import cache_folder as bank_folder, pack  # noqa: E402
+from data.hw04 import read_layout  # noqa: E402
+from model import ModelConfig  # noqa: E402
+from search.task import load_task  # noqa: E402
+from search.train import TrainConfig, train  # noqa: E402
+
+
+def emit(results: list, **record) -> None:
+    results.append(record)
+    print(json.dumps(record), flush=True)
+
+
+def _pack_child(data_dir: str, queue) -> None:
+    started = time.perf_counter()
+    layout = read_layout(data_dir)
+    folder = bank_folder(layout, None)
+    shutil.rmtree(folder, ignore_errors=True)  # a fresh pack, into the cache the runs below then use
+    pack(layout, folder)
+    queue.put((time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+
+
+def measure_packing(data_dir: str) -> tuple[float, float]:
+    """Pack the bank in a fresh process: (seconds, that process's peak RSS in MiB)."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_pack_child, args=(data_dir, queue))
+    process.start()
+    result = queue.get()
+    process.join()
+    return result
+
+
+def trainer_rate(task, d_model: int, nhead: int, batch: int, steps: int) -> dict:
+    """Our trainer on the sample model (ffn 256, mlp head of width d_model): steps/s, excluding evaluation."""
+    cfg = ModelConfig(d_model=d_model, nhead=nhead, ffn=256, head_hidden=d_model, n_classes=task.bank.n_speakers)
+    train(cfg, TrainConfig(steps=20, eval_every=10**9, warmup_steps=5, batch_size=batch), task)  # warm caches
+    if task.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    result = train(cfg, TrainConfig(steps=steps, eval_every=10**9, warmup_steps=min(1000, steps // 10),
+                                    batch_size=batch), task)
+    peak = (torch.cuda.max_memory_allocated() - before) / 2**20 if task.device.type == "cuda" else None
+    return {"steps_per_second": result.steps_per_second,
+            "segments_per_second": result.steps_per_second * batch, "step_peak_mib": peak}
+
+
+def trials_per_hour(data_dir: str, workers: int, trials: int, trial_steps: int, device: str, workdir: Path) -> dict:
+    """Wall time of ``search run`` adding ``trials`` sample-code trials with ``workers`` processes."""
+    import optuna
+
+    from search.space import KNOWN_CONFIGS
+
+    study_name = f"bench-k{workers}"
+    storage = f"sqlite:///{workdir}/studies/{study_name}.db"
+    (workdir / "studies").mkdir(parents=True, exist_ok=True)
+    study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize")
+    for _ in range(trials):
+        study.enqueue_trial(KNOWN_CONFIGS["sample-code"])
+    command = [sys.executable, "-m", "search.cli", "run", "--trials", str(trials), "--study", study_name,
+               "--storage", storage, "--data", data_dir, "--budget", str(trial_steps), "--device", device,
+               "--workers", str(workers), "--no-warm-start", "--space", "full"]
+    started = time.perf_counter()
+    completed = subprocess.run(command, cwd=workdir, capture_output=True, text=True,
+                               env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH")]))})
+    wall = time.perf_counter() - started
+    if completed.returncode != 0:
+        raise RuntimeError(f"search run failed:\n{completed.stdout[-2000:]}\n{completed.stderr[-2000:]}")
+    finished = [t for t in optuna.load_study(study_name=study_name, storage=storage).trials if t.state.is_finished()]
+    return {"workers": workers, "trials": len(finished), "wall_seconds": wall,
+            "trials_per_hour": len(finished) / wall * 3600}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", help="HW04-layout folder (default in --smoke: a tiny synthetic one)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes on CPU, to check the script runs")
+    parser.add_argument("--steps", type=int, default=1500, help="timed steps per steps/s measurement")
+    parser.add_argument("--trial-steps", type=int, default=2000, help="steps of a trial for trials/hour")
+    parser.add_argument("--batches", default="32,128,512,1024,2048", help="batch sizes for segments/s")
+    parser.add_argument("--workers", default="1,2,4", help="worker counts for trials/hour")
+    parser.add_argument("--trials-per-worker", type=int, default=4)
+    parser.add_argument("--skip", default="", help="comma list of parts to skip: sample,trials")
+    args = parser.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    tmp = Path(tempfile.mkdtemp(prefix="bench-"))
+    if args.smoke:
+        args.device, args.steps, args.trial_steps, args.batches = "cpu", 6, 8, "8,16"
+        args.workers, args.trials_per_worker = "1,2", 1
+        if args.data is None:
+            from data.synth import synthesize
+
+            args.data = str(tmp / "Dataset")
+            synthesize(args.data, speakers=4, utterances_per_speaker=12, length_scale=0.2, seed=0)
+    if args.data is None:
+        parser.error("--data is required outside --smoke")
+    results: list = []
+    device = torch.device(args.device)
+    emit(results, what="environment", device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+         torch=torch.__version__, data=args.data, date=time.strftime("%Y-%m-%d"))
+
+    seconds, peak_rss = measure_packing(args.data)
+    emit(results, what="packing", seconds=round(seconds, 2), peak_host_mib=round(peak_rss))
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    task = load_task(args.data, seed=0, device=device)
+    bank_mib = task.bank.frames.numel() * 2 / 2**20
+    emit(results, what="bank", frames=task.bank.frames.shape[0], utterances=len(task.bank.names),
+         gpu_mib=round(torch.cuda.memory_allocated() / 2**20) if device.type == "cuda" else None,
+         frames_mib=round(bank_mib))
+
+    for d_model, nhead in ((80, 2), (512, 16)):
+        ours = trainer_rate(task, d_model, nhead, 32, args.steps)
+        record = {"what": "steps_per_second_batch32", "d_model": d_model, "nhead": nhead,
+                  "ours": round(ours["steps_per_second"], 1), "step_peak_mib": ours["step_peak_mib"]}
+        if "sample" not in skip:
+            sample = time_sample_loop(args.data, d_model, nhead, steps=max(10, args.steps // 3),
+                                      warmup_steps=min(50, args.steps), device=args.device,
+                                      workers=0 if args.smoke else 8)
+            record.update(sample=round(sample["steps_per_second"], 1),
+                          ratio=round(ours["steps_per_second"] / sample["steps_per_second"], 2))
+        emit(results, **record)
+
+    best = None
+    for batch in map(int, args.batches.split(",")):
+        rate = trainer_rate(task, 80, 2, batch, args.steps)
+        emit(results, what="segments_per_second", d_model=80, batch=batch,
+             ours=round(rate["segments_per_second"]), steps_per_second=round(rate["steps_per_second"], 1),
+             step_peak_mib=rate["step_peak_mib"])
+        if best is None or rate["segments_per_second"] > best[1]:
+            best = (batch, rate["segments_per_second"])
+    sample_steps = next((r.get("sample") for r in results if r["what"] == "steps_per_second_batch32"
+                         and r["d_model"] == 80), None)
+    if sample_steps:
+        emit(results, what="best_segments_per_second", batch=best[0], ours=round(best[1]),
+             sample=round(sample_steps * 32), ratio=round(best[1] / (sample_steps * 32), 1))
+
+    if "trials" not in skip:
+        del task
+        from search import task as task_module
+
+        task_module._TASKS.clear()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        base = None
+        for workers in map(int, args.workers.split(",")):
+            rate = trials_per_hour(args.data, workers, workers * args.trials_per_worker, args.trial_steps,
+                                   args.device, tmp / f"k{workers}")
+            base = base or rate["trials_per_hour"]
+            emit(results, what="trials_per_hour", trial_steps=args.trial_steps, **{k: round(v, 1) if isinstance(v, float) else v for k, v in rate.items()},
+                 speedup_vs_one_worker=round(rate["trials_per_hour"] / base, 2))
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""A real browser on what users open: `search dashboard` (optuna-dashboard) and `search report`'s page.
+
+Debian's chromium, headless, no sandbox, no network services; skipped (with the reason) only where
+chromium is not installed (`.ci/run` installs it). The study is made by the CLI: two tiny trials of
+known configurations, then a finalize, whose files the dashboard must list and serve.
+
+Screenshots go to the test's tmp folder and are copied to /tmp/dashboard.png and /tmp/report.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.test_report import FIGURES, SAMPLE, InDir, invoke, make_study
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+# Skipped where chromium is missing, unless REQUIRE_CHROMIUM is set (.ci/run sets it): then they fail.
+pytestmark = pytest.mark.skipif(CHROMIUM is None and not os.environ.get("REQUIRE_CHROMIUM"),
+                                reason="chromium is not installed (apt-get install -y chromium; .ci/run installs it)")
+STUDY = "dash"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+         "--no-default-browser-check", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", "--disable-default-apps", "--disable-extensions", "--metrics-recording-only",
+         "--mute-audio", "--hide-scrollbars", "--password-store=basic", "--use-mock-keychain"]
+# Records any uncaught error or rejected promise into the DOM, where --dump-dom shows it.
+ERROR_HOOK = ("<script>(function(){var errs=[];function rec(m){errs.push(String(m));"
+              "document.documentElement.setAttribute('data-js-errors',JSON.stringify(errs));}"
+              "window.addEventListener('error',function(e){rec(e.message||e.type)},true);"
+              "window.addEventListener('unhandledrejection',function(e){rec('unhandled rejection: '+e.reason)});"
+              "})();</script>")
+
+
+def chromium(args: list[str], profile: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    assert CHROMIUM, "chromium is not installed (REQUIRE_CHROMIUM is set): apt-get install -y chromium"
+    cmd = [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--window-size=1400,1000", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def dump_dom(url: str, profile: Path, budget_ms: int = 15000) -> str:
+    result = chromium([f"--virtual-time-budget={budget_ms}", "--dump-dom", url], profile)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+def screenshot(url: str, path: Path, profile: Path, height: int = 1000) -> None:
+    result = chromium(["--virtual-time-budget=15000", f"--window-size=1400,{height}", f"--screenshot={path}", url],
+                      profile)
+    assert result.returncode == 0 and path.exists(), result.stderr[-2000:]
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def text_of(dom: str) -> str:
+    dom = re.sub(r"<(style|script)\b.*?</\1>", " ", dom, flags=re.S)
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def study_folder(tmp_path_factory, tiny_dataset) -> Path:
+    folder = tmp_path_factory.mktemp("dashboard")
+    with InDir(folder):
+        run = make_study(folder, tiny_dataset, STUDY, [SAMPLE, {**SAMPLE, "pooling": "sap", "lr": 3e-3}], "--quiet")
+        assert "trial 1/2" not in run.output and "best trial #" in run.output  # --quiet: the summary only
+        assert "trial 2/2" in (folder / "studies" / STUDY / "search.log").read_text()  # the log has it all
+        result = invoke("finalize", "best", "--study", STUDY, "--steps", "8", "--quiet")
+        assert result.exit_code == 0, result.output
+    return folder
+
+
+@pytest.fixture(scope="module")
+def dashboard(study_folder):
+    """`search dashboard` as users start it, in a subprocess; yields its base URL once it answers."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    log = open(study_folder / "dashboard.out", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "search.cli", "dashboard", "--study", STUDY, "--port", str(port)],
+                            cwd=study_folder, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"search dashboard exited with {proc.returncode}: "
+                            + (study_folder / "dashboard.out").read_text())
+            try:
+                with urllib.request.urlopen(base + "/api/studies", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("search dashboard did not answer within 90 s: " + (study_folder / "dashboard.out").read_text())
+            time.sleep(0.3)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def render_until(url: str, profile: Path, expected: list[str]) -> str:
+    """Dump the page's text, giving the single-page app more (virtual) time while something is missing."""
+    text = ""
+    for budget in (15000, 30000, 60000):
+        text = text_of(dump_dom(url, profile, budget))
+        if all(e in text for e in expected):
+            return text
+    missing = [e for e in expected if e not in text]
+    raise AssertionError(f"{url}: {missing} not shown; the page shows: {text[:3000]}")
+
+
+def test_dashboard_shows_the_study_its_trials_and_artifacts(dashboard, study_folder, tmp_path):
+    import optuna
+
+    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{study_folder}/studies/{STUDY}.db")
+    n = len(study.trials)
+    best = study.best_trial
+    study_id = study._study_id
+    profile = tmp_path / "chromium-profile"
+
+    # the trial list: study name, trial count, and each trial's user attributes
+    trials_url = f"{dashboard}/dashboard/studies/{study_id}/trials"
+    text = render_until(trials_url, profile, [f"{STUDY} (id={study_id})", f"{n} Trials", "User Attributes"])
+    for t in study.trials:
+        assert f"Trial {t.number} Complete" in text or f"Trial {t.number} Pruned" in text
+    for attr in ("model_config", "train_config", "parameters", "steps_per_second", "device", "wall_seconds",
+                 "ended", "complete after 8 steps", "Intermediate Values"):
+        assert attr in text, attr
+    shot = tmp_path / "dashboard.png"
+    screenshot(trials_url, shot, profile, height=1600)
+    shutil.copy(shot, "/tmp/dashboard.png")
+
+    # the study page lists what finalize uploaded, and the dashboard serves it
+    names = [f"trial{best.number}-model.pt", f"trial{best.number}-config.json", f"trial{best.number}-predictions.csv"]
+    render_until(f"{dashboard}/dashboard/studies/{study_id}", profile, [f"{STUDY} (id={study_id})",
+                                                                        "Study Artifacts", *names])
+    csv_id = study.user_attrs["final"]["artifacts"][names[2]]
+    with urllib.request.urlopen(f"{dashboard}/artifacts/{study_id}/{csv_id}", timeout=10) as r:
+        assert r.read() == (study_folder / "studies" / STUDY / "predictions.csv").read_bytes()
+
+
+def load_with_error_hook(page: Path, tmp_path: Path, extra: str = "") -> str:
+    hooked = tmp_path / f"hooked-{page.name}"
+    hooked.write_text(page.read_text().replace("<head>", "<head>" + ERROR_HOOK + extra, 1))
+    return dump_dom(hooked.as_uri(), tmp_path / "chromium-profile")
+
+
+def js_errors(dom: str) -> list[str]:
+    m = re.search(r'data-js-errors="([^"]*)"', dom)
+    return json.loads(m.group(1).replace("&quot;", '"').replace("&amp;", "&")) if m else []
+
+
+def test_report_renders_every_figure_without_javascript_errors(study_folder, tmp_path, monkeypatch):
+    monkeypatch.chdir(study_folder)
+    result = invoke("report", "--study", STUDY, "--out", str(tmp_path / "report.html"))
+    assert result.exit_code == 0, result.output
+    page = tmp_path / "report.html"
+    dom = load_with_error_hook(page, tmp_path)
+    assert js_errors(dom) == []
+    rendered = re.findall(r'<div id="figure-\d+" class="plotly-graph-div js-plotly-plot"', dom)
+    assert len(rendered) == len(FIGURES) == page.read_text().count('class="plotly-graph-div"')
+    assert dom.count('class="main-svg"') >= len(FIGURES)  # plotly drew an svg for each figure
+    shot = tmp_path / "report.png"
+    screenshot(page.as_uri(), shot, tmp_path / "chromium-profile", height=3000)
+    shutil.copy(shot, "/tmp/report.png")
+
+    # the check can fail: a page with a script error is caught
+    broken = load_with_error_hook(page, tmp_path, "<script>window.addEventListener('load', function () "
+                                                  "{ undefinedFunction(); });</script>")
+    assert any("undefinedFunction" in e for e in js_errors(broken)), js_errors(broken)

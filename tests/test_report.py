@@ -1,0 +1,291 @@
+"""What users see of a study without a browser: `search report`, `studies`, `show`, the artifacts that
+`finalize` uploads, progress and the log file, and every command's --help.
+
+One small study (3 tiny trials of chosen configurations, then a finalize) is made once for the module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import click
+import optuna
+import pytest
+from click.testing import CliRunner
+from optuna.artifacts import FileSystemArtifactStore, download_artifact, get_all_artifact_meta
+from optuna.trial import TrialState
+
+from search.cli import main
+from search.space import KNOWN_CONFIGS
+
+STUDY = "rep"
+STORAGE = f"sqlite:///studies/{STUDY}.db"
+SAMPLE = KNOWN_CONFIGS["sample-code"]
+# Three cheap configurations that differ in encoder, pooling and loss: the comparison figure has groups.
+CONFIGS = [
+    SAMPLE,
+    {**SAMPLE, "d_model": 64, "pooling": "sap", "loss": "am", "margin": 0.2, "scale": 30.0,
+     "label_smoothing": None},
+    {k: v for k, v in {**SAMPLE, "encoder": "conformer", "d_model": 64, "ffn": 128, "conformer_kernel": 7,
+                       "subsampling": True, "pooling": "asp", "head": "linear"}.items()
+     if k not in ("norm_first", "head_hidden")},
+]
+FIGURES = ["Optimisation history", "Intermediate values", "Parameter importances", "Parallel coordinates", "Slices",
+           "Encoders, poolings and losses compared", "Timeline"]
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+class InDir:
+    """chdir for a module-scoped fixture (monkeypatch is per test)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def __enter__(self):
+        self.previous = os.getcwd()
+        os.chdir(self.folder)
+
+    def __exit__(self, *exc):
+        os.chdir(self.previous)
+
+
+def make_study(folder: Path, data: Path, name: str, configs: list[dict], *flags: str):
+    """Enqueue ``configs`` in a new study and run them through the CLI (budget 8: the smallest)."""
+    (folder / "studies").mkdir(exist_ok=True)
+    study = optuna.create_study(study_name=name, storage=f"sqlite:///studies/{name}.db", direction="maximize")
+    for params in configs:
+        study.enqueue_trial({k: v for k, v in params.items() if v is not None})
+    result = invoke("run", "--trials", str(len(configs)), "--study", name, "--data", str(data), "--budget", "8",
+                    "--device", "cpu", "--seed", "1", "--no-warm-start", *flags)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory, tiny_dataset):
+    folder = tmp_path_factory.mktemp("report")
+    with InDir(folder):
+        run = make_study(folder, tiny_dataset, STUDY, CONFIGS)
+        final = invoke("finalize", "best", "--study", STUDY, "--steps", "8", "--quiet")
+        assert final.exit_code == 0, final.output
+    return folder, run.output, final.output
+
+
+@pytest.fixture
+def inside(searched, monkeypatch):
+    monkeypatch.chdir(searched[0])
+    return searched[0]
+
+
+def load() -> optuna.Study:
+    return optuna.load_study(study_name=STUDY, storage=STORAGE)
+
+
+def test_the_study_has_what_the_report_compares(inside):
+    study = load()
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(complete) >= 2, [(t.number, t.state) for t in study.trials]
+    assert {t.params["encoder"] for t in study.trials} == {"transformer", "conformer"}
+    for t in study.trials:  # what each trial's page in the dashboard shows
+        a = t.user_attrs
+        assert {"model_config", "train_config", "parameters", "steps_per_second", "device", "wall_seconds",
+                "ended"} <= set(a), sorted(a)
+        assert a["ended"].startswith(("complete after", "pruned at step"))
+        assert t.intermediate_values
+
+
+def test_report_is_one_self_contained_page_with_every_figure(inside):
+    result = invoke("report", "--study", STUDY, "--out", "shared/report.html")
+    assert result.exit_code == 0, result.output
+    page = (inside / "shared" / "report.html").read_text()
+    for title in FIGURES:
+        assert f"<h2>{title}" in page, title
+    assert page.count('class="plotly-graph-div"') == len(FIGURES)
+    assert "Accuracy by encoder, pooling and loss" in page
+    # plotly.js inlined exactly once, nothing fetched from the network: it opens offline
+    assert len(page) > 1_000_000
+    assert len(re.findall(r"plotly\.js v\d", page)) == 1
+    assert not re.search(r"<script[^>]+src=", page)
+    assert [p.name for p in (inside / "shared").iterdir()] == ["report.html"]  # no temporary file left
+    assert "report written to shared/report.html (7 figures)" in result.output
+
+
+def test_report_prints_the_best_trials(inside):
+    result = invoke("report", "--study", STUDY, "--out", "r.html")
+    assert result.exit_code == 0, result.output
+    study = load()
+    best = sorted((t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: -t.value)
+    assert f"study '{STUDY}': 3 trials:" in result.output
+    lines = [line for line in result.output.splitlines() if re.match(r"\s+#\d+\s+acc ", line)]
+    assert len(lines) == min(5, len(best))
+    assert lines[0].split()[:3] == [f"#{best[0].number}", "acc", f"{best[0].value:.4f}"]
+    assert f"encoder={best[0].params['encoder']}" in lines[0] and "pooling=" in lines[0] and "loss=" in lines[0]
+
+
+def fake_study(name: str, n_complete: int, n_pruned: int = 0) -> None:
+    """A study without training (a few seconds less): just trials with parameters and values."""
+    study = optuna.create_study(study_name=name, storage=f"sqlite:///studies/{name}.db", direction="maximize")
+
+    def objective(trial):
+        trial.suggest_categorical("encoder", ["transformer", "conformer"])
+        trial.suggest_categorical("pooling", ["mean", "sap"])
+        trial.suggest_categorical("loss", ["ce", "am"])
+        lr = trial.suggest_float("lr", 1e-4, 3e-3, log=True)
+        trial.report(lr * 100, 1)
+        if trial.number >= n_complete:
+            raise optuna.TrialPruned()
+        return lr * 100
+
+    study.optimize(objective, n_trials=n_complete + n_pruned)
+
+
+def test_report_skips_importances_below_two_complete_trials(workdir):
+    (workdir / "studies").mkdir()
+    fake_study("one", n_complete=1, n_pruned=1)
+    result = invoke("report", "--study", "one", "--out", "one.html")
+    assert result.exit_code == 0, result.output
+    assert "figure skipped: Parameter importances: needs at least 2 complete trials; this study has 1" in result.output
+    page = (workdir / "one.html").read_text()
+    assert "needs at least 2 complete trials" in page
+    assert page.count('class="plotly-graph-div"') == len(FIGURES) - 1
+
+
+def test_report_of_a_study_without_finished_trials_is_one_error_line(workdir):
+    (workdir / "studies").mkdir()
+    optuna.create_study(study_name="empty", storage="sqlite:///studies/empty.db")
+    result = invoke("report", "--study", "empty")
+    assert result.exit_code != 0
+    assert result.output.strip().splitlines()[-1] == ("Error: study 'empty' has no finished trial yet: "
+                                                       "run `search run` first")
+    assert not (workdir / "report.html").exists()
+
+
+def test_studies_lists_every_study_with_counts_and_best(inside):
+    fake_study("other", n_complete=2, n_pruned=1)
+    try:
+        result = invoke("studies")
+        assert result.exit_code == 0, result.output
+        rows = {line.split()[0]: line.split() for line in result.output.splitlines()[1:]}
+        best = load().best_trial
+        # study, trials, complete, pruned, failed, running, best (trial), storage
+        assert rows[STUDY][1] == "3" and rows[STUDY][5] == "0"
+        assert rows[STUDY][6:8] == [f"{best.value:.4f}", f"(#{best.number})"]
+        assert rows["other"][1:5] == ["3", "2", "1", "0"]
+        result = invoke("studies", "--storage", "sqlite:///studies/other.db")
+        assert result.exit_code == 0 and "other" in result.output and STUDY not in result.output
+        result = invoke("studies", "--json")
+        assert result.exit_code == 0, result.output
+        rows = {r["study"]: r for r in json.loads(result.output)}
+        assert rows["other"]["complete"] == 2 and rows["other"]["pruned"] == 1 and rows[STUDY]["trials"] == 3
+        assert rows[STUDY]["best_trial"] == best.number and rows[STUDY]["storage"] == STORAGE
+    finally:
+        os.remove("studies/other.db")
+    result = invoke("studies", "--storage", "sqlite:///studies/nothere.db")
+    assert result.exit_code != 0 and "no such file" in result.output
+    assert not Path("studies/nothere.db").exists()
+
+
+def test_show_prints_a_trials_configuration_and_results(inside):
+    best = load().best_trial
+    result = invoke("show", "--study", STUDY)
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert f"trial #{best.number}  (best)" in out
+    for text in ("ended        complete after 8 steps", "device       cpu", "parameters ", "steps/s", "wall seconds",
+                 "validation curve (step: accuracy):", "model config (resolved):", "train config (resolved):",
+                 f"encoder          {best.params['encoder']}", "finalized: 8 steps"):
+        assert text in out, text
+    other = next(t for t in load().trials if t.number != best.number)
+    result = invoke("show", "--study", STUDY, "--trial", str(other.number))
+    assert result.exit_code == 0 and f"trial #{other.number}\n" in result.output
+    result = invoke("show", "--study", STUDY, "--trial", str(other.number), "--json")
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.output)
+    assert shown["number"] == other.number and shown["params"] == other.params
+    assert shown["user_attrs"]["ended"] == other.user_attrs["ended"] and len(shown["intermediate_values"]) == len(other.intermediate_values)
+    result = invoke("show", "--study", STUDY, "--trial", "99")
+    assert result.exit_code != 0
+    assert result.output.strip().splitlines()[-1] == f"Error: --trial 99: no such trial in study '{STUDY}' (it has trials #0 to #2)"
+
+
+def test_finalize_uploads_its_files_to_the_artifact_store(inside):
+    study = load()
+    number = study.user_attrs["final"]["trial"]
+    assert number == study.best_trial.number
+    metas = {m.filename: m for m in get_all_artifact_meta(study)}
+    names = [f"trial{number}-model.pt", f"trial{number}-config.json", f"trial{number}-predictions.csv"]
+    assert sorted(metas) == sorted(names)
+    assert metas[names[2]].mimetype == "text/csv"
+    store = FileSystemArtifactStore("studies/rep/artifacts")
+    originals = [Path("studies/rep/final/model.pt"), Path("studies/rep/final/config.json"),
+                 Path("studies/rep/predictions.csv")]
+    for name, original in zip(names, originals):
+        copy = inside / "download" / name
+        copy.parent.mkdir(exist_ok=True)
+        download_artifact(artifact_store=store, artifact_id=metas[name].artifact_id, file_path=str(copy))
+        assert copy.read_bytes() == original.read_bytes(), name
+    assert study.user_attrs["final"]["artifacts"] == {n: metas[n].artifact_id for n in names}
+
+    # the same files again (finalize re-run with identical results): nothing new is uploaded
+    from search.artifacts import upload_final
+
+    again = upload_final(study, number, originals, Path("studies/rep/artifacts"), {"steps": 8})
+    assert again == study.user_attrs["final"]["artifacts"]
+    assert len(get_all_artifact_meta(load())) == 3
+
+
+def test_upload_survives_an_artifact_deleted_in_the_dashboard(workdir):
+    """optuna-dashboard deletes an artifact by leaving a null in the study's system attributes."""
+    from search.artifacts import study_artifacts, upload_final
+
+    (workdir / "studies").mkdir()
+    fake_study("del", n_complete=1)
+    study = optuna.load_study(study_name="del", storage="sqlite:///studies/del.db")
+    files = [workdir / "model.pt", workdir / "predictions.csv"]
+    for i, f in enumerate(files):
+        f.write_text(f"content {i}")
+    first = upload_final(study, 0, files, workdir / "studies" / "del" / "artifacts")
+    deleted = first["trial0-model.pt"]
+    study._storage.set_study_system_attr(study._study_id, "artifacts:" + deleted, json.dumps(None))
+    files[0].write_text("new model")
+    second = upload_final(study, 0, files, workdir / "studies" / "del" / "artifacts")
+    assert second["trial0-predictions.csv"] == first["trial0-predictions.csv"]  # unchanged: not uploaded again
+    assert second["trial0-model.pt"] != deleted
+    assert sorted(m["filename"] for m in study_artifacts(study)) == ["trial0-model.pt", "trial0-predictions.csv"]
+
+
+def test_progress_is_printed_and_everything_is_logged(searched, inside):
+    _, run_output, final_output = searched
+    assert "trial 3/3" in run_output  # per-trial progress, printed although CliRunner is no terminal
+    assert "step 8/8" not in final_output  # --quiet: no per-evaluation lines...
+    assert "predictions written to" in final_output  # ...but the summary
+    log = (inside / "studies" / STUDY / "search.log").read_text()
+    for text in ("run --trials 3 --study rep", "trial 1/3", "trial 3/3", "best trial #", "finalize best --study rep --steps 8",
+                 "step 8/8  loss", "ETA", "predictions written to"):
+        assert text in log, text
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ \d+ INFO ", log)
+
+
+def _commands(group: click.Group, prefix=()):
+    for name, command in group.commands.items():
+        yield prefix + (name,), command
+        if isinstance(command, click.Group):
+            yield from _commands(command, prefix + (name,))
+
+
+def test_every_commands_help_says_what_it_does_with_an_example():
+    top = invoke("--help")
+    assert top.exit_code == 0 and "Quick start:" in top.output and "search report" in top.output
+    commands = list(_commands(main))
+    assert {"run", "finalize", "dashboard", "report", "studies", "show", "data"} <= {c[0][0] for c in commands}
+    for path, _ in commands:
+        result = invoke(*path, "--help")
+        assert result.exit_code == 0, path
+        help_text = result.output.split("Options:")[0]
+        assert re.search(r"Example[^:]*:\s+search\s+" + r"\s+".join(path), help_text), (path, help_text)

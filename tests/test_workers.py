@@ -1,0 +1,273 @@
+"""Several workers on one study: PostgreSQL, MariaDB, one SQLite file, journal storage; Hyperband's
+brackets across processes; a worker killed with SIGKILL mid-trial.
+
+The 100-trial tests need the PostgreSQL and MariaDB servers of CI on 127.0.0.1 (skipped, saying so,
+when they are not reachable). Trials are the real objective with a tiny budget (8 steps) on a
+micro dataset; most are the sample-code configuration, enqueued, so a trial takes well under a second.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import optuna
+import pytest
+from click.testing import CliRunner
+from optuna.trial import TrialState
+
+from data.synth import synthesize
+from search.cli import main
+from search.space import KNOWN_CONFIGS
+from search.storage import open_storage
+from search.study import StudySettings, open_study
+from search.workers import split_trials
+
+REPO = Path(__file__).resolve().parents[1]
+POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+MARIADB = "mysql+pymysql://root@127.0.0.1:3306/test"
+SAMPLE = KNOWN_CONFIGS["sample-code"]
+
+
+@pytest.fixture(scope="session")
+def micro_dataset(tmp_path_factory) -> Path:
+    """Smaller than conftest's tiny dataset (short utterances): a validation pass costs milliseconds."""
+    folder = tmp_path_factory.mktemp("micro") / "Dataset"
+    synthesize(folder, speakers=4, utterances_per_speaker=8, length_scale=0.06, seed=3)
+    return folder
+
+
+def reachable(url: str) -> str | None:
+    """None if a database answers at ``url``, else why not (the skip reason)."""
+    import sqlalchemy
+
+    from search.storage import _with_installed_driver
+
+    try:
+        engine = sqlalchemy.create_engine(_with_installed_driver(sqlalchemy.engine.make_url(url)),
+                                          connect_args={"connect_timeout": 3})
+        with engine.connect() as connection:
+            connection.exec_driver_sql("SELECT 1")
+        engine.dispose()
+        return None
+    except Exception as err:  # noqa: BLE001 - any reason to skip is reported
+        return f"{url} not reachable ({type(err).__name__}: {str(err).strip().splitlines()[0][:120]})"
+
+
+def settings_for(data: Path, budget: int = 8) -> StudySettings:
+    return StudySettings(budget=budget, eval_every=max(1, budget // 8), data=str(data.resolve()), seed=0, profile="cpu")
+
+
+def states(study: optuna.Study) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        found[t.state.name] = found.get(t.state.name, 0) + 1
+    return found
+
+
+def test_split_trials_adds_up_exactly():
+    assert split_trials(100, 4) == [25, 25, 25, 25]
+    assert split_trials(10, 4) == [3, 3, 2, 2]
+    assert split_trials(2, 4) == [1, 1]  # no idle workers started
+    for total in range(1, 30):
+        for workers in range(1, 9):
+            assert sum(split_trials(total, workers)) == total
+
+
+@pytest.mark.parametrize("url", [POSTGRES, MARIADB], ids=["postgresql", "mariadb"])
+def test_four_workers_run_100_trials_on_a_database_server(url, micro_dataset, workdir):
+    why = reachable(url)
+    if why:
+        pytest.skip(why)
+    name = f"test-workers-{uuid.uuid4().hex[:12]}"
+    study, _, created = open_study(name, url, settings_for(micro_dataset), True, warm_start=False)
+    assert created
+    try:
+        for _ in range(80):  # 80 enqueued (the pop race: FOR UPDATE), 20 sampled (the trial-number race)
+            study.enqueue_trial(SAMPLE)
+        result = CliRunner().invoke(main, ["run", "--trials", "100", "--workers", "4", "--study", name,
+                                           "--storage", url, "--data", str(micro_dataset), "--budget", "8",
+                                           "--device", "cpu", "--no-warm-start"])
+        assert result.exit_code == 0, result.output
+        assert "4 worker processes, trials each: 25, 25, 25, 25" in result.output
+        assert "trial 100/100" in result.output
+        trials = optuna.load_study(study_name=name, storage=open_storage(url)).get_trials(deepcopy=False)
+        numbers = [t.number for t in trials]
+        assert len(trials) == 100
+        assert sorted(numbers) == list(range(100))  # no duplicate, none missing
+        assert all(t.state.is_finished() for t in trials), states(study)  # none RUNNING or WAITING
+        assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 100
+        assert len({t.user_attrs["worker"] for t in trials}) == 4  # all four workers ran trials
+    finally:
+        optuna.delete_study(study_name=name, storage=open_storage(url))
+
+
+def test_two_workers_share_one_sqlite_file(micro_dataset, workdir):
+    url = "sqlite:///studies/two.db"
+    study, _, _ = open_study("two", url, settings_for(micro_dataset), True, warm_start=False)
+    for _ in range(12):  # enqueued trials: each must run exactly once (SQLite has no SELECT FOR UPDATE)
+        study.enqueue_trial(SAMPLE)
+    result = CliRunner().invoke(main, ["run", "--trials", "20", "--workers", "2", "--study", "two",
+                                       "--data", str(micro_dataset), "--budget", "8", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "locked" not in result.output
+    trials = study.get_trials(deepcopy=False)
+    assert len(trials) == 20 and sorted(t.number for t in trials) == list(range(20))
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials), states(study)
+    assert sum(t.params == SAMPLE for t in trials) >= 12
+
+
+def _hammer(url: str, name: str, n: int) -> int:
+    """A worker process asking for and finishing ``n`` trials as fast as the storage allows."""
+    study = optuna.load_study(study_name=name, storage=open_storage(url))
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=n)
+    return n
+
+
+def test_sqlite_under_load_has_no_lock_errors(workdir):
+    """Four processes, a trivial objective, every storage call contending for one SQLite file."""
+    url = "sqlite:///studies/load.db"
+    study = optuna.create_study(study_name="load", storage=open_storage(url))
+    for i in range(40):
+        study.enqueue_trial({"x": i / 40})
+    with ProcessPoolExecutor(4, mp_context=get_context("spawn")) as pool:
+        assert sum(pool.map(_hammer, [url] * 4, ["load"] * 4, [50] * 4)) == 200
+    trials = study.get_trials(deepcopy=False)
+    assert len(trials) == 200 and sorted(t.number for t in trials) == list(range(200))
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert sorted(t.params["x"] for t in trials if t.params["x"] in {i / 40 for i in range(40)})[:40] == \
+        [i / 40 for i in range(40)]  # each enqueued point ran (exactly once: 200 trials in all)
+    assert sqlite3.connect("studies/load.db").execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_journal_storage_with_two_workers(micro_dataset, workdir):
+    result = CliRunner().invoke(main, ["run", "--trials", "6", "--workers", "2", "--study", "j", "--storage",
+                                       "journal:///studies/j.log", "--data", str(micro_dataset), "--budget", "8",
+                                       "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    trials = optuna.load_study(study_name="j", storage=open_storage("journal:///studies/j.log")).trials
+    assert len(trials) == 6 and all(t.state.is_finished() for t in trials)
+
+
+def _brackets(url: str, name: str, budget: int) -> tuple:
+    """In a fresh process: the pruner a worker builds, initialised on the study as that process sees it."""
+    study = optuna.load_study(study_name=name, storage=open_storage(url))
+    from search.study import make_pruner
+
+    pruner = make_pruner(StudySettings.from_attrs(study.user_attrs))
+    pruner._try_initialization(study)  # what its first prune() call does
+    fake = [optuna.trial.FrozenTrial(number=n, state=TrialState.RUNNING, value=None, datetime_start=None,
+                                     datetime_complete=None, params={}, distributions={}, user_attrs={},
+                                     system_attrs={}, intermediate_values={}, trial_id=n) for n in range(60)]
+    return (pruner._max_resource, pruner._n_brackets, tuple(pruner._trial_allocation_budgets),
+            tuple(pruner._get_bracket_id(study, t) for t in fake))
+
+
+def test_hyperband_brackets_are_the_same_in_every_process(micro_dataset, workdir):
+    """With max_resource='auto' each process would guess it from the trials it has seen so far; ours is
+    the budget, so a worker that starts early and one that starts late put each trial in the same bracket."""
+    url, budget = "sqlite:///studies/hb.db", 64
+    study, _, _ = open_study("hb", url, settings_for(micro_dataset, budget), True, warm_start=False)
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        early = pool.submit(_brackets, url, "hb", budget).result()
+    study = optuna.load_study(study_name="hb", storage=open_storage(url, heartbeat_interval=None))  # ask/tell by hand
+    for last_step in (8, 16, 24):  # completed trials that stopped early: 'auto' would take 25 as max
+        trial = study.ask()
+        for step in range(8, last_step + 1, 8):
+            trial.report(0.5, step)
+        study.tell(trial, 0.5)
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        late = pool.submit(_brackets, url, "hb", budget).result()
+    assert early == late
+    assert early[0] == budget and early[1] == 2  # floor(log3(64 / 8)) + 1 brackets
+    assert set(early[3]) == {0, 1}  # trials do land in both brackets
+
+
+# ---------------------------------------------------------------------------------------------------
+# SIGKILL mid-trial: the heartbeat marks the trial FAIL after the grace period, the retry callback
+# re-queues it (WAITING), and a later worker runs it. Heartbeat 1 s, grace 3 s through the environment.
+
+FAST_HEARTBEATS = {"SEARCH_HEARTBEAT_INTERVAL": "1", "SEARCH_GRACE_PERIOD": "3"}
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def _is_worker(pid: int) -> bool:
+    try:
+        return b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def test_killed_workers_trials_are_failed_and_rerun(tiny_dataset, workdir, monkeypatch):
+    for key, value in FAST_HEARTBEATS.items():
+        monkeypatch.setenv(key, value)  # this process's storage handles and every subprocess's
+    url, name, budget = "sqlite:///studies/kill.db", "kill", 48
+    study, _, _ = open_study(name, url, settings_for(tiny_dataset, budget), True, warm_start=False)
+    for _ in range(12):
+        study.enqueue_trial(SAMPLE)
+    command = [sys.executable, "-m", "search.cli", "run", "--trials", "4", "--workers", "2", "--study", name,
+               "--data", str(tiny_dataset), "--device", "cpu"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    rng = random.Random(5)
+    killed: list[int] = []  # trial numbers running in the worker at the moment it was killed
+    for _round in range(3):
+        parent = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.monotonic() + 120
+            victim = None
+            while victim is None and time.monotonic() < deadline and parent.poll() is None:
+                time.sleep(0.1)
+                running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                workers = {p for p in _children(parent.pid) if _is_worker(p)}
+                mine = [t for t in running if int(t.user_attrs.get("worker", ":0").split(":")[1]) in workers
+                        and "failed_trial" not in t.system_attrs]  # an original trial, not a retry
+                if mine:
+                    time.sleep(rng.uniform(0.0, 1.5))  # somewhere in the trial (~2-3 s long)
+                    trial = study._storage.get_trial(mine[0]._trial_id)
+                    if trial.state == TrialState.RUNNING:
+                        victim = int(trial.user_attrs["worker"].split(":")[1])
+                        os.kill(victim, signal.SIGKILL)
+                        killed.append(trial.number)
+            assert victim is not None, "no running trial to kill"
+            output, _ = parent.communicate(timeout=180)  # the parent must not hang on its dead worker
+        finally:
+            if parent.poll() is None:
+                parent.kill()
+        assert parent.returncode == 1, output
+        assert "killed by SIGKILL" in output and "Traceback" not in output, output
+        assert output.strip().splitlines()[-1].startswith("Error: worker "), output
+
+    time.sleep(4)  # past the grace period: the killed trials are stale now
+    left = [t for t in study.get_trials(deepcopy=False) if not t.state.is_finished()]
+    final = subprocess.run([*command[:5], str(max(1, len(left))), "--workers", "1", *command[8:]],
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert final.returncode == 0, final.stdout + final.stderr
+
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) for t in trials.values()), \
+        states(study)  # none RUNNING, none WAITING
+    retried = {t.system_attrs["failed_trial"]: t for t in trials.values() if "failed_trial" in t.system_attrs}
+    print("killed", killed, "retried as", {k: (v.number, v.state.name) for k, v in retried.items()}, states(study))
+    for number in killed:
+        assert trials[number].state == TrialState.FAIL
+        assert number in retried, f"killed trial #{number} was not re-queued"
+        assert retried[number].params == trials[number].params
+        assert retried[number].state in (TrialState.COMPLETE, TrialState.PRUNED)
+    assert [t.number for t in trials.values() if t.state == TrialState.FAIL] == sorted(killed)
+    assert sqlite3.connect("studies/kill.db").execute("PRAGMA integrity_check").fetchone()[0] == "ok"
