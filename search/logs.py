@@ -58,11 +58,8 @@ class Console:
             click.echo(line, err=err)
 
     def data_progress(self, label: str):
-        """A ``progress(done, total)`` callback for data preparation (every ~5000 items, and the end)."""
-        def progress(done: int, total: int) -> None:
-            if done == total or done % 5000 < 500:
-                self.progress(f"{label}: {done}/{total}", err=True)
-        return progress
+        """A ``progress(done, total)`` callback for data preparation: a line at each tenth, and the end."""
+        return throttled(lambda done, total: self.progress(f"{label}: {done}/{total}", err=True))
 
     def close(self) -> None:
         if self.handler is not None:
@@ -70,6 +67,18 @@ class Console:
             logging.getLogger("optuna").removeHandler(self.handler)
             self.handler.close()
             self.handler = None
+
+
+def throttled(report):
+    """Wrap ``report(done, total)`` so it runs only when ``done`` reaches the next tenth of ``total``."""
+    last = {"tenth": -1}
+
+    def progress(done: int, total: int) -> None:
+        tenth = 10 * done // max(1, total)
+        if tenth != last["tenth"]:
+            last["tenth"] = tenth
+            report(done, total)
+    return progress
 
 
 def open_console(study_name: str, quiet: bool) -> Console:

@@ -63,30 +63,22 @@ class Objective:
             trial.set_user_attr("steps_per_second", round(metrics["steps_per_second"], 2))
             if trial.should_prune():
                 trial.set_user_attr("ended", f"pruned at step {step}")
-                trial.set_user_attr("wall_seconds", round(time.perf_counter() - started, 2))
                 raise optuna.TrialPruned(f"pruned at step {step} (valid accuracy {metrics['valid_accuracy']:.4f})")
 
         try:
             result = train(model_cfg, train_cfg, self.task, on_eval=on_eval)
         except TrainingDiverged as err:
             trial.set_user_attr("ended", f"failed: {err}")
-            trial.set_user_attr("wall_seconds", round(time.perf_counter() - started, 2))
             raise
         except torch.OutOfMemoryError:
             trial.set_user_attr("ended", "failed: out of GPU memory")
-            trial.set_user_attr("wall_seconds", round(time.perf_counter() - started, 2))
             gc.collect()
             torch.cuda.empty_cache()  # give the memory back before the next trial of this worker
             raise
-        except optuna.TrialPruned:
-            raise
-        except Exception as err:  # recorded; the study goes on unless --fail-fast
-            trial.set_user_attr("ended", f"failed: {type(err).__name__}: {err}"[:500])
+        finally:  # complete, pruned or failed: the time it took (other failures are recorded in __call__)
             trial.set_user_attr("wall_seconds", round(time.perf_counter() - started, 2))
-            raise
         trial.set_user_attr("steps_per_second", round(result.steps_per_second, 2))
         trial.set_user_attr("best_step", result.best_step)
-        trial.set_user_attr("wall_seconds", round(time.perf_counter() - started, 2))
         trial.set_user_attr("ended", f"complete after {self.budget} steps")
         return result.best_accuracy
 

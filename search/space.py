@@ -73,10 +73,10 @@ def build_space(profile: str = "full") -> list[Param]:
     margin_losses = [n for n in LOSSES.names() if n != "ce"]
     return [
         Param("encoder", "categorical", ENCODERS.names()),
-        Param("d_model", "categorical", [64, 80, 128, 160] if cpu else [80, 128, 160, 256, 384, 512]),
+        Param("d_model", "categorical", [32, 48, 64, 80] if cpu else [80, 128, 160, 256, 384, 512]),
         Param("nhead", "categorical", [1, 2, 4, 8] if cpu else [1, 2, 4, 8, 16]),
         Param("layers", "int", low=1, high=2 if cpu else 6),
-        Param("ffn", "categorical", [128, 256, 512] if cpu else [256, 512, 1024, 2048]),
+        Param("ffn", "categorical", [128, 256] if cpu else [256, 512, 1024, 2048]),
         Param("dropout", "float", low=0.0, high=0.3),
         Param("norm_first", "categorical", [False, True], when=_is("encoder", "transformer"),
               condition="encoder == transformer"),
@@ -86,7 +86,7 @@ def build_space(profile: str = "full") -> list[Param]:
               condition="encoder == conformer"),
         Param("pooling", "categorical", POOLINGS.names()),
         Param("head", "categorical", ["linear", "mlp"]),
-        Param("head_hidden", "categorical", [80, 160, 256] if cpu else [80, 256, 512, 1024], when=_is("head", "mlp"),
+        Param("head_hidden", "categorical", [80, 128] if cpu else [80, 256, 512, 1024], when=_is("head", "mlp"),
               condition="head == mlp"),
         Param("loss", "categorical", LOSSES.names()),
         Param("label_smoothing", "float", low=0.0, high=0.2, when=_is("loss", "ce"), condition="loss == ce"),
@@ -100,8 +100,8 @@ def build_space(profile: str = "full") -> list[Param]:
         Param("freq_mask_width", "int", low=2, high=10, when=lambda p: p["freq_masks"] > 0, condition="freq_masks > 0"),
         Param("lr", "float", low=1e-4, high=3e-3, log=True),
         Param("weight_decay", "float", low=1e-4, high=0.1, log=True),
-        Param("batch_size", "categorical", [32, 64] if cpu else [32, 64, 128]),
-        Param("segment", "int", low=128, high=192 if cpu else 384, step=32),
+        Param("batch_size", "categorical", [32] if cpu else [32, 64, 128]),
+        Param("segment", "int", low=128, high=128 if cpu else 384, step=32),
     ]
 
 
