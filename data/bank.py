@@ -6,7 +6,7 @@ cuts its training crops and validation batches from it with one gather, with no 
 
 On disk (a folder ``.bank/`` beside the data, or a cache folder when the data folder is read-only)::
 
-    frames.f16   raw float16, shape (total_frames, n_mels), utterances back to back
+    frames.npy   float16, shape (total_frames, n_mels), utterances back to back
     index.npz    offsets, lengths, labels (-1 for test), names, id2speaker, n_mels, n_train, fingerprint
 
 Packing streams one utterance at a time into a memory-mapped file, so the host never holds the data
@@ -18,7 +18,6 @@ log-mel values (silence -20.7 .. peaks ~9), and halves memory (HW04: 37M frames 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -190,7 +189,3 @@ def describe(layout: Layout) -> dict:
                 "p5": float(np.percentile(a, 5)), "p95": float(np.percentile(a, 95))}
     return {"folder": str(layout.root), "n_mels": layout.n_mels, "speakers": layout.n_speakers,
             "train": stats([u.mel_len for u in layout.train]), "test": stats([u.mel_len for u in layout.test])}
-
-
-def to_json(summary: dict) -> str:
-    return json.dumps(summary, indent=2)
