@@ -17,7 +17,7 @@ import optuna
 from data.errors import DataError
 
 DEFAULT_STUDY = "hw04"
-CPU_BUDGET = 240  # steps per trial on a CPU: 20 trials of the cpu space in ~5 minutes on 2 cores
+CPU_BUDGET = 200  # steps per trial on a CPU: 20 trials of the cpu space in ~5 minutes on 2 cores
 GPU_BUDGET = 2000  # steps per trial on a GPU
 
 
