@@ -28,9 +28,6 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 
 from search.errors import UserError
 
-# Heartbeats and the retry callback are marked experimental in Optuna 5; we rely on them knowingly.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
 HEARTBEAT_INTERVAL = 10  # seconds between a running trial's heartbeats
 GRACE_PERIOD = 30  # seconds without a heartbeat before a trial counts as dead
 MAX_RETRY = 3  # times a dead trial's parameters are run again

@@ -117,20 +117,18 @@ def run_trials(study: optuna.Study, settings: StudySettings, task: Task, n_trial
     # the process anyway: move them out of the collector's sight.
     gc.collect()
     gc.freeze()
-    if fail_fast:
-        def fail_fast_objective(trial: optuna.Trial) -> float:
-            try:
-                return objective(trial)
-            except optuna.TrialPruned:
-                raise
-            except Exception as err:  # Optuna records the trial as FAIL, then this stops the run
-                reason = trial.user_attrs.get("ended") or f"failed: {type(err).__name__}: {err}"
-                raise TrialFailed(f"--fail-fast: trial #{trial.number} {reason}") from err
 
-        study.optimize(fail_fast_objective, n_trials=n_trials, timeout=timeout, catch=(),
-                       callbacks=[on_trial] if on_trial else None, gc_after_trial=True)
-        return
-    study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=(Exception,),
+    def fail_fast_objective(trial: optuna.Trial) -> float:
+        try:
+            return objective(trial)
+        except optuna.TrialPruned:
+            raise
+        except Exception as err:  # Optuna records the trial as FAIL, then this stops the run
+            reason = trial.user_attrs.get("ended") or f"failed: {type(err).__name__}: {err}"
+            raise TrialFailed(f"--fail-fast: trial #{trial.number} {reason}") from err
+
+    func, catch = (fail_fast_objective, ()) if fail_fast else (objective, (Exception,))
+    study.optimize(func, n_trials=n_trials, timeout=timeout, catch=catch,
                    callbacks=[on_trial] if on_trial else None, gc_after_trial=True)
 
 
