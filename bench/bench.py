@@ -64,17 +64,20 @@ def measure_packing(data_dir: str) -> tuple[float, float]:
     return result
 
 
-def trainer_rate(task, d_model: int, nhead: int, batch: int, steps: int) -> dict:
-    """Our trainer on the sample model (ffn 256, mlp head of width d_model): steps/s, excluding evaluation."""
+def trainer_rate(task, d_model: int, nhead: int, batch: int, steps: int, cuda_graph: bool = True) -> dict:
+    """Our trainer on the sample model (ffn 256, mlp head of width d_model): steps/s, excluding evaluation.
+
+    The timed run includes the CUDA graph's warm-up and capture (a trial pays for them too)."""
     cfg = ModelConfig(d_model=d_model, nhead=nhead, ffn=256, head_hidden=d_model, n_classes=task.bank.n_speakers)
-    train(cfg, TrainConfig(steps=20, eval_every=10**9, warmup_steps=5, batch_size=batch), task)  # warm caches
+    train(cfg, TrainConfig(steps=20, eval_every=10**9, warmup_steps=5, batch_size=batch, cuda_graph=cuda_graph),
+          task)  # warm the allocator and cuBLAS
     if task.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
     result = train(cfg, TrainConfig(steps=steps, eval_every=10**9, warmup_steps=min(1000, steps // 10),
-                                    batch_size=batch), task)
+                                    batch_size=batch, cuda_graph=cuda_graph), task)
     peak = (torch.cuda.max_memory_allocated() - before) / 2**20 if task.device.type == "cuda" else None
-    return {"steps_per_second": result.steps_per_second,
+    return {"steps_per_second": result.steps_per_second, "cuda_graph": result.cuda_graph,
             "segments_per_second": result.steps_per_second * batch, "step_peak_mib": peak}
 
 
@@ -92,7 +95,9 @@ def trials_per_hour(data_dir: str, workers: int, trials: int, trial_steps: int, 
         study.enqueue_trial(KNOWN_CONFIGS["sample-code"])
     command = [sys.executable, "-m", "search.cli", "run", "--trials", str(trials), "--study", study_name,
                "--storage", storage, "--data", data_dir, "--budget", str(trial_steps), "--device", device,
-               "--workers", str(workers), "--no-warm-start", "--space", "full"]
+               "--no-warm-start", "--no-pruning", "--space", "full"]
+    # --no-pruning: every trial runs its 2,000 steps (Hyperband would stop most of these identical trials)
+    command += ["--workers-per-gpu", str(workers)] if device.startswith("cuda") else ["--workers", str(workers)]
     started = time.perf_counter()
     completed = subprocess.run(command, cwd=workdir, capture_output=True, text=True,
                                env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH")]))})
@@ -100,8 +105,14 @@ def trials_per_hour(data_dir: str, workers: int, trials: int, trial_steps: int, 
     if completed.returncode != 0:
         raise RuntimeError(f"search run failed:\n{completed.stdout[-2000:]}\n{completed.stderr[-2000:]}")
     finished = [t for t in optuna.load_study(study_name=study_name, storage=storage).trials if t.state.is_finished()]
+    # Steady state: trials finished after each worker's first one, over the time since the first finish
+    # (leaves out process start, data loading and the first trial's warm-up, which a long search amortises).
+    ends = sorted(t.datetime_complete.timestamp() for t in finished)
+    steady = (len(ends) - workers) / (ends[-1] - ends[workers - 1]) * 3600 if len(ends) > workers else None
     return {"workers": workers, "trials": len(finished), "wall_seconds": wall,
-            "trials_per_hour": len(finished) / wall * 3600}
+            "trials_per_hour": len(finished) / wall * 3600, "steady_trials_per_hour": steady,
+            "mean_trial_seconds": sum(t.user_attrs.get("wall_seconds", 0) for t in finished) / max(1, len(finished)),
+            "cuda_graph_trials": sum(bool(t.user_attrs.get("cuda_graph")) for t in finished)}
 
 
 def main() -> None:
@@ -114,7 +125,7 @@ def main() -> None:
     parser.add_argument("--batches", default="32,128,512,1024,2048", help="batch sizes for segments/s")
     parser.add_argument("--workers", default="1,2,4", help="worker counts for trials/hour")
     parser.add_argument("--trials-per-worker", type=int, default=4)
-    parser.add_argument("--skip", default="", help="comma list of parts to skip: sample,trials")
+    parser.add_argument("--skip", default="", help="comma list of parts to skip: packing, sample (the sample loop), rates (steps/s and segments/s), trials")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     tmp = Path(tempfile.mkdtemp(prefix="bench-"))
@@ -133,8 +144,9 @@ def main() -> None:
     emit(results, what="environment", device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
          torch=torch.__version__, data=args.data, date=time.strftime("%Y-%m-%d"))
 
-    seconds, peak_rss = measure_packing(args.data)
-    emit(results, what="packing", seconds=round(seconds, 2), peak_host_mib=round(peak_rss))
+    if "packing" not in skip:
+        seconds, peak_rss = measure_packing(args.data)
+        emit(results, what="packing", seconds=round(seconds, 2), peak_host_mib=round(peak_rss))
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -144,10 +156,13 @@ def main() -> None:
          gpu_mib=round(torch.cuda.memory_allocated() / 2**20) if device.type == "cuda" else None,
          frames_mib=round(bank_mib))
 
-    for d_model, nhead in ((80, 2), (512, 16)):
+    for d_model, nhead in ((80, 2), (512, 16)) if "rates" not in skip else ():
         ours = trainer_rate(task, d_model, nhead, 32, args.steps)
         record = {"what": "steps_per_second_batch32", "d_model": d_model, "nhead": nhead,
-                  "ours": round(ours["steps_per_second"], 1), "step_peak_mib": ours["step_peak_mib"]}
+                  "ours": round(ours["steps_per_second"], 1), "cuda_graph": ours["cuda_graph"],
+                  "step_peak_mib": ours["step_peak_mib"]}
+        if device.type == "cuda":  # what the graph buys: the same trainer, step by step
+            record["ours_eager"] = round(trainer_rate(task, d_model, nhead, 32, args.steps, False)["steps_per_second"], 1)
         if "sample" not in skip:
             sample = time_sample_loop(args.data, d_model, nhead, steps=max(10, args.steps // 3),
                                       warmup_steps=min(50, args.steps), device=args.device,
@@ -157,8 +172,9 @@ def main() -> None:
         emit(results, **record)
 
     best = None
-    for batch in map(int, args.batches.split(",")):
-        rate = trainer_rate(task, 80, 2, batch, args.steps)
+    for batch in map(int, args.batches.split(",")) if "rates" not in skip else ():
+        # fewer steps for big batches: each measurement a few seconds
+        rate = trainer_rate(task, 80, 2, batch, max(100, args.steps * 32 // batch) if batch > 32 else args.steps)
         emit(results, what="segments_per_second", d_model=80, batch=batch,
              ours=round(rate["segments_per_second"]), steps_per_second=round(rate["steps_per_second"], 1),
              step_peak_mib=rate["step_peak_mib"])
@@ -166,7 +182,7 @@ def main() -> None:
             best = (batch, rate["segments_per_second"])
     sample_steps = next((r.get("sample") for r in results if r["what"] == "steps_per_second_batch32"
                          and r["d_model"] == 80), None)
-    if sample_steps:
+    if sample_steps and best:
         emit(results, what="best_segments_per_second", batch=best[0], ours=round(best[1]),
              sample=round(sample_steps * 32), ratio=round(best[1] / (sample_steps * 32), 1))
 

@@ -64,7 +64,8 @@ class _CosineClassifier(nn.Module):
 
     def loss(self, emb: torch.Tensor, labels: torch.Tensor, margin_scale: float = 1.0):
         cos = self.cosine(emb)  # (B, C)
-        margin = self.margin * float(margin_scale)
+        # A float, or a 0-d tensor on emb's device (the trainer's CUDA-graph path fills it in place each step)
+        margin = self.margin * margin_scale
         target = cos.gather(1, labels[:, None])  # (B, 1)
         penalised = cos.scatter(1, labels[:, None], self.target_logit(target, margin))  # (B, C)
         return F.cross_entropy(self.scale * penalised, labels), self.scale * cos.detach()
@@ -95,5 +96,6 @@ class AdditiveAngularMarginSoftmax(_CosineClassifier):
     def target_logit(self, cos: torch.Tensor, margin: float) -> torch.Tensor:
         # clamp keeps sqrt's gradient finite at |cos| = 1 (sin error < 1e-3 only there)
         sin = torch.sqrt((1.0 - cos.square()).clamp(min=1e-6))
-        phi = cos * math.cos(margin) - sin * math.sin(margin)
-        return torch.where(cos > math.cos(math.pi - margin), phi, cos - margin * math.sin(margin))
+        cos_m, sin_m = (margin.cos(), margin.sin()) if torch.is_tensor(margin) else (math.cos(margin), math.sin(margin))
+        phi = cos * cos_m - sin * sin_m
+        return torch.where(cos > -cos_m, phi, cos - margin * sin_m)  # -cos(m) = cos(pi - m)

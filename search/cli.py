@@ -104,52 +104,75 @@ def main() -> None:
               help="Search-space profile: full (GPU) or cpu (small models); auto picks by device.")
 @click.option("--warm-start/--no-warm-start", default=True, show_default=True,
               help="Run the known HW04 configurations first in a new study.")
+@click.option("--pruning/--no-pruning", default=None,
+              help="Let Hyperband stop unpromising trials early (a new study's default: on; a study keeps its "
+                   "choice). --no-pruning runs every trial to its full budget.")
 @click.option("--fail-fast", is_flag=True, help="Stop at the first failed trial instead of recording it.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes on this machine, sharing the trials (more machines: run the same command "
                    "there with a postgresql:// or mysql+pymysql:// --storage).")
+@click.option("--gpus", default=None, is_flag=False, flag_value="all", metavar="all|LIST",
+              help="One worker process per GPU: --gpus alone takes every visible GPU, --gpus 0,2 those CUDA "
+                   "indices.")
+@click.option("--workers-per-gpu", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes on each GPU (of --gpus, or of --device without it): several trials at once "
+                   "on one GPU.")
 @quiet_option
 @friendly_errors
-def run(trials, study_name, storage, data_dir, budget, device, seed, timeout, profile, warm_start, fail_fast,
-        workers, quiet):
+def run(trials, study_name, storage, data_dir, budget, device, seed, timeout, profile, warm_start, pruning,
+        fail_fast, workers, gpus, workers_per_gpu, quiet):
     """Run TRIALS more trials of a study (creating it, or resuming it).
 
+    \b
     Example: search run --trials 20 --study hw04 --data Dataset/
+             search run --trials 200 --gpus --workers-per-gpu 4 --data Dataset/
     """
+    import torch
+
     from search.errors import UserError
     from search.storage import check_url, default_url, redact
     from search.study import EVALUATIONS_PER_TRIAL, Progress, StudySettings, best_trial_or_none, open_study, run_trials
     from search.task import load_task, resolve_device
+    from search.workers import split_trials, worker_devices
 
     torch_device = resolve_device(device)
     if budget is not None and budget < EVALUATIONS_PER_TRIAL:
         raise UserError(f"--budget {budget}: too small to evaluate a trial; use at least {EVALUATIONS_PER_TRIAL} steps")
+    devices = worker_devices(gpus, workers_per_gpu, workers, torch_device, torch.cuda.device_count())
+    in_process = len(devices) == 1  # one worker: this process, on that device
+    shares = split_trials(trials, len(devices))
+    devices = devices[:len(shares)]  # fewer trials than workers: no idle worker is started
     url = storage or default_url(study_name)
     check_url(url)
     echo = open_console(study_name, quiet)  # prints, and appends to studies/<study>/search.log
     requested = StudySettings(
         budget=budget or (GPU_BUDGET if torch_device.type == "cuda" else CPU_BUDGET),
         eval_every=0, data=str(data_dir.resolve()) if data_dir else "embedded", seed=seed,
-        profile=profile if profile != "auto" else ("full" if torch_device.type == "cuda" else "cpu"))
+        profile=profile if profile != "auto" else ("full" if torch_device.type == "cuda" else "cpu"),
+        pruning=pruning is not False)
     requested.eval_every = max(1, requested.budget // EVALUATIONS_PER_TRIAL)
-    if workers == 1:
-        task = load_task(data_dir, seed, torch_device, progress=echo.data_progress("preparing data"))
+    if in_process:
+        run_device = torch.device(devices[0])
+        if run_device.type == "cuda" and run_device.index is not None:
+            torch.cuda.set_device(run_device.index)
+        task = load_task(data_dir, seed, run_device, progress=echo.data_progress("preparing data"))
     else:  # each worker loads the data itself; build the feature-bank cache once, here
-        from search.workers import WorkerJob, prepare_data, run_workers, split_trials
+        from search.workers import WorkerJob, prepare_data, run_workers
         prepare_data(data_dir, progress=echo.data_progress("preparing data"))
-    study, settings, created = open_study(study_name, url, requested, budget is not None, warm_start)
+    study, settings, created = open_study(study_name, url, requested, budget is not None, warm_start,
+                                          pruning_given=pruning is not None)
     before = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
     echo(f"{'created' if created else 'resuming'} study {study_name!r} in {redact(url)} "
-               f"({before} finished trials so far); {trials} trials of {settings.budget} steps on {torch_device}, "
-               f"space {settings.profile}, data {settings.data}")
-    if workers == 1:
+               f"({before} finished trials so far); {trials} trials of {settings.budget} steps on "
+               f"{', '.join(dict.fromkeys(devices))}, space {settings.profile}, data {settings.data}"
+         + ("" if settings.pruning else ", pruning off"))
+    if in_process:
         run_trials(study, settings, task, trials, timeout=timeout, fail_fast=fail_fast, on_trial=Progress(trials, echo.progress))
     else:
-        shares = split_trials(trials, workers)
-        echo(f"{len(shares)} worker processes, trials each: {', '.join(map(str, shares))}")
+        echo(f"{len(shares)} worker processes ({', '.join(devices)}), trials each: {', '.join(map(str, shares))}")
         report = run_workers(study, [WorkerJob(i, study_name, url, requested, budget is not None,
-                                               str(data_dir) if data_dir else None, str(torch_device), n, timeout,
-                                               fail_fast) for i, n in enumerate(shares)], echo.progress, trials)
+                                               str(data_dir) if data_dir else None, d, n, timeout, fail_fast)
+                                     for i, (d, n) in enumerate(zip(devices, shares))], echo.progress, trials)
     best = best_trial_or_none(study)
     if best is None:
         echo("no trial completed.")
@@ -160,7 +183,7 @@ def run(trials, study_name, storage, data_dir, budget, device, seed, timeout, pr
     flags = f" --study {study_name}" + (f" --storage '{redact(url)}'" if storage else "")
     echo(f"next: search dashboard{flags}    |    search finalize best{flags}"
                + (f" --data {data_dir}" if data_dir else ""))
-    if workers > 1 and report.failed:
+    if not in_process and report.failed:
         raise UserError("; ".join(o.describe() for o in report.failed)
                         + f"; {report.finished} of {trials} trials finished")
 

@@ -78,6 +78,7 @@ class Objective:
         finally:  # complete, pruned or failed: the time it took (other failures are recorded in __call__)
             trial.set_user_attr("wall_seconds", round(time.perf_counter() - started, 2))
         trial.set_user_attr("steps_per_second", round(result.steps_per_second, 2))
+        trial.set_user_attr("cuda_graph", result.cuda_graph)
         trial.set_user_attr("best_step", result.best_step)
         trial.set_user_attr("ended", f"complete after {self.budget} steps")
         return result.best_accuracy

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gc
 import time
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
 from typing import Callable
 
 import optuna
@@ -36,16 +36,24 @@ class StudySettings:
     data: str  # the data folder, or "embedded"
     seed: int
     profile: str  # search-space profile: full or cpu
+    pruning: bool = True  # Hyperband stops bad trials early; off: every trial runs its whole budget
 
     @classmethod
     def from_attrs(cls, attrs: dict) -> "StudySettings | None":
-        keys = cls.__dataclass_fields__
-        return cls(**{k: attrs[k] for k in keys}) if all(k in attrs for k in keys) else None
+        """The settings a study was created with (None for a study this tool did not create). Settings
+        added later (pruning) take their default in studies made before them."""
+        fields = cls.__dataclass_fields__.values()
+        required = [f.name for f in fields if f.default is MISSING]
+        if not all(k in attrs for k in required):
+            return None
+        return cls(**{f.name: attrs[f.name] for f in fields if f.name in attrs})
 
 
 def make_pruner(settings: StudySettings) -> optuna.pruners.BasePruner:
     """Hyperband over training steps, with explicit resources: every worker computes the same brackets
     (``max_resource='auto'`` would be guessed per process from the trials it happens to see)."""
+    if not settings.pruning:
+        return optuna.pruners.NopPruner()
     return optuna.pruners.HyperbandPruner(min_resource=settings.eval_every, max_resource=settings.budget,
                                           reduction_factor=3)
 
@@ -62,7 +70,7 @@ def load_study(name: str, url: str) -> optuna.Study:
 
 
 def open_study(name: str, url: str, requested: StudySettings, budget_given: bool,
-               warm_start: bool = True, worker: int = 0) -> tuple[optuna.Study, StudySettings, bool]:
+               warm_start: bool = True, worker: int = 0, pruning_given: bool = False) -> tuple[optuna.Study, StudySettings, bool]:
     """Create the study or load it to add trials. Returns (study, settings in force, created)."""
     storage = open_storage(url)
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
@@ -80,6 +88,9 @@ def open_study(name: str, url: str, requested: StudySettings, budget_given: bool
         if budget_given and requested.budget != settings.budget:
             raise UserError(f"--budget {requested.budget}: study {name!r} was created with --budget {settings.budget}; "
                             "trials of one study must share a budget (use another --study)")
+        if requested.pruning != settings.pruning and pruning_given:
+            raise UserError(f"--{'' if requested.pruning else 'no-'}pruning: study {name!r} was created with "
+                            f"pruning {'on' if settings.pruning else 'off'}; use another --study")
         if requested.data != settings.data:
             raise UserError(f"--data {requested.data}: study {name!r} was created on {settings.data}; "
                             "use the same data or another --study")

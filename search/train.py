@@ -7,7 +7,11 @@ What it does differently from the HW04 sample code, and why:
 - validation runs on full-length utterances, batched by length with padding masks (crops understate
   accuracy by ~0.17 on HW04);
 - the best weights are copied, not kept by reference;
-- bf16 autocast and fused AdamW on CUDA.
+- bf16 autocast and fused AdamW on CUDA;
+- on CUDA the whole step (forward, backward, AdamW) is captured once as a CUDA graph and replayed: a
+  small model's step is a few hundred tiny kernels, and launching them one by one from Python costs
+  more than running them (see BENCHMARKS.md for what it buys). Capture takes well under a second, so
+  it pays for itself within a short trial.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -39,6 +44,7 @@ class TrainConfig:
     margin_warmup: float = 0.2  # share of training over which margin losses ramp their margin from 0
     seed: int = 0  # model init, dropout and crop sampling
     eval_max_frames: int = 1 << 16  # padded frames per evaluation batch
+    cuda_graph: bool = True  # replay the training step as a CUDA graph on GPUs (ignored on CPU)
 
     def evaluation_steps(self) -> list[int]:
         """The steps at which validation runs (and the pruner may be asked)."""
@@ -54,6 +60,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)  # one dict of metrics per evaluation
     steps_per_second: float = 0.0  # training steps only, evaluations excluded
     parameters: int = 0
+    cuda_graph: bool = False  # whether the steps ran as a replayed CUDA graph
 
 
 def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
@@ -115,6 +122,112 @@ def _save_atomically(state: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+class TrainStep:
+    """One optimiser step on a batch: forward, loss, backward, AdamW, and the running loss/accuracy sums.
+
+    Eager everywhere; on CUDA with ``graph=True`` the step is captured as a CUDA graph after a few eager
+    warm-up steps (which also create AdamW's state) and replayed from then on. Everything that changes
+    between steps lives in tensors the graph reads in place: the batch (copied into static buffers),
+    the learning rate and the margin scale. Dropout and SpecAugment draw from the default CUDA
+    generator, whose state graphs advance on every replay. The model's parameters stay the same
+    tensors, so evaluation, checkpoints and ``load_state_dict`` work on them as usual.
+    """
+
+    WARMUP = 3  # eager steps before capture (the CUDA-graph recipe: let lazy inits and allocations settle)
+
+    def __init__(self, model: Classifier, cfg: TrainConfig, device: torch.device) -> None:
+        self.model, self.device = model, device
+        self.graph_wanted = cfg.cuda_graph and device.type == "cuda"
+        if self.graph_wanted:  # lr and margin as device tensors, so the captured kernels see new values
+            self.lr = torch.tensor(cfg.lr, device=device)
+            self.margin = torch.ones((), device=device)
+            self.optimizer = torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=cfg.weight_decay,
+                                               fused=True, capturable=True)
+        else:
+            self.lr, self.margin = None, None
+            self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                               fused=device.type == "cuda")
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct_sum = torch.zeros((), device=device, dtype=torch.long)
+        self._margin_value = 1.0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.static: tuple[torch.Tensor, ...] | None = None  # x, mask, labels read by the graph
+        self.eager_steps = 0
+        self.graph_error: str | None = None  # why capture failed, if it did (the step then stays eager)
+
+    def set_schedule(self, lr: float, margin_scale: float) -> None:
+        if self.lr is not None:
+            self.lr.fill_(lr)  # a kernel launch with the value as argument: no host sync
+            self.margin.fill_(margin_scale)
+        else:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self._margin_value = margin_scale
+
+    def _forward_backward(self, x, mask, labels, margin, cache: bool) -> None:
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache) if self.device.type == "cuda"
+                    else torch.autocast("cpu", enabled=False))
+        with autocast:
+            loss, logits = self.model.loss(x, mask, labels, margin)
+        loss.backward()
+        self.optimizer.step()
+        self.loss_sum += loss.detach().float()
+        self.correct_sum += (logits.detach().argmax(-1) == labels).sum()
+
+    @property
+    def graphed(self) -> bool:
+        return self.graph is not None
+
+    def __call__(self, x: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> None:
+        if not self.graph_wanted:
+            self.optimizer.zero_grad(set_to_none=True)
+            self._forward_backward(x, mask, labels, self._margin_value, cache=True)
+            return
+        if self.graph_error is not None:  # capture failed: the same step, eager, with the tensor schedule
+            self.optimizer.zero_grad(set_to_none=True)
+            self._forward_backward(x, mask, labels, self.margin, cache=False)
+            return
+        if self.graph is None and self.eager_steps < self.WARMUP:
+            # Warm-up on a side stream, as PyTorch's whole-network capture recipe does.
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                self.optimizer.zero_grad(set_to_none=True)
+                self._forward_backward(x, mask, labels, self.margin, cache=False)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            self.eager_steps += 1
+            return
+        if self.graph is None:
+            self.static = (x.clone(), mask.clone(), labels.clone())
+            self.optimizer.zero_grad(set_to_none=True)  # the graph's backward then owns the .grad tensors
+            graph = torch.cuda.CUDAGraph()
+            try:
+                # thread_local: Optuna's heartbeat thread may run meanwhile (it never touches CUDA)
+                with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                    self._forward_backward(*self.static, self.margin, cache=False)
+            except RuntimeError as err:  # an op that cannot be captured: train on, eagerly, and say so
+                self.graph_error = str(err).splitlines()[0][:300]
+                warnings.warn(f"CUDA graph capture failed, training eagerly: {self.graph_error}")
+                self.static = None
+                return self(x, mask, labels)
+            self.graph = graph
+        else:
+            for buffer, value in zip(self.static, (x, mask, labels)):
+                buffer.copy_(value)
+        self.graph.replay()
+
+    def state_dict(self) -> dict:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state)
+
+    def close(self) -> None:
+        """Free the graph's private memory pool (the next trial in this process needs the memory)."""
+        self.optimizer.zero_grad(set_to_none=True)  # the .grad tensors live in the graph's pool
+        self.graph, self.static = None, None
+
+
 def train(
     model_cfg: ModelConfig,
     cfg: TrainConfig,
@@ -133,9 +246,8 @@ def train(
     device = task.device
     torch.manual_seed(cfg.seed)
     model = build_model(model_cfg).to(device)
-    fused = device.type == "cuda"
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_steps, cfg.steps))
+    train_step = TrainStep(model, cfg, device)
+    schedule = lr_lambda(cfg.warmup_steps, cfg.steps)
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed)
 
@@ -145,8 +257,7 @@ def train(
         if state["model_config"] != model_cfg.to_dict() or state["train_config"] != asdict(cfg):
             raise ValueError(f"{checkpoint}: written for another configuration; remove it to start over")
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        train_step.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"].cpu())
         torch.set_rng_state(state["torch_rng"].cpu())
         step, best_accuracy, best_step = state["step"], state["best_accuracy"], state["best_step"]
@@ -156,60 +267,57 @@ def train(
         if checkpoint is not None:
             _save_atomically({
                 "model_config": model_cfg.to_dict(), "train_config": asdict(cfg), "step": step,
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
+                "model": model.state_dict(), "optimizer": train_step.state_dict(),
+                "generator": generator.get_state(),
                 "torch_rng": torch.get_rng_state(), "best_accuracy": best_accuracy, "best_step": best_step,
                 "best_model": best_state, "history": history,
             }, checkpoint)
 
     eval_steps = set(cfg.evaluation_steps())
     first_step = step
-    loss_sum = torch.zeros((), device=device)
-    correct_sum = torch.zeros((), device=device, dtype=torch.long)
+    loss_sum, correct_sum = train_step.loss_sum, train_step.correct_sum  # summed on the device
     since_eval, train_time, started = 0, 0.0, time.perf_counter()
     tick = time.perf_counter()
     model.train()
-    while step < cfg.steps:
-        ids = task.train_ids[torch.randint(len(task.train_ids), (cfg.batch_size,), device=device, generator=generator)]
-        x, mask = task.bank.random_crops(ids, cfg.segment, generator)
-        labels = task.bank.labels[ids]
-        with _autocast(device):
-            loss, logits = model.loss(x, mask, labels, margin_scale(step, cfg))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        step += 1
-        since_eval += 1
-        loss_sum += loss.detach().float()
-        correct_sum += (logits.detach().argmax(-1) == labels).sum()
+    try:
+        while step < cfg.steps:
+            ids = task.train_ids[torch.randint(len(task.train_ids), (cfg.batch_size,), device=device, generator=generator)]
+            x, mask = task.bank.random_crops(ids, cfg.segment, generator)
+            labels = task.bank.labels[ids]
+            train_step.set_schedule(cfg.lr * schedule(step), margin_scale(step, cfg))
+            train_step(x, mask, labels)
+            step += 1
+            since_eval += 1
 
-        if step in eval_steps or (checkpoint_every and step % checkpoint_every == 0):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            train_time += time.perf_counter() - tick
-            if step in eval_steps:
-                train_loss = float(loss_sum) / since_eval  # the one host sync per evaluation
-                if not math.isfinite(train_loss):
-                    raise TrainingDiverged(f"training loss became {train_loss} before step {step}")
-                accuracy = evaluate(model, task.bank, task.valid_ids, cfg.eval_max_frames)
-                metrics = {"step": step, "valid_accuracy": accuracy, "train_loss": train_loss,
-                           "train_accuracy": float(correct_sum) / (since_eval * cfg.batch_size),
-                           "elapsed": time.perf_counter() - started,
-                           "steps_per_second": (step - first_step) / max(train_time, 1e-9)}
-                history.append(metrics)
-                if accuracy > best_accuracy:
-                    best_accuracy, best_step = accuracy, step
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                loss_sum.zero_()
-                correct_sum.zero_()
-                since_eval = 0
-            save_checkpoint()
-            if step in eval_steps and on_eval is not None:
-                on_eval(step, history[-1])
-            tick = time.perf_counter()
-
+            if step in eval_steps or (checkpoint_every and step % checkpoint_every == 0):
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                train_time += time.perf_counter() - tick
+                if step in eval_steps:
+                    train_loss = float(loss_sum) / since_eval  # the one host sync per evaluation
+                    if not math.isfinite(train_loss):
+                        raise TrainingDiverged(f"training loss became {train_loss} before step {step}")
+                    accuracy = evaluate(model, task.bank, task.valid_ids, cfg.eval_max_frames)
+                    metrics = {"step": step, "valid_accuracy": accuracy, "train_loss": train_loss,
+                               "train_accuracy": float(correct_sum) / (since_eval * cfg.batch_size),
+                               "elapsed": time.perf_counter() - started,
+                               "steps_per_second": (step - first_step) / max(train_time, 1e-9)}
+                    history.append(metrics)
+                    if accuracy > best_accuracy:
+                        best_accuracy, best_step = accuracy, step
+                        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    loss_sum.zero_()
+                    correct_sum.zero_()
+                    since_eval = 0
+                save_checkpoint()
+                if step in eval_steps and on_eval is not None:
+                    on_eval(step, history[-1])
+                tick = time.perf_counter()
+    finally:  # pruned, diverged or done: give the graph's memory back either way
+        graphed = train_step.graphed
+        train_step.close()
     if best_state is not None:
         model.load_state_dict(best_state)
     return TrainResult(model, best_accuracy, best_step, history,
-                       steps_per_second=(step - first_step) / max(train_time, 1e-9), parameters=count_parameters(model))
+                       steps_per_second=(step - first_step) / max(train_time, 1e-9), parameters=count_parameters(model),
+                       cuda_graph=graphed)

@@ -7,6 +7,10 @@ thread), opens the study with its own sampler seed (``open_study(..., worker=i)`
 of the trials: the shares add up to exactly ``--trials``. Workers on other machines are the same thing
 started by hand: ``search run --storage postgresql://... --study NAME`` on each machine.
 
+On GPUs (``--gpus [all|LIST] [--workers-per-gpu K]``), ``worker_devices`` plans one worker per selected
+GPU, K times over, interleaved; a worker on ``cuda:i`` makes GPU i its current device before it loads
+anything, so its CUDA context lives on that GPU only.
+
 Each worker reports every finished trial to the parent through its own pipe; the parent prints the
 progress lines and waits. A worker that dies (killed, out of host memory, a crash in native code)
 closes its pipe: the parent notices at once, reports it and goes on waiting for the others; it never
@@ -24,13 +28,16 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import optuna
 
 from search.errors import UserError
 from search.storage import redact
 from search.study import Progress, StudySettings, open_study, run_trials
+
+if TYPE_CHECKING:
+    import torch
 
 STOP_GRACE = 30  # seconds workers get to finish the trial they are in after an interrupt, before SIGKILL
 
@@ -39,6 +46,60 @@ def split_trials(total: int, workers: int) -> list[int]:
     """Each worker's share: as equal as possible, exactly ``total`` together, no worker with none."""
     workers = max(1, min(workers, total))
     return [total // workers + (i < total % workers) for i in range(workers)]
+
+
+def worker_devices(gpus: str | None, workers_per_gpu: int, workers: int, device: str | torch.device,
+                   visible_gpus: int) -> list[str]:
+    """The device of each worker of ``search run``, one string per worker process (pure: no CUDA calls).
+
+    ``gpus`` is ``--gpus`` (None: not given; ``"all"``: every visible GPU; ``"0,2"``: those CUDA indices),
+    ``workers_per_gpu`` is ``--workers-per-gpu`` (K), ``workers`` is ``--workers``, ``device`` the device
+    ``--device`` resolved to and ``visible_gpus`` ``torch.cuda.device_count()``. With GPUs, the list is
+    interleaved (``cuda:0, cuda:1, cuda:0, cuda:1``) so that the first workers, which get the larger
+    shares and are the only ones started when there are fewer trials than workers, spread over the GPUs.
+    Raises UserError, naming the option, on a combination that makes no sense.
+    """
+    device = str(device)
+    if workers > 1 and (gpus is not None or workers_per_gpu > 1):
+        raise UserError("--workers cannot be combined with --gpus/--workers-per-gpu: "
+                        "the worker count is GPUs x K")
+    if gpus is None:
+        if workers_per_gpu > 1:
+            if not device.startswith("cuda"):
+                raise UserError(f"--workers-per-gpu: no GPU here (device {device}); "
+                                f"use --workers for CPU processes")
+            return [device] * workers_per_gpu
+        return [device] * workers
+    indices = _parse_gpus(gpus, visible_gpus)
+    if not device.startswith("cuda"):
+        raise UserError(f"--gpus cannot be combined with --device {device}: drop one of them")
+    return [f"cuda:{i}" for _ in range(workers_per_gpu) for i in indices]
+
+
+def _parse_gpus(gpus: str, visible_gpus: int) -> list[int]:
+    """``--gpus all`` or a comma-separated list of distinct CUDA indices below ``visible_gpus``."""
+    if gpus.strip().lower() == "all":
+        indices = None
+    else:
+        parts = [p.strip() for p in gpus.split(",")]
+        if any(not p.isdigit() or not p.isascii() for p in parts):
+            raise UserError(f"--gpus {gpus!r}: not a list of GPU indices; give all, or indices like 0,2")
+        indices = [int(p) for p in parts]
+        repeated = sorted({i for i in indices if indices.count(i) > 1})
+        if repeated:
+            raise UserError(f"--gpus {gpus}: GPU {', '.join(map(str, repeated))} given more than once; "
+                            f"use --workers-per-gpu for several workers on one GPU")
+    if visible_gpus < 1:
+        raise UserError("--gpus: no GPU visible on this machine (torch.cuda.device_count() is 0); "
+                        "use --workers for CPU processes")
+    if indices is None:
+        return list(range(visible_gpus))
+    missing = [i for i in indices if i >= visible_gpus]
+    if missing:
+        raise UserError(f"--gpus {gpus}: no GPU {', '.join(map(str, missing))}; this machine sees {visible_gpus} "
+                        f"GPU{'s' if visible_gpus > 1 else ''} "
+                        f"({'0' if visible_gpus == 1 else f'0-{visible_gpus - 1}'})")
+    return indices
 
 
 def prepare_data(data_dir: Path | None, progress=None) -> Path:
@@ -127,7 +188,10 @@ def _worker_main(job: WorkerJob, conn, cpu_threads: int) -> None:
 
     code = 0
     try:
-        task = load_task(job.data_dir, job.requested.seed, torch.device(job.device))
+        device = torch.device(job.device)
+        if device.type == "cuda" and device.index is not None:
+            torch.cuda.set_device(device.index)  # this process's CUDA context on its own GPU only
+        task = load_task(job.data_dir, job.requested.seed, device)
         study, settings, _ = open_study(job.study_name, job.url, job.requested, job.budget_given,
                                         warm_start=False, worker=job.index)
         run_trials(study, settings, task, job.n_trials, timeout=job.timeout, fail_fast=job.fail_fast,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import pytest
 import torch
 
 from model import ModelConfig
@@ -39,3 +42,21 @@ def test_same_seed_same_training(tiny_dataset):
     assert a.history[-1]["train_loss"] == b.history[-1]["train_loss"]
     for (name, p), q in zip(a.model.state_dict().items(), b.model.state_dict().values()):
         assert torch.equal(p, q), name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: run on the GPU machine")
+@pytest.mark.parametrize("encoder, pooling, loss", [("transformer", "mean", "ce"), ("conformer", "asp", "aam")])
+def test_cuda_graph_steps_train_like_eager_steps(tiny_dataset, encoder, pooling, loss):
+    """The replayed graph sees each step's batch, learning rate and margin (aam warms its margin up over
+    the first half here: a graph that froze the first step's values would train differently)."""
+    task = load_task(tiny_dataset, seed=0, device=torch.device("cuda"))
+    model_cfg = ModelConfig(n_classes=task.bank.n_speakers, encoder=encoder, pooling=pooling, loss=loss,
+                            dropout=0.0, head="linear")
+    cfg = TrainConfig(steps=60, eval_every=20, warmup_steps=10, seed=3, margin_warmup=0.5)
+    graphed = train(model_cfg, cfg, task)
+    eager = train(model_cfg, replace(cfg, cuda_graph=False), task)
+    assert graphed.cuda_graph and not eager.cuda_graph
+    for g, e in zip(graphed.history, eager.history):
+        assert g["train_loss"] == pytest.approx(e["train_loss"], rel=0.03), (g, e)
+    if loss == "ce":  # (a margin loss rises while its margin warms up)
+        assert graphed.history[-1]["train_loss"] < graphed.history[0]["train_loss"]

@@ -98,7 +98,7 @@ def test_four_workers_run_100_trials_on_a_database_server(url, micro_dataset, wo
                                            "--storage", url, "--data", str(micro_dataset), "--budget", "8",
                                            "--device", "cpu", "--no-warm-start"])
         assert result.exit_code == 0, result.output
-        assert "4 worker processes, trials each: 25, 25, 25, 25" in result.output
+        assert "4 worker processes (cpu, cpu, cpu, cpu), trials each: 25, 25, 25, 25" in result.output
         assert "trial 100/100" in result.output
         trials = optuna.load_study(study_name=name, storage=open_storage(url)).get_trials(deepcopy=False)
         numbers = [t.number for t in trials]
@@ -119,6 +119,7 @@ def test_two_workers_share_one_sqlite_file(micro_dataset, workdir):
     result = CliRunner().invoke(main, ["run", "--trials", "20", "--workers", "2", "--study", "two",
                                        "--data", str(micro_dataset), "--budget", "8", "--device", "cpu"])
     assert result.exit_code == 0, result.output
+    assert "2 worker processes (cpu, cpu), trials each: 10, 10" in result.output
     assert "locked" not in result.output
     trials = study.get_trials(deepcopy=False)
     assert len(trials) == 20 and sorted(t.number for t in trials) == list(range(20))
