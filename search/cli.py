@@ -382,34 +382,37 @@ def show(study_name, storage, number, as_json):
 def data() -> None:
     """Make or check a dataset in the HW04 layout.
 
-    Example: search data synth toy/ && search data check toy/
+    Example: search data synth toy/ --speakers 20 --utterances-per-speaker 20 && search data check toy/
     """
 
 
 @data.command()
 @click.argument("out_dir", type=click.Path(path_type=Path))
-@click.option("--speakers", type=click.IntRange(min=2), default=None, help="Speakers [default: the embedded set's].")
-@click.option("--utterances-per-speaker", type=click.IntRange(min=2), default=None, help="Training utterances each.")
-@click.option("--length-scale", type=click.FloatRange(min=0.05), default=None,
-              help="Utterance lengths relative to HW04's (1.0 = HW04 scale).")
+@click.option("--speakers", type=click.IntRange(min=2), default=600, show_default=True, help="Speakers (HW04: 600).")
+@click.option("--utterances-per-speaker", type=click.IntRange(min=2), default=94, show_default=True,
+              help="Training utterances each, on average (HW04: 94).")
+@click.option("--length-scale", type=click.FloatRange(min=0.05), default=1.0, show_default=True,
+              help="Utterance lengths relative to HW04's (the embedded set uses 0.4).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1,
               help="Processes rendering in parallel [default: all cores]; the files do not depend on it.")
 @friendly_errors
 def synth(out_dir, speakers, utterances_per_speaker, length_scale, seed, workers):
-    """Write a synthetic speech-like dataset in the HW04 layout.
+    """Write a synthetic speech-like dataset in the HW04 layout; by default at HW04 scale (600 speakers,
+    56,400 train + 7,962 test utterances with HW04's length distribution, 6.6 GB: 109 s with 16 processes).
 
-    Example (HW04 scale): search data synth bigdata/ --speakers 600 --utterances-per-speaker 94 --length-scale 1.0
+    \b
+    Example: search data synth hw04-synth/
+             search data synth toy/ --speakers 20 --utterances-per-speaker 20 --length-scale 0.4
     """
     from data import synth as synthesis
     from search.errors import UserError
 
     if out_dir.exists() and any(out_dir.iterdir()):
         raise UserError(f"{out_dir}: folder exists and is not empty")
-    kwargs = {k: v for k, v in dict(speakers=speakers, utterances_per_speaker=utterances_per_speaker,
-                                    length_scale=length_scale).items() if v is not None}
     summary = synthesis.synthesize(out_dir, seed=seed, progress=_echo_progress("synthesizing"), workers=workers,
-                                   **kwargs)
+                                   speakers=speakers, utterances_per_speaker=utterances_per_speaker,
+                                   length_scale=length_scale)
     click.echo(f"wrote {out_dir}: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
 
 

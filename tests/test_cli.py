@@ -117,3 +117,22 @@ def test_bad_options_are_one_line_errors(args, message, tiny_dataset, workdir):
     assert message in result.output
     assert "Traceback" not in result.output
     assert not (workdir / "studies").exists() or not list((workdir / "studies").glob("*.db"))
+
+
+def test_no_pruning_is_kept_by_the_study(tiny_dataset, workdir):
+    data = ["--data", str(tiny_dataset), "--study", "np", *TINY_RUN]
+    result = invoke("run", "--trials", "4", "--no-pruning", *data)
+    assert result.exit_code == 0, result.output
+    assert "pruning off" in result.output
+    study = optuna.load_study(study_name="np", storage="sqlite:///studies/np.db")
+    assert study.user_attrs["pruning"] is False
+    # every trial ran its whole budget: a validation at each of the 8 evaluation steps
+    assert all(t.state == TrialState.COMPLETE and len(t.intermediate_values) == 8 for t in study.trials)
+
+    resumed = invoke("run", "--trials", "1", *data)  # no flag: the study's own choice
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming" in resumed.output and "pruning off" in resumed.output
+
+    line = one_error_line(invoke("run", "--trials", "1", "--pruning", *data))
+    assert "--pruning" in line and "pruning off" in line
+    assert len(optuna.load_study(study_name="np", storage="sqlite:///studies/np.db").trials) == 5  # nothing added

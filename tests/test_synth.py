@@ -142,3 +142,20 @@ def test_parallel_rendering_writes_the_same_files(tmp_path):
     synthesize(tmp_path / "one", speakers=3, utterances_per_speaker=4, length_scale=0.2, seed=11)
     synthesize(tmp_path / "two", speakers=3, utterances_per_speaker=4, length_scale=0.2, seed=11, workers=2)
     assert digest(tmp_path / "one") == digest(tmp_path / "two")
+
+
+def test_cli_synth_makes_hw04_lengths_by_default(tmp_path):
+    """`search data synth DIR --speakers 600` is the HW04-scale set: HW04's lengths unless told otherwise."""
+    from click.testing import CliRunner
+
+    from data.hw04 import read_layout
+    from search.cli import main
+
+    out = tmp_path / "hw04ish"
+    result = CliRunner().invoke(main, ["data", "synth", str(out), "--speakers", "3", "--utterances-per-speaker", "3",
+                                       "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    layout = read_layout(out)
+    lengths = [u.mel_len for u in layout.train + layout.test]
+    assert len(layout.train) == 9 and len(layout.test) == 1  # 0.14 x 9 test utterances, rounded
+    assert np.median(lengths) > 300  # HW04: p5 368, median 541; the embedded 0.4 scale: median 216
