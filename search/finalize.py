@@ -99,16 +99,19 @@ def finalize(study: optuna.Study, trial: optuna.trial.FrozenTrial, task: Task, s
     torch.save({"model_config": model_cfg.to_dict(), "state_dict": result.model.state_dict(),
                 "id2speaker": task.bank.id2speaker}, tmp)
     os.replace(tmp, model_path)
-    (folder / "config.json").write_text(json.dumps({
+    config_path = folder / "config.json"
+    tmp = config_path.with_name(f"config.json.tmp{os.getpid()}")  # renamed into place, like model.pt and the CSV
+    tmp.write_text(json.dumps({
         "study": study.study_name, "trial": trial.number, "params": trial.params,
         "model_config": model_cfg.to_dict(), "train_config": asdict(train_cfg),
         "valid_accuracy": result.best_accuracy, "best_step": result.best_step, "history": result.history,
         "resumed_from_step": resumed,
     }, indent=2))
+    os.replace(tmp, config_path)
     write_predictions(task, result.model, out)
     from search.artifacts import upload_final  # into studies/<study>/artifacts, served by `search dashboard`
 
-    artifacts = upload_final(study, trial.number, [model_path, folder / "config.json", out], folder.parent / "artifacts",
+    artifacts = upload_final(study, trial.number, [model_path, config_path, out], folder.parent / "artifacts",
                              {"steps": steps, "valid_accuracy": result.best_accuracy, "best_step": result.best_step})
     return FinalResult(trial.number, result.best_accuracy, result.best_step, model_path, out, result.steps_per_second,
                        artifacts, resumed_from_step=resumed)
