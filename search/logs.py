@@ -9,18 +9,51 @@
 Progress lines are printed whether or not the output is a terminal, so a piped or CI log shows them
 too; ``--quiet`` is the one switch that silences them. Every line, printed or not, is appended to the
 study's log file with a timestamp and the process id (several workers may share one file), as are
-Optuna's own warnings (a failed trial's traceback, for one).
+Optuna's own warnings; on the console those are one line each (a failed trial's traceback goes to the
+log file only: a diverged trial is an ordinary outcome of a search, not a crash).
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Callable
 
 import click
 
 LOGGER = "search"
 FORMAT = "%(asctime)s %(process)d %(levelname)s %(message)s"
+
+
+class _WithoutTraceback(logging.Formatter):
+    """Optuna's console format, one line per record: a failed trial's traceback (a diverged trial is an
+    ordinary outcome of a search, not a crash) goes to the log file only."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__("[%(levelname)1.1s %(asctime)s] %(message)s")
+        self.where = where
+
+    def format(self, record: logging.LogRecord) -> str:
+        if not record.exc_info:
+            return super().format(record)
+        bare = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None})
+        return super().format(bare) + f" (traceback in {self.where})"
+
+
+def optuna_console_one_line(log_file: Path | None) -> Callable[[], None]:
+    """Print Optuna's warnings without tracebacks (to stderr as now) until the returned undo is called."""
+    import optuna
+
+    handler = logging.StreamHandler()  # the current sys.stderr (CliRunner's, under test)
+    handler.setFormatter(_WithoutTraceback(str(log_file) if log_file else "no log file: it could not be written"))
+    optuna.logging.disable_default_handler()
+    logging.getLogger("optuna").addHandler(handler)
+
+    def undo() -> None:
+        logging.getLogger("optuna").removeHandler(handler)
+        optuna.logging.enable_default_handler()
+
+    return undo
 
 
 def log_path(study_name: str) -> Path:
@@ -38,15 +71,8 @@ class Console:
         self.logger.setLevel(logging.INFO)
         self.logger.propagate = False
         self.handler: logging.Handler | None = None
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.handler = logging.FileHandler(self.path, mode="a", encoding="utf-8")
-        except OSError as err:  # a read-only folder must not stop a search: say so once, go on
-            click.echo(f"warning: cannot write the log file {self.path} ({err.strerror})", err=True)
-            return
-        self.handler.setFormatter(logging.Formatter(FORMAT))
-        self.logger.addHandler(self.handler)
-        logging.getLogger("optuna").addHandler(self.handler)
+        self.handler = attach_log_file(self.path, self.logger)
+        self.restore_optuna_console = optuna_console_one_line(self.path if self.handler else None)
 
     def __call__(self, line: str, err: bool = False) -> None:
         self.logger.info(line)
@@ -62,11 +88,29 @@ class Console:
         return throttled(lambda done, total: self.progress(f"{label}: {done}/{total}", err=True))
 
     def close(self) -> None:
+        self.restore_optuna_console()
+        self.restore_optuna_console = lambda: None
         if self.handler is not None:
             self.logger.removeHandler(self.handler)
             logging.getLogger("optuna").removeHandler(self.handler)
             self.handler.close()
             self.handler = None
+
+
+def attach_log_file(path: Path, logger: logging.Logger | None = None) -> logging.Handler | None:
+    """Append ``logger``'s lines (if given) and Optuna's to ``path``; None (after one warning line)
+    when the file cannot be written: a read-only folder must not stop a search."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    except OSError as err:
+        click.echo(f"warning: cannot write the log file {path} ({err.strerror})", err=True)
+        return None
+    handler.setFormatter(logging.Formatter(FORMAT))
+    if logger is not None:
+        logger.addHandler(handler)
+    logging.getLogger("optuna").addHandler(handler)
+    return handler
 
 
 def throttled(report):

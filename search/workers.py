@@ -180,6 +180,11 @@ def _worker_main(job: WorkerJob, conn, cpu_threads: int) -> None:
     # the way Ctrl-C does: Optuna records it as FAIL instead of leaving it RUNNING.
     signal.signal(signal.SIGTERM, _interrupt)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Optuna's warnings (a failed trial's traceback) into the study's log file, one line each on stderr
+    from search.logs import attach_log_file, log_path, optuna_console_one_line
+
+    log_file = attach_log_file(log_path(job.study_name))
+    optuna_console_one_line(log_path(job.study_name) if log_file else None)
     if job.device == "cpu":  # N workers on one CPU share its cores instead of each taking all of them
         torch.set_num_threads(cpu_threads)
 

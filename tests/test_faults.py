@@ -86,6 +86,10 @@ def test_diverging_trial_fails_with_its_reason_and_the_study_goes_on(tiny_datase
     assert first.user_attrs["ended"].startswith("failed: training loss became nan"), first.user_attrs["ended"]
     assert "failed: training loss became nan" in result.output  # the progress line says why
     assert second.state == TrialState.COMPLETE
+    # Optuna's warning about the failed trial is one line here; its traceback is in the log file
+    assert "Trial 0 failed" in result.output and "traceback in studies/f/search.log" in result.output
+    assert "Traceback" not in result.output, result.output
+    assert "Traceback (most recent call last)" in (workdir / "studies" / "f" / "search.log").read_text()
 
 
 def test_any_other_exception_fails_only_that_trial(tiny_dataset, workdir):
