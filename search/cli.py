@@ -132,7 +132,7 @@ def run(trials, study_name, storage, data_dir, budget, device, seed, timeout, pr
     from search.errors import UserError
     from search.storage import check_url, default_url, redact
     from search.study import EVALUATIONS_PER_TRIAL, Progress, StudySettings, best_trial_or_none, open_study, run_trials
-    from search.task import load_task, resolve_device
+    from search.task import load_task, resolve_device, use_device
     from search.workers import split_trials, worker_devices
 
     torch_device = resolve_device(device)
@@ -152,10 +152,7 @@ def run(trials, study_name, storage, data_dir, budget, device, seed, timeout, pr
         pruning=pruning is not False)
     requested.eval_every = max(1, requested.budget // EVALUATIONS_PER_TRIAL)
     if in_process:
-        run_device = torch.device(devices[0])
-        if run_device.type == "cuda" and run_device.index is not None:
-            torch.cuda.set_device(run_device.index)
-        task = load_task(data_dir, seed, run_device, progress=echo.data_progress("preparing data"))
+        task = load_task(data_dir, seed, use_device(devices[0]), progress=echo.data_progress("preparing data"))
     else:  # each worker loads the data itself; build the feature-bank cache once, here
         from search.workers import WorkerJob, prepare_data, run_workers
         prepare_data(data_dir, progress=echo.data_progress("preparing data"))

@@ -42,6 +42,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def use_device(name: str) -> torch.device:
+    """``torch.device(name)``, made this process's current CUDA device when it names a GPU (``cuda:i``),
+    so the process creates its CUDA context on that GPU only (one worker per GPU)."""
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device.index)
+    return device
+
+
 def embedded_data_dir(cache: Path = DEFAULT_CACHE, progress=None) -> Path:
     """The embedded default dataset, generated deterministically on first use."""
     from data import synth

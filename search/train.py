@@ -82,8 +82,12 @@ def margin_scale(step: int, cfg: TrainConfig) -> float:
     return 1.0 if ramp <= 0 else min(1.0, step / ramp)
 
 
-def _autocast(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+def _autocast(device: torch.device, cache: bool = True):
+    """bf16 on CUDA, off on the CPU. ``cache=False`` inside CUDA-graph capture: cached weight casts would
+    live in the graph's memory pool."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache)
+    return torch.autocast("cpu", enabled=False)
 
 
 @torch.no_grad()
@@ -126,8 +130,8 @@ def _save_atomically(state: dict, path: Path) -> None:
 class TrainStep:
     """One optimiser step on a batch: forward, loss, backward, AdamW, and the running loss/accuracy sums.
 
-    Eager on the CPU; on CUDA with ``cfg.cuda_graph`` (the default) the step is captured as a CUDA graph after a few eager
-    warm-up steps (which also create AdamW's state) and replayed from then on. Everything that changes
+    Eager on the CPU; on CUDA with ``cfg.cuda_graph`` (the default) the step is captured as a CUDA graph
+    after a few eager warm-up steps (which also create AdamW's state) and replayed from then on. Everything that changes
     between steps lives in tensors the graph reads in place: the batch (copied into static buffers),
     the learning rate and the margin scale. Dropout and SpecAugment draw from the default CUDA
     generator, whose state graphs advance on every replay. The model's parameters stay the same
@@ -139,62 +143,61 @@ class TrainStep:
     def __init__(self, model: Classifier, cfg: TrainConfig, device: torch.device) -> None:
         self.model, self.device = model, device
         self.graph_wanted = cfg.cuda_graph and device.type == "cuda"
-        if self.graph_wanted:  # lr and margin as device tensors, so the captured kernels see new values
-            self.lr = torch.tensor(cfg.lr, device=device)
+        # The margin scale is a float for eager steps, or a device tensor the graph reads in place; the
+        # same for the learning rate, which the optimizer holds (a tensor lr needs capturable=True).
+        self.margin: float | torch.Tensor
+        if self.graph_wanted:
             self.margin = torch.ones((), device=device)
-            self.optimizer = torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=cfg.weight_decay,
-                                               fused=True, capturable=True)
+            self.optimizer = torch.optim.AdamW(model.parameters(), lr=torch.tensor(cfg.lr, device=device),
+                                               weight_decay=cfg.weight_decay, fused=True, capturable=True)
         else:
-            self.lr, self.margin = None, None
+            self.margin = 1.0
             self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                                fused=device.type == "cuda")
         self.loss_sum = torch.zeros((), device=device)
         self.correct_sum = torch.zeros((), device=device, dtype=torch.long)
-        self._margin_value = 1.0
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static: tuple[torch.Tensor, ...] | None = None  # x, mask, labels read by the graph
         self.eager_steps = 0
         self.graph_error: str | None = None  # why capture failed, if it did (the step then stays eager)
 
     def set_schedule(self, lr: float, margin_scale: float) -> None:
-        if self.lr is not None:
-            self.lr.fill_(lr)  # a kernel launch with the value as argument: no host sync
+        if torch.is_tensor(self.margin):
+            for group in self.optimizer.param_groups:
+                group["lr"].fill_(lr)  # a kernel launch with the value as argument: no host sync
             self.margin.fill_(margin_scale)
         else:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            self._margin_value = margin_scale
+            self.margin = margin_scale
 
-    def _forward_backward(self, x, mask, labels, margin, cache: bool) -> None:
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache) if self.device.type == "cuda"
-                    else torch.autocast("cpu", enabled=False))
-        with autocast:
-            loss, logits = self.model.loss(x, mask, labels, margin)
+    def _forward_backward(self, x, mask, labels) -> None:
+        # cache=False on the graph path: in its warm-up and fallback steps too, so every step is the same
+        with _autocast(self.device, cache=not self.graph_wanted):
+            loss, logits = self.model.loss(x, mask, labels, self.margin)
         loss.backward()
         self.optimizer.step()
         self.loss_sum += loss.detach().float()
         self.correct_sum += (logits.detach().argmax(-1) == labels).sum()
+
+    def _eager(self, x, mask, labels) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self._forward_backward(x, mask, labels)
 
     @property
     def graphed(self) -> bool:
         return self.graph is not None
 
     def __call__(self, x: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> None:
-        if not self.graph_wanted:
-            self.optimizer.zero_grad(set_to_none=True)
-            self._forward_backward(x, mask, labels, self._margin_value, cache=True)
-            return
-        if self.graph_error is not None:  # capture failed: the same step, eager, with the tensor schedule
-            self.optimizer.zero_grad(set_to_none=True)
-            self._forward_backward(x, mask, labels, self.margin, cache=False)
+        if not self.graph_wanted or self.graph_error is not None:  # CPU, graph off, or capture failed
+            self._eager(x, mask, labels)
             return
         if self.graph is None and self.eager_steps < self.WARMUP:
             # Warm-up on a side stream, as PyTorch's whole-network capture recipe does.
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):
-                self.optimizer.zero_grad(set_to_none=True)
-                self._forward_backward(x, mask, labels, self.margin, cache=False)
+                self._eager(x, mask, labels)
             torch.cuda.current_stream(self.device).wait_stream(side)
             self.eager_steps += 1
             return
@@ -205,12 +208,13 @@ class TrainStep:
             try:
                 # thread_local: Optuna's heartbeat thread may run meanwhile (it never touches CUDA)
                 with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                    self._forward_backward(*self.static, self.margin, cache=False)
+                    self._forward_backward(*self.static)
             except RuntimeError as err:  # an op that cannot be captured: train on, eagerly, and say so
                 self.graph_error = str(err).splitlines()[0][:300]
                 warnings.warn(f"CUDA graph capture failed, training eagerly: {self.graph_error}")
                 self.static = None
-                return self(x, mask, labels)
+                self._eager(x, mask, labels)
+                return
             self.graph = graph
         else:
             for buffer, value in zip(self.static, (x, mask, labels)):
@@ -221,7 +225,10 @@ class TrainStep:
         return self.optimizer.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state)
+        self.optimizer.load_state_dict(state)  # replaces each group's lr with the saved value
+        if torch.is_tensor(self.margin):  # the graph path fills the lr in place: it must stay a device tensor
+            for group in self.optimizer.param_groups:
+                group["lr"] = torch.as_tensor(group["lr"], dtype=torch.float32, device=self.device)
 
     def close(self) -> None:
         """Free the graph's private memory pool (the next trial in this process needs the memory)."""

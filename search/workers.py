@@ -174,17 +174,16 @@ def _worker_main(job: WorkerJob, conn, cpu_threads: int) -> None:
     import torch
 
     from data.errors import DataError
-    from search.task import load_task
+    from search.logs import attach_log_file, log_path, optuna_console_one_line
+    from search.task import load_task, use_device
 
     # SIGTERM (the parent stopping a --fail-fast run, a batch system's kill) ends the trial in progress
     # the way Ctrl-C does: Optuna records it as FAIL instead of leaving it RUNNING.
     signal.signal(signal.SIGTERM, _interrupt)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Optuna's warnings (a failed trial's traceback) into the study's log file, one line each on stderr
-    from search.logs import attach_log_file, log_path, optuna_console_one_line
-
-    log_file = attach_log_file(log_path(job.study_name))
-    optuna_console_one_line(log_path(job.study_name) if log_file else None)
+    log_file = log_path(job.study_name)
+    optuna_console_one_line(log_file if attach_log_file(log_file) else None)
     if job.device == "cpu":  # N workers on one CPU share its cores instead of each taking all of them
         torch.set_num_threads(cpu_threads)
 
@@ -193,10 +192,7 @@ def _worker_main(job: WorkerJob, conn, cpu_threads: int) -> None:
 
     code = 0
     try:
-        device = torch.device(job.device)
-        if device.type == "cuda" and device.index is not None:
-            torch.cuda.set_device(device.index)  # this process's CUDA context on its own GPU only
-        task = load_task(job.data_dir, job.requested.seed, device)
+        task = load_task(job.data_dir, job.requested.seed, use_device(job.device))
         study, settings, _ = open_study(job.study_name, job.url, job.requested, job.budget_given,
                                         warm_start=False, worker=job.index)
         run_trials(study, settings, task, job.n_trials, timeout=job.timeout, fail_fast=job.fail_fast,

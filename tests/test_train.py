@@ -60,3 +60,28 @@ def test_cuda_graph_steps_train_like_eager_steps(tiny_dataset, encoder, pooling,
         assert g["train_loss"] == pytest.approx(e["train_loss"], rel=0.03), (g, e)
     if loss == "ce":  # (a margin loss rises while its margin warms up)
         assert graphed.history[-1]["train_loss"] < graphed.history[0]["train_loss"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: run on the GPU machine")
+def test_cuda_graph_training_resumed_from_a_checkpoint_keeps_its_schedule(tiny_dataset, tmp_path):
+    """A resumed run captures a new graph after loading the optimizer state (whose lr comes back from the
+    checkpoint): it must go on following the lr schedule, like the run that was never stopped."""
+    task = load_task(tiny_dataset, seed=0, device=torch.device("cuda"))
+    model_cfg = ModelConfig(n_classes=task.bank.n_speakers, dropout=0.0, head="linear")
+    cfg = TrainConfig(steps=60, eval_every=20, warmup_steps=10, seed=3)
+    whole = train(model_cfg, cfg, task)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_20(step, metrics):
+        if step == 20:
+            raise Stop
+
+    checkpoint = tmp_path / "ckpt.pt"
+    with pytest.raises(Stop):
+        train(model_cfg, cfg, task, on_eval=stop_at_20, checkpoint=checkpoint)
+    resumed = train(model_cfg, cfg, task, checkpoint=checkpoint)
+    assert resumed.cuda_graph
+    for w, r in zip(whole.history[1:], resumed.history[1:]):
+        assert r["train_loss"] == pytest.approx(w["train_loss"], rel=0.03), (w, r)
