@@ -93,6 +93,22 @@ def mel_filterbank(n_mels: int = N_MELS, f_min: float = F_MIN, f_max: float = F_
 
 MEL_FB = mel_filterbank()
 
+# The filterbank in sparse form, by filter: each bin feeds at most two neighbouring filters (384 of the
+# 8,040 weights are non-zero). ``mel_project`` sums each filter's bins in this fixed order with numpy's
+# own loops. A BLAS matmul (``power @ MEL_FB``) may split and order its sums by thread count and CPU
+# kernel, so the serial and the parallel rendering wrote different bytes on some machines.
+_MEL_FILTER, _MEL_BIN = np.nonzero(MEL_FB.T)  # sorted by filter, then bin
+_MEL_WEIGHT = MEL_FB.T[_MEL_FILTER, _MEL_BIN][:, None]  # (nnz, 1)
+_MEL_START = np.searchsorted(_MEL_FILTER, np.arange(N_MELS))  # first non-zero of each filter
+assert len(np.unique(_MEL_FILTER)) == N_MELS, "every mel filter must cover at least one FFT bin"
+
+
+def mel_project(power: np.ndarray) -> np.ndarray:
+    """(T, N_BINS) power spectra -> (T, N_MELS) mel energies, ``power @ MEL_FB`` without BLAS: the
+    same bytes whatever the thread count."""
+    contributions = np.ascontiguousarray(power.T)[_MEL_BIN] * _MEL_WEIGHT  # (nnz, T)
+    return np.ascontiguousarray(np.add.reduceat(contributions, _MEL_START, axis=0).T)
+
 
 # ---------------------------------------------------------------------------------------------------
 # Lengths
@@ -418,7 +434,7 @@ def render_utterance(rng: np.random.Generator, speaker: Speaker, world: World, n
     if rng.random() < DIGITAL_SILENCE_SHARE:
         power[is_pause] = 0.0  # edited-out pauses: digital zeros, the clamp floor of HW04
 
-    mel = power @ MEL_FB
+    mel = mel_project(power)
     mel *= np.float32(math.exp(rng.uniform(*PEAK_LOG_MEL)) / mel.max())
     return np.log(np.maximum(mel, np.float32(POWER_FLOOR)))
 

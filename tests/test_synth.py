@@ -6,6 +6,7 @@ import csv
 import hashlib
 import json
 import math
+import os
 import re
 
 import numpy as np
@@ -142,6 +143,28 @@ def test_parallel_rendering_writes_the_same_files(tmp_path):
     synthesize(tmp_path / "one", speakers=3, utterances_per_speaker=4, length_scale=0.2, seed=11)
     synthesize(tmp_path / "two", speakers=3, utterances_per_speaker=4, length_scale=0.2, seed=11, workers=2)
     assert digest(tmp_path / "one") == digest(tmp_path / "two")
+
+
+def test_rendering_does_not_depend_on_the_blas_kernel(tmp_path):
+    """The same seed gives the same bytes whatever BLAS kernel or thread count a machine's numpy picks.
+
+    A fresh CI machine wrote different files serially and in parallel: OpenBLAS chose another sgemm path
+    for one thread than for several. OPENBLAS_CORETYPE forces other kernels here (the build is DYNAMIC_ARCH)
+    and OPENBLAS_NUM_THREADS other splits; each run is a fresh process, as each machine would be.
+    """
+    import hashlib
+    import subprocess
+    import sys
+
+    def render(folder, **env):
+        code = ("import sys; from data.synth import synthesize; "
+                "synthesize(sys.argv[1], speakers=3, utterances_per_speaker=4, length_scale=0.6, seed=5)")
+        subprocess.run([sys.executable, "-c", code, str(folder)], check=True, env={**os.environ, **env})
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+    reference = render(tmp_path / "default")
+    assert render(tmp_path / "prescott", OPENBLAS_CORETYPE="Prescott", OPENBLAS_NUM_THREADS="1") == reference
+    assert render(tmp_path / "sandybridge", OPENBLAS_CORETYPE="Sandybridge", OPENBLAS_NUM_THREADS="2") == reference
 
 
 def test_cli_synth_makes_hw04_lengths_by_default(tmp_path):
