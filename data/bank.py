@@ -30,17 +30,43 @@ import torch
 from data.errors import DataError
 from data.hw04 import PAD_VALUE, Layout, load_features, read_layout
 
-BANK_VERSION = 1
+BANK_VERSION = 2  # 2: the fingerprint samples each file's content (1: size and mtime only)
+SAMPLE_BYTES = 4096  # read at each sampled place of a feature file
+SAMPLES = 4  # places sampled besides the head and the tail
+
+
+def _content_sample(path: Path) -> bytes:
+    """A cheap stand-in for a file's content: its size, head, tail and a few blocks spread between.
+
+    A ``torch.save`` file is a zip archive whose directory, at the tail, holds the CRC-32 of every member,
+    the tensor's bytes included: a tensor replaced by another one changes the tail even when the size and
+    the mtime are kept. A few KB per file: HW04's 64k files are read in about a second.
+    """
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size <= SAMPLE_BYTES * (SAMPLES + 2):
+            return size.to_bytes(8, "little") + f.read()
+        parts = [size.to_bytes(8, "little")]
+        for i in range(SAMPLES + 2):  # head, SAMPLES blocks evenly spread, tail
+            f.seek((size - SAMPLE_BYTES) * i // (SAMPLES + 1))
+            parts.append(f.read(SAMPLE_BYTES))
+        return b"".join(parts)
 
 
 def fingerprint(layout: Layout) -> str:
-    """Hash of everything the bank is made from: json bytes and each feature file's size and mtime."""
+    """Hash of everything the bank is made from: json bytes and a content sample of each feature file
+    (``_content_sample``: its size, head, tail, where a torch file keeps its CRC-32s, and blocks between).
+    Not size and mtime: a file replaced with its mtime kept (``cp -p``, ``rsync -t``, ``touch -r``) would
+    serve stale features."""
     digest = hashlib.sha256(f"bank-v{BANK_VERSION}".encode())
     for name in ("mapping.json", "metadata.json", "testdata.json"):
         digest.update((layout.root / name).read_bytes())
     for utt in layout.train + layout.test:
-        stat = (layout.root / utt.feature_path).stat()
-        digest.update(f"{utt.feature_path}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+        digest.update(f"{utt.feature_path}:".encode())
+        try:
+            digest.update(hashlib.sha256(_content_sample(layout.root / utt.feature_path)).digest())
+        except OSError as err:
+            raise DataError(f"{layout.root / utt.feature_path}: cannot read ({err.strerror})") from None
     return digest.hexdigest()[:20]
 
 
@@ -132,6 +158,11 @@ def cache_folder(layout: Layout, cache_root: Path | None) -> Path:
 def pack(layout: Layout, folder: Path, progress: Callable[[int, int], None] | None = None) -> None:
     """Write the bank of ``layout`` into ``folder`` (replaced atomically when complete)."""
     utterances = layout.train + layout.test
+    for utt in utterances:  # a mel_len its file cannot hold (a corrupt json): refuse before allocating for it
+        if utt.mel_len * layout.n_mels * 4 > (layout.root / utt.feature_path).stat().st_size:
+            load_features(layout.root, utt, layout.n_mels)  # names the problem precisely
+            raise DataError(f"{layout.root / utt.feature_path}: too small for mel_len {utt.mel_len} x n_mels "
+                            f"{layout.n_mels} float32 values")
     lengths = np.array([u.mel_len for u in utterances], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
@@ -158,26 +189,65 @@ def pack(layout: Layout, folder: Path, progress: Callable[[int, int], None] | No
 
 
 def open_bank(root: str | Path, cache_root: Path | None = None,
-              progress: Callable[[int, int], None] | None = None) -> FeatureBank:
-    """Validate the HW04 folder ``root``, pack it if its bank is missing or stale, and load it (CPU)."""
+              progress: Callable[[int, int], None] | None = None,
+              notice: Callable[[str], None] | None = None) -> FeatureBank:
+    """Validate the HW04 folder ``root``, pack it if its bank is missing, stale or damaged (saying so through
+    ``notice``, stderr by default), and load it (CPU)."""
     layout = read_layout(root)
     folder = cache_folder(layout, cache_root)
     want = fingerprint(layout)
-    index_path = folder / "index.npz"
-    if not (index_path.exists() and str(np.load(index_path)["fingerprint"]) == want):
+    bank, why = _load_packed(folder, layout, want)
+    if bank is None:
+        if why is not None:  # a cache that exists but cannot be used: say so, then rebuild it
+            (notice or _warn)(f"warning: {folder}: the feature-bank cache is unusable ({why}); rebuilding it")
         try:
             folder.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise DataError(f"{folder.parent}: cannot create the feature-bank cache ({err.strerror})") from None
         pack(layout, folder, progress)
-    index = np.load(index_path)
-    frames = np.load(folder / "frames.npy", mmap_mode="r")
-    return FeatureBank(
-        frames=torch.from_numpy(np.array(frames)),  # one read of the file into memory
-        offsets=torch.from_numpy(index["offsets"]), lengths=torch.from_numpy(index["lengths"]),
-        labels=torch.from_numpy(index["labels"]), names=[str(n) for n in index["names"]],
-        id2speaker=[str(s) for s in index["id2speaker"]], n_mels=int(index["n_mels"]),
-        n_train=int(index["n_train"]), source=str(layout.root))
+        bank, why = _load_packed(folder, layout, want)
+        if bank is None:
+            raise DataError(f"{folder}: the feature-bank cache just written cannot be read back ({why})")
+    return bank
+
+
+def _warn(line: str) -> None:
+    import sys
+
+    print(line, file=sys.stderr)
+
+
+def _load_packed(folder: Path, layout: Layout, want: str) -> tuple[FeatureBank | None, str | None]:
+    """(bank, None) from a sound, current cache; (None, None) without one or when it is stale; (None, why)
+    when it is damaged (garbage index, truncated frames): never an exception, the caller rebuilds."""
+    index_path = folder / "index.npz"
+    if not index_path.exists():
+        return None, None
+    try:
+        with np.load(index_path, allow_pickle=False) as npz:
+            index = {k: npz[k] for k in ("offsets", "lengths", "labels", "names", "id2speaker", "n_mels", "n_train",
+                                         "fingerprint")}
+        if str(index["fingerprint"]) != want:
+            return None, None
+        n_mels, n = int(index["n_mels"]), len(layout.train) + len(layout.test)
+        lengths, offsets = index["lengths"], index["offsets"]
+        expected_lengths = np.array([u.mel_len for u in layout.train + layout.test], dtype=np.int64)
+        if lengths.shape != (n,) or offsets.shape != (n,) or not np.array_equal(lengths, expected_lengths):
+            return None, "index.npz does not match the data"
+        frames = np.load(folder / "frames.npy", mmap_mode="r", allow_pickle=False)
+        if frames.dtype != np.float16 or frames.shape != (int(lengths.sum()), n_mels):
+            return None, f"frames.npy has shape {frames.shape} {frames.dtype}"
+        return FeatureBank(
+            frames=torch.from_numpy(np.array(frames)),  # one read of the file into memory
+            offsets=torch.from_numpy(offsets), lengths=torch.from_numpy(lengths),
+            labels=torch.from_numpy(index["labels"]), names=[str(x) for x in index["names"]],
+            id2speaker=[str(s) for s in index["id2speaker"]], n_mels=n_mels,
+            n_train=int(index["n_train"]), source=str(layout.root)), None
+    except MemoryError:
+        raise
+    except Exception as err:  # noqa: BLE001 - whatever the damage (BadZipFile, KeyError, ValueError, OSError...)
+        text = str(err).strip().splitlines()[0][:120] if str(err).strip() else ""
+        return None, f"{type(err).__name__}" + (f": {text}" if text else "")
 
 
 def describe(layout: Layout) -> dict:

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import pickle
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,13 +50,37 @@ class Layout:
         return len(self.id2speaker)
 
 
+MAX_MEL_LEN = 10_000_000  # frames (28 hours at HW04's 10 ms hop): anything longer is a corrupt mel_len
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    """json's object_pairs_hook: a key given twice would silently keep only the last value (a speaker's
+    utterances dropped); refuse it instead."""
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        seen: set[str] = set()
+        key = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise _DuplicateKey(key)
+    return value
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        value = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: not valid JSON ({err})") from None
+        value = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicate_keys)
+    except _DuplicateKey as err:
+        raise DataError(f"{path}: the key {str(err)[:80]} appears twice in one object") from None
+    except RecursionError:
+        raise DataError(f"{path}: not valid JSON (nested too deeply)") from None
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError, an integer of over 4,300 digits
+        raise DataError(f"{path}: not valid JSON ({str(err)[:160]})") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror})") from None
     if not isinstance(value, dict):
         raise DataError(f"{path}: expected a JSON object at the top level")
     return value
@@ -71,8 +93,9 @@ def _entry(path: Path, where: str, item: object) -> tuple[str, int]:
     name, mel_len = item["feature_path"], item["mel_len"]
     if not isinstance(name, str) or not name or "/" in name or "\\" in name or name.startswith("."):
         raise DataError(f"{path}: {where} has an invalid feature_path {name!r}")
-    if isinstance(mel_len, bool) or not isinstance(mel_len, int) or mel_len <= 0:
-        raise DataError(f"{path}: {where} ({name}) has an invalid mel_len {mel_len!r}")
+    if isinstance(mel_len, bool) or not isinstance(mel_len, int) or mel_len <= 0 or mel_len > MAX_MEL_LEN:
+        shown = repr(mel_len) if len(repr(mel_len)) <= 40 else repr(mel_len)[:40] + "..."
+        raise DataError(f"{path}: {where} ({name}) has an invalid mel_len {shown} (expected 1..{MAX_MEL_LEN:,})")
     return name, mel_len
 
 
@@ -111,6 +134,9 @@ def read_layout(root: str | Path) -> Layout:
     speakers = meta.get("speakers")
     if not isinstance(speakers, dict) or not speakers:
         raise DataError(f"{meta_path}: 'speakers' must be a non-empty object of speaker -> utterances")
+    if all(isinstance(items, list) and len(items) == 1 for items in speakers.values()):
+        raise DataError(f"{meta_path}: every speaker has a single utterance: nothing is left for the validation "
+                        "split (a speaker needs at least 2)")
     train: list[Utterance] = []
     for speaker, items in speakers.items():
         if speaker not in speaker2id:
@@ -135,11 +161,16 @@ def read_layout(root: str | Path) -> Layout:
         if utt.feature_path in seen:
             raise DataError(f"{root}: {utt.feature_path} is listed twice")
         seen.add(utt.feature_path)
-    present = {p.name for p in root.iterdir()}
+    present = {p.name: p for p in root.iterdir()}
     missing = [u.feature_path for u in train + test if u.feature_path not in present]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise DataError(f"{root / missing[0]}: feature file not found{more}")
+    inside = root.resolve()
+    for utt in train + test:  # a symlink may point anywhere: only inside the data folder, like the names
+        path = present[utt.feature_path]
+        if path.is_symlink() and not path.resolve().is_relative_to(inside):
+            raise DataError(f"{path}: a symbolic link to {path.resolve()}, outside the data folder {inside}")
     return Layout(root, n_mels, id2speaker, train, test)
 
 
@@ -151,8 +182,18 @@ def load_features(root: Path, utt: Utterance, n_mels: int) -> torch.Tensor:
     path = root / utt.feature_path
     try:
         value = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+    except MemoryError:
+        raise DataError(f"{path}: cannot load: it declares more data than fits in memory") from None
+    except Exception as err:  # noqa: BLE001 - any file at all may sit there: a text file gives KeyError,
+        # IndexError, UnicodeDecodeError...; pickle.UnpicklingError, zipfile.BadZipFile, EOFError for others
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        try:
+            with open(path, "rb") as f:
+                head = f.read(16)
+        except OSError:
+            head = b"PK"
+        if not head.startswith((b"PK\x03\x04", b"\x80")):  # neither torch's zip format nor its legacy pickle
+            reason = f"not a file written by torch.save: it starts with {head!r}"
         raise DataError(f"{path}: cannot load as a plain tensor with weights_only=True ({reason[:160]})") from None
     if not isinstance(value, torch.Tensor):
         raise DataError(f"{path}: holds a {type(value).__name__}, expected a tensor")
@@ -183,4 +224,6 @@ def stratified_split(labels: np.ndarray, valid_fraction: float, seed: int) -> tu
         n_valid = min(len(members) - 1, max(1, round(valid_fraction * len(members))))
         valid.append(members[:n_valid])
         train.append(members[n_valid:])
+    if sum(len(v) for v in valid) == 0:
+        raise DataError("metadata.json: every speaker has a single utterance: the validation split would be empty")
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(valid))

@@ -7,3 +7,8 @@ class UserError(Exception):
 
 class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite; the trial ends as failed with this reason."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM reached ``search run``: unwinds like Ctrl-C (the running trial ends FAIL, ``ended: interrupted``),
+    then the command exits with one line and code 143 (128 + SIGTERM)."""

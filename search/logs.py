@@ -25,6 +25,38 @@ LOGGER = "search"
 FORMAT = "%(asctime)s %(process)d %(levelname)s %(message)s"
 
 
+class _Scrubbed(logging.Formatter):
+    """Any password seen in a storage URL (e.g. echoed in a driver's error) is written as ``***``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from search.storage import redact
+
+        return redact(super().format(record))
+
+
+class _FileHandler(logging.FileHandler):
+    """A log file that stops quietly when it cannot be written (full disk, file-size limit): one warning
+    line on stderr instead of ``logging``'s "--- Logging error ---" traceback for every record."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        if getattr(self, "_failed", False):
+            return
+        self._failed = True
+        import sys
+
+        err = sys.exc_info()[1]
+        why = getattr(err, "strerror", None) or str(err) or type(err).__name__
+        try:
+            sys.stderr.write(f"warning: cannot write the log file {self.baseFilename} ({why}); "
+                             "logging to it stopped\n")
+        except Exception:  # noqa: BLE001 - stderr itself gone: nothing left to tell
+            pass
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not getattr(self, "_failed", False):
+            super().emit(record)
+
+
 class _WithoutTraceback(logging.Formatter):
     """Optuna's console format, one line per record: a failed trial's traceback (a diverged trial is an
     ordinary outcome of a search, not a crash) goes to the log file only."""
@@ -34,10 +66,12 @@ class _WithoutTraceback(logging.Formatter):
         self.where = where
 
     def format(self, record: logging.LogRecord) -> str:
+        from search.storage import redact
+
         if not record.exc_info:
-            return super().format(record)
+            return redact(super().format(record))
         bare = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None})
-        return super().format(bare) + f" (traceback in {self.where})"
+        return redact(super().format(bare)) + f" (traceback in {self.where})"
 
 
 def optuna_console_one_line(log_file: Path | None) -> Callable[[], None]:
@@ -102,11 +136,11 @@ def attach_log_file(path: Path, logger: logging.Logger | None = None) -> logging
     when the file cannot be written: a read-only folder must not stop a search."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+        handler = _FileHandler(path, mode="a", encoding="utf-8")
     except OSError as err:
         click.echo(f"warning: cannot write the log file {path} ({err.strerror})", err=True)
         return None
-    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.setFormatter(_Scrubbed(FORMAT))
     if logger is not None:
         logger.addHandler(handler)
     logging.getLogger("optuna").addHandler(handler)

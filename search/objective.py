@@ -41,6 +41,9 @@ class Objective:
             return self._run(trial)
         except optuna.TrialPruned:
             raise
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: Optuna records the trial FAIL; say why
+            trial.set_user_attr("ended", "interrupted")
+            raise
         except Exception as err:  # e.g. a configuration the model refuses (an enqueued out-of-space one)
             if "ended" not in trial.user_attrs:
                 trial.set_user_attr("ended", f"failed: {type(err).__name__}: {err}"[:500])

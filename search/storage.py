@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import random
 import re
+import time
 import warnings
 from pathlib import Path
 
@@ -42,7 +44,7 @@ def _seconds_from_env(name: str, default: int) -> int:
     text = os.environ.get(name, "").strip()
     if not text:
         return default
-    if not text.isdigit() or int(text) <= 0:
+    if not (text.isascii() and text.isdigit()) or int(text) <= 0:
         raise UserError(f"{name}={text}: expected a positive whole number of seconds")
     return int(text)
 
@@ -58,13 +60,87 @@ def heartbeat_settings() -> tuple[int, int]:
     return interval, grace
 
 
+STUDY_NAME_MAX = 100  # characters; Optuna's column holds 512, but a name also names files under studies/
+
+
+def check_study_name(name: str) -> None:
+    """A study name is a name: it also names ``studies/<name>.db`` and ``studies/<name>/``, so it must
+    not be empty, hold a path separator or a control character, start with a dot, or be over-long."""
+    problem = None
+    if not name or not name.strip():
+        problem = "a study name cannot be empty"
+    elif "/" in name or "\\" in name:
+        problem = "a study name cannot contain '/' or '\\' (it names files under studies/)"
+    elif name.startswith("."):
+        problem = "a study name cannot start with '.'"
+    elif any(ord(c) < 32 or ord(c) == 127 or 0x80 <= ord(c) < 0xA0 for c in name):
+        problem = "a study name cannot contain control characters"
+    elif len(name) > STUDY_NAME_MAX:
+        problem = f"a study name has at most {STUDY_NAME_MAX} characters, this one {len(name)}"
+    if problem:
+        shown = repr(name if len(name) <= 60 else name[:60] + "...")
+        raise UserError(f"--study {shown}: {problem}")
+
+
 def default_url(study: str) -> str:
+    check_study_name(study)
     return f"sqlite:///studies/{study}.db"
 
 
-def redact(url: str) -> str:
-    """The URL with any password replaced, for messages and logs."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+# Query-string keys that carry a password (libpq's ``password``, ``sslpassword``; others' ``passwd``, ``pwd``).
+_SECRET_KEYS = re.compile(r"(?i)^(password|passwd|pwd|sslpassword|pass|secret|token|api_key)$")
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>]*")
+_SECRETS: set[str] = set()  # every password seen in a URL by this process: scrubbed from any message
+
+
+def _remember(secret: str | None) -> None:
+    if secret:
+        from urllib.parse import quote, unquote
+
+        _SECRETS.update({secret, unquote(secret), quote(secret, safe="")} - {""})
+
+
+def _redact_url(url: str) -> str:
+    """One URL with its password hidden: the user-info password, and password-like query parameters.
+
+    The user-info part ends at the *last* ``@`` before the query, so a password with an unescaped ``@``
+    (which SQLAlchemy's ``make_url`` reads as part of the host) is hidden whole.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    head, qmark, query = rest.partition("?")
+    at = head.rfind("@")
+    if at >= 0:
+        userinfo, host = head[:at], head[at + 1:]
+        user, colon, password = userinfo.partition(":")
+        if colon:
+            _remember(password)
+            head = f"{user}:***@{host}"
+    if qmark:
+        parts = []
+        for item in query.split("&"):
+            key, eq, value = item.partition("=")
+            if eq and _SECRET_KEYS.match(key):
+                _remember(value)
+                item = f"{key}=***"
+            parts.append(item)
+        query = "&".join(parts)
+    return f"{scheme}://{head}{qmark}{query}"
+
+
+def redact(text: str) -> str:
+    """``text`` (a URL, or a message holding URLs) with every password hidden, for messages and logs;
+    passwords seen earlier in this process (e.g. echoed back by a database driver) are hidden too."""
+    text = _URL_IN_TEXT.sub(lambda m: _redact_url(m.group(0)), str(text))
+    return scrub(text)
+
+
+def scrub(text: str) -> str:
+    """``text`` with every password this process has seen in a storage URL replaced by ``***``."""
+    for secret in sorted(_SECRETS, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -105,42 +181,54 @@ def is_journal(url: str) -> bool:
 
 def check_url(url: str) -> None:
     """Refuse a malformed URL before any work is done (reachability is checked when it is opened)."""
+    shown = redact(url)  # also remembers the password, so that no later message shows it
     if is_journal(url):
         return
     try:
-        sqlalchemy.engine.make_url(url)
-    except sqlalchemy.exc.ArgumentError:
-        raise UserError(f"--storage {redact(url)}: not a storage URL (e.g. sqlite:///studies/hw04.db, "
+        parsed = sqlalchemy.engine.make_url(url)
+    except (sqlalchemy.exc.ArgumentError, ValueError, TypeError) as err:
+        why = "a port must be a number" if "int()" in str(err) else "not a storage URL"
+        raise UserError(f"--storage {shown}: {why} (e.g. sqlite:///studies/hw04.db, "
                         "postgresql://user@host/db, mysql+pymysql://user@host/db)") from None
+    if parsed.host and "@" in parsed.host:
+        raise UserError(f"--storage {shown}: more than one '@' (a password with '@' must be written %40)")
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        raise UserError(f"--storage {shown}: an in-memory SQLite database cannot be shared with workers or "
+                        "resumed, and is lost at exit; use a file, e.g. sqlite:///studies/hw04.db")
 
 
 def open_storage(url: str, heartbeat_interval: int | None = -1,
-                 grace_period: int | None = -1) -> optuna.storages.BaseStorage:
+                 grace_period: int | None = -1, create: bool = True) -> optuna.storages.BaseStorage:
     """Open (creating if needed) the storage at ``url``; a one-line UserError if that fails.
 
     Heartbeat interval and grace period default to ``heartbeat_settings()``; ``heartbeat_interval=None``
     turns heartbeats off. Journal storages have no heartbeat in Optuna 5: a trial of a killed worker
-    stays RUNNING there (use an RDB storage where workers may be killed).
+    stays RUNNING there (use an RDB storage where workers may be killed). ``create=False`` (read-only
+    commands) refuses a SQLite or journal file that does not exist instead of creating it.
     """
+    check_url(url)
     if is_journal(url):
         # Like sqlite URLs: journal:///studies/hw04.log is relative, journal:////tmp/hw04.log absolute.
         path = Path(url.removeprefix("journal:///"))
+        if not create and not path.is_file():
+            raise UserError(f"--storage {redact(url)}: no such file {path}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             return JournalStorage(JournalFileBackend(str(path)))
         except OSError as err:
-            raise UserError(f"--storage {url}: cannot open the journal file ({err.strerror})") from None
-    check_url(url)
+            raise UserError(f"--storage {redact(url)}: cannot open the journal file ({err.strerror})") from None
     parsed = sqlalchemy.engine.make_url(url)
     backend = parsed.get_backend_name()
     engine_kwargs: dict = {}
     if backend == "sqlite":
         database = parsed.database
+        if not create and database and not Path(database).is_file():
+            raise UserError(f"--storage {redact(url)}: no such file {database}")
         if database and database != ":memory:":
             try:
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
             except OSError as err:
-                raise UserError(f"--storage {url}: cannot create {Path(database).parent} ({err.strerror})") from None
+                raise UserError(f"--storage {redact(url)}: cannot create {Path(database).parent} ({err.strerror})") from None
         engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT}
     elif backend in ("postgresql", "mysql", "mariadb"):
         parsed = _with_installed_driver(parsed)
@@ -150,17 +238,39 @@ def open_storage(url: str, heartbeat_interval: int | None = -1,
         default_interval, default_grace = heartbeat_settings()
         heartbeat_interval = default_interval if heartbeat_interval == -1 else heartbeat_interval
         grace_period = default_grace if grace_period == -1 else grace_period
-    try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5: used knowingly, tested
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY) if heartbeat_interval else None
-            storage = RDBStorage(parsed.render_as_string(hide_password=False), engine_kwargs=engine_kwargs,
-                                 heartbeat_interval=heartbeat_interval or None,
-                                 grace_period=grace_period if heartbeat_interval else None,
-                                 heartbeat_stale_trial_callback=retry)
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, TypeError) as err:
-        reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
-        raise UserError(f"--storage {redact(url)}: cannot open the storage ({redact(reason)[:200]})") from None
+    for attempt in range(SCHEMA_RETRIES + 1):
+        try:
+            return _rdb_storage(parsed, backend, engine_kwargs, heartbeat_interval, grace_period)
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, TypeError) as err:
+            reason = str(getattr(err, "orig", None) or err).strip()
+            if attempt < SCHEMA_RETRIES and _schema_race(reason):
+                # Several processes creating the tables of a new storage at once: one wins, the others
+                # see its half-made schema (alembic_version's UNIQUE constraint, "already exists"). Retry.
+                time.sleep(0.2 * (attempt + 1) + random.random() * 0.3)
+                continue
+            reason = (reason.splitlines() or [type(err).__name__])[0]
+            raise UserError(f"--storage {redact(url)}: cannot open the storage ({redact(reason)[:200]})") from None
+    raise AssertionError("unreachable")
+
+
+SCHEMA_RETRIES = 8
+
+
+def _schema_race(reason: str) -> bool:
+    reason = reason.lower()
+    return any(s in reason for s in ("unique constraint failed: alembic_version", "already exists",
+                                     "duplicate key value", "duplicate entry", "database is locked",
+                                     "deadlock", "table alembic_version"))
+
+
+def _rdb_storage(parsed, backend: str, engine_kwargs: dict, heartbeat_interval, grace_period) -> RDBStorage:
+    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5: used knowingly, tested
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY) if heartbeat_interval else None
+        storage = RDBStorage(parsed.render_as_string(hide_password=False), engine_kwargs=engine_kwargs,
+                             heartbeat_interval=heartbeat_interval or None,
+                             grace_period=grace_period if heartbeat_interval else None,
+                             heartbeat_stale_trial_callback=retry)
     if backend == "sqlite":
         sqlalchemy.event.listen(storage.engine, "connect", _sqlite_pragmas)
         sqlalchemy.event.listen(storage.engine, "begin", _sqlite_begin)

@@ -101,7 +101,48 @@ BROKEN = {
     "pickled object instead of a tensor": (lambda d: _first_train(d).write_bytes(pickle.dumps(_Evil())),
                                            "cannot load as a plain tensor with weights_only=True"),
     "not a tensor": (lambda d: torch.save({"features": torch.zeros(3, 40)}, _first_train(d)), "holds a dict"),
+    # issue 10: each of these was a traceback or a silently wrong dataset
+    "text file as a tensor": (lambda d: _first_train(d).write_text("hello\n"), "not a file written by torch.save"),
+    "html page as a tensor": (lambda d: _first_train(d).write_text("<!DOCTYPE html><html><body>404</body></html>"),
+                              "not a file written by torch.save"),
+    "huge mel_len": (lambda d: _set_first_len(d, 10**13), "has an invalid mel_len 10000000000000"),
+    "5,000-digit mel_len": (lambda d: _replace_first_len(d, "9" * 5000), "metadata.json: not valid JSON"),
+    "200,000 nested brackets": (lambda d: (d / "metadata.json").write_text("[" * 200_000),
+                                "metadata.json: not valid JSON (nested too deeply)"),
+    "a speaker key twice": (lambda d: _duplicate_first_speaker(d), "appears twice in one object"),
+    "a speaker2id key twice": (lambda d: (d / "mapping.json").write_text((d / "mapping.json").read_text().replace(
+        '"speaker2id": {', '"speaker2id": {"%s": 0, ' % next(iter(json.loads((d / "mapping.json").read_text())[
+            "speaker2id"])), 1)), "appears twice in one object"),
+    "every speaker with one utterance": (
+        lambda d: _edit_json(d, "metadata.json", lambda m: m.update(speakers={k: v[:1] for k, v in m["speakers"].items()})),
+        "every speaker has a single utterance"),
+    "symlink outside the folder": (lambda d: _symlink_out(d), "outside the data folder"),
 }
+
+
+def _set_first_len(folder: Path, value) -> None:
+    _edit_json(folder, "metadata.json", lambda m: next(iter(m["speakers"].values()))[0].update(mel_len=value))
+
+
+def _replace_first_len(folder: Path, digits: str) -> None:
+    text = (folder / "metadata.json").read_text()
+    old = f'"mel_len": {_first_len(folder)}'
+    (folder / "metadata.json").write_text(text.replace(old, f'"mel_len": {digits}', 1))
+
+
+def _duplicate_first_speaker(folder: Path) -> None:
+    """The first speaker listed twice, its first utterance alone in the first copy: json.loads keeps the last."""
+    meta = json.loads((folder / "metadata.json").read_text())
+    speaker, items = next(iter(meta["speakers"].items()))
+    text = json.dumps(meta).replace('"speakers": {', f'"speakers": {{"{speaker}": {json.dumps(items[:1])}, ', 1)
+    (folder / "metadata.json").write_text(text)
+
+
+def _symlink_out(folder: Path) -> None:
+    path = _first_train(folder)
+    outside = folder.parent / "outside.pt"
+    path.replace(outside)
+    path.symlink_to(outside)
 
 
 @pytest.mark.parametrize("case", sorted(BROKEN))
@@ -139,3 +180,62 @@ def test_split_is_fixed_by_the_seed_and_stratified():
     assert not np.array_equal(a_valid, c_valid)
     assert sorted(np.concatenate([a_train, a_valid]).tolist()) == list(range(len(labels)))
     assert np.all(np.bincount(labels[a_valid]) == 3)  # the same share of every speaker
+
+
+# --- issue 10: a huge mel_len in `search run`, the bank cache, stale features, an empty validation split ---
+
+def test_a_huge_mel_len_is_one_line_in_search_run_too(dataset_copy, workdir):
+    for value in (10**13, 10**6):  # refused by the json check, and by the bank before allocating for it
+        _set_first_len(dataset_copy, value)
+        result = CliRunner().invoke(main, ["run", "--trials", "1", "--data", str(dataset_copy), "--budget", "8",
+                                           "--device", "cpu"])
+        assert result.exit_code != 0 and "Traceback" not in result.output, result.output
+        assert result.output.strip().splitlines()[-1].startswith("Error: "), result.output
+        assert "mel_len" in result.output
+    assert not (workdir / "studies" / "hw04.db").exists()
+
+
+@pytest.mark.parametrize("damage", ["garbage index", "truncated frames", "empty frames", "index of other data"])
+def test_a_damaged_bank_cache_is_rebuilt_saying_so(damage, dataset_copy, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    first = open_bank(dataset_copy, cache_root=cache)
+    [folder] = cache.iterdir()
+    if damage == "garbage index":
+        (folder / "index.npz").write_bytes(b"garbage" * 100)
+    elif damage == "truncated frames":
+        frames = folder / "frames.npy"
+        frames.write_bytes(frames.read_bytes()[: frames.stat().st_size // 2])
+    elif damage == "empty frames":
+        (folder / "frames.npy").write_bytes(b"")
+    else:
+        index = dict(np.load(folder / "index.npz"))
+        index["lengths"] = index["lengths"][:-1]
+        np.savez(folder / "index.npz", **index)
+    capsys.readouterr()
+    rebuilt = open_bank(dataset_copy, cache_root=cache)
+    assert f"warning: {folder}: the feature-bank cache is unusable" in capsys.readouterr().err
+    assert torch.equal(rebuilt.frames, first.frames) and rebuilt.names == first.names
+    assert open_bank(dataset_copy, cache_root=cache).n_train == first.n_train  # sound again: no more warning
+    assert "unusable" not in capsys.readouterr().err
+
+
+def test_a_replaced_file_with_its_mtime_kept_is_not_served_stale(dataset_copy, tmp_path):
+    import os
+
+    cache = tmp_path / "cache"
+    bank = open_bank(dataset_copy, cache_root=cache)
+    first = read_layout(dataset_copy).train[0]
+    path = dataset_copy / first.feature_path
+    stat = path.stat()
+    original = torch.load(path, weights_only=True)
+    torch.save(original + 1.0, path)  # same shape: same size
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # cp -p, rsync -t
+    assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
+    rebuilt = open_bank(dataset_copy, cache_root=cache)
+    assert torch.equal(rebuilt.frames[: first.mel_len], (original + 1.0).half())
+    assert not torch.equal(rebuilt.frames[: first.mel_len], bank.frames[: first.mel_len])
+
+
+def test_an_empty_validation_split_is_refused():
+    with pytest.raises(DataError, match="validation split would be empty"):
+        stratified_split(np.arange(5), 0.1, seed=0)  # five speakers, one utterance each

@@ -242,3 +242,316 @@ def test_sqlite_file_stays_sound_after_faults(tiny_dataset, workdir):
     one_error_line(invoke("run", "--trials", "1", "--study", "f", "--data", str(tiny_dataset), "--budget", "999"))
     assert n_trials() == 1
     assert sqlite3.connect("studies/f.db").execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+# --- issue 10: any exception is one line; names, secrets, read-only commands, races, processes --------
+
+def test_any_unexpected_exception_is_one_line_with_its_traceback_in_the_log(workdir):
+    """The top level, not each command: a command added later that raises anything still gives one line."""
+    from search.cli import SafeCommand, study_option
+
+    @main.command("kaput-for-test")
+    @study_option
+    def kaput(study_name):
+        raise RuntimeError("deliberately broken\nsecond line")
+
+    @main.command("interrupt-for-test")
+    def interrupt():
+        raise KeyboardInterrupt
+
+    try:
+        assert isinstance(kaput, SafeCommand)
+        line = one_error_line(invoke("kaput-for-test", "--study", "k"))
+        assert line == ("Error: search kaput-for-test failed: RuntimeError: deliberately broken "
+                        "(traceback in studies/k/search.log)"), line
+        log = (workdir / "studies" / "k" / "search.log").read_text()
+        assert "Traceback (most recent call last)" in log and "deliberately broken" in log
+        result = invoke("interrupt-for-test")  # Ctrl-C keeps click's behaviour
+        assert result.exit_code == 1 and result.output.strip() == "Aborted!", result.output
+    finally:
+        main.commands.pop("kaput-for-test", None)
+        main.commands.pop("interrupt-for-test", None)
+    usage = invoke("run", "--trials", "x")  # click's own usage errors are left as they are
+    assert usage.exit_code == 2 and "Usage:" in usage.output and "'--trials'" in usage.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--trials", "1", "--storage", "postgresql://postgres@127.0.0.1:abc/test"], "a port must be a number"),
+    (["run", "--trials", "1", "--storage", "postgresql://postgres@[::1/test"], "--storage postgresql://postgres@[::1/test"),
+    (["run", "--trials", "1", "--storage", "sqlite://"], "in-memory SQLite database cannot be shared"),
+    (["run", "--trials", "1", "--storage", "sqlite:///:memory:"], "in-memory SQLite database cannot be shared"),
+    (["run", "--trials", "1", "--seed", "-1"], "'--seed'"),
+    (["run", "--trials", "1", "--seed", "99999999999999999999"], "'--seed'"),
+    (["finalize", "\u00b2", "--study", "f"], "Error: TRIAL '\u00b2': expected 'best', 'top' or a trial number"),
+    (["dashboard", "--study", "f", "--host", "999.1.1.1"], "--host 999.1.1.1: not an address"),
+], ids=["port-abc", "ipv6-unclosed", "sqlite-memory", "sqlite-memory-2", "seed-negative", "seed-huge",
+        "finalize-superscript", "host-999"])
+def test_bad_input_is_one_line(args, message, finished_study, workdir):
+    line = one_error_line(invoke(*args, "--data", str(workdir)) if args[0] == "run" else invoke(*args))
+    assert message in line, line
+    assert n_trials() == 1  # the study is untouched
+    assert sorted(p.name for p in (workdir / "studies").glob("*.db")) == ["f.db"]
+
+
+def test_dashboard_port_in_use_is_one_line(finished_study, workdir):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = one_error_line(invoke("dashboard", "--study", "f", "--port", str(port)))
+    assert line == f"Error: --port {port}: already in use on 127.0.0.1", line
+
+
+@pytest.mark.parametrize("name", ["../x", "ABSOLUTE", "", " ", ".hidden", "a/b", "a\\b", "tab\there", "nl\nx",
+                                  "x" * 101], ids=["dotdot", "absolute", "empty", "blank", "leading-dot", "slash",
+                                                   "backslash", "tab", "newline", "long"])
+def test_a_study_name_is_a_name(name, tiny_dataset, workdir):
+    name = str(workdir.parent / "abs" / "x") if name == "ABSOLUTE" else name  # never / on the real file system
+    before = set(workdir.parent.rglob("*"))
+    for args in (["run", "--trials", "1", "--data", str(tiny_dataset), "--budget", "8", "--device", "cpu"],
+                 ["show"], ["finalize", "best"], ["report"], ["dashboard"]):
+        line = one_error_line(invoke(*args, "--study", name))
+        assert line.startswith("Error: --study ") and "study name" in line, line
+    assert set(workdir.parent.rglob("*")) == before  # nothing written, in studies/ or anywhere else
+
+
+@pytest.mark.parametrize("url", ["postgresql://postgres@127.0.0.1:5432/test", "mysql+pymysql://root@127.0.0.1:3306/test"],
+                         ids=["postgresql", "mysql"])
+def test_an_over_long_study_name_on_a_database_is_one_line(url, tiny_dataset, workdir):
+    from tests.test_workers import reachable
+
+    why = reachable(url)
+    if why:
+        pytest.skip(why)
+    line = one_error_line(invoke("run", "--trials", "1", "--study", "n" * 600, "--storage", url,
+                                 "--data", str(tiny_dataset), "--budget", "8", "--device", "cpu"))
+    assert "a study name has at most 100 characters, this one 600" in line
+
+
+@pytest.mark.parametrize("command", [["show"], ["finalize", "best"], ["report"], ["dashboard"]])
+def test_a_read_only_command_never_creates_a_study(command, workdir):
+    line = one_error_line(invoke(*command, "--study", "typo"))
+    assert line == "Error: --study typo: no such study (studies/typo.db does not exist)", line
+    assert not (workdir / "studies").exists()
+    line = one_error_line(invoke(*command, "--study", "typo", "--storage", "journal:///studies/typo.log"))
+    assert "no such file studies/typo.log" in line and not (workdir / "studies").exists()
+
+
+@pytest.mark.parametrize("url, secret", [
+    ("postgresql://postgres@127.0.0.1:1/test?password=QuerySecret1", "QuerySecret1"),
+    ("postgresql://:EmptyUserSecret2@127.0.0.1:1/test", "EmptyUserSecret2"),
+    ("postgresql://postgres:pa@AtSecret3@127.0.0.1:1/test", "AtSecret3"),
+    ("postgresql://postgres:pa%40EncSecret4@127.0.0.1:1/test", "EncSecret4"),
+    ("mysql+pymysql://root@127.0.0.1:1/test?passwd=MySecret5&charset=utf8mb4", "MySecret5"),
+], ids=["query", "empty-user", "at-sign", "percent-encoded", "mysql-passwd"])
+def test_no_form_of_password_is_shown_or_logged(url, secret, tiny_dataset, workdir, capfd):
+    results = [invoke("run", "--trials", "1", "--storage", url, "--data", str(tiny_dataset), "--device", "cpu"),
+               invoke("show", "--storage", url), invoke("studies", "--storage", url)]
+    for result in results:
+        one_error_line(result)
+    captured = capfd.readouterr()
+    for text in [r.output for r in results] + [captured.out, captured.err]:
+        assert secret not in text, text
+    for path in workdir.rglob("*"):
+        assert not path.is_file() or secret.encode() not in path.read_bytes(), path
+    from search.storage import redact
+
+    assert secret not in redact(url) and "***" in redact(url)
+
+
+def _foreign_study(direction: str, with_settings: bool) -> None:
+    (Path("studies")).mkdir(exist_ok=True)
+    study = optuna.create_study(study_name="foreign", storage="sqlite:///studies/foreign.db", direction=direction)
+    if with_settings:  # as `search run` would have stored them
+        for key, value in dict(budget=8, eval_every=1, data="embedded", seed=0, profile="cpu").items():
+            study.set_user_attr(key, value)
+    for value in (0.9, 0.1):  # complete trials: under minimize, 0.1 would be "best"
+        study.enqueue_trial(SAMPLE)
+        study.optimize(lambda t, v=value: (t.suggest_categorical("encoder", ["transformer"]), v)[1], n_trials=1)
+
+
+@pytest.mark.parametrize("direction, with_settings", [("minimize", True), ("minimize", False), ("maximize", False)])
+def test_a_study_that_is_not_ours_is_not_adopted(direction, with_settings, tiny_dataset, workdir):
+    _foreign_study(direction, with_settings)
+    before = n_trials("sqlite:///studies/foreign.db", "foreign")
+    line = one_error_line(invoke("run", "--trials", "1", "--study", "foreign", "--data", str(tiny_dataset),
+                                 "--budget", "8", "--device", "cpu"))
+    assert ("direction minimize" if direction == "minimize" else "not created by `search run`") in line, line
+    if direction == "minimize":  # its "best" trial would be the worst: refused by every command that ranks
+        for args in (["finalize", "best"], ["show"], ["report", "--out", "r.html"]):
+            assert "direction minimize" in one_error_line(invoke(*args, "--study", "foreign"))
+    assert n_trials("sqlite:///studies/foreign.db", "foreign") == before
+
+
+def test_a_read_only_study_file_is_one_line(finished_study, workdir):
+    """chattr +i: read-only even for root (tests run as root, so permissions won't do)."""
+    path = workdir / "studies" / "f.db"
+    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available here")
+    try:
+        line = one_error_line(invoke("run", "--trials", "1", "--study", "f", "--device", "cpu", "--data",
+                                     finished_study.user_attrs["data"]))
+        assert "studies/f.db is read-only" in line, line
+        shown = invoke("show", "--study", "f")  # reading it still works
+        assert shown.exit_code == 0, shown.output
+    finally:
+        subprocess.run(["chattr", "-i", str(path)])
+    assert n_trials() == 1
+
+
+def test_a_full_disk_is_one_line(tiny_dataset, workdir):
+    """A file-size limit (prlimit --fsize) makes every write past 300 kB fail, as a full disk does."""
+    prlimit = subprocess.run(["which", "prlimit"], capture_output=True, text=True).stdout.strip()
+    if not prlimit:
+        pytest.skip("prlimit is not installed")
+    result = subprocess.run([prlimit, "--fsize=300000", sys.executable, "-m", "search.cli", "run", "--trials", "2",
+                             "--study", "fd", "--data", str(tiny_dataset), "--budget", "8", "--device", "cpu"],
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "Traceback" not in output and "Logging error" not in output, output
+    errors = [line for line in output.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and "search run failed" in errors[0], output
+    assert "disk I/O error" in errors[0] or "File too large" in errors[0] or "full" in errors[0], errors[0]
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04truncated", b"hello"], ids=["empty", "truncated", "text"])
+def test_an_unusable_finalize_checkpoint_is_moved_aside_and_training_starts_over(content, finished_study, workdir):
+    final = workdir / "studies" / "f" / "final"
+    final.mkdir(parents=True)
+    checkpoint = final / "checkpoint-trial0-steps16.pt"
+    checkpoint.write_bytes(content)
+    result = invoke("finalize", "best", "--study", "f", "--steps", "16", "--device", "cpu", "--out", "p.csv")
+    assert result.exit_code == 0, result.output
+    assert f"warning: {checkpoint.relative_to(workdir)}: unusable checkpoint" in result.output, result.output
+    assert "resumed from" not in result.output and (workdir / "p.csv").exists()
+    [aside] = final.glob("checkpoint-trial0-steps16.pt.unusable-*")
+    assert aside.read_bytes() == content  # kept for a look, never read again
+
+
+# --- races: several `search run` starting together on a new study ---------------------------------------
+
+def _open_at(url: str, name: str, data: str, start: float) -> bool:
+    """In a fresh process: wait for the common start time, then create-or-load the study like `search run`."""
+    settings = StudySettings(budget=8, eval_every=1, data=data, seed=0, profile="cpu")
+    time.sleep(max(0.0, start - time.time()))
+    return open_study(name, url, settings, True, warm_start=True)[2]
+
+
+def _race(url: str, name: str, n: int, data: str) -> list[bool]:
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    with ProcessPoolExecutor(n, mp_context=get_context("spawn")) as pool:
+        for _ in pool.map(time.sleep, [0] * n):  # every process started and its imports done
+            pass
+        start = time.time() + 1.5
+        return list(pool.map(_open_at, [url] * n, [name] * n, [data] * n, [start] * n))
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_several_runs_creating_one_new_study_at_once(backend, workdir):
+    """The schema of a new storage and the study are created once; warm-start trials are enqueued once."""
+    from tests.test_workers import reachable
+
+    if backend == "sqlite":
+        url, name, n = "sqlite:///studies/race.db", "race", 3
+    else:
+        admin = "postgresql://postgres@127.0.0.1:5432/test"
+        why = reachable(admin)
+        if why:
+            pytest.skip(why)
+        import sqlalchemy
+
+        database = f"race_{uuid.uuid4().hex[:10]}"  # a new database: the schema is created in the race too
+        engine = sqlalchemy.create_engine(admin.replace("postgresql://", "postgresql+psycopg2://"),
+                                          isolation_level="AUTOCOMMIT")
+        with engine.connect() as connection:
+            connection.exec_driver_sql(f"CREATE DATABASE {database}")
+        url, name, n = f"postgresql://postgres@127.0.0.1:5432/{database}", "race", 3
+    try:
+        for attempt in range(2):
+            created = _race(url, name + str(attempt), n, "embedded")
+            assert sorted(created) == [False] * (n - 1) + [True], created
+            trials = optuna.load_study(study_name=name + str(attempt), storage=open_storage(url)).trials
+            assert [t.user_attrs.get("warm_start") for t in trials] == ["sample-code"], trials
+    finally:
+        if backend == "postgresql":
+            engine.dispose()
+            optuna_engines = sqlalchemy.create_engine(admin.replace("postgresql://", "postgresql+psycopg2://"),
+                                                      isolation_level="AUTOCOMMIT")
+            with optuna_engines.connect() as connection:
+                connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+            optuna_engines.dispose()
+
+
+# --- processes: a killed parent, SIGTERM -----------------------------------------------------------------
+
+def _wait_running(url: str, name: str, count: int, process, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            trials = optuna.load_study(study_name=name, storage=open_storage(url)).get_trials(deepcopy=False)
+            if sum(t.state == TrialState.RUNNING for t in trials) >= count:
+                return
+        except (KeyError, Exception):  # noqa: BLE001 - not created yet
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"no {count} running trials: {process.poll()}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_workers_stop_with_their_killed_parent(tiny_dataset, workdir):
+    """SIGKILL to the parent of --workers 2: the workers get SIGTERM from the kernel (PR_SET_PDEATHSIG),
+    end their trials FAIL (ended: interrupted) and exit; no orphan runs on, no BrokenPipeError."""
+    command = [sys.executable, "-m", "search.cli", "run", "--trials", "6", "--workers", "2", "--study", "o",
+               "--data", str(tiny_dataset), "--budget", "2000", "--device", "cpu", "--no-warm-start"]
+    process = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_running(URL.replace("f.db", "o.db"), "o", 2, process)
+        children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+        workers = [int(pid) for pid in children
+                   if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")]
+        assert len(workers) == 2, children
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(10)
+        deadline = time.monotonic() + 60
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(pid) for pid in workers), "orphaned workers run on"
+        output = process.stdout.read().decode()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert "BrokenPipeError" not in output and "Traceback" not in output, output
+    trials = optuna.load_study(study_name="o", storage=URL.replace("f.db", "o.db")).trials
+    assert len(trials) == 2 and all(t.state == TrialState.FAIL for t in trials), trials
+    assert all(t.user_attrs.get("ended") == "interrupted" for t in trials)
+
+
+def test_sigterm_fails_the_running_trial_of_a_single_process_run(tiny_dataset, workdir):
+    command = [sys.executable, "-m", "search.cli", "run", "--trials", "3", "--study", "t", "--data",
+               str(tiny_dataset), "--budget", "2000", "--device", "cpu", "--no-warm-start"]
+    process = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT)
+    try:
+        _wait_running(URL.replace("f.db", "t.db"), "t", 1, process)
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=60)[0].decode()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 143, output
+    assert output.strip().splitlines()[-1] == ("Error: search run: stopped by SIGTERM (a running trial ended FAIL, "
+                                               "ended: interrupted)"), output
+    assert "Traceback" not in output
+    [trial] = optuna.load_study(study_name="t", storage=URL.replace("f.db", "t.db")).trials
+    assert trial.state == TrialState.FAIL and trial.user_attrs["ended"] == "interrupted"
