@@ -502,8 +502,9 @@ def synthesize(out_dir, *, speakers: int = DEFAULT_SPEAKERS,
     test_utterances=None means round(0.14 * speakers * utterances_per_speaker) (HW04's 8000/56666
     ratio); each test utterance comes from a speaker drawn uniformly. Training utterances per speaker
     vary by up to 15% around utterances_per_speaker (HW04: 80..111 around 94) with exactly that mean.
-    Also writes test_labels.csv (Id,Category of the test utterances, in testdata.json order) so our own
-    tools can score predictions on synthetic data; it is not part of the HW04 layout.
+    Also writes answers.csv, the test answer key (Id,Category of the test utterances, in testdata.json
+    order: the Kaggle format), so `search score` and `search finalize` can score predictions on synthetic
+    data; it is not part of the HW04 layout (written to a temporary name and renamed).
     metadata.json is written last (and removed first when the folder is regenerated): a folder without
     it is incomplete. progress: optional callable(done, total) after each utterance. workers: processes
     rendering utterances in parallel (each utterance has its own generator: the files are the same).
@@ -568,10 +569,12 @@ def synthesize(out_dir, *, speakers: int = DEFAULT_SPEAKERS,
                "id2speaker": {str(i): name for i, name in enumerate(names)}}
     (out / "mapping.json").write_text(json.dumps(mapping))
     (out / "testdata.json").write_text(json.dumps({"n_mels": N_MELS, "utterances": entries[n_train:]}))
-    with open(out / "test_labels.csv", "w", newline="") as handle:
+    answers = out / f"answers.csv.tmp{os.getpid()}"
+    with open(answers, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["Id", "Category"])
         writer.writerows((e["feature_path"], names[s]) for e, s in zip(entries[n_train:], test_speaker))
+    os.replace(answers, out / "answers.csv")
     starts = np.cumsum(counts) - counts
     by_speaker = {names[s]: entries[starts[s]: starts[s] + counts[s]] for s in listing_order}
     (out / "metadata.json").write_text(json.dumps({"n_mels": N_MELS, "speakers": by_speaker}))

@@ -6,7 +6,8 @@ serves them (the study page's Artifacts section, with download links).
 They are *study* artifacts, named ``trial<N>-model.pt``, ``trial<N>-config.json`` and
 ``trial<N>-predictions.csv``: Optuna's storages refuse any change to a finished trial, artifacts
 included, and a finalized trial is always finished. The study's user attribute ``final`` records
-the last finalize (trial, steps, validation accuracy, artifact ids), which ``search show`` prints.
+the last finalize (trial, steps, validation accuracy, artifact ids), which ``search show`` prints;
+``search finalize top`` uploads its files as ``top<K>-<name>`` and records them in ``final_ensemble``.
 Finalizing the same trial again with identical results uploads nothing new; different results are
 uploaded next to the earlier ones (Optuna has no API to replace an artifact). Caution: deleting an artifact
 in optuna-dashboard leaves a ``null`` that ``optuna.artifacts.get_all_artifact_meta(study)`` cannot read
@@ -54,12 +55,21 @@ def study_artifacts(study: optuna.Study) -> list[dict]:
 def upload_final(study: optuna.Study, trial_number: int, files: list[Path], folder: Path,
                  summary: dict | None = None) -> dict[str, str]:
     """Upload ``files`` as study artifacts named ``trial<N>-<name>``; returns {artifact name: id}."""
+    uploaded = upload_files(study, f"trial{trial_number}", files, folder)
+    study.set_user_attr("final", {**(summary or {}), "trial": trial_number, "artifacts": uploaded,
+                                  "artifact_dir": str(folder)})
+    return uploaded
+
+
+def upload_files(study: optuna.Study, prefix: str, files: list[Path], folder: Path) -> dict[str, str]:
+    """Upload ``files`` as study artifacts named ``<prefix>-<name>`` (an identical one already there is
+    reused, not uploaded again); returns {artifact name: id}. ``search finalize top`` uses ``top<K>``."""
     store = artifact_store(folder)
     existing = {m["filename"]: m["artifact_id"] for m in study_artifacts(study)}
     uploaded: dict[str, str] = {}
     with tempfile.TemporaryDirectory(dir=folder, prefix=".upload-") as tmp:
         for path in files:
-            name = f"trial{trial_number}-{path.name}"
+            name = f"{prefix}-{path.name}"
             with open(path, "rb") as f:
                 digest = _digest(f)
             if name in existing:
@@ -77,6 +87,4 @@ def upload_final(study: optuna.Study, trial_number: int, files: list[Path], fold
                 shutil.copyfile(path, named)
             uploaded[name] = upload_artifact(artifact_store=store, file_path=str(named), study_or_trial=study,
                                              storage=study._storage)
-    study.set_user_attr("final", {**(summary or {}), "trial": trial_number, "artifacts": uploaded,
-                                  "artifact_dir": str(folder)})
     return uploaded

@@ -12,7 +12,13 @@ What it does differently from the HW04 sample code, and why:
   small model's step is a few hundred tiny kernels, and launching them one by one from Python costs
   more than running them (see BENCHMARKS.md: ~10x the steps/s for the sample model on an H100). Capture
   is cheap (a 1,500-step timed run on the H100, warm-up and capture included, took 0.84 s), so it pays
-  for itself within the shortest trial.
+  for itself within the shortest trial;
+- the gradient norm is clipped (``grad_clip``, inside the graph: no host sync);
+- with ``recover_collapse`` (finalize's long runs), a collapse (the training loss jumping far above its recent
+  level, or validation accuracy below half the best twice in a row) rolls the model and AdamW state back to the
+  last good evaluation, halves the peak learning rate and goes on (``CollapseGuard``). Issue 11 measured the
+  one-block Conformer at lr 1e-3 collapsing from 0.695 to 0.013 between 10k and 30k of 70k steps, never to
+  recover: a 2,000-step search trial never reaches that regime, a 70,000-step finalize does.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import torch
 
 from data.bank import FeatureBank
 from model import Classifier, ModelConfig, build_model, count_parameters
+from search.checkpoints import usable_checkpoint
 from search.errors import TrainingDiverged
 from search.task import Task
 
@@ -46,6 +53,19 @@ class TrainConfig:
     seed: int = 0  # model init, dropout and crop sampling
     eval_max_frames: int = 1 << 16  # padded frames per evaluation batch
     cuda_graph: bool = True  # replay the training step as a CUDA graph on GPUs (ignored on CPU)
+    # Clip the global L2 norm of the gradients to this (0: off), to cut the rare spike that AdamW would turn into a
+    # full-size step in a bad direction. Not the 5.0 of ESPnet/WeNet Conformer and SpeechBrain recipes: measured
+    # here (NVIDIA H200, 64 speakers x 20 utterances of synthetic data, 8,000 steps, the history's grad_norm and
+    # clipped), the sample model's mean norm is 5-12.6 in ordinary training, so 5.0 clipped 94-99% of its steps and
+    # left its loss 24% higher at the end (0.383 against 0.309); 10.0 still clipped 31-66%. At 20.0 the sample
+    # model clips <= 3% of its steps (loss 0.306) and the one-block Conformer (norms <= 5.2) none; steps/s do not
+    # change measurably (the clip is a few foreach kernels in the graph). A fixed setting, not a searched one: a
+    # safety bound, whose effect on 70,000-step runs 2,000-step trials could not measure.
+    grad_clip: float = 20.0
+    # Detect a collapse and roll back (see CollapseGuard). Off by default, i.e. in search trials: a trial's
+    # collapse is information for the sampler and pruner, and its runs are too short to collapse; finalize
+    # turns it on, where hours of training would otherwise end with the weights of before the collapse.
+    recover_collapse: bool = False
 
     def evaluation_steps(self) -> list[int]:
         """The steps at which validation runs (and the pruner may be asked)."""
@@ -62,6 +82,9 @@ class TrainResult:
     steps_per_second: float = 0.0  # training steps only, evaluations excluded
     parameters: int = 0
     cuda_graph: bool = False  # whether the steps ran as a replayed CUDA graph
+    # one dict per collapse rolled back: step, to_step, lr (the new peak lr), reason (also in the history,
+    # under "rollback", at the evaluation that detected it)
+    rollbacks: list[dict] = field(default_factory=list)
 
 
 def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
@@ -90,27 +113,43 @@ def _autocast(device: torch.device, cache: bool = True):
     return torch.autocast("cpu", enabled=False)
 
 
-@torch.no_grad()
-def predict(model: Classifier, bank: FeatureBank, ids: torch.Tensor, max_frames: int = 1 << 16) -> torch.Tensor:
-    """Predicted labels for utterances ``ids`` at full length, in the order of ``ids``.
-
-    Batched by length with padding masks; equal to one utterance at a time because padding is masked.
-    """
+def _full_length_logits(model: Classifier, bank: FeatureBank, ids: torch.Tensor, max_frames: int):
+    """Yield ``(slots, logits)``: logits (B, n_classes) of the utterances at positions ``slots`` of ``ids``, at
+    full length, batched by length with padding masks (equal to one utterance at a time: padding is masked).
+    The model is in eval mode meanwhile. Callers run it under ``torch.no_grad``."""
     was_training = model.training
     model.eval()
     device = bank.device
-    predictions = torch.empty(len(ids), dtype=torch.long, device=device)
     position = {int(u): i for i, u in enumerate(ids.tolist())}
-    for batch in bank.length_batches(ids, max_frames):
-        batch = batch.to(device)
-        longest = int(bank.lengths[batch].max())
-        x, mask = bank.gather(batch, torch.zeros_like(batch), longest)
-        with _autocast(device):
-            logits = model(x, mask)
-        slots = torch.tensor([position[int(u)] for u in batch.tolist()], device=device)
+    try:
+        for batch in bank.length_batches(ids, max_frames):
+            batch = batch.to(device)
+            longest = int(bank.lengths[batch].max())
+            x, mask = bank.gather(batch, torch.zeros_like(batch), longest)
+            with _autocast(device):
+                logits = model(x, mask)
+            yield torch.tensor([position[int(u)] for u in batch.tolist()], device=device), logits
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def predict(model: Classifier, bank: FeatureBank, ids: torch.Tensor, max_frames: int = 1 << 16) -> torch.Tensor:
+    """Predicted labels for utterances ``ids`` at full length, in the order of ``ids``."""
+    predictions = torch.empty(len(ids), dtype=torch.long, device=bank.device)
+    for slots, logits in _full_length_logits(model, bank, ids, max_frames):
         predictions[slots] = logits.argmax(-1)
-    model.train(was_training)
     return predictions
+
+
+@torch.no_grad()
+def predict_proba(model: Classifier, bank: FeatureBank, ids: torch.Tensor, max_frames: int = 1 << 16) -> torch.Tensor:
+    """Class probabilities (softmax of the logits, float32, shape (len(ids), n_speakers)) for utterances
+    ``ids`` at full length, in the order of ``ids``: what an ensemble averages."""
+    probabilities = torch.zeros(len(ids), bank.n_speakers, dtype=torch.float32, device=bank.device)
+    for slots, logits in _full_length_logits(model, bank, ids, max_frames):
+        probabilities[slots] = torch.softmax(logits.float(), dim=-1)
+    return probabilities
 
 
 def evaluate(model: Classifier, bank: FeatureBank, ids: torch.Tensor, max_frames: int = 1 << 16) -> float:
@@ -156,6 +195,10 @@ class TrainStep:
                                                fused=device.type == "cuda")
         self.loss_sum = torch.zeros((), device=device)
         self.correct_sum = torch.zeros((), device=device, dtype=torch.long)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.clip = float(cfg.grad_clip)
+        self.grad_norm_sum = torch.zeros((), device=device)  # pre-clip global norms, summed like the loss
+        self.clipped_sum = torch.zeros((), device=device, dtype=torch.long)  # steps whose norm was clipped
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static: tuple[torch.Tensor, ...] | None = None  # x, mask, labels read by the graph
         self.eager_steps = 0
@@ -176,6 +219,13 @@ class TrainStep:
         with _autocast(self.device, cache=not self.graph_wanted):
             loss, logits = self.model.loss(x, mask, labels, self.margin)
         loss.backward()
+        if self.clip > 0:
+            # foreach norms and one foreach multiply by min(1, clip / norm), all on the device: no .item(), so
+            # it is captured into the graph (error_if_nonfinite=False: checking would sync). A non-finite norm
+            # gives non-finite weights and loss, which the evaluation sees (a rollback, or TrainingDiverged).
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip, error_if_nonfinite=False, foreach=True)
+            self.grad_norm_sum += norm  # () float32
+            self.clipped_sum += norm > self.clip
         self.optimizer.step()
         self.loss_sum += loss.detach().float()
         self.correct_sum += (logits.detach().argmax(-1) == labels).sum()
@@ -224,6 +274,19 @@ class TrainStep:
     def state_dict(self) -> dict:
         return self.optimizer.state_dict()
 
+    def optimizer_snapshot(self) -> list[dict[str, torch.Tensor]]:
+        """A copy of AdamW's per-parameter state (step, exp_avg, exp_avg_sq), in parameter order."""
+        return [{k: v.detach().clone() for k, v in self.optimizer.state[p].items()} for p in self.params]
+
+    def restore_optimizer(self, snapshot: list[dict[str, torch.Tensor]]) -> None:
+        """Copy ``snapshot`` into the optimizer's state tensors *in place*: a captured graph reads those very
+        tensors (load_state_dict would put new ones in their place, which the graph never sees)."""
+        with torch.no_grad():
+            for p, saved in zip(self.params, snapshot, strict=True):
+                live = self.optimizer.state[p]
+                for key, value in saved.items():
+                    live[key].copy_(value)
+
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state)  # replaces each group's lr with the saved value
         if torch.is_tensor(self.margin):  # the graph path fills the lr in place: it must stay a device tensor
@@ -234,6 +297,97 @@ class TrainStep:
         """Free the graph's private memory pool (the next trial in this process needs the memory)."""
         self.optimizer.zero_grad(set_to_none=True)  # the .grad tensors live in the graph's pool
         self.graph, self.static = None, None
+
+
+class CollapseGuard:
+    """Tells a collapse from training noise at each evaluation, and keeps what a rollback needs.
+
+    ``check`` gives "ok", "suspect" (a first low validation accuracy) or, for a collapse, why:
+    - the training loss (the mean over the ``eval_every`` steps since the last evaluation) is above LOSS_JUMP x
+      the lowest of the last RECENT good evaluations' losses (a reference of at least LOSS_FLOOR nats, so that
+      a memorised training set going from 0.01 to 0.04 is no collapse). A collapse sends the loss towards chance,
+      ln(600) = 6.4 nats for HW04, from 0.5-1.5; window means of a healthy run move by a few percent. A margin
+      loss's own warm-up raises its loss several-fold (the margin grows from 0), so for margin losses only
+      windows after the ramp count, as loss and as reference;
+    - validation accuracy below ACCURACY_DROP x the best for the second evaluation in a row, and by more than
+      3 standard errors of the validation split (a 6-utterance split never fires on one utterance);
+    - a non-finite training loss.
+    At an "ok" evaluation it keeps the model, AdamW's state and the reference losses (the last good state);
+    ``roll_back`` copies them back in place and halves the peak learning rate for the rest of the run.
+    Its state goes into the checkpoint, so a resumed run rolls back (or not) like an uninterrupted one.
+    """
+
+    LOSS_JUMP = 3.0
+    LOSS_FLOOR = 0.1
+    RECENT = 3
+    ACCURACY_DROP = 0.5
+    LR_FACTOR = 0.5
+    MAX_ROLLBACKS = 3  # then the peak lr is 1/8 of the configured one; a further collapse is only recorded
+
+    def __init__(self, cfg: TrainConfig, margin_loss: bool, n_valid: int) -> None:
+        self.margin_ramp_end = cfg.margin_warmup * cfg.steps if margin_loss else 0.0
+        self.n_valid = max(1, n_valid)
+        self.lr_scale = 1.0
+        self.rollbacks: list[dict] = []
+        self.recent: list[float] = []  # training losses of the last RECENT good evaluations
+        self.suspect = 0  # consecutive evaluations below the accuracy threshold (0 or 1)
+        self.good: dict | None = None  # step, model (a state dict), optimizer (snapshot), recent
+
+    def _comparable(self, window_start: int) -> bool:
+        return window_start >= self.margin_ramp_end
+
+    def check(self, window_start: int, train_loss: float, accuracy: float, best_accuracy: float) -> str:
+        if not math.isfinite(train_loss):
+            return f"training loss {train_loss}"
+        if self.recent and self._comparable(window_start):
+            reference = max(min(self.recent), self.LOSS_FLOOR)
+            if train_loss > self.LOSS_JUMP * reference:
+                return f"training loss {train_loss:.4f} > {self.LOSS_JUMP:g} x recent {min(self.recent):.4f}"
+        standard_error = math.sqrt(max(best_accuracy * (1 - best_accuracy), 0.0) / self.n_valid)
+        if accuracy < self.ACCURACY_DROP * best_accuracy and best_accuracy - accuracy > 3 * standard_error:
+            self.suspect += 1
+            if self.suspect >= 2:
+                return (f"valid accuracy {accuracy:.4f} < {self.ACCURACY_DROP:g} x best {best_accuracy:.4f}"
+                        " twice in a row")
+            return "suspect"
+        self.suspect = 0
+        return "ok"
+
+    def keep(self, step: int, window_start: int, train_loss: float, model_state: dict,
+             optimizer_snapshot: list) -> None:
+        """Remember the state after a good evaluation (``model_state``: a copy, never the live tensors)."""
+        if self._comparable(window_start):
+            self.recent = (self.recent + [train_loss])[-self.RECENT:]
+        self.good = {"step": step, "model": model_state, "optimizer": optimizer_snapshot, "recent": list(self.recent)}
+
+    def can_roll_back(self) -> bool:
+        return self.good is not None and len(self.rollbacks) < self.MAX_ROLLBACKS
+
+    def roll_back(self, step: int, reason: str, model: Classifier, train_step: TrainStep, peak_lr: float) -> dict:
+        # load_state_dict copies into the parameters and buffers in place (param.copy_), and restore_optimizer
+        # copies into AdamW's state tensors in place: a captured CUDA graph, which reads exactly those tensors
+        # (and the lr tensor, refilled before every step), replays on from the restored state, no recapture.
+        model.load_state_dict(self.good["model"])
+        train_step.restore_optimizer(self.good["optimizer"])
+        self.lr_scale *= self.LR_FACTOR
+        self.recent, self.suspect = list(self.good["recent"]), 0
+        record = {"step": step, "to_step": self.good["step"], "lr": peak_lr * self.lr_scale, "reason": reason}
+        self.rollbacks.append(record)
+        return record
+
+    def state_dict(self) -> dict:
+        return {"lr_scale": self.lr_scale, "rollbacks": self.rollbacks, "recent": self.recent,
+                "suspect": self.suspect, "good": self.good}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.lr_scale, self.rollbacks, self.recent = state["lr_scale"], state["rollbacks"], state["recent"]
+        self.suspect, self.good = state["suspect"], state["good"]
+
+
+def describe_rollback(record: dict) -> str:
+    """The line `search finalize` prints for a rollback record (``TrainResult.rollbacks``)."""
+    return (f"collapse at step {record['step']} ({record['reason']}): rolled back to step {record['to_step']}, "
+            f"peak lr now {record['lr']:.3g}")
 
 
 def train(
@@ -247,8 +401,10 @@ def train(
     """Train a classifier from scratch (or resume from ``checkpoint`` if it exists).
 
     ``on_eval(step, metrics)`` runs after each validation; metrics hold ``valid_accuracy``,
-    ``train_loss``, ``train_accuracy`` (over the steps since the last evaluation) and ``elapsed``.
-    With ``checkpoint`` set, the full training state is saved there atomically every
+    ``train_loss``, ``train_accuracy`` (over the steps since the last evaluation) and ``elapsed``; with
+    ``grad_clip``, ``grad_norm`` (the mean pre-clip norm) and ``clipped`` (the share of steps clipped); with
+    ``recover_collapse``, ``rollback`` (a dict: step, to_step, lr, reason) when this evaluation found a collapse
+    and training goes on from step ``to_step``. With ``checkpoint`` set, the full training state is saved there atomically every
     ``checkpoint_every`` steps and at each evaluation, and a later call resumes from it.
     """
     device = task.device
@@ -258,9 +414,10 @@ def train(
     schedule = lr_lambda(cfg.warmup_steps, cfg.steps)
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed)
+    guard = CollapseGuard(cfg, model_cfg.loss != "ce", len(task.valid_ids)) if cfg.recover_collapse else None
 
     step, best_accuracy, best_step, best_state, history = 0, -1.0, 0, None, []
-    if checkpoint is not None and checkpoint.exists():
+    if checkpoint is not None and usable_checkpoint(checkpoint):  # an unusable one is moved aside, saying so
         state = torch.load(checkpoint, map_location=device, weights_only=True)
         if state["model_config"] != model_cfg.to_dict() or state["train_config"] != asdict(cfg):
             raise ValueError(f"{checkpoint}: written for another configuration; remove it to start over")
@@ -270,6 +427,8 @@ def train(
         torch.set_rng_state(state["torch_rng"].cpu())
         step, best_accuracy, best_step = state["step"], state["best_accuracy"], state["best_step"]
         best_state, history = state["best_model"], state["history"]
+        if guard is not None:
+            guard.load_state_dict(state["guard"])
 
     def save_checkpoint() -> None:
         if checkpoint is not None:
@@ -279,10 +438,12 @@ def train(
                 "generator": generator.get_state(),
                 "torch_rng": torch.get_rng_state(), "best_accuracy": best_accuracy, "best_step": best_step,
                 "best_model": best_state, "history": history,
+                # the guard's last good model is often best_state itself: torch.save stores shared tensors once
+                "guard": guard.state_dict() if guard is not None else None,
             }, checkpoint)
 
     eval_steps = set(cfg.evaluation_steps())
-    first_step = step
+    steps_run = 0  # optimiser steps taken by this call (a rollback moves ``step`` back, not this)
     loss_sum, correct_sum = train_step.loss_sum, train_step.correct_sum  # summed on the device
     since_eval, train_time, started = 0, 0.0, time.perf_counter()
     tick = time.perf_counter()
@@ -292,34 +453,52 @@ def train(
             ids = task.train_ids[torch.randint(len(task.train_ids), (cfg.batch_size,), device=device, generator=generator)]
             x, mask = task.bank.random_crops(ids, cfg.segment, generator)
             labels = task.bank.labels[ids]
-            train_step.set_schedule(cfg.lr * schedule(step), margin_scale(step, cfg))
+            lr_scale = guard.lr_scale if guard is not None else 1.0  # halved by each rollback
+            train_step.set_schedule(cfg.lr * lr_scale * schedule(step), margin_scale(step, cfg))
             train_step(x, mask, labels)
             step += 1
+            steps_run += 1
             since_eval += 1
 
             if step in eval_steps or (checkpoint_every and step % checkpoint_every == 0):
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 train_time += time.perf_counter() - tick
-                if step in eval_steps:
+                evaluated = step if step in eval_steps else None
+                if evaluated is not None:
                     train_loss = float(loss_sum) / since_eval  # the one host sync per evaluation
-                    if not math.isfinite(train_loss):
+                    if not math.isfinite(train_loss) and not (guard is not None and guard.can_roll_back()):
                         raise TrainingDiverged(f"training loss became {train_loss} before step {step}")
                     accuracy = evaluate(model, task.bank, task.valid_ids, cfg.eval_max_frames)
                     metrics = {"step": step, "valid_accuracy": accuracy, "train_loss": train_loss,
                                "train_accuracy": float(correct_sum) / (since_eval * cfg.batch_size),
                                "elapsed": time.perf_counter() - started,
-                               "steps_per_second": (step - first_step) / max(train_time, 1e-9)}
+                               "steps_per_second": steps_run / max(train_time, 1e-9)}
+                    if cfg.grad_clip > 0:
+                        metrics["grad_norm"] = float(train_step.grad_norm_sum) / since_eval
+                        metrics["clipped"] = float(train_step.clipped_sum) / since_eval
                     history.append(metrics)
-                    if accuracy > best_accuracy:
+                    window_start = step - since_eval
+                    verdict = "ok" if guard is None else guard.check(window_start, train_loss, accuracy, best_accuracy)
+                    if verdict not in ("ok", "suspect") and guard.can_roll_back():
+                        metrics["rollback"] = guard.roll_back(step, verdict, model, train_step, cfg.lr)
+                        step = metrics["rollback"]["to_step"]  # the steps since then run again, at the lower lr
+                    elif verdict not in ("ok", "suspect"):
+                        metrics["collapse"] = verdict  # no rollback left: recorded; the best weights stay
+                    improved = accuracy > best_accuracy and "rollback" not in metrics
+                    if improved:
                         best_accuracy, best_step = accuracy, step
                         best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                    loss_sum.zero_()
-                    correct_sum.zero_()
+                    if verdict == "ok" and guard is not None:
+                        model_state = best_state if improved else {
+                            k: v.detach().clone() for k, v in model.state_dict().items()}
+                        guard.keep(step, window_start, train_loss, model_state, train_step.optimizer_snapshot())
+                    for total in (loss_sum, correct_sum, train_step.grad_norm_sum, train_step.clipped_sum):
+                        total.zero_()
                     since_eval = 0
                 save_checkpoint()
-                if step in eval_steps and on_eval is not None:
-                    on_eval(step, history[-1])
+                if evaluated is not None and on_eval is not None:
+                    on_eval(evaluated, history[-1])
                 tick = time.perf_counter()
     finally:  # pruned, diverged or done: give the graph's memory back either way
         graphed = train_step.graphed
@@ -327,5 +506,5 @@ def train(
     if best_state is not None:
         model.load_state_dict(best_state)
     return TrainResult(model, best_accuracy, best_step, history,
-                       steps_per_second=(step - first_step) / max(train_time, 1e-9), parameters=count_parameters(model),
-                       cuda_graph=graphed)
+                       steps_per_second=steps_run / max(train_time, 1e-9), parameters=count_parameters(model),
+                       cuda_graph=graphed, rollbacks=list(guard.rollbacks) if guard is not None else [])

@@ -93,11 +93,11 @@ def test_regenerating_over_a_folder_rewrites_it(tiny, tmp_path):
     assert (target / "metadata.json").read_bytes() == (folder / "metadata.json").read_bytes()
 
 
-def test_test_labels_follow_testdata(tiny):
+def test_answers_follow_testdata(tiny):
     folder, _, _ = tiny
     test = json.loads((folder / "testdata.json").read_text())["utterances"]
     speakers = set(json.loads((folder / "mapping.json").read_text())["speaker2id"])
-    with open(folder / "test_labels.csv", newline="") as handle:
+    with open(folder / "answers.csv", newline="") as handle:
         rows = list(csv.reader(handle))
     assert rows[0] == ["Id", "Category"]
     assert [r[0] for r in rows[1:]] == [e["feature_path"] for e in test]

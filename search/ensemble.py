@@ -1,0 +1,246 @@
+"""``search finalize top --k K`` and ``--all-data``: an ensemble of finalized members, and training on all labels.
+
+Members are the K best *distinct* configurations of a study (distinct parameters: the copies of a trial that
+Optuna re-queues after a killed worker count once), or with ``seeds`` the best configuration trained with K
+seeds. Each member is a finalize like ``search finalize N`` (the same configurations, seed and checkpoint:
+``studies/<study>/final/checkpoint-trial<N>-steps<S>[-seed<s>].pt``), so a killed ensemble finalize resumes:
+a member whose checkpoint is at its last step is not retrained, the one in progress goes on from its
+checkpoint. The predictions are the argmax of the members' averaged class probabilities (softmax of the
+logits, full-length test utterances).
+
+With ``all_data``, each member's validation run chooses the step count (its best validation step B); the
+member is then trained again on train + validation for B steps (its own checkpoint,
+``...-alldata<B>.pt``; a single evaluation, at the end, so the weights are those of step B) and that model
+predicts. The validation split then no longer scores the predictions: validation accuracies reported are
+those of the validation runs.
+
+Writes ``studies/<study>/final/<label>/``: ``member<j>-trial<N>-seed<s>.pt`` (weights and model config,
+``weights_only`` loadable) and ``config.json``; the CSV at ``out``; uploads them as study artifacts
+``<label>-...`` and records the ensemble in the study's user attribute ``final_ensemble`` (``search show``
+prints it for each member trial).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import optuna
+import torch
+
+from search.errors import UserError
+from search.finalize import _checkpoint_step, check_writable, final_configs, write_labels
+from search.objective import trial_seed
+from search.scoring import answer_key, read_rows, score_files, score_rows
+from search.study import best_trial_or_none
+from search.task import Task
+from search.train import predict_proba, train
+
+
+@dataclass
+class Member:
+    trial: optuna.trial.FrozenTrial
+    seed: int
+    default_seed: bool  # the seed `search finalize N` uses: the same checkpoint file
+
+    @property
+    def name(self) -> str:
+        return f"trial{self.trial.number}-seed{self.seed}"
+
+
+@dataclass
+class MemberResult:
+    trial: int
+    seed: int
+    search_value: float | None
+    valid_accuracy: float  # of the validation run (best evaluation)
+    best_step: int
+    test_accuracy: float | None = None  # of this member's own predictions, with an answer key
+    already_trained: bool = False  # its checkpoint was at the last step: nothing retrained
+    resumed_from_step: int | None = None
+    all_data_steps: int | None = None  # steps of the train + validation run
+    all_data_already_trained: bool = False
+    all_data_resumed_from_step: int | None = None
+    model_file: str = ""
+    history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class EnsembleResult:
+    label: str
+    members: list[MemberResult]
+    valid_accuracy: float  # mean probabilities of the validation runs' models on the validation split
+    predictions_path: Path
+    folder: Path
+    all_data: bool
+    test_accuracy: float | None = None
+    test_utterances: int | None = None
+    answers: Path | None = None
+    artifacts: dict[str, str] = field(default_factory=dict)
+
+
+def pick_top(study: optuna.Study, k: int, seeds: bool, study_seed: int) -> list[Member]:
+    """The K best distinct configurations, or the best one with K seeds."""
+    complete = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+                if t.value is not None]
+    if not complete:
+        raise UserError(f"study {study.study_name!r} has no completed trial yet: run `search run` first")
+    if seeds:
+        best = best_trial_or_none(study)
+        base = trial_seed(study_seed, best.number)
+        return [Member(best, base + j, j == 0) for j in range(k)]
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    ranked = sorted(complete, key=lambda t: (-t.value if maximize else t.value, t.number))
+    members: list[Member] = []
+    seen: set[str] = set()
+    for t in ranked:
+        key = json.dumps(t.params, sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            members.append(Member(t, trial_seed(study_seed, t.number), True))
+        if len(members) == k:
+            return members
+    raise UserError(f"--k {k}: study {study.study_name!r} has only {len(members)} distinct completed "
+                    f"configuration{'s' if len(members) != 1 else ''} (use a smaller --k, or --seeds for one "
+                    f"configuration with {k} seeds)")
+
+
+def single(trial: optuna.trial.FrozenTrial, study_seed: int) -> list[Member]:
+    """One member: ``search finalize N --all-data``."""
+    return [Member(trial, trial_seed(study_seed, trial.number), True)]
+
+
+def _checkpoint(folder: Path, member: Member, steps: int, all_data_steps: int | None = None) -> Path:
+    name = f"checkpoint-trial{member.trial.number}-steps{steps}"
+    if all_data_steps is not None:
+        name += f"-alldata{all_data_steps}"
+    if not member.default_seed:
+        name += f"-seed{member.seed}"
+    return folder / f"{name}.pt"
+
+
+def _train_member(model_cfg, train_cfg, task: Task, checkpoint: Path, on_eval, checkpoint_every: int):
+    """(TrainResult, already trained?, resumed-from step) of one checkpointed, resumable run."""
+    done_step = _checkpoint_step(checkpoint)
+    try:
+        result = train(model_cfg, train_cfg, task, on_eval=on_eval, checkpoint=checkpoint,
+                       checkpoint_every=checkpoint_every)
+    except ValueError as err:  # a checkpoint of another configuration
+        raise UserError(str(err)) from None
+    already = done_step is not None and done_step >= train_cfg.steps
+    return result, already, (None if already else done_step)
+
+
+def finalize_ensemble(study: optuna.Study, members: list[Member], task: Task, steps: int, out: Path, folder: Path,
+                      label: str, all_data: bool = False, say: Callable[[str], None] = print,
+                      on_eval: Callable[[int, str, int, int, dict], None] | None = None,
+                      checkpoint_every: int = 1000) -> EnsembleResult:
+    """Train (or resume) every member, average their probabilities, write the CSV, config and artifacts.
+
+    ``on_eval(member_index, phase, step, total, metrics)`` gets each evaluation (phase ``valid`` or
+    ``all-data``); ``say`` the lines that tell which member is where."""
+    answers = answer_key(task.source)  # a broken answer key fails now, before any training or folder
+    check_writable(out, "--out")
+    home = folder / label
+    check_writable(home / "config.json", "study folder")
+    answer_rows = read_rows(answers) if answers else None
+    bank = task.bank
+    test_ids, valid_ids = bank.test_ids(), task.valid_ids
+    valid_sum = torch.zeros(len(valid_ids), bank.n_speakers, dtype=torch.float32)
+    test_sum = torch.zeros(len(test_ids), bank.n_speakers, dtype=torch.float32)
+    results: list[MemberResult] = []
+    member_configs: list[dict] = []
+    k = len(members)
+    for i, member in enumerate(members):
+        trial = member.trial
+        say(f"member {i + 1}/{k}: trial #{trial.number}, seed {member.seed} "
+            f"(valid accuracy {trial.value:.4f} in the search)")
+        model_cfg, train_cfg = final_configs(trial.params, task, steps, member.seed)
+        evals = (lambda step, metrics, i=i: on_eval(i, "valid", step, steps, metrics)) if on_eval else None
+        result, already, resumed = _train_member(model_cfg, train_cfg, task, _checkpoint(folder, member, steps),
+                                                 evals, checkpoint_every)
+        if already:
+            say(f"member {i + 1}/{k}: already trained (its checkpoint is at step {steps}): not retrained")
+        elif resumed is not None:
+            say(f"member {i + 1}/{k}: resumed from the checkpoint at step {resumed} of an earlier finalize")
+        mr = MemberResult(trial.number, member.seed, trial.value, result.best_accuracy, result.best_step,
+                          already_trained=already, resumed_from_step=resumed, history=result.history)
+        valid_probs = predict_proba(result.model, bank, valid_ids, train_cfg.eval_max_frames).cpu()
+        valid_sum += valid_probs
+        model, configs = result.model, {"model_config": model_cfg.to_dict(), "train_config": asdict(train_cfg)}
+        if all_data:
+            chosen = max(1, result.best_step)
+            say(f"member {i + 1}/{k}: training again on train + validation for {chosen} steps "
+                f"(the validation run's best step)")
+            all_cfg = final_configs(trial.params, task, chosen, member.seed)[1]
+            all_cfg.eval_every = chosen  # one evaluation, at the end: the weights are those of the last step
+            everything = Task(bank, torch.cat([task.train_ids, task.valid_ids]), valid_ids, task.seed, task.source)
+            evals = (lambda step, metrics, i=i: on_eval(i, "all-data", step, chosen, metrics)) if on_eval else None
+            full, already, resumed = _train_member(model_cfg, all_cfg, everything,
+                                                   _checkpoint(folder, member, steps, chosen), evals, checkpoint_every)
+            if already:
+                say(f"member {i + 1}/{k}: its train + validation run is already done (checkpoint at step {chosen})")
+            elif resumed is not None:
+                say(f"member {i + 1}/{k}: train + validation run resumed from the checkpoint at step {resumed}")
+            mr.all_data_steps, mr.all_data_already_trained, mr.all_data_resumed_from_step = chosen, already, resumed
+            model = full.model
+            configs["all_data_train_config"] = asdict(all_cfg)
+        test_probs = predict_proba(model, bank, test_ids, train_cfg.eval_max_frames).cpu()
+        test_sum += test_probs
+        model_file = home / f"member{i + 1}-{member.name}.pt"
+        tmp = model_file.with_name(model_file.name + f".tmp{os.getpid()}")
+        torch.save({**configs, "state_dict": model.state_dict(), "id2speaker": bank.id2speaker,
+                    "trial": trial.number, "seed": member.seed, "all_data_steps": mr.all_data_steps}, tmp)
+        os.replace(tmp, model_file)
+        mr.model_file = str(model_file)
+        if answer_rows is not None:
+            own = {bank.names[u]: bank.id2speaker[c] for u, c in zip(test_ids.tolist(), test_probs.argmax(-1).tolist())}
+            mr.test_accuracy = score_rows(own, answer_rows, f"member {i + 1}", bank.id2speaker)[0]
+        results.append(mr)
+        member_configs.append({**configs, "params": trial.params})
+        del model, result
+    valid_labels = bank.labels[valid_ids].cpu()
+    valid_accuracy = float((valid_sum.argmax(-1) == valid_labels).float().mean()) if len(valid_ids) else 0.0
+    write_labels(task, test_sum.argmax(-1).tolist(), out)
+    test_accuracy, test_n = score_files(out, answers, bank.id2speaker) if answers else (None, None)
+    config_path = home / "config.json"
+    tmp = config_path.with_name(f"config.json.tmp{os.getpid()}")
+    tmp.write_text(json.dumps({
+        "study": study.study_name, "label": label, "steps": steps, "all_data": all_data,
+        "combine": "mean of the members' softmax probabilities",
+        "valid_accuracy": valid_accuracy, "test_accuracy": test_accuracy, "test_utterances": test_n,
+        "answers": str(answers) if answers else None,
+        "members": [{**asdict(m), **c} for m, c in zip(results, member_configs)],
+    }, indent=2))
+    os.replace(tmp, config_path)
+    from search.artifacts import upload_files
+
+    files = [Path(m.model_file) for m in results] + [config_path, out]
+    artifacts = upload_files(study, label, files, folder.parent / "artifacts")
+    study.set_user_attr("final_ensemble", {
+        "label": label, "steps": steps, "all_data": all_data, "valid_accuracy": valid_accuracy,
+        "test_accuracy": test_accuracy,
+        "members": [{"trial": m.trial, "seed": m.seed, "valid_accuracy": m.valid_accuracy, "best_step": m.best_step,
+                     "test_accuracy": m.test_accuracy, "all_data_steps": m.all_data_steps} for m in results],
+        "artifacts": artifacts, "artifact_dir": str(folder.parent / "artifacts"),
+    })
+    return EnsembleResult(label, results, valid_accuracy, out, home, all_data, test_accuracy, test_n, answers,
+                          artifacts)
+
+
+def summary_lines(result: EnsembleResult) -> list[str]:
+    """The members' accuracies beside the ensemble's, as a small table."""
+    with_test = result.test_accuracy is not None
+    head = f"{'':24s}  {'valid':>6s}" + (f"  {'test':>6s}" if with_test else "")
+    lines = [head]
+    for i, m in enumerate(result.members, 1):
+        what = f"member {i}: #{m.trial} seed {m.seed}"
+        lines.append(f"{what:24s}  {m.valid_accuracy:6.4f}" + (f"  {m.test_accuracy:6.4f}" if with_test else ""))
+    if len(result.members) > 1:
+        what = f"ensemble of {len(result.members)}"
+        lines.append(f"{what:24s}  {result.valid_accuracy:6.4f}"
+                     + (f"  {result.test_accuracy:6.4f}" if with_test else ""))
+    return lines
