@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import time
 from dataclasses import MISSING, dataclass
+from pathlib import Path
 from typing import Callable
 
 import optuna
@@ -19,7 +20,7 @@ from optuna.trial import TrialState
 from search import space as search_space
 from search.errors import UserError
 from search.objective import Objective
-from search.storage import open_storage, redact
+from search.storage import check_study_name, open_storage, redact
 from search.task import Task
 
 EVALUATIONS_PER_TRIAL = 8  # validations per trial: the pruner's decision points
@@ -27,6 +28,10 @@ EVALUATIONS_PER_TRIAL = 8  # validations per trial: the pruner's decision points
 
 class TrialFailed(UserError):
     """A trial failed under ``--fail-fast``: the run stops, the message names the trial and why."""
+
+
+class TargetReached(Exception):
+    """Raised by a ``run_trials`` gate instead of asking for a trial: the run's trials are all taken."""
 
 
 @dataclass
@@ -58,32 +63,92 @@ def make_pruner(settings: StudySettings) -> optuna.pruners.BasePruner:
                                           reduction_factor=3)
 
 
-def load_study(name: str, url: str) -> optuna.Study:
-    """An existing study, or a one-line UserError listing the studies that do exist."""
-    storage = open_storage(url)
+def load_study(name: str, url: str, any_direction: bool = False) -> optuna.Study:
+    """An existing study, or a one-line UserError listing the studies that do exist. Never creates
+    anything: a SQLite or journal file that is not there is an error, not a new empty storage.
+
+    A study that minimizes (or has several objectives) and holds trials is refused unless
+    ``any_direction``: its "best" trial would be the one with the lowest accuracy.
+    """
+    check_study_name(name)
+    sqlite_file = _sqlite_file(url)
+    if sqlite_file is not None and not sqlite_file.is_file():
+        raise UserError(f"--study {name}: no such study ({sqlite_file} does not exist)")
+    storage = open_storage(url, create=False)
     try:
-        return optuna.load_study(study_name=name, storage=storage)
+        study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
         known = f"; studies there: {', '.join(names)}" if names else "; it holds no study"
         raise UserError(f"--study {name}: no such study in {redact(url)}{known}") from None
+    if not any_direction and study.get_trials(deepcopy=False):
+        _check_direction(study, url)
+    return study
+
+
+def _sqlite_file(url: str) -> Path | None:
+    import sqlalchemy
+
+    if not url.startswith("sqlite"):
+        return None
+    try:
+        database = sqlalchemy.engine.make_url(url).database
+    except Exception:  # noqa: BLE001 - open_storage names a malformed URL
+        return None
+    return Path(database) if database and database != ":memory:" else None
+
+
+def _check_writable_sqlite(url: str) -> None:
+    """A search writes its trials: refuse a read-only SQLite file (or folder, where SQLite keeps its -wal
+    and -shm files) at once, not at the first write."""
+    import os
+
+    path = _sqlite_file(url)
+    if path is None or not path.exists():
+        return
+    folder = path.parent if str(path.parent) else Path(".")
+    for what, where in ((path, path), (folder, folder)):
+        if not os.access(where, os.W_OK):
+            raise UserError(f"--storage {redact(url)}: {what} is read-only; a search writes its trials there "
+                            "(make it writable, or use another --study or --storage)")
+
+
+def _check_direction(study: optuna.Study, url: str) -> None:
+    directions = [d.name.lower() for d in study.directions]
+    if directions != ["maximize"]:
+        raise UserError(f"--study {study.study_name}: the study in {redact(url)} has direction "
+                        f"{', '.join(directions)}; a search study maximizes validation accuracy (this one was "
+                        "not created by `search run`: use another --study)")
+
+
+CREATE_WAIT = 10  # seconds a worker waits for the process that created a study to record its settings
 
 
 def open_study(name: str, url: str, requested: StudySettings, budget_given: bool,
                warm_start: bool = True, worker: int = 0, pruning_given: bool = False) -> tuple[optuna.Study, StudySettings, bool]:
     """Create the study or load it to add trials. Returns (study, settings in force, created)."""
+    check_study_name(name)
+    _check_writable_sqlite(url)
     storage = open_storage(url)
-    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
-    settings = StudySettings.from_attrs(study.user_attrs)
-    created = settings is None
+    study, created = _create_or_load(name, storage)
+    _check_direction(study, url)
+    settings = StudySettings.from_attrs(study.user_attrs) if not created else None
+    if not created and settings is None:
+        settings = _wait_for_settings(study, name, url)
+        created = settings is None  # a study made by hand (only queued trials, if any): adopted
     if created:
         settings = requested
-        for key, value in vars(settings).items():
+        # The settings' optional fields first: a process that loads the study meanwhile sees the settings
+        # once the last required one is written, and then all of them.
+        optional = [f.name for f in StudySettings.__dataclass_fields__.values() if f.default is not MISSING]
+        for key, value in sorted(vars(settings).items(), key=lambda kv: kv[0] not in optional):
             study.set_user_attr(key, value)
-        if warm_start:
+        if warm_start:  # only the process that created the study enqueues them: each runs once
             space = search_space.build_space(settings.profile)
+            queued = {t.user_attrs.get("warm_start") for t in study.get_trials(deepcopy=False)}
             for label, params in search_space.warm_start_configs(space).items():
-                study.enqueue_trial(params, user_attrs={"warm_start": label})
+                if label not in queued:
+                    study.enqueue_trial(params, user_attrs={"warm_start": label})
     else:
         if budget_given and requested.budget != settings.budget:
             raise UserError(f"--budget {requested.budget}: study {name!r} was created with --budget {settings.budget}; "
@@ -105,6 +170,40 @@ def open_study(name: str, url: str, requested: StudySettings, budget_given: bool
     return study, settings, created
 
 
+def _create_or_load(name: str, storage) -> tuple[optuna.Study, bool]:
+    """(study, created): exactly one of several processes starting together on a new study creates it
+    (the storage's UNIQUE study name decides); the others load it."""
+    for _ in range(5):
+        try:
+            return optuna.create_study(study_name=name, storage=storage, direction="maximize"), True
+        except optuna.exceptions.DuplicatedStudyError:
+            pass
+        try:
+            return optuna.load_study(study_name=name, storage=storage), False
+        except KeyError:  # deleted in between: try again
+            time.sleep(0.1)
+    raise UserError(f"--study {name}: the study keeps appearing and disappearing in the storage; try again")
+
+
+def _wait_for_settings(study: optuna.Study, name: str, url: str) -> StudySettings | None:
+    """The settings of a study without them yet: another `search run` may have just created it (it writes
+    them right after creating it, before enqueuing anything): wait for them. None: a study made by hand
+    (with queued trials only, or still empty after the wait) that may be adopted. A study whose trials
+    ran under settings nobody recorded is refused: its results cannot be compared with new ones."""
+    deadline = time.monotonic() + CREATE_WAIT
+    while True:
+        settings = StudySettings.from_attrs(study._storage.get_study_user_attrs(study._study_id))
+        if settings is not None:
+            return settings
+        trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
+        if any(t.state != TrialState.WAITING for t in trials):
+            raise UserError(f"--study {name}: the study in {redact(url)} was not created by `search run` (its trials "
+                            "ran without search settings: budget, data, seed, space); use another --study")
+        if trials or time.monotonic() > deadline:
+            return None
+        time.sleep(0.2)
+
+
 def counts(study: optuna.Study) -> dict[str, int]:
     states = [t.state for t in study.get_trials(deepcopy=False)]
     return {state.name.lower(): states.count(state) for state in TrialState}
@@ -117,11 +216,16 @@ def best_trial_or_none(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
         return None
 
 
-def run_trials(study: optuna.Study, settings: StudySettings, task: Task, n_trials: int,
+def run_trials(study: optuna.Study, settings: StudySettings, task: Task, n_trials: int | None,
                timeout: float | None = None, fail_fast: bool = False,
-               on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None) -> None:
-    """Run ``n_trials`` trials in this process. A trial that fails (divergence, out of memory, a bug in
-    one configuration) is recorded as FAIL with its reason and the study goes on, unless ``fail_fast``."""
+               on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
+               gate: Callable[[optuna.Study, Callable[[], optuna.Trial]], optuna.Trial] | None = None) -> None:
+    """Run ``n_trials`` trials in this process (None: until ``timeout``). A trial that fails (divergence, out of memory, a bug in
+    one configuration) is recorded as FAIL with its reason and the study goes on, unless ``fail_fast``.
+
+    ``gate`` (the workers' shared target, search.workers.SharedTarget) is called instead of each
+    ``study.ask()`` with the study and the real ask; it returns the trial, or raises TargetReached, which
+    ends the run here quietly."""
     objective = Objective(task, settings.budget, search_space.build_space(settings.profile), settings.seed)
     # gc_after_trial collects after every trial; without this each collection walks every object that
     # torch, optuna and the data created at start-up (~0.3 s a trial on a CPU). They live as long as
@@ -139,14 +243,28 @@ def run_trials(study: optuna.Study, settings: StudySettings, task: Task, n_trial
             raise TrialFailed(f"--fail-fast: trial #{trial.number} {reason}") from err
 
     func, catch = (fail_fast_objective, ()) if fail_fast else (objective, (Exception,))
-    study.optimize(func, n_trials=n_trials, timeout=timeout, catch=catch,
-                   callbacks=[on_trial] if on_trial else None, gc_after_trial=True)
+    if gate is None:
+        study.optimize(func, n_trials=n_trials, timeout=timeout, catch=catch,
+                       callbacks=[on_trial] if on_trial else None, gc_after_trial=True)
+        return
+    ask = study.ask
+    # study.optimize asks for each trial with ``study.ask()`` (after failing stale trials, before the
+    # objective and its heartbeat): an instance attribute puts the gate there. TargetReached raised by it
+    # leaves optimize before any trial is created; it is not the objective's, so ``catch`` never sees it.
+    study.ask = lambda *args, **kwargs: gate(study, lambda: ask(*args, **kwargs))
+    try:
+        study.optimize(func, n_trials=n_trials, timeout=timeout, catch=catch,
+                       callbacks=[on_trial] if on_trial else None, gc_after_trial=True)
+    except TargetReached:
+        pass
+    finally:
+        del study.ask
 
 
 class Progress:
     """Prints one line per finished trial: n/N, state, value, best so far, elapsed time."""
 
-    def __init__(self, total: int, echo: Callable[[str], None]) -> None:
+    def __init__(self, total: int | None, echo: Callable[[str], None]) -> None:  # None: until the timeout
         self.total, self.echo, self.done, self.started = total, echo, 0, time.perf_counter()
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, worker: int | None = None) -> None:
@@ -158,6 +276,6 @@ class Progress:
         else:
             value = trial.user_attrs.get("ended", "")
         best_text = f"best {best.value:.4f} (#{best.number})" if best else "no complete trial yet"
-        self.echo(f"trial {self.done}/{self.total}  #{trial.number} {trial.state.name.lower():8s} {value}  |  "
+        self.echo(f"trial {self.done}{'' if self.total is None else f'/{self.total}'}  #{trial.number} {trial.state.name.lower():8s} {value}  |  "
                   f"{best_text}  |  complete {c['complete']} pruned {c['pruned']} failed {c['fail']}  |  "
                   f"{time.perf_counter() - self.started:.0f}s" + (f"  |  worker {worker}" if worker is not None else ""))

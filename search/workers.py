@@ -3,9 +3,11 @@
 The parent creates (or resumes) the study first, so the warm-start trials are enqueued once and the
 data's feature-bank cache is built once; then it starts N processes with the ``spawn`` start method.
 Each worker loads the task itself, opens the storage itself (its own connections, its own heartbeat
-thread), opens the study with its own sampler seed (``open_study(..., worker=i)``) and runs its share
-of the trials: the shares add up to exactly ``--trials``. Workers on other machines are the same thing
-started by hand: ``search run --storage postgresql://... --study NAME`` on each machine.
+thread), opens the study with its own sampler seed (``open_study(..., worker=i)``) and takes trials
+from one study-wide count until the run's ``--trials`` are all taken (``SharedTarget``): a fast worker
+takes more, and the trials a dead worker would have run are run by the others. Workers on other
+machines are the same thing started by hand: ``search run --storage postgresql://... --study NAME`` on
+each machine.
 
 On GPUs (``--gpus [all|LIST] [--workers-per-gpu K]``), ``worker_devices`` plans one worker per selected
 GPU, K times over, interleaved; a worker on ``cuda:i`` makes GPU i its current device before it loads
@@ -23,18 +25,23 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.connection
 import os
+import datetime
 import signal
 import sys
+import tempfile
 import time
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import optuna
+from optuna.trial import TrialState
 
 from search.errors import UserError
 from search.storage import redact
-from search.study import Progress, StudySettings, open_study, run_trials
+from search.study import Progress, StudySettings, TargetReached, open_study, run_trials
 
 if TYPE_CHECKING:
     import torch
@@ -42,10 +49,137 @@ if TYPE_CHECKING:
 STOP_GRACE = 30  # seconds workers get to finish the trial they are in after an interrupt, before SIGKILL
 
 
-def split_trials(total: int, workers: int) -> list[int]:
-    """Each worker's share: as equal as possible, exactly ``total`` together, no worker with none."""
-    workers = max(1, min(workers, total))
-    return [total // workers + (i < total % workers) for i in range(workers)]
+# Which trials count towards a run's target (``run_target``, ``SharedTarget``):
+# - COMPLETE, PRUNED and FAIL: a trial of the run that ended, whatever its result. A trial that fails (a
+#   diverging configuration, out of memory) is one of the N trials; it is not run again.
+# - RUNNING: a trial a worker is running now. Counting it is what keeps K workers from all starting one
+#   more trial at the end (the count is checked, and the trial asked for, under one lock).
+# - not WAITING: a queued trial (warm start, enqueued by hand, a retry) has not run yet; the workers run
+#   it as one of the N when they pop it.
+# - not a FAIL that the heartbeat re-queued: a killed worker's trial is failed after the grace period
+#   and its parameters re-queued as a new WAITING trial (RetryHeartbeatStaleTrialCallback, which lists
+#   the failed numbers in the retry's ``retry_history``); the retry takes its place in the count once a
+#   worker runs it, so the killed attempt does not use up one of the N (no undershoot) and the retry is
+#   not one too many (no overshoot). After the last retry (storage.MAX_RETRY) nothing is re-queued, and
+#   the last FAIL counts.
+COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
+WAIT_POLL = 1.0  # seconds between looks at the study while the target is reached but trials still run
+
+
+def trial_count(study: optuna.Study) -> tuple[int, int]:
+    """(trials that count towards a run's target, how many of them are RUNNING): see COUNTED_STATES."""
+    trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+    counted = [t for t in trials if t.state in COUNTED_STATES and t.number not in retried]
+    return len(counted), sum(t.state == TrialState.RUNNING for t in counted)
+
+
+def _fail_stale_trials(study: optuna.Study) -> None:
+    """Fail (and re-queue) the trials of dead workers whose grace period has passed (RDB storages)."""
+    with warnings.catch_warnings():  # "experimental" in Optuna 5, used knowingly (as study.optimize does)
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+        _fail_unbeating_trials(study)
+
+
+def _fail_unbeating_trials(study: optuna.Study) -> None:
+    """Optuna's fail_stale_trials skips a RUNNING trial with no heartbeat at all: a worker killed between
+    asking for the trial and its first heartbeat leaves it RUNNING forever, and a run waiting for its
+    re-queued copy would wait forever. Such a trial that started more than the grace period ago is
+    failed and re-queued here the same way. (A trial asked for by hand, without heartbeats, and running
+    longer than the grace period, would be failed too.)"""
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    storage = getattr(study._storage, "_backend", study._storage)  # inside Optuna's cache wrapper
+    if not isinstance(storage, optuna.storages.RDBStorage) or not is_heartbeat_enabled(storage):
+        return
+    from optuna.storages._rdb import models
+
+    grace = storage.grace_period or 2 * storage.heartbeat_interval
+    old = datetime.datetime.now() - datetime.timedelta(seconds=grace)
+    running = [t for t in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,))
+               if t.datetime_start is not None and t.datetime_start < old]
+    if not running:
+        return
+    session = storage.scoped_session()
+    try:
+        beating = {trial_id for (trial_id,) in session.query(models.TrialHeartbeatModel.trial_id)
+                   .filter(models.TrialHeartbeatModel.trial_id.in_([t._trial_id for t in running]))}
+    finally:
+        session.close()
+    callback = storage.get_heartbeat_stale_trial_callback()
+    for trial in running:
+        if trial._trial_id in beating:
+            continue
+        try:
+            if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:  # another worker failed (or finished) it first
+            continue
+        if callback is not None:
+            callback(study, storage.get_trial(trial._trial_id))
+
+
+def run_target(study: optuna.Study, trials: int | None) -> int | None:
+    """The count (``trial_count``) at which the study holds this run's ``trials`` new trials: the count
+    now plus ``trials``. Dead workers' trials past their grace period are failed and re-queued first, so
+    that they don't drop out of the count during the run. None: no target (``--timeout`` alone)."""
+    if trials is None:
+        return None
+    _fail_stale_trials(study)
+    return trial_count(study)[0] + trials
+
+
+class SharedTarget:
+    """Run by a worker before each trial, around ``study.ask``: take a trial while the study's count
+    (``trial_count``) is below ``target``, else raise TargetReached (the worker's study.optimize ends).
+
+    Checking the count and asking for the trial happen under one file lock shared by the run's workers,
+    so two of them cannot both take the last trial. When the target is reached while trials are still
+    RUNNING (and the storage has heartbeats), the worker waits instead of leaving: one of them may be a
+    dead worker's trial, which the grace period fails and re-queues, and then someone must run it.
+    Without heartbeats (journal storage) a dead worker's trial would count as running forever: it leaves.
+    """
+
+    def __init__(self, target: int | None, lock_path: str | None = None, timeout: float | None = None) -> None:
+        self.target, self.lock_path = target, lock_path
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+
+    @contextmanager
+    def _locked(self):
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock (the last trials may overshoot by up to K - 1)
+            fcntl = None
+        if self.lock_path is None or fcntl is None:
+            yield
+            return
+        with open(self.lock_path, "a") as handle:  # the kernel releases it if this process is killed
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def __call__(self, study: optuna.Study, ask: Callable[[], optuna.Trial]) -> optuna.Trial:
+        from optuna.storages._heartbeat import is_heartbeat_enabled
+
+        if self.target is None:
+            return ask()
+        first = True
+        while True:
+            if not first:  # study.optimize did it just before the first look
+                _fail_stale_trials(study)
+            first = False
+            with self._locked():
+                count, running = trial_count(study)
+                if count < self.target:
+                    return ask()
+            if not running or not is_heartbeat_enabled(study._storage):
+                raise TargetReached
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                raise TargetReached
+            time.sleep(WAIT_POLL)
 
 
 def worker_devices(gpus: str | None, workers_per_gpu: int, workers: int, device: str | torch.device,
@@ -55,8 +189,8 @@ def worker_devices(gpus: str | None, workers_per_gpu: int, workers: int, device:
     ``gpus`` is ``--gpus`` (None: not given; ``"all"``: every visible GPU; ``"0,2"``: those CUDA indices),
     ``workers_per_gpu`` is ``--workers-per-gpu`` (K), ``workers`` is ``--workers``, ``device`` the device
     ``--device`` resolved to and ``visible_gpus`` ``torch.cuda.device_count()``. With GPUs, the list is
-    interleaved (``cuda:0, cuda:1, cuda:0, cuda:1``) so that the first workers, which get the larger
-    shares and are the only ones started when there are fewer trials than workers, spread over the GPUs.
+    interleaved (``cuda:0, cuda:1, cuda:0, cuda:1``) so that the first workers, the only ones started
+    when there are fewer trials than workers, spread over the GPUs.
     Raises UserError, naming the option, on a combination that makes no sense.
     """
     device = str(device)
@@ -124,15 +258,16 @@ class WorkerJob:
     budget_given: bool
     data_dir: str | None
     device: str
-    n_trials: int
+    target: int | None  # take trials until the study's count reaches this (run_target); None: until the timeout
     timeout: float | None = None
     fail_fast: bool = False
+    parent_pid: int = field(default_factory=os.getpid)  # the worker stops when this process dies
+    lock_path: str | None = None  # the run's lock around "count, then ask" (run_workers sets it)
 
 
 @dataclass
 class WorkerOutcome:
     index: int
-    share: int
     finished: int = 0  # trials this worker finished (complete, pruned or failed)
     exitcode: int | None = None
     error: str | None = None  # why it stopped early, if it did
@@ -147,7 +282,7 @@ class WorkerOutcome:
                 reason = f"killed by signal {-self.exitcode}"
         else:
             reason = f"exited with code {self.exitcode}"
-        return f"worker {self.index} stopped after {self.finished} of its {self.share} trials ({reason})"
+        return f"worker {self.index} stopped after {self.finished} trials ({reason})"
 
 
 @dataclass
@@ -165,7 +300,46 @@ class WorkersReport:
 
 
 def _interrupt(_signum, _frame) -> None:
+    # Once: a second SIGTERM must not interrupt the clean-up (Optuna recording the trial FAIL, the exit).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _stop_with_parent(parent_pid: int) -> None:
+    """Workers stop with their parent: on Linux the kernel sends SIGTERM when the parent dies (even by
+    SIGKILL), which ends the running trial as FAIL (``ended: interrupted``) and exits, instead of running on
+    unseen and dying on a broken pipe. Elsewhere a thread watches the parent and does the same."""
+    import threading
+
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0:
+                if os.getppid() != parent_pid:  # the parent died before the prctl: too late for the signal
+                    os.kill(os.getpid(), signal.SIGTERM)
+                return
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _send(conn, message) -> None:
+    """Tell the parent; a parent that is gone (its pipe broken) is not an error of this worker."""
+    try:
+        conn.send(message)
+    except (BrokenPipeError, EOFError, OSError):
+        pass
 
 
 def _worker_main(job: WorkerJob, conn, cpu_threads: int) -> None:
@@ -180,6 +354,7 @@ def _worker_main(job: WorkerJob, conn, cpu_threads: int) -> None:
     # SIGTERM (the parent stopping a --fail-fast run, a batch system's kill) ends the trial in progress
     # the way Ctrl-C does: Optuna records it as FAIL instead of leaving it RUNNING.
     signal.signal(signal.SIGTERM, _interrupt)
+    _stop_with_parent(job.parent_pid)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Optuna's warnings (a failed trial's traceback) into the study's log file, one line each on stderr
     log_file = log_path(job.study_name)
@@ -188,33 +363,37 @@ def _worker_main(job: WorkerJob, conn, cpu_threads: int) -> None:
         torch.set_num_threads(cpu_threads)
 
     def on_trial(_study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        conn.send(("trial", trial._trial_id))
+        _send(conn, ("trial", trial._trial_id))
 
     code = 0
     try:
         task = load_task(job.data_dir, job.requested.seed, use_device(job.device))
         study, settings, _ = open_study(job.study_name, job.url, job.requested, job.budget_given,
                                         warm_start=False, worker=job.index)
-        run_trials(study, settings, task, job.n_trials, timeout=job.timeout, fail_fast=job.fail_fast,
-                   on_trial=on_trial)
-        conn.send(("done", None))
+        run_trials(study, settings, task, None, timeout=job.timeout, fail_fast=job.fail_fast,
+                   on_trial=on_trial, gate=SharedTarget(job.target, job.lock_path, job.timeout))
+        _send(conn, ("done", None))
     except (UserError, DataError) as err:
-        conn.send(("error", str(err)))
+        _send(conn, ("error", redact(str(err))))
         code = 1
     except KeyboardInterrupt:
-        conn.send(("error", "interrupted"))
+        _send(conn, ("error", "interrupted"))
         code = 130
     except Exception as err:  # --fail-fast, or the storage failing under the worker
-        conn.send(("error", redact(f"{type(err).__name__}: {err}".strip().splitlines()[0][:300])))
+        _send(conn, ("error", redact(f"{type(err).__name__}: {err}".strip().splitlines()[0][:300])))
         code = 1
     finally:
-        conn.close()
+        try:
+            conn.close()
+        except OSError:
+            pass
     sys.exit(code)
 
 
 def run_workers(study: optuna.Study, jobs: list[WorkerJob], echo: Callable[[str], None],
                 total: int | None = None) -> WorkersReport:
     """Start one process per job, print a progress line per finished trial, wait for all of them.
+    The jobs share one target (``run_target``); ``total`` is the run's ``--trials`` (for the progress lines).
 
     ``study`` is the parent's handle on the same study (for the progress lines). With ``fail_fast``
     jobs, the first worker that stops on a failed trial makes the parent stop the others.
@@ -225,8 +404,12 @@ def run_workers(study: optuna.Study, jobs: list[WorkerJob], echo: Callable[[str]
         echo("note: this storage has no heartbeats (journal): a trial of a worker that is killed stays RUNNING; "
              "use sqlite://, postgresql:// or mysql+pymysql:// where workers may be killed")
     context = multiprocessing.get_context("spawn")
-    progress = Progress(total or sum(j.n_trials for j in jobs), echo)
-    report = WorkersReport([WorkerOutcome(j.index, j.n_trials) for j in jobs])
+    progress = Progress(total, echo)
+    report = WorkersReport([WorkerOutcome(j.index) for j in jobs])
+    lock_fd, lock_path = tempfile.mkstemp(prefix="search-run-", suffix=".lock")
+    os.close(lock_fd)
+    for job in jobs:
+        job.lock_path = lock_path
     outcomes = {j.index: o for j, o in zip(jobs, report.outcomes)}
     processes: dict[int, multiprocessing.Process] = {}
     readers: dict = {}
@@ -264,6 +447,11 @@ def run_workers(study: optuna.Study, jobs: list[WorkerJob], echo: Callable[[str]
         _join_all(processes, STOP_GRACE)
         _stop(processes, signal.SIGKILL)
         raise
+    finally:
+        try:
+            os.unlink(lock_path)
+        except OSError:
+            pass
     report.seconds = time.perf_counter() - started
     return report
 

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from search.cli import main
 from search.errors import UserError
-from search.workers import split_trials, worker_devices
+from search.workers import worker_devices
 
 GPU_COUNT = torch.cuda.device_count()
 
@@ -69,12 +69,10 @@ def test_workers_per_gpu_without_gpus_uses_the_device_gpu():
     assert plan(k=2, device=torch.device("cuda:1"), visible=2) == ["cuda:1", "cuda:1"]
 
 
-def test_shares_spread_over_the_gpus_first():
+def test_workers_spread_over_the_gpus_first():
     devices = plan(gpus="all", k=2, visible=2)
-    shares = split_trials(10, len(devices))
-    assert list(zip(devices, shares)) == [("cuda:0", 3), ("cuda:1", 3), ("cuda:0", 2), ("cuda:1", 2)]
-    shares = split_trials(2, len(devices))  # fewer trials than workers: the ones started are on both GPUs
-    assert devices[:len(shares)] == ["cuda:0", "cuda:1"]
+    assert devices == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+    assert devices[:2] == ["cuda:0", "cuda:1"]  # fewer trials than workers: the ones started are on both GPUs
 
 
 # --- the plan's refusals --------------------------------------------------------------------------------
@@ -199,10 +197,8 @@ def test_cli_gpus_runs_workers_on_every_gpu(tmp_path_factory, workdir):
     result = CliRunner().invoke(main, ["run", "--trials", "4", "--study", "g", "--gpus", "--workers-per-gpu", "2",
                                        "--data", str(data), "--budget", "8", "--no-warm-start"])
     assert result.exit_code == 0, result.output
-    devices = [f"cuda:{i}" for i in range(GPU_COUNT)] * 2
-    shares = split_trials(4, len(devices))
-    assert (f"{len(shares)} worker processes ({', '.join(devices[:len(shares)])}), "
-            f"trials each: {', '.join(map(str, shares))}") in result.output
+    devices = ([f"cuda:{i}" for i in range(GPU_COUNT)] * 2)[:4]  # no more workers than trials
+    assert f"4 trials shared by {len(devices)} worker processes ({', '.join(devices)})" in result.output
     trials = optuna.load_study(study_name="g", storage="sqlite:///studies/g.db").trials
     assert len(trials) == 4 and all(t.state.is_finished() for t in trials)
-    assert len({t.user_attrs["worker"] for t in trials}) == len(shares)
+    assert len({t.user_attrs["worker"] for t in trials}) <= len(devices)  # shared: a fast worker may take more

@@ -30,7 +30,7 @@ from search.cli import main
 from search.space import KNOWN_CONFIGS
 from search.storage import open_storage
 from search.study import StudySettings, open_study
-from search.workers import split_trials
+from search.workers import run_target, trial_count
 
 REPO = Path(__file__).resolve().parents[1]
 POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
@@ -74,13 +74,26 @@ def states(study: optuna.Study) -> dict[str, int]:
     return found
 
 
-def test_split_trials_adds_up_exactly():
-    assert split_trials(100, 4) == [25, 25, 25, 25]
-    assert split_trials(10, 4) == [3, 3, 2, 2]
-    assert split_trials(2, 4) == [1, 1]  # no idle workers started
-    for total in range(1, 30):
-        for workers in range(1, 9):
-            assert sum(split_trials(total, workers)) == total
+def test_the_shared_count_skips_queued_trials_and_re_queued_failures(workdir):
+    """What counts towards a run's target: finished and running trials, not queued ones, and not a
+    killed trial that the heartbeat re-queued (its retry takes its place once it runs)."""
+    study = optuna.create_study(study_name="count", storage=open_storage("sqlite:///studies/count.db"))
+    study.enqueue_trial({"x": 0.5})  # WAITING: not counted
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)  # the queued one and a sampled one
+    assert trial_count(study) == (2, 0)
+    dead = study.ask()  # a worker's trial, then the worker is killed...
+    assert trial_count(study) == (3, 1)
+    study._storage.set_trial_state_values(dead._trial_id, TrialState.FAIL)  # ...the grace period passes
+    assert trial_count(study) == (3, 0)
+    retry = {"failed_trial": dead.number, "retry_history": [dead.number]}  # RetryHeartbeatStaleTrialCallback's
+    study.add_trial(optuna.create_trial(state=TrialState.WAITING, params={}, distributions={}, system_attrs=retry))
+    assert trial_count(study) == (2, 0)  # the retry waits: the killed attempt no longer counts
+    study.tell(study.ask(), 1.0)  # the retry runs
+    assert trial_count(study) == (3, 0)
+    assert run_target(study, 5) == 8
+    assert run_target(study, None) is None
+    study.tell(study.ask(), float("nan"))  # a trial that fails (not killed) counts: it is not run again
+    assert trial_count(study) == (4, 0)
 
 
 @pytest.mark.parametrize("url", [POSTGRES, MARIADB], ids=["postgresql", "mariadb"])
@@ -98,7 +111,7 @@ def test_four_workers_run_100_trials_on_a_database_server(url, micro_dataset, wo
                                            "--storage", url, "--data", str(micro_dataset), "--budget", "8",
                                            "--device", "cpu", "--no-warm-start"])
         assert result.exit_code == 0, result.output
-        assert "4 worker processes (cpu, cpu, cpu, cpu), trials each: 25, 25, 25, 25" in result.output
+        assert "100 trials shared by 4 worker processes (cpu, cpu, cpu, cpu)" in result.output
         assert "trial 100/100" in result.output
         trials = optuna.load_study(study_name=name, storage=open_storage(url)).get_trials(deepcopy=False)
         numbers = [t.number for t in trials]
@@ -119,7 +132,7 @@ def test_two_workers_share_one_sqlite_file(micro_dataset, workdir):
     result = CliRunner().invoke(main, ["run", "--trials", "20", "--workers", "2", "--study", "two",
                                        "--data", str(micro_dataset), "--budget", "8", "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    assert "2 worker processes (cpu, cpu), trials each: 10, 10" in result.output
+    assert "20 trials shared by 2 worker processes (cpu, cpu)" in result.output
     assert "locked" not in result.output
     trials = study.get_trials(deepcopy=False)
     assert len(trials) == 20 and sorted(t.number for t in trials) == list(range(20))
@@ -272,3 +285,105 @@ def test_killed_workers_trials_are_failed_and_rerun(tiny_dataset, workdir, monke
         assert retried[number].state in (TrialState.COMPLETE, TrialState.PRUNED)
     assert [t.number for t in trials.values() if t.state == TrialState.FAIL] == sorted(killed)
     assert sqlite3.connect("studies/kill.db").execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+# ---------------------------------------------------------------------------------------------------
+# No idle workers: the workers take trials from one study-wide count (search.workers.SharedTarget)
+# until the study holds the run's --trials new ones, instead of a fixed share each.
+
+def _new_trials(study: optuna.Study, before: set[int]) -> dict[int, optuna.trial.FrozenTrial]:
+    """The trials that ran since ``before`` (a queued one that is still WAITING has not)."""
+    return {t.number: t for t in study.get_trials(deepcopy=False)
+            if t.number not in before and t.state != TrialState.WAITING}
+
+
+@pytest.mark.parametrize("n, k", [(2, 3), (5, 2), (7, 3)])
+def test_k_workers_add_exactly_n_trials(n, k, micro_dataset, workdir):
+    """Exactly N trials per run, twice on one study (the second run's target counts the first run's
+    trials), with fewer trials than workers too (then only N workers are started)."""
+    url, name = f"sqlite:///studies/exact{n}.db", f"exact{n}"
+    study, _, _ = open_study(name, url, settings_for(micro_dataset), True, warm_start=False)
+    for _ in range(3):  # queued trials are run as some of the N, not on top of them
+        study.enqueue_trial(SAMPLE)
+    before: set[int] = set()
+    for run in range(2):
+        result = CliRunner().invoke(main, ["run", "--trials", str(n), "--workers", str(k), "--study", name,
+                                           "--data", str(micro_dataset), "--device", "cpu"])
+        assert result.exit_code == 0, result.output
+        started = min(n, k)
+        assert f"{n} trial{'s' if n > 1 else ''} shared by {started} worker process" in result.output
+        assert f"trial {n}/{n}" in result.output and f"trial {n + 1}/" not in result.output
+        new = _new_trials(study, before)
+        assert len(new) == n, (run, states(study))
+        assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in new.values()), states(study)
+        before |= set(new)
+    assert sum(t.params == SAMPLE for t in study.get_trials(deepcopy=False)) >= 3
+
+
+def test_a_killed_workers_remaining_trials_are_run_by_the_other(micro_dataset, workdir, monkeypatch):
+    """Worker killed (SIGKILL) in its second trial: with fixed shares the rest of its share was lost; now
+    the other worker runs the rest, and the run still ends with exactly N new trials: the trial the killed
+    worker was in is failed after the grace period, re-queued and run again (the survivor waits for it),
+    and the killed attempt does not count as one of the N."""
+    for key, value in FAST_HEARTBEATS.items():
+        monkeypatch.setenv(key, value)
+    url, name, n = "sqlite:///studies/share.db", "share", 10
+    study, _, _ = open_study(name, url, settings_for(micro_dataset), True, warm_start=False)
+    for _ in range(n):
+        study.enqueue_trial(SAMPLE)
+    command = [sys.executable, "-m", "search.cli", "run", "--trials", str(n), "--workers", "2", "--study", name,
+               "--data", str(micro_dataset), "--device", "cpu"]
+    parent = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    victim = None
+    try:
+        deadline = time.monotonic() + 120
+        while victim is None and time.monotonic() < deadline and parent.poll() is None:
+            time.sleep(0.05)
+            workers = {p for p in _children(parent.pid) if _is_worker(p)}
+            done = {int(t.user_attrs["worker"].split(":")[1])
+                    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))}
+            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                pid = int(t.user_attrs.get("worker", ":0").split(":")[1])
+                if pid in workers and pid in done:  # in its second trial (or later)
+                    os.kill(pid, signal.SIGKILL)
+                    victim = pid
+                    break
+        output, _ = parent.communicate(timeout=240)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+    assert victim is not None, "no worker finished a trial"
+    assert parent.returncode == 1 and "killed by SIGKILL" in output, output
+    trials = study.get_trials(deepcopy=False)
+    by_worker = {}
+    for t in trials:
+        by_worker.setdefault(int(t.user_attrs.get("worker", ":0").split(":")[1]), []).append(t)
+    print(output, {pid: [(t.number, t.state.name) for t in ts] for pid, ts in by_worker.items()})
+    ran = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(ran) == n, states(study)  # exactly N: none lost with the killed worker, none too many
+    assert not any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials), states(study)
+    retried = {m for t in trials for m in t.system_attrs.get("retry_history", ())}
+    assert all(t.number in retried for t in trials if t.state == TrialState.FAIL)  # only killed attempts
+    assert len(trials) == n + len(retried) and len(retried) == 1, states(study)  # the killed attempt
+    survivor = [t for pid, ts in by_worker.items() if pid != victim for t in ts if t in ran]
+    assert len(survivor) > n // 2  # more than its old fixed share
+    assert f"{n} trials shared by 2 worker processes (cpu, cpu)" in output
+
+
+def test_a_trial_killed_before_its_first_heartbeat_is_failed_and_re_queued(workdir):
+    """Optuna's fail_stale_trials never fails a RUNNING trial without any heartbeat (a worker killed
+    right after asking for it): the shared count's waiting workers would wait for it forever."""
+    from search.workers import _fail_stale_trials
+
+    storage = open_storage("sqlite:///studies/nobeat.db", heartbeat_interval=1, grace_period=2)
+    study = optuna.create_study(study_name="nobeat", storage=storage)
+    dead = study.ask()  # RUNNING, no heartbeat recorded (the worker died before its heartbeat thread ran)
+    study.tell(study.ask(), 1.0)
+    _fail_stale_trials(study)
+    assert study._storage.get_trial(dead._trial_id).state == TrialState.RUNNING  # within the grace period
+    time.sleep(2.5)
+    _fail_stale_trials(study)
+    assert study._storage.get_trial(dead._trial_id).state == TrialState.FAIL
+    assert trial_count(study) == (1, 0)  # its re-queued copy waits; the killed attempt does not count
+    assert [t.system_attrs["failed_trial"] for t in study.get_trials(states=(TrialState.WAITING,))] == [dead.number]
