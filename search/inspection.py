@@ -109,6 +109,33 @@ def trial_lines(study: optuna.Study, trial: FrozenTrial) -> list[str]:
         lines.append(f"finalized: {final.get('steps')} steps, valid accuracy {final.get('valid_accuracy', 0):.4f}; "
                      f"artifacts in {final.get('artifact_dir')}:")
         lines += [f"  {name}  (id {artifact_id})" for name, artifact_id in final.get("artifacts", {}).items()]
+    lines += _ensemble_lines(study.user_attrs.get("final_ensemble"), trial.number)
+    return lines
+
+
+def _ensemble_lines(ensemble: object, number: int) -> list[str]:
+    """What `search finalize top` (or `--all-data`) recorded, when this trial is one of its members."""
+    if not isinstance(ensemble, dict) or not any(isinstance(m, dict) and m.get("trial") == number
+                                                for m in ensemble.get("members", [])):
+        return []
+
+    def acc(value) -> str:
+        return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
+
+    members = ensemble["members"]
+    has_test = ensemble.get("test_accuracy") is not None
+    lines = [f"ensemble {ensemble.get('label')}: {len(members)} member(s), {ensemble.get('steps')} steps each"
+             + (", then trained on train + validation (the validation split no longer scores it)"
+                if ensemble.get("all_data") else "")
+             + f"; valid accuracy {acc(ensemble.get('valid_accuracy'))}"
+             + (f", test accuracy {acc(ensemble.get('test_accuracy'))}" if has_test else "") + ":"]
+    for i, m in enumerate(members, 1):
+        lines.append(f"  member {i}: trial #{m.get('trial')} seed {m.get('seed')}  valid {acc(m.get('valid_accuracy'))}"
+                     + (f"  test {acc(m.get('test_accuracy'))}" if has_test else "")
+                     + (f"  all-data steps {m.get('all_data_steps')}" if m.get("all_data_steps") else "")
+                     + ("  (this trial)" if m.get("trial") == number else ""))
+    lines.append(f"  artifacts in {ensemble.get('artifact_dir')}:")
+    lines += [f"  {name}  (id {artifact_id})" for name, artifact_id in ensemble.get("artifacts", {}).items()]
     return lines
 
 
@@ -118,3 +145,109 @@ def trial_json(trial: FrozenTrial) -> dict:
             "intermediate_values": {str(k): v for k, v in sorted(trial.intermediate_values.items())},
             "datetime_start": trial.datetime_start.isoformat() if trial.datetime_start else None,
             "datetime_complete": trial.datetime_complete.isoformat() if trial.datetime_complete else None}
+
+
+def reference_note(study: optuna.Study, best: FrozenTrial) -> str:
+    """What the best value means: the sample-code trial's own score in this study (the warm start runs it)
+    and the chance level, 1/speakers. E.g. ``sample-code trial #5: 0.3121; chance 1/32 = 0.031``."""
+    parts = []
+    sample = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("warm_start") == "sample-code"]
+    if sample:
+        t = sample[0]
+        parts.append(f"sample-code trial #{t.number}: " + (f"{t.value:.4f}" if t.state == TrialState.COMPLETE
+                                                            else t.user_attrs.get("ended", t.state.name.lower())))
+    speakers = (best.user_attrs.get("model_config") or {}).get("n_classes")
+    if speakers:
+        parts.append(f"chance 1/{speakers} = {1 / speakers:.3f}")
+    return "; ".join(parts)
+
+
+# ``search trials``: one row per trial, from Optuna's own records (the trial's state, value, datetimes,
+# sampled parameters and the user attributes the objective sets); nothing is kept anywhere else.
+TRIAL_COLUMNS = ("number", "state", "value", "ended", "parameters", "steps_per_second", "wall_seconds",
+                 "encoder", "d_model", "layers", "pooling", "loss", "lr")
+KEY_PARAMS = ("encoder", "d_model", "layers", "pooling", "loss", "lr")
+TRIAL_SORTS = ("number", "value", "duration")
+STATE_NAMES = tuple(s.name.lower() for s in STATES)
+
+
+def _seconds(trial: FrozenTrial) -> float | None:
+    """How long the trial took: its ``wall_seconds`` (training), else Optuna's start-to-end time, else
+    (running) the time since it started."""
+    wall = trial.user_attrs.get("wall_seconds")
+    if isinstance(wall, (int, float)):
+        return float(wall)
+    if trial.duration is not None:
+        return trial.duration.total_seconds()
+    if trial.datetime_start is not None:
+        import datetime
+
+        return (datetime.datetime.now() - trial.datetime_start).total_seconds()
+    return None
+
+
+def trial_rows(study: optuna.Study, sort: str = "number", states: tuple[str, ...] = ()) -> list[dict]:
+    """One dict per trial (``TRIAL_COLUMNS``), in the states given (all if none), sorted by ``sort``:
+    number (ascending), value (best first; trials without a value last) or duration (longest first)."""
+    wanted = tuple(TrialState[s.upper()] for s in states) or None
+    trials = study.get_trials(deepcopy=False, states=wanted)
+    maximize = len(study.directions) > 1 or study.direction == optuna.study.StudyDirection.MAXIMIZE
+    if sort == "value":
+        with_value = sorted((t for t in trials if t.value is not None), key=lambda t: (t.value, -t.number),
+                            reverse=maximize)
+        trials = with_value + [t for t in trials if t.value is None]
+    elif sort == "duration":
+        timed = sorted((t for t in trials if _seconds(t) is not None), key=lambda t: (-_seconds(t), t.number))
+        trials = timed + [t for t in trials if _seconds(t) is None]
+    else:
+        trials = sorted(trials, key=lambda t: t.number)
+    rows = []
+    for t in trials:
+        a, resolved = t.user_attrs, {**(t.user_attrs.get("train_config") or {}),
+                                     **(t.user_attrs.get("model_config") or {})}
+        row = {"number": t.number, "state": t.state.name.lower(),
+               "value": t.value if len(study.directions) == 1 else None,
+               "ended": a.get("ended"), "parameters": a.get("parameters"),
+               "steps_per_second": a.get("steps_per_second"), "wall_seconds": a.get("wall_seconds")}
+        for key in KEY_PARAMS:  # sampled; else the resolved configuration's (a trial run outside the space)
+            row[key] = t.params.get(key, resolved.get(key))
+        rows.append(row)
+    return rows
+
+
+def trials_lines(rows: list[dict], study_name: str, states: tuple[str, ...] = ()) -> list[str]:
+    """``search trials`` as a text table."""
+    if not rows:
+        return [f"study {study_name!r} has no trial" + (f" in state {', '.join(states)}" if states else "")]
+
+    def cell(key: str, value) -> str:
+        if value is None:
+            return "-"
+        if key == "value":
+            return f"{value:.4f}"
+        if key == "lr":
+            return f"{value:.2e}"
+        if key == "parameters":
+            return f"{value:,}"
+        if key == "wall_seconds":
+            return f"{value:.1f}"
+        return str(value)
+
+    heads = {"number": "#", "parameters": "size", "steps_per_second": "steps/s", "wall_seconds": "wall s"}
+    columns = [c for c in TRIAL_COLUMNS if c != "ended"] + ["ended"]  # the free text last
+    table = [[heads.get(c, c) for c in columns]] + [[cell(c, r[c]) for c in columns] for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    right = {"number", "value", "parameters", "steps_per_second", "wall_seconds", "d_model", "layers", "lr"}
+    return ["  ".join(v.rjust(w) if c in right else v.ljust(w) for c, v, w in zip(columns, line, widths)).rstrip()
+            for line in table]
+
+
+def trials_csv(rows: list[dict]) -> str:
+    import csv
+    import io
+
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(TRIAL_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import optuna
 import pytest
@@ -33,6 +34,9 @@ def test_run_then_finalize_writes_a_submission(tiny_dataset, workdir):
     assert result.exit_code == 0, result.output
     assert "trial 3/3" in result.output
     assert "best trial #" in result.output and "search finalize best --study s" in result.output
+    # the best score means something beside the sample code's own trial (warm start: #0) and chance (6 speakers)
+    best_line = next(line for line in result.output.splitlines() if line.startswith("best trial #"))
+    assert re.search(r"\(sample-code trial #0: (0\.\d{4}|pruned at step \d+); chance 1/6 = 0\.167\)$", best_line), best_line
     assert (workdir / "studies" / "s.db").exists()
 
     result = invoke("finalize", "best", "--study", "s", "--steps", "24", "--out", "sub/predictions.csv")
