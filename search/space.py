@@ -139,16 +139,35 @@ def _in_range(p: Param, value) -> bool:
     return p.low <= value <= p.high
 
 
-# Known configurations from ../shared/HW04.md, run first in a new study (warm start).
+# Known configurations from ../shared/HW04.md ("What scores what"), run first in a new study (warm start),
+# in the order of their published HW04 scores, best first: a search cut short has tried the strongest
+# known points first (bench/efficiency.py: with the sample code first, the default search needed 14 s of
+# its 100 s to pass the hand grid's best; the one-block Conformer alone gets there in one trial). The
+# sample code runs last: its score is the reference every study prints beside its best. Where a write-up
+# leaves a setting open (the d160 Conformer's heads and kernel), the space's middle value stands in.
 _COMMON = dict(dropout=0.1, loss="ce", label_smoothing=0.0, time_masks=0, freq_masks=0, lr=1e-3,
                weight_decay=0.01, batch_size=32, segment=128)
 KNOWN_CONFIGS = {
-    "sample-code": dict(encoder="transformer", d_model=80, nhead=2, layers=1, ffn=256, norm_first=False,
-                        pooling="mean", head="mlp", head_hidden=80, **_COMMON),
-    "medium-d512-h16": dict(encoder="transformer", d_model=512, nhead=16, layers=1, ffn=2048, norm_first=False,
-                            pooling="mean", head="mlp", head_hidden=1024, **_COMMON),
+    # ymc039: torchaudio-style Conformer, d 512, 16 heads, ffn 2048, 1 layer, mean pool, linear head: 0.961
+    "conformer-d512-h16-linear": dict(encoder="conformer", d_model=512, nhead=16, layers=1, ffn=2048,
+                                      conformer_kernel=31, subsampling=False, pooling="mean", head="linear",
+                                      **_COMMON),
+    # lordleeber: Conformer d 160, 2 layers, + self-attention pooling: 0.953 (full-length validation)
+    "conformer-d160-2layer-sap": dict(encoder="conformer", d_model=160, nhead=4, layers=2, ffn=512,
+                                      conformer_kernel=15, subsampling=False, pooling="sap", head="linear",
+                                      **_COMMON),
+    # Hoper-J: one Conformer block (d 512, 8 heads, kernel 31) with a single linear head: 0.951-0.955
     "conformer-1block-linear": dict(encoder="conformer", d_model=512, nhead=8, layers=1, ffn=2048,
                                     conformer_kernel=31, subsampling=False, pooling="mean", head="linear", **_COMMON),
+    # lordleeber: post-norm d 256 x 3 layers diverges at lr 1e-3; pre-norm fixes it: 0.95
+    "prenorm-d256-3layer": dict(encoder="transformer", d_model=256, nhead=4, layers=3, ffn=1024, norm_first=True,
+                                pooling="mean", head="linear", **_COMMON),
+    # Hoper-J: the partial grid's best, d_model 512, nhead 16, head 512-1024-600: 0.833
+    "medium-d512-h16": dict(encoder="transformer", d_model=512, nhead=16, layers=1, ffn=2048, norm_first=False,
+                            pooling="mean", head="mlp", head_hidden=1024, **_COMMON),
+    # the HW04 sample code as given: 0.657
+    "sample-code": dict(encoder="transformer", d_model=80, nhead=2, layers=1, ffn=256, norm_first=False,
+                        pooling="mean", head="mlp", head_hidden=80, **_COMMON),
 }
 
 

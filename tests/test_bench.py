@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from search.space import KNOWN_CONFIGS
+from search.train import TrainConfig
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -21,3 +24,47 @@ def test_bench_smoke_prints_every_measurement():
     ratios = [r["ratio"] for r in records if r["what"] == "steps_per_second_batch32"]
     assert len(ratios) == 2 and all(r > 0 for r in ratios)
     assert [r["workers"] for r in records if r["what"] == "trials_per_hour"] == [1, 2]
+
+
+def test_calibrate_smoke_prints_every_evaluation_and_a_summary_per_warm_start_config():
+    done = subprocess.run([sys.executable, "bench/calibrate.py", "--smoke"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    configs = list(KNOWN_CONFIGS)  # every warm-start configuration, in order
+    evals = [(r["config"], r["step"]) for r in records if r["what"] == "eval"]
+    assert evals == [(c, s) for c in configs for s in (2, 4)]
+    summaries = [r for r in records if r["what"] == "summary"]
+    assert [s["config"] for s in summaries] == configs
+    for s in summaries:
+        assert 0.0 <= s["final_accuracy"] <= s["best_accuracy"] <= 1.0 and s["rollbacks"] == []
+        assert s["recover_collapse"] and s["grad_clip"] == TrainConfig.grad_clip and s["steps_per_second"] > 0
+
+
+def test_efficiency_smoke_runs_every_arm_finalizes_their_picks_and_draws_the_figure(tmp_path):
+    """`bench/efficiency.py --smoke`: every arm runs on the same budget, each arm's pick is finalized and
+    scored on the test answers, the table and the self-contained plotly page are written."""
+    done = subprocess.run([sys.executable, "bench/efficiency.py", "--smoke", "--results", str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    arms = {r["arm"]: r for r in records if r["what"] == "arm"}
+    assert list(arms) == ["grid", "random", "tpe", "default", "asha", "default-v1"]
+    assert all(a["seconds"] == 5.0 and a["trials"] >= 1 for a in arms.values()), arms
+    # the grid is the hand grid (here: its variants inside the cpu profile), nothing else
+    trials = [r for r in records if r["what"] == "trial" and r["arm"] == "grid"]
+    assert trials and all(r["state"] in ("complete", "pruned") for r in trials)
+    finals = [r for r in records if r["what"] == "final"]
+    assert {f["arm"] for f in finals} == {name for name, a in arms.items() if a["best_params"]}
+    assert all(0.0 <= f["test"] <= 1.0 and f["test_utterances"] > 0 for f in finals)
+    summaries = [r for r in records if r["what"] == "summary"]
+    assert [s["arm"] for s in summaries] == list(arms)
+    assert "| arm | trials (complete) | s to the grid's final best |" in done.stdout
+    page = (tmp_path / "efficiency.html").read_text()
+    assert "plotly" in page and "grid seed 0" in page and "default seed 0" in page
+    # a second call finds every arm and final done: it reruns nothing and prints the same table
+    again = subprocess.run([sys.executable, "bench/efficiency.py", "--smoke", "--results", str(tmp_path)], cwd=ROOT,
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert '"what": "arm"' not in again.stdout and '"what": "final"' not in again.stdout
+    assert done.stdout.split("| arm |")[1] == again.stdout.split("| arm |")[1]
