@@ -29,7 +29,7 @@ command skips the (arm, seed) pairs and finals already done, so a session cut of
 on where it stopped; ``--stop-after`` keeps one call inside such a limit.
 
 GPU (BENCHMARKS.md):
-    python bench/efficiency.py --data /tmp/eff --seconds 90 --seeds 0,1 --results /tmp/eff-results
+    python bench/efficiency.py --data /tmp/eff --seconds 100 --seeds 0,1 --final-steps 10000 --results /tmp/eff-results
 CPU smoke mode (all arms on a tiny set in under a minute; the test suite runs it):
     python bench/efficiency.py --smoke
 """
@@ -58,7 +58,7 @@ from search.errors import TrainingDiverged  # noqa: E402
 from search.finalize import final_configs  # noqa: E402
 from search.objective import Objective, trial_seed  # noqa: E402
 from search.scoring import answer_key, read_rows  # noqa: E402
-from search.study import StudySettings, make_pruner, open_study  # noqa: E402
+from search.study import StudySettings, open_study  # noqa: E402
 from search.task import Task, load_task  # noqa: E402
 from search.train import TrainConfig, evaluate, predict, train  # noqa: E402
 
