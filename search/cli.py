@@ -410,10 +410,9 @@ def finalize(which, study_name, storage, data_dir, steps, out, device, checkpoin
              search finalize top --k 3 --study hw04 --all-data
     """
     from search.errors import UserError
-    from search.finalize import check_writable, finalize as run_finalize, pick_trial
+    from search.finalize import finalize as run_finalize, pick_trial
     from search.storage import default_url
-    from search.study import StudySettings, load_study
-    from search.task import load_task, resolve_device
+    from search.study import load_study
 
     if which != "top" and (k is not None or seeds):
         raise UserError(f"{'--k' if k is not None else '--seeds'} goes with `search finalize top`, not {which!r}")
@@ -423,15 +422,7 @@ def finalize(which, study_name, storage, data_dir, steps, out, device, checkpoin
         return _finalize_ensemble(study, which, k or 3, seeds, all_data, data_dir, steps, out, device,
                                   checkpoint_every, quiet)
     trial = pick_trial(study, which)
-    settings = StudySettings.from_attrs(study.user_attrs)
-    seed = settings.seed if settings else 0
-    folder = Path("studies") / study_name / "final"
-    out = out or Path("studies") / study_name / "predictions.csv"
-    check_writable(out, "--out")
-    echo = open_console(study_name, quiet)  # prints, and appends to studies/<study>/search.log
-    if settings and data_dir is None and settings.data != "embedded":
-        data_dir = Path(settings.data)  # the study's own data unless told otherwise
-    task = load_task(data_dir, seed, resolve_device(device), progress=echo.data_progress("preparing data"))
+    seed, folder, out, echo, task = _final_setup(study, data_dir, device, out, quiet)
     echo(f"finalizing trial #{trial.number} of {study_name!r} (valid accuracy {trial.value:.4f} in the search): "
                f"{steps} steps on {task.device}")
 
@@ -452,11 +443,40 @@ def finalize(which, study_name, storage, data_dir, steps, out, device, checkpoin
     if result.resumed_from_step is not None:
         echo(f"resumed from the checkpoint at step {result.resumed_from_step} of an earlier finalize")
     echo(f"valid accuracy {result.valid_accuracy:.4f} (best at step {result.best_step})")
+    _echo_test_accuracy(echo, result)
+    echo(f"model saved to {result.model_path}")
+    echo(f"predictions written to {result.predictions_path}")
+    _echo_artifacts(echo, result, study_name)
+
+
+def _final_setup(study, data_dir, device, out, quiet):
+    """What every finalize needs: the study's seed, the final folder, the checked --out, the console (it
+    prints and appends to studies/<study>/search.log) and the data on the device (the study's own data unless
+    --data says otherwise)."""
+    from search.finalize import check_writable
+    from search.study import StudySettings
+    from search.task import load_task, resolve_device
+
+    study_name = study.study_name
+    settings = StudySettings.from_attrs(study.user_attrs)
+    seed = settings.seed if settings else 0
+    folder = Path("studies") / study_name / "final"
+    out = out or Path("studies") / study_name / "predictions.csv"
+    check_writable(out, "--out")
+    echo = open_console(study_name, quiet)
+    if settings and data_dir is None and settings.data != "embedded":
+        data_dir = Path(settings.data)
+    task = load_task(data_dir, seed, resolve_device(device), progress=echo.data_progress("preparing data"))
+    return seed, folder, out, echo, task
+
+
+def _echo_test_accuracy(echo, result) -> None:
     if result.test_accuracy is not None:
         echo(f"test accuracy {result.test_accuracy:.4f} on {result.test_utterances:,} utterances "
              f"({result.answers.name}: {result.answers})")
-    echo(f"model saved to {result.model_path}")
-    echo(f"predictions written to {result.predictions_path}")
+
+
+def _echo_artifacts(echo, result, study_name: str) -> None:
     if result.artifacts:
         echo(f"artifacts (served by `search dashboard --study {study_name}`, study page): "
              + ", ".join(result.artifacts) + f" in studies/{study_name}/artifacts")
@@ -465,13 +485,12 @@ def finalize(which, study_name, storage, data_dir, steps, out, device, checkpoin
 def _finalize_ensemble(study, which, k, seeds, all_data, data_dir, steps, out, device, checkpoint_every, quiet):
     """`search finalize top --k K [--seeds] [--all-data]` and `search finalize best|N --all-data`."""
     from search import ensemble
-    from search.finalize import check_writable, pick_trial
+    from search.finalize import pick_trial
     from search.study import StudySettings
-    from search.task import load_task, resolve_device
 
     study_name = study.study_name
     settings = StudySettings.from_attrs(study.user_attrs)
-    seed = settings.seed if settings else 0
+    seed = settings.seed if settings else 0  # pick_top seeds the members with it
     if which == "top":
         members = ensemble.pick_top(study, k, seeds, seed)
         label = (f"trial{members[0].trial.number}-seeds{k}" if seeds else f"top{k}") + ("-all-data" if all_data else "")
@@ -480,13 +499,7 @@ def _finalize_ensemble(study, which, k, seeds, all_data, data_dir, steps, out, d
     else:
         members = ensemble.single(pick_trial(study, which), seed)
         label, what = f"trial{members[0].trial.number}-all-data", f"trial #{members[0].trial.number}"
-    folder = Path("studies") / study_name / "final"
-    out = out or Path("studies") / study_name / "predictions.csv"
-    check_writable(out, "--out")
-    echo = open_console(study_name, quiet)
-    if settings and data_dir is None and settings.data != "embedded":
-        data_dir = Path(settings.data)
-    task = load_task(data_dir, seed, resolve_device(device), progress=echo.data_progress("preparing data"))
+    seed, folder, out, echo, task = _final_setup(study, data_dir, device, out, quiet)
     echo(f"finalizing {what} of {study_name!r}: {steps} steps each on {task.device}"
          + ("; then each again on train + validation for its best step count" if all_data else ""))
 
@@ -509,14 +522,10 @@ def _finalize_ensemble(study, which, k, seeds, all_data, data_dir, steps, out, d
     if all_data:
         echo("--all-data: the predictions come from models trained on train + validation for the step count "
              "their validation run chose; the validation split no longer scores them (valid above: the validation runs)")
-    if result.test_accuracy is not None:
-        echo(f"test accuracy {result.test_accuracy:.4f} on {result.test_utterances:,} utterances "
-             f"({result.answers.name}: {result.answers})")
+    _echo_test_accuracy(echo, result)
     echo(f"members and config saved in {result.folder}")
     echo(f"predictions written to {result.predictions_path}")
-    if result.artifacts:
-        echo(f"artifacts (served by `search dashboard --study {study_name}`, study page): "
-             + ", ".join(result.artifacts) + f" in studies/{study_name}/artifacts")
+    _echo_artifacts(echo, result, study_name)
 
 
 @main.command()
