@@ -4,8 +4,12 @@ Prints one JSON object per measurement (and a summary table at the end):
 1. steps/s at batch 32, sample loop vs our trainer, for d_model 80 / 2 heads and 512 / 16 heads;
 2. segments/s of our trainer at its best batch size against the sample loop's;
 3. trials per GPU-hour through ``search run`` (sample-model trials of --trial-steps steps, with full-length
-   validation of the whole validation split at each evaluation), with K = 1, 2, 4 workers on one GPU;
-4. GPU memory of the bank and of a training step; packing time and the packing process's peak host memory.
+   validation of the whole validation split at each evaluation), with K = 1, 2, 4, 8 workers on one GPU, with
+   and without an MPS daemon (``--mps off,on``; search/mps.py), and validation's share of those trials;
+4. validation's share of a sample-model trial, before and after issue 12 (``--eval-schedules``): the old grid
+   of 8 evaluations with the old per-batch evaluation, against the pruner's rungs (or, without pruning, the
+   learning curve's points) with the bucketed evaluation (search/schedule.py, search/train.py EvalBatches);
+5. GPU memory of the bank and of a training step; packing time and the packing process's peak host memory.
 
 GPU (writes the numbers for BENCHMARKS.md):
     python bench/bench.py --data /path/to/hw04-scale-synth --device cuda
@@ -25,18 +29,22 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 from bench.sample_loop import time_sample_loop  # noqa: E402
 from data.bank import cache_folder as bank_folder, pack  # noqa: E402
 from data.hw04 import read_layout  # noqa: E402
 from model import ModelConfig  # noqa: E402
+from search import mps, schedule  # noqa: E402
 from search.task import load_task  # noqa: E402
-from search.train import TrainConfig, train  # noqa: E402
+from search.train import EvalBatches, TrainConfig, _autocast, train  # noqa: E402
 
 
 def emit(results: list, **record) -> None:
@@ -81,13 +89,44 @@ def trainer_rate(task, d_model: int, nhead: int, batch: int, steps: int, cuda_gr
             "segments_per_second": result.steps_per_second * batch, "step_peak_mib": peak}
 
 
-def trials_per_hour(data_dir: str, workers: int, trials: int, trial_steps: int, device: str, workdir: Path) -> dict:
-    """Wall time of ``search run`` adding ``trials`` sample-code trials with ``workers`` processes."""
+def _gpu_index(device: str) -> int:
+    return int(device.split(":")[1]) if ":" in device else 0
+
+
+@contextmanager
+def mps_mode(mode: str, device: str):
+    """An MPS daemon for the duration (``on``, search/mps.py: started, or the one running), or none that the
+    runs inside would reach (``off``); yields the status line."""
+    if not device.startswith("cuda"):
+        yield "MPS: off (not on a GPU)"
+    elif mode == "on":
+        with mps.mps_session([_gpu_index(device)]) as status:
+            yield status
+    else:
+        with mps.bypassed() as note:
+            yield "MPS: off" + note
+
+
+@lru_cache(maxsize=None)
+def _run_has_option(option: str) -> bool:
+    done = subprocess.run([sys.executable, "-m", "search.cli", "run", "--help"], capture_output=True, text=True,
+                          cwd=ROOT, env=_env())
+    return option in done.stdout
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+
+def trials_per_hour(data_dir: str, workers: int, trials: int, trial_steps: int, device: str, workdir: Path,
+                    mps_wanted: str = "off") -> dict:
+    """Wall time of ``search run`` adding ``trials`` sample-code trials with ``workers`` processes, inside
+    ``mps_mode(mps_wanted)`` (``search run`` uses a running daemon, and ``--no-mps`` keeps off one)."""
     import optuna
 
     from search.space import KNOWN_CONFIGS
 
-    study_name = f"bench-k{workers}"
+    study_name = f"bench-k{workers}-mps-{mps_wanted}"
     storage = f"sqlite:///{workdir}/studies/{study_name}.db"
     (workdir / "studies").mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize")
@@ -98,10 +137,12 @@ def trials_per_hour(data_dir: str, workers: int, trials: int, trial_steps: int, 
                "--no-warm-start", "--no-pruning", "--space", "full"]
     # --no-pruning: every trial runs its 2,000 steps (Hyperband would stop most of these identical trials)
     command += ["--workers-per-gpu", str(workers)] if device.startswith("cuda") else ["--workers", str(workers)]
-    started = time.perf_counter()
-    completed = subprocess.run(command, cwd=workdir, capture_output=True, text=True,
-                               env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH")]))})
-    wall = time.perf_counter() - started
+    with mps_mode(mps_wanted, device) as mps_status:
+        if mps_wanted == "off" and device.startswith("cuda") and _run_has_option("--no-mps"):
+            command.append("--no-mps")
+        started = time.perf_counter()
+        completed = subprocess.run(command, cwd=workdir, capture_output=True, text=True, env=_env())
+        wall = time.perf_counter() - started
     if completed.returncode != 0:
         raise RuntimeError(f"search run failed:\n{completed.stdout[-2000:]}\n{completed.stderr[-2000:]}")
     finished = [t for t in optuna.load_study(study_name=study_name, storage=storage).trials if t.state.is_finished()]
@@ -109,10 +150,101 @@ def trials_per_hour(data_dir: str, workers: int, trials: int, trial_steps: int, 
     # (leaves out process start, data loading and the first trial's warm-up, which a long search amortises).
     ends = sorted(t.datetime_complete.timestamp() for t in finished)
     steady = (len(ends) - workers) / (ends[-1] - ends[workers - 1]) * 3600 if len(ends) > workers else None
-    return {"workers": workers, "trials": len(finished), "wall_seconds": wall,
-            "trials_per_hour": len(finished) / wall * 3600, "steady_trials_per_hour": steady,
+    timed = [t for t in finished if "eval_seconds" in t.user_attrs and t.user_attrs.get("wall_seconds")]
+    return {"workers": workers, "mps": mps_wanted, "mps_status": mps_status, "trials": len(finished),
+            "wall_seconds": wall, "trials_per_hour": len(finished) / wall * 3600, "steady_trials_per_hour": steady,
             "mean_trial_seconds": sum(t.user_attrs.get("wall_seconds", 0) for t in finished) / max(1, len(finished)),
+            # validation's share of the trials' own wall time (evaluations, against everything a trial does)
+            "eval_share": (sum(t.user_attrs["eval_seconds"] for t in timed)
+                           / sum(t.user_attrs["wall_seconds"] for t in timed)) if timed else None,
+            "evaluations_per_trial": len(next(iter(timed)).intermediate_values) if timed else None,
             "cuda_graph_trials": sum(bool(t.user_attrs.get("cuda_graph")) for t in finished)}
+
+
+@torch.no_grad()
+def evaluate_before(model, bank, ids: torch.Tensor, max_frames: int = 1 << 16) -> float:
+    """The full-length evaluation before issue 12, kept here to measure against: per evaluation the lengths
+    copied to the host and sorted; per batch its longest length read back from the device (a host sync), the
+    batch padded to exactly that (a new shape each time), its slot indices built in Python and copied across."""
+    was_training = model.training
+    model.eval()
+    device = bank.device
+    position = {int(u): i for i, u in enumerate(ids.tolist())}
+    predictions = torch.empty(len(ids), dtype=torch.long, device=device)
+    host_ids = ids.cpu()
+    lengths = bank.lengths.cpu()[host_ids]
+    order = torch.argsort(lengths, descending=True, stable=True)
+    start = 0
+    try:
+        while start < len(order):
+            size = max(1, max_frames // int(lengths[order[start]]))
+            batch = host_ids[order[start:start + size]].to(device)
+            longest = int(bank.lengths[batch].max())
+            x, mask = bank.gather(batch, torch.zeros_like(batch), longest)
+            with _autocast(device):
+                logits = model(x, mask)
+            slots = torch.tensor([position[int(u)] for u in batch.tolist()], device=device)
+            predictions[slots] = logits.argmax(-1)
+            start += size
+    finally:
+        model.train(was_training)
+    return float((predictions == bank.labels[ids]).sum()) / max(1, len(ids))
+
+
+def _median_seconds(fn, device: torch.device, repeats: int) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` calls after one untimed call, the device synchronized."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    return sorted(times)[len(times) // 2]
+
+
+EVAL_SCHEDULES = ("grid", "rungs", "curve")
+
+
+def evaluation_share(task, trial_steps: int, schedules: list[str], repeats: int, results: list) -> None:
+    """Validation's share of a sample-model trial of ``trial_steps`` steps, before and after issue 12.
+
+    One trial's training is timed (steps/s, CUDA graph capture included, no evaluation), and one evaluation of
+    the whole validation split, the old way and the new (median of ``repeats``). Per schedule: ``grid`` is
+    before (8 evaluations, the old evaluation), ``rungs`` a trial of a pruned study (Hyperband's rungs and the
+    end, the new evaluation), ``curve`` one of an unpruned study (what the trials/hour part runs).
+    """
+    from search.space import KNOWN_CONFIGS, build_configs
+    from search.study import StudySettings, make_pruner
+
+    device = task.device
+    model_cfg, cfg = build_configs(KNOWN_CONFIGS["sample-code"], task.bank.n_mels, task.bank.n_speakers, trial_steps,
+                                   seed=0, eval_steps=(trial_steps,))
+    result = train(model_cfg, cfg, task)
+    train_seconds = trial_steps / result.steps_per_second
+    model, ids = result.model, task.valid_ids
+    plan = EvalBatches(task.bank, ids, cfg.eval_max_frames)  # train() plans once per trial, so here too
+    before = _median_seconds(lambda: evaluate_before(model, task.bank, ids, cfg.eval_max_frames), device, repeats)
+    after = _median_seconds(lambda: plan.accuracy(model), device, repeats)
+    emit(results, what="evaluation_cost", valid_utterances=len(ids), eval_ms_before=round(before * 1000, 2),
+         eval_ms_after=round(after * 1000, 2), speedup=round(before / after, 2),
+         accuracy_before=evaluate_before(model, task.bank, ids, cfg.eval_max_frames),
+         accuracy_after=plan.accuracy(model), batches_after=len(plan.batches),
+         shapes_after=len({(len(b), t) for b, _, _, t, _ in plan.batches}))
+    settings = StudySettings(budget=trial_steps, eval_every=schedule.min_resource(trial_steps), data="", seed=0,
+                             profile="full")
+    steps = {"grid": (schedule.periodic_steps(trial_steps, schedule.min_resource(trial_steps)), before),
+             "rungs": (schedule.trial_steps(trial_steps, make_pruner(settings)), after),
+             "curve": (schedule.trial_steps(trial_steps, None), after)}
+    for name in schedules:
+        at, per = steps[name]
+        eval_seconds = len(at) * per
+        emit(results, what="evaluation", schedule=name, trial_steps=trial_steps, evaluations=len(at), steps=at,
+             eval_ms=round(per * 1000, 2), eval_seconds=round(eval_seconds, 4), train_seconds=round(train_seconds, 4),
+             share=round(eval_seconds / (eval_seconds + train_seconds), 4))
 
 
 def main() -> None:
@@ -123,15 +255,23 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1500, help="timed steps per steps/s measurement")
     parser.add_argument("--trial-steps", type=int, default=2000, help="steps of a trial for trials/hour")
     parser.add_argument("--batches", default="32,128,512,1024,2048", help="batch sizes for segments/s")
-    parser.add_argument("--workers", default="1,2,4", help="worker counts for trials/hour")
+    parser.add_argument("--workers", default="1,2,4,8", help="worker counts for trials/hour")
     parser.add_argument("--trials-per-worker", type=int, default=4)
-    parser.add_argument("--skip", default="", help="comma list of parts to skip: packing, sample (the sample loop), rates (steps/s and segments/s), trials")
+    parser.add_argument("--mps", default=None,
+                        help="comma list, for trials/hour: off (no MPS daemon reachable), on (one running, started "
+                             "if need be) [default: off,on on a GPU, off on the CPU]")
+    parser.add_argument("--eval-schedules", default=",".join(EVAL_SCHEDULES),
+                        help="comma list, for validation's share of a trial: grid (before: 8 evaluations, the old "
+                             "evaluation), rungs (Hyperband's rungs and the end), curve (no pruning: 4 points)")
+    parser.add_argument("--eval-repeats", type=int, default=10, help="timed evaluations, old and new, for their cost")
+    parser.add_argument("--skip", default="", help="comma list of parts to skip: packing, sample (the sample loop), "
+                        "rates (steps/s and segments/s), evaluation (validation's share), trials")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     tmp = Path(tempfile.mkdtemp(prefix="bench-"))
     if args.smoke:
         args.device, args.steps, args.trial_steps, args.batches = "cpu", 6, 8, "8,16"
-        args.workers, args.trials_per_worker = "1,2", 1
+        args.workers, args.trials_per_worker, args.eval_repeats = "1,2", 1, 2
         if args.data is None:
             from data.synth import synthesize
 
@@ -139,6 +279,11 @@ def main() -> None:
             synthesize(args.data, speakers=4, utterances_per_speaker=12, length_scale=0.2, seed=0)
     if args.data is None:
         parser.error("--data is required outside --smoke")
+    mps_modes = (args.mps or ("off,on" if args.device.startswith("cuda") else "off")).split(",")
+    schedules = args.eval_schedules.split(",")
+    for value, allowed, option in ((mps_modes, ("off", "on"), "--mps"), (schedules, EVAL_SCHEDULES, "--eval-schedules")):
+        if not set(value) <= set(allowed):
+            parser.error(f"{option} {','.join(value)}: expected a comma list of {', '.join(allowed)}")
     results: list = []
     device = torch.device(args.device)
     emit(results, what="environment", device=torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
@@ -186,6 +331,9 @@ def main() -> None:
         emit(results, what="best_segments_per_second", batch=best[0], ours=round(best[1]),
              sample=round(sample_steps * 32), ratio=round(best[1] / (sample_steps * 32), 1))
 
+    if "evaluation" not in skip:
+        evaluation_share(task, args.trial_steps, schedules, args.eval_repeats, results)
+
     if "trials" not in skip:
         del task
         from search import task as task_module
@@ -193,13 +341,18 @@ def main() -> None:
         task_module._TASKS.clear()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        base = None
-        for workers in map(int, args.workers.split(",")):
-            rate = trials_per_hour(args.data, workers, workers * args.trials_per_worker, args.trial_steps,
-                                   args.device, tmp / f"k{workers}")
-            base = base or rate["trials_per_hour"]
-            emit(results, what="trials_per_hour", trial_steps=args.trial_steps, **{k: round(v, 1) if isinstance(v, float) else v for k, v in rate.items()},
-                 speedup_vs_one_worker=round(rate["trials_per_hour"] / base, 2))
+        base = base_steady = None  # one worker without MPS (the first measured), the reference for speed-ups
+        for mode in mps_modes:
+            for workers in map(int, args.workers.split(",")):
+                rate = trials_per_hour(args.data, workers, workers * args.trials_per_worker, args.trial_steps,
+                                       args.device, tmp / f"k{workers}-mps-{mode}", mode)
+                base = base or rate["trials_per_hour"]
+                base_steady = base_steady or rate["steady_trials_per_hour"]
+                emit(results, what="trials_per_hour", trial_steps=args.trial_steps,
+                     **{k: round(v, 4 if k == "eval_share" else 1) if isinstance(v, float) else v for k, v in rate.items()},
+                     speedup_vs_one_worker=round(rate["trials_per_hour"] / base, 2),
+                     steady_speedup_vs_one_worker=round(rate["steady_trials_per_hour"] / base_steady, 2)
+                     if rate["steady_trials_per_hour"] and base_steady else None)
     shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -30,7 +30,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from search.space import KNOWN_CONFIGS, build_configs  # noqa: E402
+from search.finalize import final_configs  # noqa: E402
+from search.space import KNOWN_CONFIGS  # noqa: E402
 from search.task import load_task  # noqa: E402
 from search.train import TrainConfig, train  # noqa: E402
 
@@ -40,15 +41,19 @@ def emit(**record) -> None:
 
 
 def calibrate(name: str, task, steps: int, eval_every: int, seed: int, recover: bool, grad_clip: float | None,
-              lr: float | None, overrides: dict | None = None) -> dict:
+              lr: float | None, overrides: dict | None = None, cuda_graph: bool = True,
+              precision: str | None = None) -> dict:
     params = {**KNOWN_CONFIGS[name], **(overrides or {})}
     if lr is not None:
         params["lr"] = lr
-    model_cfg, cfg = build_configs(params, task.bank.n_mels, task.bank.n_speakers, steps, seed, eval_every=eval_every)
-    cfg.warmup_steps = max(1, min(1000, steps // 10))  # as search/finalize.py
+    model_cfg, cfg = final_configs(params, task, steps, seed)  # exactly what finalize trains, then the overrides
+    cfg.eval_every = eval_every
     cfg.recover_collapse = recover
+    cfg.cuda_graph = cuda_graph
     if grad_clip is not None:
         cfg.grad_clip = grad_clip
+    if precision is not None:
+        cfg.precision = precision
 
     def on_eval(step: int, metrics: dict) -> None:
         emit(what="eval", config=name, **{k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
@@ -64,7 +69,7 @@ def calibrate(name: str, task, steps: int, eval_every: int, seed: int, recover: 
                # what the issue saw: the run ends far below its own best (a collapse nothing undid)
                "collapsed_at_end": final < 0.5 * result.best_accuracy,
                "steps_per_second": round(result.steps_per_second, 1), "seconds": round(seconds, 1),
-               "cuda_graph": result.cuda_graph}
+               "cuda_graph": result.cuda_graph, "seed": seed, "precision": cfg.precision}
     emit(**summary)
     return summary
 
@@ -82,6 +87,9 @@ def main() -> None:
     parser.add_argument("--grad-clip", type=float, default=None,
                         help=f"gradient-norm clip, 0 for none [default: TrainConfig's, {TrainConfig.grad_clip}]")
     parser.add_argument("--no-recover", action="store_true", help="no collapse detection / rollback (issue 11's runs)")
+    parser.add_argument("--precision", choices=["bf16", "tf32", "fp32"], default=None,
+                        help="training precision on CUDA [default: finalize's]; bf16 is the search trials'")
+    parser.add_argument("--eager", action="store_true", help="no CUDA graph (to tell a graph-replay problem)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on CPU, to check the script runs")
     args = parser.parse_args()
     if args.smoke:
@@ -105,7 +113,7 @@ def main() -> None:
          valid=len(task.valid_ids), date=time.strftime("%Y-%m-%d"))
     smaller = {"batch_size": 4, "segment": 64} if args.smoke else None  # the d512 models take seconds a step on a CPU
     summaries = [calibrate(name, task, args.steps, eval_every, args.seed, not args.no_recover, args.grad_clip, args.lr,
-                           smaller) for name in names]
+                           smaller, cuda_graph=not args.eager, precision=args.precision) for name in names]
     print(f"\n{'config':<26}{'final':>8}{'best':>8}{'best step':>11}{'rollbacks':>11}{'seconds':>9}")
     for s in summaries:
         print(f"{s['config']:<26}{s['final_accuracy']:>8.4f}{s['best_accuracy']:>8.4f}{s['best_step']:>11}"

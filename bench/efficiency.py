@@ -131,7 +131,7 @@ def run_arm(letter: str, seed: int, task: Task, settings: StudySettings, seconds
     db.unlink(missing_ok=True)  # an arm cut off half-way starts over: its clock must start at zero
     url = f"sqlite:///{db}"
     if arm.sampler is None:  # exactly the study `search run` opens
-        study, settings, _ = open_study(study_name, url, settings, budget_given=True, warm_start=arm.warm_start)
+        study, settings, _ = open_study(study_name, url, settings, warm_start=arm.warm_start)
         for params in arm.enqueue or []:
             study.enqueue_trial(params)
     else:

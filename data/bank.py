@@ -147,11 +147,15 @@ class FeatureBank:
         return batches
 
 
-def cache_folder(layout: Layout, cache_root: Path | None) -> Path:
+def cache_folder(layout: Layout, cache_root: Path | None, readonly_cache: Path | None = None) -> Path:
+    """Where the bank of ``layout`` lives: under ``cache_root`` when given; else beside the data (``.bank/``)
+    when its folder is writable, else under ``readonly_cache`` (the caller's cache folder)."""
     beside = layout.root / ".bank"
     if cache_root is None and os.access(layout.root, os.W_OK):
         return beside
-    root = cache_root or Path("studies") / ".cache"
+    root = cache_root or readonly_cache
+    if root is None:
+        raise DataError(f"{layout.root}: the folder is read-only and no cache folder was given for its feature bank")
     return root / ("bank-" + hashlib.sha256(str(layout.root.resolve()).encode()).hexdigest()[:12])
 
 
@@ -190,11 +194,11 @@ def pack(layout: Layout, folder: Path, progress: Callable[[int, int], None] | No
 
 def open_bank(root: str | Path, cache_root: Path | None = None,
               progress: Callable[[int, int], None] | None = None,
-              notice: Callable[[str], None] | None = None) -> FeatureBank:
+              notice: Callable[[str], None] | None = None, readonly_cache: Path | None = None) -> FeatureBank:
     """Validate the HW04 folder ``root``, pack it if its bank is missing, stale or damaged (saying so through
-    ``notice``, stderr by default), and load it (CPU)."""
+    ``notice``, stderr by default), and load it (CPU). The bank is kept where ``cache_folder`` says."""
     layout = read_layout(root)
-    folder = cache_folder(layout, cache_root)
+    folder = cache_folder(layout, cache_root, readonly_cache)
     want = fingerprint(layout)
     bank, why = _load_packed(folder, layout, want)
     if bank is None:

@@ -6,11 +6,13 @@ Padding never changes the output: the encoder masks attention, pooling averages 
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import nn
 
 from model.config import ModelConfig
-from model.registry import ENCODERS, LOSSES, POOLINGS
+from model.registry import ENCODERS, HEADS, LOSSES, POOLINGS
 
 
 class SpecAugment(nn.Module):
@@ -49,21 +51,20 @@ class SpecAugment(nn.Module):
 
 
 class Classifier(nn.Module):
+    """The components named by ``cfg``, built in a fixed order (so a seed gives the same weights).
+
+    Build it with ``build_model``, which checks the configuration first.
+    """
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        cfg.validate()
         self.cfg = cfg
         self.augment = SpecAugment(cfg)
         self.prenet = nn.Linear(cfg.n_mels, cfg.d_model)
         self.encoder = ENCODERS.build(cfg.encoder, cfg)
         self.pooling = POOLINGS.build(cfg.pooling, cfg, cfg.d_model)
-        if cfg.head == "mlp":
-            self.head = nn.Sequential(nn.Linear(self.pooling.out_dim, cfg.head_hidden), nn.Sigmoid())
-            emb_dim = cfg.head_hidden
-        else:
-            self.head = nn.Identity()
-            emb_dim = self.pooling.out_dim
-        self.classify = LOSSES.build(cfg.loss, cfg, emb_dim)
+        self.head = HEADS.build(cfg.head, cfg, self.pooling.out_dim)
+        self.classify = LOSSES.build(cfg.loss, cfg, self.head.out_dim)
 
     def embed(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, T, n_mels), (B, T) -> utterance embedding (B, emb_dim)."""
@@ -80,7 +81,33 @@ class Classifier(nn.Module):
         return self.classify.loss(self.embed(x, mask), labels, margin_scale)
 
 
+# Sizes every model uses, whatever its components; a component's own sizes are checked where it is built.
+_POSITIVE_INTS = ("n_mels", "n_classes", "d_model", "nhead", "layers", "ffn")
+
+
+def validate(cfg: ModelConfig) -> None:
+    """Raise one ValueError naming the first field of ``cfg`` that can't make a model.
+
+    Checked here, before any layer is built, so a bad warm-start or enqueued configuration fails its trial
+    with a sentence instead of a shape error from inside torch.
+    """
+    for name in _POSITIVE_INTS:
+        value = getattr(cfg, name)
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if cfg.d_model % cfg.nhead:
+        raise ValueError(f"nhead {cfg.nhead} must divide d_model {cfg.d_model}")
+    if not (isinstance(cfg.dropout, numbers.Real) and 0.0 <= cfg.dropout <= 1.0):
+        raise ValueError(f"dropout must be a number from 0 to 1, got {cfg.dropout!r}")
+    ENCODERS.check(cfg.encoder)
+    POOLINGS.check(cfg.pooling)
+    LOSSES.check(cfg.loss)
+    HEADS.check(cfg.head)
+
+
 def build_model(cfg: ModelConfig) -> Classifier:
+    """The classifier ``cfg`` describes; ValueError naming the field when ``cfg`` is not valid."""
+    validate(cfg)
     return Classifier(cfg)
 
 

@@ -1,4 +1,7 @@
-"""The model configuration: one plain dataclass, defaults equal to the HW04 sample code's model."""
+"""The model configuration: one plain dataclass, defaults equal to the HW04 sample code's model.
+
+Plain data that knows no component: ``model.build_model`` checks it against the registries.
+"""
 
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ class ModelConfig:
     pooling: str = "mean"  # name in model.registry.POOLINGS
     pool_hidden: int = 128  # hidden width of the sap / asp attention scorers (ECAPA-TDNN: 128)
     # --- head: pooled vector -> embedding ---
-    head: str = "mlp"  # "mlp": Linear -> Sigmoid (the sample's); "linear": the pooled vector itself
+    head: str = "mlp"  # name in model.registry.HEADS: "mlp" (the sample's) or "linear" (no layer)
     head_hidden: int = 80  # width of the mlp head's hidden layer (sample code: d_model)
     # --- classification layer and loss: embedding -> logits ---
     loss: str = "ce"  # name in model.registry.LOSSES
@@ -48,14 +51,3 @@ class ModelConfig:
         """Build from a dict, ignoring keys this version does not know (older or newer studies)."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
-
-    def validate(self) -> None:
-        from model.registry import ENCODERS, LOSSES, POOLINGS  # late: registries import this module
-
-        if self.d_model % self.nhead:
-            raise ValueError(f"nhead {self.nhead} must divide d_model {self.d_model}")
-        ENCODERS.check(self.encoder)
-        POOLINGS.check(self.pooling)
-        LOSSES.check(self.loss)
-        if self.head not in ("linear", "mlp"):
-            raise ValueError(f"unknown head {self.head!r}; choose from linear, mlp")

@@ -1,7 +1,8 @@
 """Encoders: (B, T, d_model) frames and a (B, T) bool mask (True = real frame) -> encoded frames.
 
 Every encoder is batch-first and masks padding, so padded frames never change the real frames' outputs.
-An encoder that shortens time (subsampling) returns the shortened mask with its output.
+An encoder that shortens time (subsampling) returns the shortened mask with its output. The contract is
+``model.base.Encoder``.
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.base import Encoder
 from model.config import ModelConfig
 from model.registry import ENCODERS
 
 
 @ENCODERS.register("transformer")
-class TransformerEncoder(nn.Module):
+class TransformerEncoder(Encoder):
     """The sample code's encoder made correct: batch-first, with a key padding mask; optional pre-norm.
 
     No positional encoding, like the sample: with mean pooling the order of frames matters only through
@@ -217,7 +219,7 @@ class Conv2dSubsampling4(nn.Module):
 
 
 @ENCODERS.register("conformer")
-class ConformerEncoder(nn.Module):
+class ConformerEncoder(Encoder):
     """Conformer encoder (Gulati et al., 2020): optional conv2d 4x subsampling, then cfg.layers blocks.
 
     Each block: macaron half-step feed-forward, multi-head self-attention with Shaw et al. relative

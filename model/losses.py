@@ -1,24 +1,26 @@
 """Classification layers with their losses: embedding (B, e) -> logits (B, n_classes).
 
-Contract: ``forward(emb)`` gives the logits used for prediction; ``loss(emb, labels, margin_scale)``
-gives (loss, logits) for training, where ``margin_scale`` in [0, 1] lets margin losses warm their
-margin up from 0 (the trainer passes the schedule's value; plain cross-entropy ignores it).
+The contract is ``model.base.Loss``: ``forward(emb)`` gives the logits used for prediction;
+``loss(emb, labels, margin_scale)`` gives (loss, logits) for training, where ``margin_scale`` in [0, 1]
+lets margin losses warm their margin up from 0 (plain cross-entropy ignores it).
 """
 
 from __future__ import annotations
 
+import abc
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.base import Loss
 from model.config import ModelConfig
 from model.registry import LOSSES
 
 
 @LOSSES.register("ce")
-class SoftmaxCrossEntropy(nn.Module):
+class SoftmaxCrossEntropy(Loss):
     """A linear layer and softmax cross-entropy, with optional label smoothing."""
 
     def __init__(self, cfg: ModelConfig, emb_dim: int) -> None:
@@ -34,7 +36,7 @@ class SoftmaxCrossEntropy(nn.Module):
         return F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing), logits
 
 
-class _CosineClassifier(nn.Module):
+class _CosineClassifier(Loss):
     """Shared part of the margin losses: class weights W (n_classes, e) and scaled cosine logits.
 
     ``cosine(emb)`` = normalise(emb) @ normalise(W)^T, (B, n_classes), always in float32 with autocast off:
@@ -58,9 +60,9 @@ class _CosineClassifier(nn.Module):
     def forward(self, emb: torch.Tensor) -> torch.Tensor:
         return self.scale * self.cosine(emb)
 
+    @abc.abstractmethod
     def target_logit(self, cos: torch.Tensor, margin: float) -> torch.Tensor:
-        """cos (B,) of the target class -> its margin-penalised cosine (before scaling)."""
-        raise NotImplementedError
+        """cos of the target class (elementwise, any shape) -> its margin-penalised cosine (before scaling)."""
 
     def loss(self, emb: torch.Tensor, labels: torch.Tensor, margin_scale: float = 1.0):
         cos = self.cosine(emb)  # (B, C)

@@ -1,10 +1,14 @@
-"""Pooling over time: (B, T, d) frames and a (B, T) mask -> (B, out_dim), ignoring padded frames."""
+"""Pooling over time: (B, T, d) frames and a (B, T) mask -> (B, out_dim), ignoring padded frames.
+
+The contract is ``model.base.Pooling``.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from model.base import Pooling
 from model.config import ModelConfig
 from model.registry import POOLINGS
 
@@ -16,7 +20,7 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 @POOLINGS.register("mean")
-class MeanPooling(nn.Module):
+class MeanPooling(Pooling):
     def __init__(self, cfg: ModelConfig, in_dim: int) -> None:
         super().__init__()
         self.out_dim = in_dim
@@ -51,7 +55,7 @@ def weighted_stats(x: torch.Tensor, weights: torch.Tensor, eps: float) -> tuple[
 
 
 @POOLINGS.register("sap")
-class SelfAttentivePooling(nn.Module):
+class SelfAttentivePooling(Pooling):
     """Self-attentive pooling (SAP; Cai et al. 2018, Okabe et al. 2018): a weighted mean of the frames.
 
     Each frame gets a scalar score v . tanh(W h_t + b) (hidden size cfg.pool_hidden), the weights are the
@@ -70,7 +74,7 @@ class SelfAttentivePooling(nn.Module):
 
 
 @POOLINGS.register("asp")
-class AttentiveStatisticsPooling(nn.Module):
+class AttentiveStatisticsPooling(Pooling):
     """Attentive statistics pooling as in ECAPA-TDNN (Desplanques et al. 2020; Okabe et al. 2018).
 
     Channel-wise attention with global context: every frame h_t is concatenated with the utterance's

@@ -3,38 +3,54 @@
 Each component module registers its classes with a decorator::
 
     @POOLINGS.register("mean")
-    class MeanPooling(nn.Module): ...
+    class MeanPooling(Pooling): ...
 
 and the classifier builds them with ``POOLINGS.build(name, cfg, in_dim)``. The search space offers
-``POOLINGS.names()``, so a new component is searchable as soon as it is registered.
+``POOLINGS.names()``, so a new component is searchable as soon as it is registered. A registry accepts
+only subclasses of its contract (``model.base``), and lists names in registration order, which is the
+order of the search space's choices.
+
+This module imports no component: ``model/__init__`` imports every component module once, and any
+``import model.<anything>`` runs it first, so the registries are full whenever they can be read.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import inspect
+
+from model.base import Encoder, Head, Loss, Pooling
 
 
 class Registry:
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-        self._entries: dict[str, Callable] = {}
+    """Names -> classes for one kind of component; it takes only complete subclasses of its contract."""
 
-    def register(self, name: str) -> Callable:
-        def add(builder: Callable) -> Callable:
+    def __init__(self, kind: str, contract: type) -> None:
+        self.kind = kind
+        self.contract = contract
+        self._entries: dict[str, type] = {}
+
+    def register(self, name: str):
+        """Class decorator adding the class under ``name``."""
+
+        def add(cls: type) -> type:
             if name in self._entries:
                 raise KeyError(f"{self.kind} {name!r} registered twice")
-            self._entries[name] = builder
-            return builder
+            if not (isinstance(cls, type) and issubclass(cls, self.contract)):
+                raise TypeError(f"{self.kind} {name!r}: {cls!r} is not a subclass of {self.contract.__name__}")
+            if inspect.isabstract(cls):
+                missing = ", ".join(sorted(cls.__abstractmethods__))
+                raise TypeError(f"{self.kind} {name!r}: {cls.__name__} does not implement {missing}")
+            self._entries[name] = cls
+            return cls
 
         return add
 
     def check(self, name: str) -> None:
-        _load_components()
+        """Raise ValueError naming the kind and the choices when ``name`` is not registered."""
         if name not in self._entries:
             raise ValueError(f"unknown {self.kind} {name!r}; choose from {', '.join(self.names())}")
 
     def names(self) -> list[str]:
-        _load_components()
         return list(self._entries)
 
     def build(self, name: str, *args, **kwargs):
@@ -42,13 +58,7 @@ class Registry:
         return self._entries[name](*args, **kwargs)
 
 
-ENCODERS = Registry("encoder")  # (cfg) -> module: (B, T, d_model), mask (B, T) -> (B, T', d_model), mask (B, T')
-POOLINGS = Registry("pooling")  # (cfg, in_dim) -> module with .out_dim: (B, T, d), mask -> (B, out_dim)
-LOSSES = Registry("loss")  # (cfg, emb_dim) -> module: logits(emb) and loss(emb, labels, margin_scale)
-
-
-def _load_components() -> None:
-    """Import the component modules so their decorators have run (cheap after the first call)."""
-    import model.encoders  # noqa: F401
-    import model.losses  # noqa: F401
-    import model.pooling  # noqa: F401
+ENCODERS = Registry("encoder", Encoder)  # cls(cfg)
+POOLINGS = Registry("pooling", Pooling)  # cls(cfg, in_dim)
+HEADS = Registry("head", Head)  # cls(cfg, in_dim)
+LOSSES = Registry("loss", Loss)  # cls(cfg, emb_dim)

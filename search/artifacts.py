@@ -28,10 +28,6 @@ from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.artifacts._upload import ARTIFACTS_ATTR_PREFIX  # the key prefix of artifact metadata
 
 
-def artifact_dir(study_name: str) -> Path:
-    return Path("studies") / study_name / "artifacts"
-
-
 def artifact_store(folder: Path) -> FileSystemArtifactStore:
     folder.mkdir(parents=True, exist_ok=True)
     return FileSystemArtifactStore(str(folder))

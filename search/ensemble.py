@@ -23,7 +23,6 @@ prints it for each member trial).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -32,10 +31,13 @@ import optuna
 import torch
 
 from search.errors import UserError
-from search.finalize import _checkpoint_step, check_writable, final_configs, write_labels
+from search.files import artifact_folder, check_writable, final_folder, replaced, write_text
+from search.finalize import (FinalizeRequest, _checkpoint_step, echo_eval, echo_results, final_configs, setup,
+                             study_seed, write_labels)
+from search.notes import write_study_note
 from search.objective import trial_seed
+from search.queries import best_trials, pick_trial
 from search.scoring import answer_key, read_rows, score_files, score_rows
-from search.study import best_trial_or_none
 from search.task import Task
 from search.train import predict_proba, train
 
@@ -84,19 +86,13 @@ class EnsembleResult:
 
 def pick_top(study: optuna.Study, k: int, seeds: bool, study_seed: int) -> list[Member]:
     """The K best distinct configurations, or the best one with K seeds."""
-    complete = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-                if t.value is not None]
-    if not complete:
-        raise UserError(f"study {study.study_name!r} has no completed trial yet: run `search run` first")
+    best = pick_trial(study, "best")
     if seeds:
-        best = best_trial_or_none(study)
         base = trial_seed(study_seed, best.number)
         return [Member(best, base + j, j == 0) for j in range(k)]
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    ranked = sorted(complete, key=lambda t: (-t.value if maximize else t.value, t.number))
     members: list[Member] = []
     seen: set[str] = set()
-    for t in ranked:
+    for t in best_trials(study):
         key = json.dumps(t.params, sort_keys=True, default=str)
         if key not in seen:
             seen.add(key)
@@ -122,8 +118,11 @@ def _checkpoint(folder: Path, member: Member, steps: int, all_data_steps: int | 
     return folder / f"{name}.pt"
 
 
-def _train_member(model_cfg, train_cfg, task: Task, checkpoint: Path, on_eval, checkpoint_every: int):
-    """(TrainResult, already trained?, resumed-from step) of one checkpointed, resumable run."""
+def _train_member(model_cfg, train_cfg, task: Task, checkpoint: Path, on_eval, checkpoint_every: int,
+                  say: Callable[[str], None], done_line: str, resumed_line: str):
+    """(TrainResult, already trained?, resumed-from step) of one checkpointed, resumable run; ``say``s
+    ``done_line`` if its checkpoint was at the last step, ``resumed_line`` (its ``{}``: the step) if training
+    went on from a checkpoint."""
     done_step = _checkpoint_step(checkpoint)
     try:
         result = train(model_cfg, train_cfg, task, on_eval=on_eval, checkpoint=checkpoint,
@@ -131,6 +130,8 @@ def _train_member(model_cfg, train_cfg, task: Task, checkpoint: Path, on_eval, c
     except ValueError as err:  # a checkpoint of another configuration
         raise UserError(str(err)) from None
     already = done_step is not None and done_step >= train_cfg.steps
+    if done_step is not None:
+        say(done_line if already else resumed_line.format(done_step))
     return result, already, (None if already else done_step)
 
 
@@ -160,12 +161,10 @@ def finalize_ensemble(study: optuna.Study, members: list[Member], task: Task, st
             f"(valid accuracy {trial.value:.4f} in the search)")
         model_cfg, train_cfg = final_configs(trial.params, task, steps, member.seed)
         evals = (lambda step, metrics, i=i: on_eval(i, "valid", step, steps, metrics)) if on_eval else None
-        result, already, resumed = _train_member(model_cfg, train_cfg, task, _checkpoint(folder, member, steps),
-                                                 evals, checkpoint_every)
-        if already:
-            say(f"member {i + 1}/{k}: already trained (its checkpoint is at step {steps}): not retrained")
-        elif resumed is not None:
-            say(f"member {i + 1}/{k}: resumed from the checkpoint at step {resumed} of an earlier finalize")
+        result, already, resumed = _train_member(
+            model_cfg, train_cfg, task, _checkpoint(folder, member, steps), evals, checkpoint_every, say,
+            f"member {i + 1}/{k}: already trained (its checkpoint is at step {steps}): not retrained",
+            f"member {i + 1}/{k}: resumed from the checkpoint at step {{}} of an earlier finalize")
         mr = MemberResult(trial.number, member.seed, trial.value, result.best_accuracy, result.best_step,
                           already_trained=already, resumed_from_step=resumed, history=result.history)
         valid_probs = predict_proba(result.model, bank, valid_ids, train_cfg.eval_max_frames).cpu()
@@ -179,22 +178,19 @@ def finalize_ensemble(study: optuna.Study, members: list[Member], task: Task, st
             all_cfg.eval_every = chosen  # one evaluation, at the end: the weights are those of the last step
             everything = Task(bank, torch.cat([task.train_ids, task.valid_ids]), valid_ids, task.seed, task.source)
             evals = (lambda step, metrics, i=i: on_eval(i, "all-data", step, chosen, metrics)) if on_eval else None
-            full, already, resumed = _train_member(model_cfg, all_cfg, everything,
-                                                   _checkpoint(folder, member, steps, chosen), evals, checkpoint_every)
-            if already:
-                say(f"member {i + 1}/{k}: its train + validation run is already done (checkpoint at step {chosen})")
-            elif resumed is not None:
-                say(f"member {i + 1}/{k}: train + validation run resumed from the checkpoint at step {resumed}")
+            full, already, resumed = _train_member(
+                model_cfg, all_cfg, everything, _checkpoint(folder, member, steps, chosen), evals, checkpoint_every,
+                say, f"member {i + 1}/{k}: its train + validation run is already done (checkpoint at step {chosen})",
+                f"member {i + 1}/{k}: train + validation run resumed from the checkpoint at step {{}}")
             mr.all_data_steps, mr.all_data_already_trained, mr.all_data_resumed_from_step = chosen, already, resumed
             model = full.model
             configs["all_data_train_config"] = asdict(all_cfg)
         test_probs = predict_proba(model, bank, test_ids, train_cfg.eval_max_frames).cpu()
         test_sum += test_probs
         model_file = home / f"member{i + 1}-{member.name}.pt"
-        tmp = model_file.with_name(model_file.name + f".tmp{os.getpid()}")
-        torch.save({**configs, "state_dict": model.state_dict(), "id2speaker": bank.id2speaker,
-                    "trial": trial.number, "seed": member.seed, "all_data_steps": mr.all_data_steps}, tmp)
-        os.replace(tmp, model_file)
+        with replaced(model_file) as tmp:
+            torch.save({**configs, "state_dict": model.state_dict(), "id2speaker": bank.id2speaker,
+                        "trial": trial.number, "seed": member.seed, "all_data_steps": mr.all_data_steps}, tmp)
         mr.model_file = str(model_file)
         if answer_rows is not None:
             own = {bank.names[u]: bank.id2speaker[c] for u, c in zip(test_ids.tolist(), test_probs.argmax(-1).tolist())}
@@ -207,26 +203,25 @@ def finalize_ensemble(study: optuna.Study, members: list[Member], task: Task, st
     write_labels(task, test_sum.argmax(-1).tolist(), out)
     test_accuracy, test_n = score_files(out, answers, bank.id2speaker) if answers else (None, None)
     config_path = home / "config.json"
-    tmp = config_path.with_name(f"config.json.tmp{os.getpid()}")
-    tmp.write_text(json.dumps({
+    write_text(config_path, json.dumps({
         "study": study.study_name, "label": label, "steps": steps, "all_data": all_data,
         "combine": "mean of the members' softmax probabilities",
         "valid_accuracy": valid_accuracy, "test_accuracy": test_accuracy, "test_utterances": test_n,
         "answers": str(answers) if answers else None,
         "members": [{**asdict(m), **c} for m, c in zip(results, member_configs)],
     }, indent=2))
-    os.replace(tmp, config_path)
     from search.artifacts import upload_files
 
     files = [Path(m.model_file) for m in results] + [config_path, out]
-    artifacts = upload_files(study, label, files, folder.parent / "artifacts")
+    artifacts = upload_files(study, label, files, artifact_folder(study.study_name))
     study.set_user_attr("final_ensemble", {
         "label": label, "steps": steps, "all_data": all_data, "valid_accuracy": valid_accuracy,
         "test_accuracy": test_accuracy,
         "members": [{"trial": m.trial, "seed": m.seed, "valid_accuracy": m.valid_accuracy, "best_step": m.best_step,
                      "test_accuracy": m.test_accuracy, "all_data_steps": m.all_data_steps} for m in results],
-        "artifacts": artifacts, "artifact_dir": str(folder.parent / "artifacts"),
+        "artifacts": artifacts, "artifact_dir": str(artifact_folder(study.study_name)),
     })
+    write_study_note(study)  # the dashboard's study note shows the ensemble
     return EnsembleResult(label, results, valid_accuracy, out, home, all_data, test_accuracy, test_n, answers,
                           artifacts)
 
@@ -244,3 +239,34 @@ def summary_lines(result: EnsembleResult) -> list[str]:
         lines.append(f"{what:24s}  {result.valid_accuracy:6.4f}"
                      + (f"  {result.test_accuracy:6.4f}" if with_test else ""))
     return lines
+
+
+def finalize_members(study: optuna.Study, request: FinalizeRequest) -> None:
+    """``search finalize top --k K [--seeds] [--all-data]`` and ``search finalize best|N --all-data``: pick
+    the members, train them (printing progress) and print the members' and the ensemble's results."""
+    settings_seed = study_seed(study)
+    k, steps, all_data = request.k or 3, request.steps, request.all_data
+    if request.which == "top":
+        members = pick_top(study, k, request.seeds, settings_seed)
+        first = members[0].trial.number
+        label = (f"trial{first}-seeds{k}" if request.seeds else f"top{k}") + ("-all-data" if all_data else "")
+        what = (f"the best configuration (trial #{first}) with {k} seeds" if request.seeds else
+                f"the top {k} distinct configurations (trials " + ", ".join(f"#{m.trial.number}" for m in members) + ")")
+    else:
+        members = single(pick_trial(study, request.which), settings_seed)
+        label, what = f"trial{members[0].trial.number}-all-data", f"trial #{members[0].trial.number}"
+    out, echo, task = setup(study, request)
+    echo(f"finalizing {what} of {study.study_name!r}: {steps} steps each on {task.device}"
+         + ("; then each again on train + validation for its best step count" if all_data else ""))
+
+    def on_eval(i: int, phase: str, step: int, total: int, metrics: dict) -> None:
+        echo_eval(echo, step, total, metrics, member=f"member {i + 1}/{len(members)}", phase=phase)
+
+    result = finalize_ensemble(study, members, task, steps, out, final_folder(study.study_name), label, all_data,
+                               echo, on_eval, request.checkpoint_every)
+    for line in summary_lines(result):
+        echo(line)
+    if all_data:
+        echo("--all-data: the predictions come from models trained on train + validation for the step count "
+             "their validation run chose; the validation split no longer scores them (valid above: the validation runs)")
+    echo_results(echo, result, study.study_name, f"members and config saved in {result.folder}")

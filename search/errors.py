@@ -12,3 +12,13 @@ class TrainingDiverged(RuntimeError):
 class Terminated(KeyboardInterrupt):
     """SIGTERM reached ``search run``: unwinds like Ctrl-C (the running trial ends FAIL, ``ended: interrupted``),
     then the command exits with one line and code 143 (128 + SIGTERM)."""
+
+
+class Stopped(Exception):
+    """``search run`` stopped by a signal, after it recorded the running trial and printed its summary and
+    the command that resumes it: one ``Error:`` line and exit code 128 + the signal (130 for Ctrl-C, 143 for
+    SIGTERM)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -22,13 +21,15 @@ from typing import Callable
 import optuna
 import torch
 
-from search import space as search_space
+from search import schedule, space as search_space
 from search.errors import UserError
+from search.files import artifact_folder, check_writable, final_folder, predictions_path, replaced, write_text
+from search.notes import write_study_note
 from search.objective import trial_seed
-from search.study import best_trial_or_none
-from search.scoring import answer_key, score_files, score_rows
+from search.queries import pick_trial
+from search.scoring import answer_key, score_files
 from search.task import Task
-from search.train import TrainResult, predict, predict_proba, train
+from search.train import TrainResult, predict, train
 
 
 @dataclass
@@ -46,33 +47,6 @@ class FinalResult:
     answers: Path | None = None
 
 
-def pick_trial(study: optuna.Study, which: str) -> optuna.trial.FrozenTrial:
-    """``best`` or a trial number; only completed trials have a configuration worth retraining."""
-    if which == "best":
-        best = best_trial_or_none(study)
-        if best is None:
-            raise UserError(f"study {study.study_name!r} has no completed trial yet: run `search run` first")
-        return best
-    if not (which.isascii() and which.isdigit()):  # str.isdigit() also takes '²', which int() refuses
-        raise UserError(f"TRIAL {which!r}: expected 'best', 'top' or a trial number")
-    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    trial = trials.get(int(which))
-    if trial is None or trial.state != optuna.trial.TrialState.COMPLETE:
-        raise UserError(f"TRIAL {which}: no completed trial #{which} in study {study.study_name!r}")
-    return trial
-
-
-def check_writable(path: Path, option: str) -> None:
-    """Fail before hours of training, not after: the output's folder must exist or be creatable."""
-    folder = path.parent if str(path.parent) else Path(".")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"{option} {path}: cannot create folder {folder} ({err.strerror})") from None
-    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)) or path.is_dir():
-        raise UserError(f"{option} {path}: not writable")
-
-
 def write_predictions(task: Task, model, out: Path) -> None:
     write_labels(task, predict(model, task.bank, task.bank.test_ids()).cpu().tolist(), out)
 
@@ -81,13 +55,11 @@ def write_labels(task: Task, labels: list[int], out: Path) -> None:
     """The Kaggle CSV of predicted labels for the test utterances (testdata.json order), renamed into place."""
     bank = task.bank
     test_ids = bank.test_ids()
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
+    with replaced(out) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["Id", "Category"])
         for utt, label in zip(test_ids.cpu().tolist(), labels):
             writer.writerow([bank.names[utt], bank.id2speaker[label]])
-    os.replace(tmp, out)
 
 
 def finalize(study: optuna.Study, trial: optuna.trial.FrozenTrial, task: Task, steps: int, out: Path,
@@ -102,40 +74,39 @@ def finalize(study: optuna.Study, trial: optuna.trial.FrozenTrial, task: Task, s
     result: TrainResult = train(model_cfg, train_cfg, task, on_eval=on_eval, checkpoint=checkpoint,
                                 checkpoint_every=checkpoint_every)
     model_path = folder / "model.pt"
-    tmp = model_path.with_name(f"model.pt.tmp{os.getpid()}")
-    torch.save({"model_config": model_cfg.to_dict(), "state_dict": result.model.state_dict(),
-                "id2speaker": task.bank.id2speaker}, tmp)
-    os.replace(tmp, model_path)
+    with replaced(model_path) as tmp:
+        torch.save({"model_config": model_cfg.to_dict(), "state_dict": result.model.state_dict(),
+                    "id2speaker": task.bank.id2speaker}, tmp)
     write_predictions(task, result.model, out)
     test_accuracy, test_n = score_files(out, answers, task.bank.id2speaker) if answers else (None, None)
     config_path = folder / "config.json"
-    tmp = config_path.with_name(f"config.json.tmp{os.getpid()}")  # renamed into place, like model.pt and the CSV
-    tmp.write_text(json.dumps({
+    write_text(config_path, json.dumps({
         "study": study.study_name, "trial": trial.number, "params": trial.params,
         "model_config": model_cfg.to_dict(), "train_config": asdict(train_cfg),
         "valid_accuracy": result.best_accuracy, "best_step": result.best_step, "history": result.history,
         "resumed_from_step": resumed, "test_accuracy": test_accuracy, "test_utterances": test_n,
         "answers": str(answers) if answers else None,
     }, indent=2))
-    os.replace(tmp, config_path)
     from search.artifacts import upload_final  # into studies/<study>/artifacts, served by `search dashboard`
 
     summary = {"steps": steps, "valid_accuracy": result.best_accuracy, "best_step": result.best_step}
     if answers:
         summary["test_accuracy"] = test_accuracy
-    artifacts = upload_final(study, trial.number, [model_path, config_path, out], folder.parent / "artifacts", summary)
+    artifacts = upload_final(study, trial.number, [model_path, config_path, out], artifact_folder(study.study_name),
+                             summary)
+    write_study_note(study)  # the dashboard's study note shows the finalized result
     return FinalResult(trial.number, result.best_accuracy, result.best_step, model_path, out, result.steps_per_second,
                        artifacts, resumed_from_step=resumed, test_accuracy=test_accuracy, test_utterances=test_n,
                        answers=answers)
 
 
 def final_configs(params: dict, task: Task, steps: int, seed: int):
-    """The model and training configurations of a finalize run of ``steps`` steps (evaluations every
-    steps/8, at most every 2,000; warm-up a tenth of the steps, at most 1,000)."""
+    """The model and training configurations of a finalize run of ``steps`` steps: evaluations every steps/8,
+    at most every 2,000 (periodic, unlike a trial's: collapse detection compares them; search/schedule.py)."""
     model_cfg, train_cfg = search_space.build_configs(
-        params, task.bank.n_mels, task.bank.n_speakers, steps, seed, eval_every=min(2000, max(1, steps // 8)))
-    train_cfg.warmup_steps = max(1, min(1000, steps // 10))
+        params, task.bank.n_mels, task.bank.n_speakers, steps, seed, eval_every=schedule.periodic_every(steps))
     train_cfg.recover_collapse = True  # a long run: roll back a collapse (search/train.py CollapseGuard)
+    train_cfg.precision = "tf32"  # bf16 diverged in 70,000-step runs where fp32 did not (TrainConfig.precision)
     return model_cfg, train_cfg
 
 
@@ -147,3 +118,111 @@ def _checkpoint_step(path: Path) -> int | None:
         return int(torch.load(path, map_location="cpu", weights_only=True)["step"])
     except Exception:  # noqa: BLE001 - train() reports an unusable checkpoint itself
         return None
+
+
+@dataclass
+class FinalizeRequest:
+    """What ``search finalize`` was asked: a trial (``best``, a number) or ``top`` (an ensemble)."""
+
+    which: str
+    study_name: str
+    storage: str | None = None  # None: studies/<study>.db
+    data_dir: Path | None = None  # None: the study's own data
+    steps: int = 70_000
+    out: Path | None = None  # None: studies/<study>/predictions.csv
+    device: str = "auto"
+    checkpoint_every: int = 1000
+    k: int | None = None  # with top: how many members (default 3)
+    seeds: bool = False
+    all_data: bool = False
+    quiet: bool = False
+
+
+def run_finalize(request: FinalizeRequest) -> None:
+    """``search finalize``: retrain one trial (here) or an ensemble / ``--all-data`` (search/ensemble.py),
+    printing progress and the results."""
+    from search.study import load_study
+
+    which = request.which
+    if which != "top" and (request.k is not None or request.seeds):
+        raise UserError(f"{'--k' if request.k is not None else '--seeds'} goes with `search finalize top`, "
+                        f"not {which!r}")
+    study = load_study(request.study_name, request.storage)
+    if which == "top" or request.all_data:
+        from search.ensemble import finalize_members
+
+        return finalize_members(study, request)
+    trial = pick_trial(study, which)
+    out, echo, task = setup(study, request)
+    steps = request.steps
+    echo(f"finalizing trial #{trial.number} of {study.study_name!r} (valid accuracy {trial.value:.4f} in the "
+         f"search): {steps} steps on {task.device}")
+
+    def on_eval(step: int, metrics: dict) -> None:
+        echo_eval(echo, step, steps, metrics)
+
+    try:
+        result = finalize(study, trial, task, steps, out, final_folder(study.study_name), study_seed(study), on_eval,
+                          request.checkpoint_every)
+    except ValueError as err:  # a checkpoint of another configuration
+        raise UserError(str(err)) from None
+    if result.resumed_from_step is not None:
+        echo(f"resumed from the checkpoint at step {result.resumed_from_step} of an earlier finalize")
+    echo(f"valid accuracy {result.valid_accuracy:.4f} (best at step {result.best_step})")
+    echo_results(echo, result, study.study_name, f"model saved to {result.model_path}")
+
+
+def study_seed(study: optuna.Study) -> int:
+    """The seed the study's trials were trained with (0 for a study ``search run`` did not create)."""
+    from search.study import StudySettings
+
+    settings = StudySettings.from_attrs(study.user_attrs)
+    return settings.seed if settings else 0
+
+
+def setup(study: optuna.Study, request: FinalizeRequest):
+    """What every finalize needs: (the checked output CSV, the console (it prints and appends to
+    studies/<study>/search.log), the data on the device: the study's own unless --data says otherwise)."""
+    from search.logs import open_console
+    from search.study import StudySettings
+    from search.task import load_task, resolve_device
+
+    settings = StudySettings.from_attrs(study.user_attrs)
+    out = request.out or predictions_path(study.study_name)
+    check_writable(out, "--out")
+    echo = open_console(study.study_name, request.quiet)
+    data_dir = request.data_dir
+    if settings and data_dir is None and settings.data != "embedded":
+        data_dir = Path(settings.data)
+    task = load_task(data_dir, study_seed(study), resolve_device(request.device),
+                     progress=echo.data_progress("preparing data"))
+    return out, echo, task
+
+
+def echo_eval(echo, step: int, total: int, metrics: dict, member: str = "", phase: str = "valid") -> None:
+    """One progress line per evaluation of a finalize (``member``: which one, in an ensemble; ``phase``:
+    ``valid``, or ``all-data`` without a validation score), and a line for a collapse the trainer rolled back
+    (search/train.py CollapseGuard)."""
+    rate = metrics["steps_per_second"]
+    eta = (total - step) / rate if rate > 0 else 0
+    score = (f"valid acc {metrics['valid_accuracy']:.4f}" if phase == "valid"
+             else "(train + validation: no validation score)")
+    echo.progress(f"{f'{member} {phase} ' if member else ''}step {step}/{total}  loss {metrics['train_loss']:.4f}  "
+                  f"{score}  {rate:.1f} steps/s  ETA {eta:.0f}s")
+    if "rollback" in metrics:
+        from search.train import describe_rollback
+
+        echo((f"{member}: " if member else "") + describe_rollback(metrics["rollback"]))
+
+
+def echo_results(echo, result, study_name: str, saved: str) -> None:
+    """The end of a finalize: the test accuracy (with an answer key), what was saved, where the predictions
+    and the artifacts are."""
+    if result.test_accuracy is not None:
+        echo(f"test accuracy {result.test_accuracy:.4f} on {result.test_utterances:,} utterances "
+             f"({result.answers.name}: {result.answers})")
+    echo(saved)
+    echo(f"predictions written to {result.predictions_path}")
+    if result.artifacts:
+        echo(f"artifacts (served by `search dashboard --study {study_name}`, study page): "
+             + ", ".join(result.artifacts) + f" in {artifact_folder(study_name)}")

@@ -1,4 +1,5 @@
-"""``search studies`` and ``search show``: what a storage holds, and one trial in full, as text.
+"""``search studies``, ``show``, ``trials``, ``space`` and ``report``'s summary: what a storage holds, its trials,
+one trial in full, the search space, as text (or JSON, CSV): each command's one call (``*_text``).
 
 Without ``--storage``, ``search studies`` looks at every ``studies/*.db`` (each study's default
 storage is its own file, ``studies/<study>.db``) and lists the studies in each.
@@ -12,14 +13,19 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from search.attrs import resolved_configs
 from search.errors import UserError
+from search.files import STUDIES
+from search.queries import best_or_none, counts, pick_trial
 from search.storage import open_storage, redact
 
 STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)
 
 
-def default_storages(folder: Path = Path("studies")) -> list[str]:
-    return [f"sqlite:///{p.as_posix()}" for p in sorted(folder.glob("*.db"))]
+def default_storages(folder: Path = STUDIES) -> list[str]:
+    from search.storage import env_url  # $SEARCH_STORAGE, when set, is the storage
+
+    return [env_url()] if env_url() else [f"sqlite:///{p.as_posix()}" for p in sorted(folder.glob("*.db"))]
 
 
 def study_rows(url: str) -> list[dict]:
@@ -34,16 +40,10 @@ def study_rows(url: str) -> list[dict]:
     rows = []
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
-        trials = study.get_trials(deepcopy=False)
-        states = [t.state for t in trials]
-        row = {"storage": redact(url), "study": summary.study_name, "trials": len(trials),
-               **{s.name.lower(): states.count(s) for s in STATES}, "best_value": None, "best_trial": None}
-        if len(study.directions) == 1:
-            complete = [t for t in trials if t.state == TrialState.COMPLETE]
-            if complete:
-                pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
-                best = pick(complete, key=lambda t: t.value)
-                row.update(best_value=best.value, best_trial=best.number)
+        by_state, best = counts(study), best_or_none(study)
+        row = {"storage": redact(url), "study": summary.study_name, "trials": sum(by_state.values()),
+               **{s.name.lower(): by_state[s.name.lower()] for s in STATES},
+               "best_value": best.value if best else None, "best_trial": best.number if best else None}
         rows.append(row)
     return rows
 
@@ -62,26 +62,12 @@ def studies_lines(rows: list[dict]) -> list[str]:
 
 def pick_any_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
     """Trial ``number`` in any state, or the best complete trial."""
-    if number is None:
-        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if not complete:
-            raise UserError(f"study {study.study_name!r} has no completed trial yet: pass --trial N to see another")
-        return study.best_trial
-    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    if number not in trials:
-        last = max(trials) if trials else None
-        span = f"trials #0 to #{last}" if last is not None else "no trial"
-        raise UserError(f"--trial {number}: no such trial in study {study.study_name!r} (it has {span})")
-    return trials[number]
+    return pick_trial(study, number, "--trial", complete=False, none_hint="pass --trial N to see another")
 
 
 def trial_lines(study: optuna.Study, trial: FrozenTrial) -> list[str]:
     a = trial.user_attrs
-    best = None
-    try:
-        best = study.best_trial.number
-    except ValueError:
-        pass
+    best = getattr(best_or_none(study), "number", None)
     lines = [f"study {study.study_name!r}, trial #{trial.number}" + ("  (best)" if trial.number == best else "")]
     lines.append(f"  state        {trial.state.name.lower()}")
     if trial.value is not None:
@@ -100,10 +86,10 @@ def trial_lines(study: optuna.Study, trial: FrozenTrial) -> list[str]:
     if trial.intermediate_values:
         lines.append("validation curve (step: accuracy):")
         lines.append("  " + "  ".join(f"{s}: {v:.4f}" for s, v in sorted(trial.intermediate_values.items())))
-    for key in ("model_config", "train_config"):
-        if key in a:
-            lines.append(f"{key.replace('_', ' ')} (resolved):")
-            lines.append("  " + json.dumps(a[key], sort_keys=True))
+    for key, config in zip(("model config", "train config"), resolved_configs(trial)):  # search/attrs.py
+        if config:
+            lines.append(f"{key} (resolved):")
+            lines.append("  " + json.dumps(config, sort_keys=True))
     final = study.user_attrs.get("final")
     if isinstance(final, dict) and final.get("trial") == trial.number:
         lines.append(f"finalized: {final.get('steps')} steps, valid accuracy {final.get('valid_accuracy', 0):.4f}; "
@@ -156,7 +142,7 @@ def reference_note(study: optuna.Study, best: FrozenTrial) -> str:
         t = sample[0]
         parts.append(f"sample-code trial #{t.number}: " + (f"{t.value:.4f}" if t.state == TrialState.COMPLETE
                                                             else t.user_attrs.get("ended", t.state.name.lower())))
-    speakers = (best.user_attrs.get("model_config") or {}).get("n_classes")
+    speakers = resolved_configs(best)[0].get("n_classes")
     if speakers:
         parts.append(f"chance 1/{speakers} = {1 / speakers:.3f}")
     return "; ".join(parts)
@@ -203,8 +189,8 @@ def trial_rows(study: optuna.Study, sort: str = "number", states: tuple[str, ...
         trials = sorted(trials, key=lambda t: t.number)
     rows = []
     for t in trials:
-        a, resolved = t.user_attrs, {**(t.user_attrs.get("train_config") or {}),
-                                     **(t.user_attrs.get("model_config") or {})}
+        model_config, train_config = resolved_configs(t)
+        a, resolved = t.user_attrs, {**train_config, **model_config}
         row = {"number": t.number, "state": t.state.name.lower(),
                "value": t.value if len(study.directions) == 1 else None,
                "ended": a.get("ended"), "parameters": a.get("parameters"),
@@ -220,18 +206,10 @@ def trials_lines(rows: list[dict], study_name: str, states: tuple[str, ...] = ()
     if not rows:
         return [f"study {study_name!r} has no trial" + (f" in state {', '.join(states)}" if states else "")]
 
+    formats = {"value": ".4f", "lr": ".2e", "parameters": ",", "wall_seconds": ".1f"}  # others: str()
+
     def cell(key: str, value) -> str:
-        if value is None:
-            return "-"
-        if key == "value":
-            return f"{value:.4f}"
-        if key == "lr":
-            return f"{value:.2e}"
-        if key == "parameters":
-            return f"{value:,}"
-        if key == "wall_seconds":
-            return f"{value:.1f}"
-        return str(value)
+        return "-" if value is None else format(value, formats.get(key, ""))
 
     heads = {"number": "#", "parameters": "size", "steps_per_second": "steps/s", "wall_seconds": "wall s"}
     columns = [c for c in TRIAL_COLUMNS if c != "ended"] + ["ended"]  # the free text last
@@ -251,3 +229,68 @@ def trials_csv(rows: list[dict]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return out.getvalue()
+
+
+# --- the read-only commands, each one call from the CLI: the text it prints ------------------------------
+
+def studies_text(storage: str | None, as_json: bool = False) -> str:
+    """``search studies``: the studies of ``storage`` (None: every ``studies/*.db``), a table or JSON."""
+    rows = [row for url in ([storage] if storage else default_storages()) for row in study_rows(url)]
+    return json.dumps(rows, indent=2) if as_json else "\n".join(studies_lines(rows))
+
+
+def show_text(study_name: str, storage: str | None, number: int | None, as_json: bool = False) -> str:
+    """``search show``: trial ``number`` (None: the best complete one) in full, as text or JSON."""
+    from search.study import load_study
+
+    study = load_study(study_name, storage)
+    trial = pick_any_trial(study, number)
+    return json.dumps(trial_json(trial), indent=2, default=str) if as_json else "\n".join(trial_lines(study, trial))
+
+
+def trials_text(study_name: str, storage: str | None, sort: str = "number", states: tuple[str, ...] = (),
+                as_json: bool = False, as_csv: bool = False) -> str:
+    """``search trials``: one row per trial, as a table, JSON or CSV."""
+    from search.study import load_study
+
+    if as_json and as_csv:
+        raise UserError("--json and --csv: give one of them")
+    states = tuple(dict.fromkeys(s.lower() for s in states))
+    study = load_study(study_name, storage, any_direction=True)
+    rows = trial_rows(study, sort.lower(), states)
+    if as_json:
+        return json.dumps(rows, indent=2)
+    return trials_csv(rows).rstrip("\n") if as_csv else "\n".join(trials_lines(rows, study_name, states))
+
+
+def space_text(profile: str, as_json: bool = False) -> str:
+    """``search space``: every parameter of a profile, its choices or range and when it applies."""
+    from search import space as search_space
+
+    space = search_space.build_space(profile)
+    entries = search_space.describe(space)
+    if as_json:
+        return json.dumps({"profile": profile, "parameters": entries,
+                           "warm_start": search_space.warm_start_configs(space)}, indent=2)
+    head = ("parameter", "type", "choices / range", "applies when")
+    rows = [(e["name"], e["type"] + (" (log)" if e.get("log") else ""),
+             ", ".join(map(str, e["choices"])) if "choices" in e
+             else f"{e['low']:g} .. {e['high']:g}" + (f" step {e['step']}" if e.get("step") else ""),
+             e["condition"]) for e in entries]
+    widths = [max(len(r[i]) for r in rows + [head]) for i in range(4)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [head] + rows)
+
+
+def report_text(study_name: str, storage: str | None, out: Path) -> str:
+    """``search report``: write the HTML page (search/report.py); the text is its summary of the best
+    trials, the figures it could not draw and where the page is."""
+    from search.files import check_writable
+    from search.report import summary_lines, write_report
+    from search.study import load_study
+
+    study = load_study(study_name, storage)
+    check_writable(out, "--out")
+    sections = write_report(study, out)
+    skipped = [s for s in sections if s.figure is None]
+    return "\n".join([*summary_lines(study), *(f"figure skipped: {s.title}: {s.note}" for s in skipped),
+                      f"report written to {out} ({len(sections) - len(skipped)} figures)"])

@@ -56,6 +56,15 @@ class _FileHandler(logging.FileHandler):
         if not getattr(self, "_failed", False):
             super().emit(record)
 
+    def close(self) -> None:
+        # FileHandler.close flushes, which raises the same OSError again once the disk is full: the warning
+        # was given, the command must not end in an error because of its log.
+        try:
+            super().close()
+        except OSError:
+            if not getattr(self, "_failed", False):
+                raise
+
 
 class _WithoutTraceback(logging.Formatter):
     """Optuna's console format, one line per record: a failed trial's traceback (a diverged trial is an

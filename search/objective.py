@@ -1,8 +1,10 @@
 """The Optuna objective: sample a configuration, train it, report validation accuracy as it goes.
 
 The pruner sees the full-length validation accuracy at each evaluation step (the resource is the
-training step) and may stop the trial there. Everything a user wants to see per trial goes into its
-user attributes: the resolved config, parameter count, speed, device, and why it ended.
+training step; a trial validates at the pruner's rungs and at the end: search/schedule.py) and may stop the
+trial there. Everything a user wants to see per trial goes into its
+user attributes, short and flat (search/attrs.py): the resolved config, parameter count, speed, device,
+the training loss at each validation, and why it ended.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import optuna
 import torch
 
 from model import build_model, count_parameters
-from search import space as search_space
+from search import schedule, space as search_space
+from search.attrs import config_attrs, rounded
 from search.errors import TrainingDiverged
 from search.task import Task
 from search.train import train
@@ -28,16 +31,18 @@ def trial_seed(study_seed: int, trial_number: int) -> int:
 
 
 class Objective:
-    def __init__(self, task: Task, budget: int, space: list[search_space.Param], seed: int) -> None:
+    def __init__(self, task: Task, budget: int, space: list[search_space.Param], seed: int,
+                 report_steps: tuple[int, ...] = ()) -> None:
         self.task = task
         self.budget = budget
         self.space = space
         self.seed = seed
+        self.report_steps = report_steps  # steps a user wants validated besides the pruner's rungs and the end
 
     def __call__(self, trial: optuna.Trial) -> float:
-        # Which machine and process ran the trial: the one to look at if it ends FAIL by heartbeat.
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         try:
+            # Which machine and process ran the trial: the one to look at if it ends FAIL by heartbeat.
+            trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
             return self._run(trial)
         except optuna.TrialPruned:
             raise
@@ -51,18 +56,25 @@ class Objective:
 
     def _run(self, trial: optuna.Trial) -> float:
         params = search_space.suggest(trial, self.space)
+        # Validate where it is read: the rungs of the pruner this study runs with, and the end (search/schedule.py)
+        eval_steps = schedule.trial_steps(self.budget, trial.study.pruner, self.report_steps)
         model_cfg, train_cfg = search_space.build_configs(
-            params, self.task.bank.n_mels, self.task.bank.n_speakers, self.budget, trial_seed(self.seed, trial.number))
-        trial.set_user_attr("model_config", model_cfg.to_dict())
-        trial.set_user_attr("train_config", {k: v for k, v in vars(train_cfg).items()})
+            params, self.task.bank.n_mels, self.task.bank.n_speakers, self.budget, trial_seed(self.seed, trial.number),
+            eval_steps=eval_steps)
+        # flat, one value per attribute, only what the sampled parameters lack (search/attrs.py)
+        for key, value in config_attrs(params, model_cfg.to_dict(), vars(train_cfg)).items():
+            trial.set_user_attr(key, value)
         trial.set_user_attr("device", _device_name(self.task.device))
         trial.set_user_attr("parameters", count_parameters(build_model(model_cfg)))
         started = time.perf_counter()
+        train_losses: list[float] = []
 
         def on_eval(step: int, metrics: dict) -> None:
             trial.report(metrics["valid_accuracy"], step)
             trial.set_user_attr("last_step", step)
             trial.set_user_attr("train_loss", round(metrics["train_loss"], 4))
+            train_losses.append(rounded(metrics["train_loss"]))  # beside the validation curve (search/attrs.py)
+            trial.set_user_attr("train_loss_curve", train_losses)
             trial.set_user_attr("steps_per_second", round(metrics["steps_per_second"], 2))
             if trial.should_prune():
                 trial.set_user_attr("ended", f"pruned at step {step}")
@@ -81,6 +93,7 @@ class Objective:
         finally:  # complete, pruned or failed: the time it took (other failures are recorded in __call__)
             trial.set_user_attr("wall_seconds", round(time.perf_counter() - started, 2))
         trial.set_user_attr("steps_per_second", round(result.steps_per_second, 2))
+        trial.set_user_attr("eval_seconds", round(result.eval_seconds, 4))  # of wall_seconds: validation's share
         trial.set_user_attr("cuda_graph", result.cuda_graph)
         trial.set_user_attr("best_step", result.best_step)
         trial.set_user_attr("ended", f"complete after {self.budget} steps")

@@ -1,47 +1,59 @@
 """``search report``: one self-contained HTML page of plotly figures, and a plain-text summary.
 
-The page holds plotly.js once (inlined: it opens offline, from a mail attachment or a shared drive)
-and these figures: optimisation history, intermediate values (the validation curves, pruned ones
-included), parameter importances (from 2 complete trials on), parallel coordinates, slices, a
-comparison of encoders / poolings / losses (accuracy of the complete trials, by choice), and a
-timeline of the trials' states. A figure that cannot be drawn for this study is replaced by a note
-saying why. The best trials are listed as a table on the page and as text in the terminal.
+The page holds plotly.js once (inlined: it opens offline, from a mail attachment or a shared drive).
+Above the figures: when it was made and with which versions of this package, Optuna and torch; the
+study's settings; the finalized result (``search finalize``: the study attributes ``final`` and
+``final_ensemble``); the best trials; the failed trials with their reasons. The figures: optimisation
+history, the curves (validation accuracy and training loss at each validation, one legend entry per
+trial, pruned and failed ones included), parameter importances (from 2 complete trials on, marked
+unreliable below IMPORTANCE_RELIABLE), parallel coordinates, slices, a comparison of encoders /
+poolings / losses (accuracy of the complete trials, by choice), and a timeline of the trials' states.
+A figure that cannot be drawn for this study is replaced by a note saying why. The best trials are
+also printed in the terminal.
 """
 
 from __future__ import annotations
 
 import html
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from search.attrs import train_loss_points
+from search import queries
 from search.errors import UserError
+from search.files import write_text
+from search.queries import complete_trials
+from search.notes import finalized_rows, outcome, settings_rows
 
 TOP = 5  # best trials in the summaries
 KEY_PARAMS = ("encoder", "pooling", "loss", "d_model", "layers", "nhead", "head", "lr", "batch_size", "segment")
 SLICED = ("lr", "weight_decay", "dropout", "d_model", "layers", "segment")  # categorical ones: the comparison
 COMPARED = ("encoder", "pooling", "loss")  # the architecture choices compared side by side
 MIN_TRIALS_FOR_IMPORTANCE = 2
+# Below this many complete trials the importances are drawn but marked unreliable. The figure uses Optuna 5's
+# default evaluator, PED-ANOVA, which compares the best 10% of the trials with all of them: under 30 trials
+# that is one or two trials. Measured with bench/importance_reliability.py: studies of n random trials on the
+# cpu profile (15 parameters compared), with a known objective whose learning rate explains ~3/4 of the
+# variance; the evaluator ranked it first in 11/24 studies of 10 trials, 14/24 of 20, 24/24 of 25, 23/24 of
+# 30 and 24/24 of 40 (and the second parameter, ~1/7 of the variance, second in at most 3/24, even at 40).
+# 30: about twice the parameters compared, a margin over 25. A real study's TPE trials crowd where it looks
+# good, which only makes this harder.
+IMPORTANCE_RELIABLE = 30
+STATE_DASH = {"COMPLETE": "solid", "PRUNED": "dot", "FAIL": "dashdot"}
 
 
 @dataclass
 class Section:
     title: str
-    figure: object | None = None  # a plotly Figure, or None with a note
-    note: str = ""
-
-
-def complete_trials(study: optuna.Study) -> list[FrozenTrial]:
-    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    figure: object | None = None  # a plotly Figure, or None with a note saying why not
+    note: str = ""  # with a figure: a caution shown above it
 
 
 def best_trials(study: optuna.Study, n: int = TOP) -> list[FrozenTrial]:
-    reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    return sorted(complete_trials(study), key=lambda t: t.value, reverse=reverse)[:n]
+    return queries.best_trials(study, n)
 
 
 def _fmt(value) -> str:
@@ -55,9 +67,9 @@ def describe_params(params: dict, keys=KEY_PARAMS) -> str:
 
 
 def counts_line(study: optuna.Study) -> str:
-    states = [t.state for t in study.get_trials(deepcopy=False)]
-    parts = [f"{states.count(s)} {s.name.lower()}" for s in TrialState if states.count(s)]
-    return f"{len(states)} trials: " + (", ".join(parts) if parts else "none")
+    by_state = queries.counts(study)
+    parts = [f"{n} {state}" for state, n in by_state.items() if n]
+    return f"{sum(by_state.values())} trials: " + (", ".join(parts) if parts else "none")
 
 
 def summary_lines(study: optuna.Study, n: int = TOP) -> list[str]:
@@ -110,6 +122,45 @@ def _comparison_figure(trials: list[FrozenTrial]):
     return fig
 
 
+def _curves_figure(study: optuna.Study, trials: list[FrozenTrial]):
+    """Validation accuracy (left) and training loss (right) at each validation, one colour and one legend
+    entry per trial (clicking it hides the trial in both panels); line style by state, the best one thicker."""
+    import plotly.graph_objects as go
+    from plotly.colors import qualitative
+    from plotly.subplots import make_subplots
+
+    best = best_trials(study, 1)
+    best_number = best[0].number if best else None
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.08, subplot_titles=(
+        "validation accuracy", "training loss (mean over the steps since the previous validation)"))
+    palette = qualitative.Plotly
+    any_loss = False
+    for i, t in enumerate(sorted(trials, key=lambda t: t.number)):
+        result = f"{t.value:.4f}" if t.state == TrialState.COMPLETE else outcome(t)[:60]
+        name = f"#{t.number} {result}" + (" (best)" if t.number == best_number else "")
+        line = {"color": palette[i % len(palette)], "dash": STATE_DASH.get(t.state.name, "solid"),
+                "width": 3.5 if t.number == best_number else 1.5}
+        steps = sorted(t.intermediate_values)
+        common = {"mode": "lines+markers", "line": line, "legendgroup": str(t.number), "name": name}
+        hover = f"trial #{t.number}<br>step %{{x}}<br>"
+        fig.add_trace(go.Scatter(x=steps, y=[t.intermediate_values[s] for s in steps], **common,
+                                 hovertemplate=hover + "accuracy %{y:.4f}<extra></extra>"), row=1, col=1)
+        losses = train_loss_points(t)
+        if losses:
+            any_loss = True
+            fig.add_trace(go.Scatter(x=[s for s, _ in losses], y=[v for _, v in losses], showlegend=False, **common,
+                                     hovertemplate=hover + "loss %{y:.4g}<extra></extra>"), row=1, col=2)
+    if not any_loss:
+        fig.add_annotation(text="no training loss recorded (trials run before it was)", showarrow=False,
+                           xref="x2 domain", yref="y2 domain", x=0.5, y=0.5)
+    fig.update_xaxes(title_text="training step")
+    fig.update_yaxes(title_text="validation accuracy", row=1, col=1)
+    fig.update_yaxes(title_text="training loss", row=1, col=2)
+    fig.update_layout(height=520, showlegend=True, legend={"title": {"text": "trial: outcome"}},
+                      title="Curves (solid: complete, dotted: pruned, dash-dot: failed; the best is thicker)")
+    return fig
+
+
 def build_sections(study: optuna.Study) -> list[Section]:
     import optuna.visualization as vis
 
@@ -130,13 +181,19 @@ def build_sections(study: optuna.Study) -> list[Section]:
     no_complete = "needs a complete trial; none yet" if not complete else None
     add("Optimisation history", lambda: vis.plot_optimization_history(study, target_name="validation accuracy"),
         no_complete)
-    add("Intermediate values (validation accuracy during training)", lambda: vis.plot_intermediate_values(study),
+    add("Intermediate values: validation accuracy and training loss during training",
+        lambda: _curves_figure(study, with_curves),
         None if with_curves else "no trial reported a validation accuracy yet")
     importance_params = _params_in_all(complete)
     add("Parameter importances", lambda: vis.plot_param_importances(study, params=importance_params,
                                                                      target_name="validation accuracy"),
         None if len(complete) >= MIN_TRIALS_FOR_IMPORTANCE else
         f"needs at least {MIN_TRIALS_FOR_IMPORTANCE} complete trials; this study has {len(complete)}")
+    if sections[-1].figure is not None and len(complete) < IMPORTANCE_RELIABLE:
+        sections[-1].note = (f"Unreliable: from {len(complete)} complete trials. With fewer than "
+                             f"{IMPORTANCE_RELIABLE} (about twice the {len(importance_params)} parameters compared), "
+                             "the parameter ranked first was often the wrong one in a measured test "
+                             "(bench/importance_reliability.py): read this as a hint, not a finding.")
     add("Parallel coordinates", lambda: vis.plot_parallel_coordinate(
         study, params=_params_in_all(complete, KEY_PARAMS), target_name="validation accuracy"), no_complete)
     add("Slices (accuracy against each numeric parameter)", lambda: vis.plot_slice(
@@ -161,6 +218,45 @@ def _best_table(study: optuna.Study) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
+def _rows_table(head: tuple[str, ...], rows: list[tuple]) -> str:
+    cells = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return (f"<table><thead><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in head)}</tr></thead>"
+            f"<tbody>{cells}</tbody></table>")
+
+
+def _settings_table(study: optuna.Study) -> str:
+    rows = settings_rows(study)
+    return _rows_table(("setting", "value"), rows) if rows else "<p>No settings recorded (a study made by hand).</p>"
+
+
+def _final_html(study: optuna.Study) -> str:
+    rows = finalized_rows(study)
+    if not rows:
+        return "<p>Not finalized yet: <code>search finalize best</code> retrains the best trial on the full budget.</p>"
+    return _rows_table(("", ""), rows)
+
+
+def _failures_html(study: optuna.Study) -> str:
+    failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    if not failed:
+        return "<p>No trial failed.</p>"
+    rows = [(f"#{t.number}", outcome(t), describe_params(t.params), t.user_attrs.get("worker", ""),
+             f"{t.datetime_start:%Y-%m-%d %H:%M:%S}" if t.datetime_start else "") for t in failed]
+    return _rows_table(("trial", "why it failed", "key parameters", "worker", "started"), rows)
+
+
+def provenance() -> str:
+    """When the page was made, and with what: ``2026-11-26 13:45 UTC; hw04-search 0.1.0, Optuna 5.0.0, ...``."""
+    from datetime import datetime, timezone
+
+    import torch
+
+    from search.commands.base import package_version
+
+    return (f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}; hw04-search {package_version()}, "
+            f"Optuna {optuna.__version__}, torch {torch.__version__}")
+
+
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1200px; color: #222; }
 h1 { margin-bottom: 0.2em; } .meta { color: #555; }
@@ -174,22 +270,27 @@ def render(study: optuna.Study, sections: list[Section]) -> str:
     parts = []
     plotlyjs_done = False
     for i, s in enumerate(sections):
-        body = f'<p class="note">{html.escape(s.note)}</p>'
+        body = f'<p class="note">{html.escape(s.note)}</p>' if s.note else ""
         if s.figure is not None:
-            body = s.figure.to_html(full_html=False, include_plotlyjs=not plotlyjs_done, div_id=f"figure-{i}",
-                                    config={"displaylogo": False, "responsive": True})
+            body += s.figure.to_html(full_html=False, include_plotlyjs=not plotlyjs_done, div_id=f"figure-{i}",
+                                     config={"displaylogo": False, "responsive": True})
             plotlyjs_done = True
         parts.append(f'<section id="section-{i}"><h2>{html.escape(s.title)}</h2>\n{body}\n</section>')
-    settings = {k: v for k, v in study.user_attrs.items() if k != "final"}
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>Study {html.escape(study.study_name)}: search report</title>
 <style>{STYLE}</style></head>
 <body>
 <h1>Study {html.escape(study.study_name)}</h1>
-<p class="meta">{html.escape(counts_line(study))}; settings {html.escape(json.dumps(settings))}</p>
+<p class="meta">{html.escape(counts_line(study))}. Report made {html.escape(provenance())}.</p>
+<h2>Settings</h2>
+{_settings_table(study)}
+<h2>Finalized result</h2>
+{_final_html(study)}
 <h2>Best trials</h2>
 {_best_table(study)}
+<h2>Failed trials</h2>
+{_failures_html(study)}
 {''.join(parts)}
 </body></html>
 """
@@ -201,11 +302,8 @@ def write_report(study: optuna.Study, out: Path) -> list[Section]:
         raise UserError(f"study {study.study_name!r} has no finished trial yet: run `search run` first")
     sections = build_sections(study)
     page = render(study, sections)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     try:
-        tmp.write_text(page, encoding="utf-8")
-        os.replace(tmp, out)
+        write_text(out, page)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         raise UserError(f"--out {out}: cannot write it ({err.strerror})") from None
     return sections

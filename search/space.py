@@ -20,8 +20,8 @@ from typing import Callable, Sequence
 
 import optuna
 
-from model import ModelConfig
-from model.registry import ENCODERS, LOSSES, POOLINGS
+from model import ENCODERS, HEADS, LOSSES, POOLINGS, ModelConfig
+from search import schedule
 from search.train import TrainConfig
 
 PROFILES = ("full", "cpu")
@@ -85,7 +85,7 @@ def build_space(profile: str = "full") -> list[Param]:
         Param("subsampling", "categorical", [False, True], when=_is("encoder", "conformer"),
               condition="encoder == conformer"),
         Param("pooling", "categorical", POOLINGS.names()),
-        Param("head", "categorical", ["linear", "mlp"]),
+        Param("head", "categorical", HEADS.names()),
         Param("head_hidden", "categorical", [80, 128] if cpu else [80, 256, 512, 1024], when=_is("head", "mlp"),
               condition="head == mlp"),
         Param("loss", "categorical", LOSSES.names()),
@@ -177,15 +177,17 @@ def warm_start_configs(space: list[Param]) -> dict[str, dict]:
 
 
 def build_configs(params: dict, n_mels: int, n_classes: int, steps: int, seed: int,
-                  eval_every: int | None = None) -> tuple[ModelConfig, TrainConfig]:
-    """Turn sampled parameters into the model and training configurations for ``steps`` steps."""
+                  eval_every: int | None = None, eval_steps: Sequence[int] = ()) -> tuple[ModelConfig, TrainConfig]:
+    """Turn sampled parameters into the model and training configurations for ``steps`` steps, validating at
+    ``eval_steps`` (a trial: search/schedule.py trial_steps) or else every ``eval_every`` steps (default
+    steps/8) and at the end."""
     model_keys = set(ModelConfig.__dataclass_fields__)
     model_cfg = ModelConfig.from_dict({**{k: v for k, v in params.items() if k in model_keys},
                                        "n_mels": n_mels, "n_classes": n_classes})
     train_cfg = TrainConfig(
         steps=steps, batch_size=params["batch_size"], segment=params["segment"], lr=params["lr"],
-        weight_decay=params["weight_decay"], warmup_steps=max(1, min(1000, steps // 10)),
-        eval_every=eval_every or max(1, steps // 8), seed=seed,
+        weight_decay=params["weight_decay"], warmup_steps=schedule.warmup_steps(steps),
+        eval_every=eval_every or schedule.min_resource(steps), eval_steps=tuple(eval_steps), seed=seed,
     )
     return model_cfg, train_cfg
 

@@ -4,13 +4,28 @@
   ``BEGIN IMMEDIATE`` transactions, so several processes on one file wait for each other instead of
   failing with "database is locked", and two of them never start the same queued trial.
 - ``postgresql://...``, ``mysql+pymysql://...``: many workers on many machines.
-- ``journal:///path/to/file.log`` (or any path ending in ``.log``): Optuna's journal file storage.
+- ``grpc://HOST:PORT``: a ``search proxy`` (Optuna's ``run_grpc_proxy_server``) in front of one of those,
+  reached through Optuna's ``GrpcStorageProxy``: hundreds of workers without hundreds of database
+  connections.
+- ``journal:///abs/path.log`` or ``journal://rel/path.log`` (or any path ending in ``.log``): Optuna's journal
+  file storage. Like a ``file://`` URL, and unlike ``sqlite:///``, three slashes mean an absolute path:
+  ``journal:///tmp/j.log`` is ``/tmp/j.log`` on every machine, never ``./tmp/j.log`` (a relative path
+  on several machines silently makes a separate study on each). ``resolve_url`` turns a relative path
+  into the absolute URL that commands print. (Optuna's and optuna-dashboard's command lines take the
+  journal file's plain path; neither has a journal URL.)
+
+``SEARCH_STORAGE``, when set, is the storage of every command that is given no ``--storage``
+(``default_url``); ``--storage`` wins over it.
 
 RDB storages get heartbeats: a worker that dies mid-trial stops beating, and after the grace period the
 next worker to ask for a trial marks it FAIL and re-queues its parameters
 (``RetryHeartbeatStaleTrialCallback``), so no trial stays RUNNING forever. Intervals: 10 s / 30 s, or
-``SEARCH_HEARTBEAT_INTERVAL`` / ``SEARCH_GRACE_PERIOD``. Journal storage has no heartbeat in Optuna 5.
-``postgresql://`` and ``mysql://`` use whichever driver is installed (psycopg2, pymysql as fallbacks).
+``SEARCH_HEARTBEAT_INTERVAL`` / ``SEARCH_GRACE_PERIOD``. Journal storage has no heartbeat in Optuna 5, nor
+has ``GrpcStorageProxy`` (it does not relay them).
+``postgresql://`` uses SQLAlchemy 2.1's default driver, psycopg 3 (the ``db`` extra installs it, so that
+Optuna's CLI and optuna-dashboard open the same URLs), or psycopg2 where only that is installed;
+``mysql://`` uses pymysql where mysqlclient is not installed. A missing driver is one line that names
+the extra to install.
 """
 
 from __future__ import annotations
@@ -38,6 +53,9 @@ MAX_RETRY = 3  # times a dead trial's parameters are run again
 HEARTBEAT_ENV, GRACE_ENV = "SEARCH_HEARTBEAT_INTERVAL", "SEARCH_GRACE_PERIOD"
 CONNECT_TIMEOUT = 10  # seconds to reach a database server before giving up
 SQLITE_BUSY_TIMEOUT = 120  # seconds a SQLite writer waits for another process's lock
+STORAGE_ENV = "SEARCH_STORAGE"  # the storage URL of commands given no --storage
+DB_EXTRA = 'pip install -e ".[db]"'  # installs every driver below (psycopg 3, pymysql, grpcio)
+PROXY_PORT = 13000  # Optuna's default port for run_grpc_proxy_server and GrpcStorageProxy
 
 
 def _seconds_from_env(name: str, default: int) -> int:
@@ -83,8 +101,77 @@ def check_study_name(name: str) -> None:
 
 
 def default_url(study: str) -> str:
+    """The storage of a command given no ``--storage``: ``$SEARCH_STORAGE`` if set, else the study's own
+    SQLite file."""
     check_study_name(study)
-    return f"sqlite:///studies/{study}.db"
+    return env_url() or f"sqlite:///studies/{study}.db"
+
+
+def env_url() -> str | None:
+    """``$SEARCH_STORAGE``, resolved (``resolve_url``), or None where it is unset or empty."""
+    text = os.environ.get(STORAGE_ENV, "").strip()
+    return resolve_url(text) if text else None
+
+
+def option_text(url: str) -> str:
+    """How messages name a storage URL: as ``--storage``, passwords hidden, and where it is
+    ``$SEARCH_STORAGE``, saying so (a user who set it long ago and gave no --storage sees why)."""
+    text = os.environ.get(STORAGE_ENV, "").strip()
+    from_env = bool(text) and (text == url or (is_journal(text) and _resolved_or_none(text) == url))
+    return f"--storage {redact(url)}" + (f" (from {STORAGE_ENV})" if from_env else "")
+
+
+def _resolved_or_none(url: str) -> str | None:
+    try:
+        return resolve_url(url)
+    except UserError:
+        return None
+
+
+def is_journal(url: str) -> bool:
+    return url.startswith("journal:") or ("://" not in url and url.endswith(".log"))
+
+
+def is_grpc(url: str) -> bool:
+    return url.startswith("grpc:")
+
+
+def journal_path(url: str) -> Path:
+    """The journal file of ``journal:///abs/path``, ``journal://rel/path`` or a plain ``path.log``, made
+    absolute (relative to the current folder)."""
+    text = url.removeprefix("journal:").removeprefix("//") if url.startswith("journal:") else url
+    if not text.strip("/"):
+        raise UserError(f"{option_text(url)}: no file path (e.g. journal:///shared/studies/hw04.log, absolute, or "
+                        "journal://studies/hw04.log, relative to the current folder)")
+    if text.startswith("//"):  # journal:////abs/path (the older spelling of an absolute path)
+        text = "/" + text.lstrip("/")
+    return Path(os.path.abspath(os.path.expanduser(text)))
+
+
+def resolve_url(url: str) -> str:
+    """``url`` as commands use and print it: a journal path made absolute (``journal:///abs/path.log``),
+    so that every process, and the printed resume command, name the same file; other URLs as given."""
+    if is_journal(url):
+        return "journal://" + journal_path(url).as_posix()
+    return url
+
+
+def grpc_address(url: str) -> tuple[str, int]:
+    """(host, port) of ``grpc://HOST[:PORT]`` (port 13000 if not given), as GrpcStorageProxy takes them."""
+    from urllib.parse import urlsplit
+
+    example = (f"expected grpc://HOST:PORT, the address of a `search proxy` (e.g. grpc://127.0.0.1:{PROXY_PORT})")
+    parts = urlsplit(url)
+    try:
+        port = PROXY_PORT if parts.port is None else parts.port
+    except ValueError:
+        port = 0
+    if not 0 < port < 65536:
+        raise UserError(f"{option_text(url)}: {example}; the port must be a number from 1 to 65535")
+    if not parts.hostname or parts.path.strip("/") or parts.query or parts.fragment or parts.username:
+        raise UserError(f"{option_text(url)}: {example}")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname  # an IPv6 address
+    return host, port
 
 
 # Query-string keys that carry a password (libpq's ``password``, ``sslpassword``; others' ``passwd``, ``pwd``).
@@ -163,37 +250,61 @@ def _sqlite_begin(connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing, or a module blocked in sys.modules
+        return False
+
+
 def _with_installed_driver(url: sqlalchemy.engine.URL) -> sqlalchemy.engine.URL:
-    """``postgresql://`` and ``mysql://`` with the driver that is installed (SQLAlchemy 2.1's defaults,
-    psycopg 3 and mysqlclient, are often not; this package's ``db`` extra installs psycopg2 and pymysql)."""
+    """``postgresql://`` and ``mysql://`` with a driver that is installed: SQLAlchemy 2.1's defaults
+    (psycopg 3, mysqlclient) where they are, else psycopg2 and pymysql. The ``db`` extra installs
+    psycopg 3 and pymysql."""
     fallbacks = {"postgresql": ("psycopg", "psycopg2"), "mysql": ("MySQLdb", "pymysql"),
                  "mariadb": ("MySQLdb", "pymysql")}
     if url.drivername in fallbacks:
         default, other = fallbacks[url.drivername]
-        if importlib.util.find_spec(default) is None and importlib.util.find_spec(other) is not None:
+        if not _installed(default) and _installed(other):
             return url.set(drivername=f"{url.drivername}+{other}")
     return url
 
 
-def is_journal(url: str) -> bool:
-    return url.startswith("journal:///") or ("://" not in url and url.endswith(".log"))
+_BACKEND_NAMES = {"postgresql": "PostgreSQL", "mysql": "MySQL", "mariadb": "MariaDB"}
+_EXTRA_DRIVERS = ("psycopg", "psycopg2", "pymysql")  # the drivers the db extra installs or falls back on
+
+
+def _missing_driver(url: str, parsed: sqlalchemy.engine.URL | None) -> UserError:
+    """The one line for a storage whose Python driver is not installed: which one, and how to install it."""
+    if parsed is None:  # grpc://
+        return UserError(f"{option_text(url)}: the gRPC client (grpcio, protobuf) is not installed; {DB_EXTRA}")
+    backend = _BACKEND_NAMES.get(parsed.get_backend_name(), parsed.get_backend_name())
+    explicit = parsed.get_driver_name() if "+" in parsed.drivername else None
+    if explicit and explicit not in _EXTRA_DRIVERS:  # e.g. postgresql+pg8000://: not one the extra installs
+        return UserError(f"{option_text(url)}: the {backend} driver {explicit} is not installed; pip install {explicit}, "
+                         f"or drop +{explicit} from the URL to use the db extra's driver ({DB_EXTRA})")
+    return UserError(f"{option_text(url)}: the {backend} driver is not installed; {DB_EXTRA}")
 
 
 def check_url(url: str) -> None:
     """Refuse a malformed URL before any work is done (reachability is checked when it is opened)."""
-    shown = redact(url)  # also remembers the password, so that no later message shows it
+    redact(url)  # remembers the password, so that no later message shows it
     if is_journal(url):
+        journal_path(url)
+        return
+    if is_grpc(url):
+        grpc_address(url)
         return
     try:
         parsed = sqlalchemy.engine.make_url(url)
     except (sqlalchemy.exc.ArgumentError, ValueError, TypeError) as err:
         why = "a port must be a number" if "int()" in str(err) else "not a storage URL"
-        raise UserError(f"--storage {shown}: {why} (e.g. sqlite:///studies/hw04.db, "
-                        "postgresql://user@host/db, mysql+pymysql://user@host/db)") from None
+        raise UserError(f"{option_text(url)}: {why} (e.g. sqlite:///studies/hw04.db, postgresql://user@host/db, "
+                        f"mysql+pymysql://user@host/db, grpc://host:{PROXY_PORT}, journal:///shared/hw04.log)") from None
     if parsed.host and "@" in parsed.host:
-        raise UserError(f"--storage {shown}: more than one '@' (a password with '@' must be written %40)")
+        raise UserError(f"{option_text(url)}: more than one '@' (a password with '@' must be written %40)")
     if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
-        raise UserError(f"--storage {shown}: an in-memory SQLite database cannot be shared with workers or "
+        raise UserError(f"{option_text(url)}: an in-memory SQLite database cannot be shared with workers or "
                         "resumed, and is lost at exit; use a file, e.g. sqlite:///studies/hw04.db")
 
 
@@ -202,33 +313,34 @@ def open_storage(url: str, heartbeat_interval: int | None = -1,
     """Open (creating if needed) the storage at ``url``; a one-line UserError if that fails.
 
     Heartbeat interval and grace period default to ``heartbeat_settings()``; ``heartbeat_interval=None``
-    turns heartbeats off. Journal storages have no heartbeat in Optuna 5: a trial of a killed worker
-    stays RUNNING there (use an RDB storage where workers may be killed). ``create=False`` (read-only
-    commands) refuses a SQLite or journal file that does not exist instead of creating it.
+    turns heartbeats off. Journal storages and storage proxies have no heartbeat in Optuna 5: a trial of
+    a killed worker stays RUNNING there (use an RDB storage where workers may be killed). ``create=False``
+    (read-only commands) refuses a SQLite or journal file that does not exist instead of creating it.
     """
     check_url(url)
     if is_journal(url):
-        # Like sqlite URLs: journal:///studies/hw04.log is relative, journal:////tmp/hw04.log absolute.
-        path = Path(url.removeprefix("journal:///"))
+        path = journal_path(url)  # absolute: journal:///tmp/j.log is /tmp/j.log, journal://j.log ./j.log
         if not create and not path.is_file():
-            raise UserError(f"--storage {redact(url)}: no such file {path}")
+            raise UserError(f"{option_text(url)}: no such file {path}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             return JournalStorage(JournalFileBackend(str(path)))
         except OSError as err:
-            raise UserError(f"--storage {redact(url)}: cannot open the journal file ({err.strerror})") from None
+            raise UserError(f"{option_text(url)}: cannot open the journal file ({err.strerror})") from None
+    if is_grpc(url):
+        return _grpc_storage(url)
     parsed = sqlalchemy.engine.make_url(url)
     backend = parsed.get_backend_name()
     engine_kwargs: dict = {}
     if backend == "sqlite":
         database = parsed.database
         if not create and database and not Path(database).is_file():
-            raise UserError(f"--storage {redact(url)}: no such file {database}")
+            raise UserError(f"{option_text(url)}: no such file {database}")
         if database and database != ":memory:":
             try:
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
             except OSError as err:
-                raise UserError(f"--storage {redact(url)}: cannot create {Path(database).parent} ({err.strerror})") from None
+                raise UserError(f"{option_text(url)}: cannot create {Path(database).parent} ({err.strerror})") from None
         engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT}
     elif backend in ("postgresql", "mysql", "mariadb"):
         parsed = _with_installed_driver(parsed)
@@ -241,7 +353,9 @@ def open_storage(url: str, heartbeat_interval: int | None = -1,
     for attempt in range(SCHEMA_RETRIES + 1):
         try:
             return _rdb_storage(parsed, backend, engine_kwargs, heartbeat_interval, grace_period)
-        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError, TypeError) as err:
+        except ImportError:  # Optuna's "Failed to import DB access module": the driver is not installed
+            raise _missing_driver(url, parsed) from None
+        except (sqlalchemy.exc.SQLAlchemyError, ValueError, TypeError) as err:
             reason = str(getattr(err, "orig", None) or err).strip()
             if attempt < SCHEMA_RETRIES and _schema_race(reason):
                 # Several processes creating the tables of a new storage at once: one wins, the others
@@ -249,8 +363,33 @@ def open_storage(url: str, heartbeat_interval: int | None = -1,
                 time.sleep(0.2 * (attempt + 1) + random.random() * 0.3)
                 continue
             reason = (reason.splitlines() or [type(err).__name__])[0]
-            raise UserError(f"--storage {redact(url)}: cannot open the storage ({redact(reason)[:200]})") from None
+            raise UserError(f"{option_text(url)}: cannot open the storage ({redact(reason)[:200]})") from None
     raise AssertionError("unreachable")
+
+
+def require_grpc(url: str) -> None:
+    """A one-line UserError naming the extra where grpcio or protobuf (Optuna's gRPC proxy needs both)
+    is not installed."""
+    if not (_installed("grpc") and _installed("google.protobuf")):
+        raise _missing_driver(url, None)
+
+
+def _grpc_storage(url: str) -> optuna.storages.BaseStorage:
+    """Optuna's GrpcStorageProxy on a ``search proxy`` at ``grpc://HOST:PORT``, once it answers."""
+    host, port = grpc_address(url)
+    require_grpc(url)
+    from optuna.storages import GrpcStorageProxy
+
+    with warnings.catch_warnings():  # "experimental" in Optuna 5: used knowingly, tested
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        proxy = GrpcStorageProxy(host=host, port=port)
+    try:
+        proxy.wait_server_ready(timeout=CONNECT_TIMEOUT)
+    except ConnectionError:
+        proxy.close()
+        raise UserError(f"{option_text(url)}: no storage proxy answers at {host}:{port} within {CONNECT_TIMEOUT} s "
+                        f"(start one there: search proxy --storage URL --host HOST --port {port})") from None
+    return proxy
 
 
 SCHEMA_RETRIES = 8

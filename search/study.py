@@ -17,13 +17,19 @@ from typing import Callable
 import optuna
 from optuna.trial import TrialState
 
-from search import space as search_space
+from search import schedule, space as search_space
 from search.errors import UserError
 from search.objective import Objective
-from search.storage import check_study_name, open_storage, redact
+from search.notes import with_notes
+from search.queries import best_or_none, counts
+from search.storage import check_study_name, default_url, open_storage, redact
 from search.task import Task
 
-EVALUATIONS_PER_TRIAL = 8  # validations per trial: the pruner's decision points
+# The smallest budget (search/schedule.py GRID): a trial's first rung is budget/8 steps. Where a trial validates:
+# schedule.trial_steps, from this study's pruner.
+EVALUATIONS_PER_TRIAL = schedule.GRID
+CPU_BUDGET = 200  # a new study's steps per trial on a CPU: 20 trials of the cpu space in ~5 minutes on 2 cores
+GPU_BUDGET = 2000  # a new study's steps per trial on a GPU
 
 
 class TrialFailed(UserError):
@@ -37,7 +43,7 @@ class TargetReached(Exception):
 @dataclass
 class StudySettings:
     budget: int  # training steps of a full trial
-    eval_every: int  # steps between validations (the pruner's resource unit)
+    eval_every: int  # the pruner's first rung (min_resource), budget/8; trials validate at its rungs and the end
     data: str  # the data folder, or "embedded"
     seed: int
     profile: str  # search-space profile: full or cpu
@@ -54,6 +60,48 @@ class StudySettings:
         return cls(**{f.name: attrs[f.name] for f in fields if f.name in attrs})
 
 
+@dataclass
+class RequestedSettings:
+    """The settings ``search run`` was given, None where the user gave none. ``resolve`` merges them with
+    the stored study's: an existing study keeps its own values (its data, budget, seed, space and pruning
+    choice) and refuses a different one given explicitly; a new study takes the defaults of the device.
+    """
+
+    budget: int | None = None
+    data: str | None = None  # a data folder (absolute), or "embedded"
+    seed: int | None = None
+    profile: str | None = None  # full or cpu
+    pruning: bool | None = None
+
+    def resolve(self, name: str, stored: StudySettings | None, device_type: str) -> StudySettings:
+        """The settings a run uses; a one-line UserError naming the option that contradicts the study."""
+        if stored is not None:
+            check_same(name, stored, self)
+            return stored
+        budget = self.budget or (GPU_BUDGET if device_type == "cuda" else CPU_BUDGET)
+        requested = StudySettings(
+            budget=budget, eval_every=0, data=self.data or "embedded", seed=self.seed or 0,
+            profile=self.profile or ("full" if device_type == "cuda" else "cpu"), pruning=self.pruning is not False)
+        requested.eval_every = schedule.min_resource(requested.budget)
+        return requested
+
+
+def check_same(name: str, stored: StudySettings, given: StudySettings | RequestedSettings) -> None:
+    """Refuse a setting given for an existing study that differs from the one it was created with: its
+    trials must stay comparable. Settings not given (None) are not compared."""
+    for field, option, created, advice in (
+            ("budget", f"--budget {given.budget}", f"with --budget {stored.budget}",
+             "trials of one study must share a budget (use another --study)"),
+            ("pruning", f"--{'' if given.pruning else 'no-'}pruning", f"with pruning {'on' if stored.pruning else 'off'}",
+             "use another --study"),
+            ("data", f"--data {given.data}", f"on {stored.data}", "use the same data or another --study"),
+            ("seed", f"--seed {given.seed}", f"with --seed {stored.seed}",
+             "its trials share that seed's train/valid split and sampler (use another --study)"),
+            ("profile", f"--space {given.profile}", f"with --space {stored.profile}", "use another --study")):
+        if getattr(given, field) is not None and getattr(given, field) != getattr(stored, field):
+            raise UserError(f"{option}: study {name!r} was created {created}; {advice}")
+
+
 def make_pruner(settings: StudySettings) -> optuna.pruners.BasePruner:
     """Hyperband over training steps, with explicit resources: every worker computes the same brackets
     (``max_resource='auto'`` would be guessed per process from the trials it happens to see)."""
@@ -63,14 +111,16 @@ def make_pruner(settings: StudySettings) -> optuna.pruners.BasePruner:
                                           reduction_factor=3)
 
 
-def load_study(name: str, url: str, any_direction: bool = False) -> optuna.Study:
+def load_study(name: str, url: str | None, any_direction: bool = False) -> optuna.Study:
     """An existing study, or a one-line UserError listing the studies that do exist. Never creates
     anything: a SQLite or journal file that is not there is an error, not a new empty storage.
+    ``url`` None: the study's default storage, ``studies/<name>.db``.
 
     A study that minimizes (or has several objectives) and holds trials is refused unless
     ``any_direction``: its "best" trial would be the one with the lowest accuracy.
     """
     check_study_name(name)
+    url = url or default_url(name)
     sqlite_file = _sqlite_file(url)
     if sqlite_file is not None and not sqlite_file.is_file():
         raise UserError(f"--study {name}: no such study ({sqlite_file} does not exist)")
@@ -101,16 +151,13 @@ def _sqlite_file(url: str) -> Path | None:
 def _check_writable_sqlite(url: str) -> None:
     """A search writes its trials: refuse a read-only SQLite file (or folder, where SQLite keeps its -wal
     and -shm files) at once, not at the first write."""
-    import os
+    from search.files import read_only_part
 
     path = _sqlite_file(url)
-    if path is None or not path.exists():
-        return
-    folder = path.parent if str(path.parent) else Path(".")
-    for what, where in ((path, path), (folder, folder)):
-        if not os.access(where, os.W_OK):
-            raise UserError(f"--storage {redact(url)}: {what} is read-only; a search writes its trials there "
-                            "(make it writable, or use another --study or --storage)")
+    what = read_only_part(path) if path is not None and path.exists() else None
+    if what is not None:
+        raise UserError(f"--storage {redact(url)}: {what} is read-only; a search writes its trials there "
+                        "(make it writable, or use another --study or --storage)")
 
 
 def _check_direction(study: optuna.Study, url: str) -> None:
@@ -124,9 +171,30 @@ def _check_direction(study: optuna.Study, url: str) -> None:
 CREATE_WAIT = 10  # seconds a worker waits for the process that created a study to record its settings
 
 
-def open_study(name: str, url: str, requested: StudySettings, budget_given: bool,
-               warm_start: bool = True, worker: int = 0, pruning_given: bool = False) -> tuple[optuna.Study, StudySettings, bool]:
-    """Create the study or load it to add trials. Returns (study, settings in force, created)."""
+def stored_settings(name: str, url: str) -> StudySettings | None:
+    """The settings of the study ``name`` at ``url`` if it exists and has them, creating nothing: what a
+    run must check (and take) before it prepares any data. Refuses a read-only SQLite file, a study
+    that does not maximize, and a storage that cannot be opened, as ``open_study`` would later."""
+    check_study_name(name)
+    _check_writable_sqlite(url)
+    sqlite_file = _sqlite_file(url)
+    if sqlite_file is not None and not sqlite_file.is_file():  # a new study: no file made before it is needed
+        return None
+    storage = open_storage(url)
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return None
+    _check_direction(study, url)
+    settings = StudySettings.from_attrs(study.user_attrs)
+    return settings if settings is not None else _wait_for_settings(study, name, url)  # refuses a foreign study
+
+
+def open_study(name: str, url: str, requested: StudySettings, warm_start: bool = True,
+               worker: int = 0) -> tuple[optuna.Study, StudySettings, bool]:
+    """Create the study with the ``requested`` settings, or load it to add trials (refusing settings that
+    differ from its own: see ``RequestedSettings.resolve`` for a run's merge). Returns (study, settings in
+    force, created)."""
     check_study_name(name)
     _check_writable_sqlite(url)
     storage = open_storage(url)
@@ -150,15 +218,7 @@ def open_study(name: str, url: str, requested: StudySettings, budget_given: bool
                 if label not in queued:
                     study.enqueue_trial(params, user_attrs={"warm_start": label})
     else:
-        if budget_given and requested.budget != settings.budget:
-            raise UserError(f"--budget {requested.budget}: study {name!r} was created with --budget {settings.budget}; "
-                            "trials of one study must share a budget (use another --study)")
-        if requested.pruning != settings.pruning and pruning_given:
-            raise UserError(f"--{'' if requested.pruning else 'no-'}pruning: study {name!r} was created with "
-                            f"pruning {'on' if settings.pruning else 'off'}; use another --study")
-        if requested.data != settings.data:
-            raise UserError(f"--data {requested.data}: study {name!r} was created on {settings.data}; "
-                            "use the same data or another --study")
+        check_same(name, settings, requested)
     # Seeded per worker and per number of trials so far: a resumed run does not replay the first
     # trials' random samples, and the same seed still gives the same sequence.
     n_before = len(study.get_trials(deepcopy=False))
@@ -204,18 +264,6 @@ def _wait_for_settings(study: optuna.Study, name: str, url: str) -> StudySetting
         time.sleep(0.2)
 
 
-def counts(study: optuna.Study) -> dict[str, int]:
-    states = [t.state for t in study.get_trials(deepcopy=False)]
-    return {state.name.lower(): states.count(state) for state in TrialState}
-
-
-def best_trial_or_none(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    try:
-        return study.best_trial
-    except ValueError:  # no completed trial
-        return None
-
-
 def run_trials(study: optuna.Study, settings: StudySettings, task: Task, n_trials: int | None,
                timeout: float | None = None, fail_fast: bool = False,
                on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
@@ -227,6 +275,7 @@ def run_trials(study: optuna.Study, settings: StudySettings, task: Task, n_trial
     ``study.ask()`` with the study and the real ask; it returns the trial, or raises TargetReached, which
     ends the run here quietly."""
     objective = Objective(task, settings.budget, search_space.build_space(settings.profile), settings.seed)
+    on_trial = with_notes(on_trial)  # and each trial's note and the study's, in optuna-dashboard (search/notes.py)
     # gc_after_trial collects after every trial; without this each collection walks every object that
     # torch, optuna and the data created at start-up (~0.3 s a trial on a CPU). They live as long as
     # the process anyway: move them out of the collector's sight.
@@ -270,7 +319,7 @@ class Progress:
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, worker: int | None = None) -> None:
         self.done += 1
         c = counts(study)
-        best = best_trial_or_none(study)
+        best = best_or_none(study)
         if trial.state == TrialState.COMPLETE:
             value = f"acc {trial.value:.4f}"
         else:

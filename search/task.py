@@ -1,7 +1,8 @@
 """The data a worker trains on: a feature bank on the device and a seeded train/valid split.
 
 Loaded once per process and reused by every trial of that process (``load_task`` caches it).
-With no data folder, the embedded synthetic dataset is generated once into the cache folder.
+With no data folder, the embedded synthetic dataset is generated once into the cache folder
+(``studies/.cache/``, search/files.py), where the feature banks of read-only data folders go too.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ import torch
 
 from data.bank import FeatureBank, open_bank
 from data.hw04 import stratified_split
+from search.files import CACHE
 
 VALID_FRACTION = 0.1  # the sample code's 90/10 split
 EMBEDDED_SEED = 0  # the embedded dataset is one fixed dataset, whatever the search seed
-DEFAULT_CACHE = Path("studies") / ".cache"
 
 
 @dataclass
@@ -52,7 +53,7 @@ def use_device(name: str) -> torch.device:
     return device
 
 
-def embedded_data_dir(cache: Path = DEFAULT_CACHE, progress=None) -> Path:
+def embedded_data_dir(cache: Path = CACHE, progress=None) -> Path:
     """The embedded default dataset, generated deterministically on first use."""
     from data import synth
 
@@ -65,14 +66,24 @@ def embedded_data_dir(cache: Path = DEFAULT_CACHE, progress=None) -> Path:
     return folder
 
 
+def data_folder(data_dir: str | Path | None, progress=None) -> Path:
+    """The data folder itself, or (None) the embedded dataset's, generated on first use."""
+    return Path(data_dir) if data_dir is not None else embedded_data_dir(progress=progress)
+
+
+def prepare_bank(data_dir: str | Path | None, progress=None) -> FeatureBank:
+    """Validate the data and open its feature bank (packed on first use, beside the data or in the cache)."""
+    return open_bank(data_folder(data_dir, progress), progress=progress, readonly_cache=CACHE)
+
+
 _TASKS: dict[tuple, Task] = {}
 
 
 def load_task(data_dir: str | Path | None, seed: int, device: torch.device, progress=None) -> Task:
-    folder = Path(data_dir) if data_dir is not None else embedded_data_dir(progress=progress)
+    folder = data_folder(data_dir, progress)
     key = (str(folder.resolve()), seed, str(device))
     if key not in _TASKS:
-        bank = open_bank(folder, progress=progress)
+        bank = prepare_bank(folder, progress=progress)
         labels = bank.labels[: bank.n_train].numpy()
         train, valid = stratified_split(labels, VALID_FRACTION, seed)
         _TASKS.clear()  # one dataset per process: free the previous bank's memory

@@ -5,7 +5,8 @@ What it does differently from the HW04 sample code, and why:
 - crops are cut from the feature bank on the device: no DataLoader, no host-to-device copy per step;
 - the loss is summed on the device and read back only at evaluation: no host sync per step;
 - validation runs on full-length utterances, batched by length with padding masks (crops understate
-  accuracy by ~0.17 on HW04);
+  accuracy by ~0.17 on HW04), in batches of a few fixed shapes with one host sync per evaluation
+  (``EvalBatches``), and only at the steps where something reads it (search/schedule.py);
 - the best weights are copied, not kept by reference;
 - bf16 autocast and fused AdamW on CUDA;
 - on CUDA the whole step (forward, backward, AdamW) is captured once as a CUDA graph and replayed: a
@@ -24,7 +25,6 @@ What it does differently from the HW04 sample code, and why:
 from __future__ import annotations
 
 import math
-import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -36,7 +36,9 @@ import torch
 from data.bank import FeatureBank
 from model import Classifier, ModelConfig, build_model, count_parameters
 from search.checkpoints import usable_checkpoint
+from search import schedule
 from search.errors import TrainingDiverged
+from search.files import replaced
 from search.task import Task
 
 
@@ -48,7 +50,9 @@ class TrainConfig:
     lr: float = 1e-3  # peak learning rate, after warm-up
     weight_decay: float = 0.01
     warmup_steps: int = 1000  # linear warm-up, then cosine decay to 0
-    eval_every: int = 2000  # steps between full-length validations (and one at the end)
+    eval_every: int = 2000  # steps between full-length validations (and one at the end), unless eval_steps
+    # The steps to validate at, instead of every eval_every (search trials: search/schedule.py trial_steps)
+    eval_steps: tuple[int, ...] = ()
     margin_warmup: float = 0.2  # share of training over which margin losses ramp their margin from 0
     seed: int = 0  # model init, dropout and crop sampling
     eval_max_frames: int = 1 << 16  # padded frames per evaluation batch
@@ -66,11 +70,18 @@ class TrainConfig:
     # collapse is information for the sampler and pruner, and its runs are too short to collapse; finalize
     # turns it on, where hours of training would otherwise end with the weights of before the collapse.
     recover_collapse: bool = False
+    # On CUDA: "bf16" autocast (search trials: fastest, and 2,000-step runs are stable in it); "tf32": fp32 weights
+    # and activations with TF32 tensor-core matmuls (finalize); "fp32": no tensor-core rounding at all (slowest).
+    # Measured (NVIDIA H200, HW04-scale synthetic set, 70,000 steps, clip 20; BENCHMARKS.md): in bf16 the
+    # sample-code model (seed 0) collapsed with and without clipping, and the post-norm d512 Transformer and the
+    # d512/16-head Conformer diverged; the same sample-code run in fp32 did not. The CPU always trains in fp32.
+    precision: str = "bf16"
 
     def evaluation_steps(self) -> list[int]:
-        """The steps at which validation runs (and the pruner may be asked)."""
-        steps = list(range(self.eval_every, self.steps + 1, self.eval_every))
-        return steps if steps and steps[-1] == self.steps else steps + [self.steps]
+        """The steps at which validation runs (and the pruner may be asked); always the last one."""
+        if self.eval_steps:
+            return sorted({s for s in self.eval_steps if 0 < s <= self.steps} | {self.steps})
+        return schedule.periodic_steps(self.steps, self.eval_every)
 
 
 @dataclass
@@ -80,6 +91,7 @@ class TrainResult:
     best_step: int
     history: list[dict] = field(default_factory=list)  # one dict of metrics per evaluation
     steps_per_second: float = 0.0  # training steps only, evaluations excluded
+    eval_seconds: float = 0.0  # wall time in validation (the device synchronized), all evaluations together
     parameters: int = 0
     cuda_graph: bool = False  # whether the steps ran as a replayed CUDA graph
     # one dict per collapse rolled back: step, to_step, lr (the new peak lr), reason (also in the history,
@@ -105,39 +117,90 @@ def margin_scale(step: int, cfg: TrainConfig) -> float:
     return 1.0 if ramp <= 0 else min(1.0, step / ramp)
 
 
-def _autocast(device: torch.device, cache: bool = True):
-    """bf16 on CUDA, off on the CPU. ``cache=False`` inside CUDA-graph capture: cached weight casts would
-    live in the graph's memory pool."""
-    if device.type == "cuda":
+def _autocast(device: torch.device, cache: bool = True, bf16: bool = True):
+    """bf16 on CUDA (unless ``bf16`` is False), off on the CPU. ``cache=False`` inside CUDA-graph capture:
+    cached weight casts would live in the graph's memory pool."""
+    if device.type == "cuda" and bf16:
         return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache)
     return torch.autocast("cpu", enabled=False)
 
 
-def _full_length_logits(model: Classifier, bank: FeatureBank, ids: torch.Tensor, max_frames: int):
-    """Yield ``(slots, logits)``: logits (B, n_classes) of the utterances at positions ``slots`` of ``ids``, at
-    full length, batched by length with padding masks (equal to one utterance at a time: padding is masked).
-    The model is in eval mode meanwhile. Callers run it under ``torch.no_grad``."""
-    was_training = model.training
-    model.eval()
-    device = bank.device
-    position = {int(u): i for i, u in enumerate(ids.tolist())}
-    try:
-        for batch in bank.length_batches(ids, max_frames):
-            batch = batch.to(device)
-            longest = int(bank.lengths[batch].max())
-            x, mask = bank.gather(batch, torch.zeros_like(batch), longest)
-            with _autocast(device):
-                logits = model(x, mask)
-            yield torch.tensor([position[int(u)] for u in batch.tolist()], device=device), logits
-    finally:
-        model.train(was_training)
+def bucket_length(frames: int) -> int:
+    """The padded length of an evaluation batch whose longest utterance has ``frames`` frames: rounded up to
+    8 lengths per octave (at most 12.5% of padding beyond the longest), multiples of 8."""
+    frames = max(1, frames)
+    granule = max(8, 1 << max(0, frames.bit_length() - 4))
+    return -(-frames // granule) * granule
+
+
+class EvalBatches:
+    """Full-length evaluation of utterances ``ids``, planned once (per trial) and run with no host sync.
+
+    Utterances sorted by length, longest first, fill batches in turn. A batch is padded to its longest
+    utterance's ``bucket_length`` T and holds ``max_frames // T`` utterances, so its shape is a function of T
+    alone, from a small fixed set: the same at every evaluation, in every trial on the same data, so the
+    same kernels (and cuBLAS/cuDNN choices) serve them all. The last batch is filled up to a power of two with
+    copies of its first utterance, which count for nothing. Padding is masked (equal to one utterance at a
+    time; tests/test_train.py checks it against the earlier per-batch evaluation).
+
+    The plan reads the lengths on the host once; an evaluation then only launches work: each batch's correct
+    predictions are added up on the device and the total is read once, at the end (``accuracy``). The
+    earlier evaluation read each batch's longest length back (a sync per batch), copied index tensors across
+    and padded each batch to its own length, a different shape each time.
+    """
+
+    def __init__(self, bank: FeatureBank, ids: torch.Tensor, max_frames: int = 1 << 16) -> None:
+        self.bank, self.count = bank, len(ids)
+        self.labels = bank.labels[ids.to(bank.device)]
+        host_ids = ids.cpu()
+        lengths = bank.lengths.cpu()[host_ids]
+        order = torch.argsort(lengths, descending=True, stable=True)
+        # (ids (rows,), slots (n,): their positions in ``ids``, n real rows, padded length T, zeros (rows,))
+        self.batches: list[tuple[torch.Tensor, torch.Tensor, int, int, torch.Tensor]] = []
+        start = 0
+        while start < len(order):
+            padded = bucket_length(int(lengths[order[start]]))
+            size = max(1, max_frames // padded)
+            take = order[start:start + size]
+            n = len(take)
+            rows = size if n == size else min(size, 1 << (n - 1).bit_length())
+            batch = torch.cat([host_ids[take], host_ids[take[:1]].expand(rows - n)])
+            self.batches.append((batch.to(bank.device), take.to(bank.device), n, padded,
+                                 torch.zeros(rows, dtype=torch.long, device=bank.device)))
+            start += n
+
+    def logits(self, model: Classifier):
+        """Yield ``(slots, logits)``: logits (n, n_classes) of the utterances at positions ``slots`` of ``ids``,
+        at full length. The model is in eval mode meanwhile; callers run it under ``torch.no_grad``."""
+        was_training = model.training
+        model.eval()
+        try:
+            for batch, slots, n, padded, starts in self.batches:
+                x, mask = self.bank.gather(batch, starts, padded)
+                with _autocast(self.bank.device):
+                    logits = model(x, mask)
+                yield slots, logits[:n]
+        finally:
+            model.train(was_training)
+
+    @torch.no_grad()
+    def correct(self, model: Classifier) -> torch.Tensor:
+        """The number of correct predictions, a device tensor: nothing is read back."""
+        total = torch.zeros((), dtype=torch.long, device=self.bank.device)
+        for slots, logits in self.logits(model):
+            total += (logits.argmax(-1) == self.labels[slots]).sum()
+        return total
+
+    def accuracy(self, model: Classifier) -> float:
+        """Full-length accuracy: the one host sync of an evaluation."""
+        return self.correct(model).item() / max(1, self.count)
 
 
 @torch.no_grad()
 def predict(model: Classifier, bank: FeatureBank, ids: torch.Tensor, max_frames: int = 1 << 16) -> torch.Tensor:
     """Predicted labels for utterances ``ids`` at full length, in the order of ``ids``."""
     predictions = torch.empty(len(ids), dtype=torch.long, device=bank.device)
-    for slots, logits in _full_length_logits(model, bank, ids, max_frames):
+    for slots, logits in EvalBatches(bank, ids, max_frames).logits(model):
         predictions[slots] = logits.argmax(-1)
     return predictions
 
@@ -147,23 +210,21 @@ def predict_proba(model: Classifier, bank: FeatureBank, ids: torch.Tensor, max_f
     """Class probabilities (softmax of the logits, float32, shape (len(ids), n_speakers)) for utterances
     ``ids`` at full length, in the order of ``ids``: what an ensemble averages."""
     probabilities = torch.zeros(len(ids), bank.n_speakers, dtype=torch.float32, device=bank.device)
-    for slots, logits in _full_length_logits(model, bank, ids, max_frames):
+    for slots, logits in EvalBatches(bank, ids, max_frames).logits(model):
         probabilities[slots] = torch.softmax(logits.float(), dim=-1)
     return probabilities
 
 
 def evaluate(model: Classifier, bank: FeatureBank, ids: torch.Tensor, max_frames: int = 1 << 16) -> float:
-    """Full-length accuracy on utterances ``ids``."""
-    correct = (predict(model, bank, ids, max_frames) == bank.labels[ids]).sum()
-    return float(correct) / max(1, len(ids))
+    """Full-length accuracy on utterances ``ids`` (``EvalBatches``; train() plans its batches once)."""
+    return EvalBatches(bank, ids, max_frames).accuracy(model)
 
 
 def _save_atomically(state: dict, path: Path) -> None:
     """Write to a temporary file and rename, so a kill never leaves a half-written checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with replaced(path) as tmp:
+        torch.save(state, tmp)
 
 
 class TrainStep:
@@ -182,6 +243,13 @@ class TrainStep:
     def __init__(self, model: Classifier, cfg: TrainConfig, device: torch.device) -> None:
         self.model, self.device = model, device
         self.graph_wanted = cfg.cuda_graph and device.type == "cuda"
+        if cfg.precision not in ("bf16", "tf32", "fp32"):
+            raise ValueError(f"precision: expected 'bf16', 'tf32' or 'fp32', got {cfg.precision!r}")
+        self.bf16 = cfg.precision == "bf16"
+        if device.type == "cuda" and not self.bf16:
+            # Process-wide, read when kernels are chosen (and baked into a captured graph): a training process
+            # trains one model, and evaluation in the same process is fine with either.
+            torch.set_float32_matmul_precision("high" if cfg.precision == "tf32" else "highest")
         # The margin scale is a float for eager steps, or a device tensor the graph reads in place; the
         # same for the learning rate, which the optimizer holds (a tensor lr needs capturable=True).
         self.margin: float | torch.Tensor
@@ -216,7 +284,7 @@ class TrainStep:
 
     def _forward_backward(self, x, mask, labels) -> None:
         # cache=False on the graph path: in its warm-up and fallback steps too, so every step is the same
-        with _autocast(self.device, cache=not self.graph_wanted):
+        with _autocast(self.device, cache=not self.graph_wanted, bf16=self.bf16):
             loss, logits = self.model.loss(x, mask, labels, self.margin)
         loss.backward()
         if self.clip > 0:
@@ -419,7 +487,8 @@ def train(
     step, best_accuracy, best_step, best_state, history = 0, -1.0, 0, None, []
     if checkpoint is not None and usable_checkpoint(checkpoint):  # an unusable one is moved aside, saying so
         state = torch.load(checkpoint, map_location=device, weights_only=True)
-        if state["model_config"] != model_cfg.to_dict() or state["train_config"] != asdict(cfg):
+        saved_cfg = {**asdict(TrainConfig()), **state["train_config"]}  # fields added since: their defaults
+        if state["model_config"] != model_cfg.to_dict() or saved_cfg != asdict(cfg):
             raise ValueError(f"{checkpoint}: written for another configuration; remove it to start over")
         model.load_state_dict(state["model"])
         train_step.load_state_dict(state["optimizer"])
@@ -443,6 +512,8 @@ def train(
             }, checkpoint)
 
     eval_steps = set(cfg.evaluation_steps())
+    valid_batches = EvalBatches(task.bank, task.valid_ids, cfg.eval_max_frames)  # planned once, run at each
+    eval_seconds = 0.0
     steps_run = 0  # optimiser steps taken by this call (a rollback moves ``step`` back, not this)
     loss_sum, correct_sum = train_step.loss_sum, train_step.correct_sum  # summed on the device
     since_eval, train_time, started = 0, 0.0, time.perf_counter()
@@ -469,7 +540,9 @@ def train(
                     train_loss = float(loss_sum) / since_eval  # the one host sync per evaluation
                     if not math.isfinite(train_loss) and not (guard is not None and guard.can_roll_back()):
                         raise TrainingDiverged(f"training loss became {train_loss} before step {step}")
-                    accuracy = evaluate(model, task.bank, task.valid_ids, cfg.eval_max_frames)
+                    eval_started = time.perf_counter()
+                    accuracy = valid_batches.accuracy(model)  # reads one number back: the device is done
+                    eval_seconds += time.perf_counter() - eval_started
                     metrics = {"step": step, "valid_accuracy": accuracy, "train_loss": train_loss,
                                "train_accuracy": float(correct_sum) / (since_eval * cfg.batch_size),
                                "elapsed": time.perf_counter() - started,
@@ -506,5 +579,6 @@ def train(
     if best_state is not None:
         model.load_state_dict(best_state)
     return TrainResult(model, best_accuracy, best_step, history,
-                       steps_per_second=steps_run / max(train_time, 1e-9), parameters=count_parameters(model),
+                       steps_per_second=steps_run / max(train_time, 1e-9), eval_seconds=eval_seconds,
+                       parameters=count_parameters(model),
                        cuda_graph=graphed, rollbacks=list(guard.rollbacks) if guard is not None else [])

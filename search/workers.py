@@ -7,7 +7,7 @@ thread), opens the study with its own sampler seed (``open_study(..., worker=i)`
 from one study-wide count until the run's ``--trials`` are all taken (``SharedTarget``): a fast worker
 takes more, and the trials a dead worker would have run are run by the others. Workers on other
 machines are the same thing started by hand: ``search run --storage postgresql://... --study NAME`` on
-each machine.
+each machine. A run without workers is the plan's one-job case: ``run_job`` in the run's own process.
 
 On GPUs (``--gpus [all|LIST] [--workers-per-gpu K]``), ``worker_devices`` plans one worker per selected
 GPU, K times over, interleaved; a worker on ``cuda:i`` makes GPU i its current device before it loads
@@ -33,7 +33,6 @@ import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import optuna
@@ -236,33 +235,40 @@ def _parse_gpus(gpus: str, visible_gpus: int) -> list[int]:
     return indices
 
 
-def prepare_data(data_dir: Path | None, progress=None) -> Path:
-    """Validate the data and build its feature-bank cache once, in the parent, before the workers start
-    (so they don't race to build it); the parent itself keeps no copy of the data."""
-    from data.bank import open_bank
-    from search.task import embedded_data_dir
-
-    folder = Path(data_dir) if data_dir is not None else embedded_data_dir(progress=progress)
-    open_bank(folder, progress=progress)
-    return folder
-
-
 @dataclass
 class WorkerJob:
-    """Everything a worker needs, picklable (a spawned process starts from nothing)."""
+    """Everything a worker needs, picklable (a spawned process starts from nothing). The one job of a
+    run without workers runs in the run's own process (``run_job``), ``n_trials`` trials of its own."""
 
     index: int
     study_name: str
     url: str
-    requested: StudySettings
-    budget_given: bool
-    data_dir: str | None
+    settings: StudySettings  # the study's (search.study.RequestedSettings.resolve)
     device: str
-    target: int | None  # take trials until the study's count reaches this (run_target); None: until the timeout
+    target: int | None = None  # take trials until the study's count reaches this (run_target); None: no target
+    n_trials: int | None = None  # or run this many trials (None: until the timeout, or the target)
     timeout: float | None = None
     fail_fast: bool = False
     parent_pid: int = field(default_factory=os.getpid)  # the worker stops when this process dies
     lock_path: str | None = None  # the run's lock around "count, then ask" (run_workers sets it)
+
+    @property
+    def data_dir(self) -> str | None:
+        return None if self.settings.data == "embedded" else self.settings.data
+
+
+def run_job(job: WorkerJob, on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None],
+            study: optuna.Study | None = None) -> None:
+    """Run a job's trials in this process: on its device, on the study (``study``: the caller's handle,
+    already opened for worker ``job.index``), sharing the run's target with the other workers if it has one."""
+    from search.task import load_task, use_device
+
+    task = load_task(job.data_dir, job.settings.seed, use_device(job.device))
+    if study is None:
+        study = open_study(job.study_name, job.url, job.settings, warm_start=False, worker=job.index)[0]
+    gate = None if job.target is None else SharedTarget(job.target, job.lock_path, job.timeout)
+    run_trials(study, job.settings, task, job.n_trials, timeout=job.timeout, fail_fast=job.fail_fast,
+               on_trial=on_trial, gate=gate)
 
 
 @dataclass
@@ -297,12 +303,6 @@ class WorkersReport:
     @property
     def finished(self) -> int:
         return sum(o.finished for o in self.outcomes)
-
-
-def _interrupt(_signum, _frame) -> None:
-    # Once: a second SIGTERM must not interrupt the clean-up (Optuna recording the trial FAIL, the exit).
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt
 
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -348,12 +348,13 @@ def _worker_main(job: WorkerJob, conn, cpu_threads: int) -> None:
     import torch
 
     from data.errors import DataError
+    from search.guard import interrupt_once
     from search.logs import attach_log_file, log_path, optuna_console_one_line
-    from search.task import load_task, use_device
 
-    # SIGTERM (the parent stopping a --fail-fast run, a batch system's kill) ends the trial in progress
-    # the way Ctrl-C does: Optuna records it as FAIL instead of leaving it RUNNING.
-    signal.signal(signal.SIGTERM, _interrupt)
+    # The first SIGINT (a terminal's Ctrl-C reaches every worker) or SIGTERM (the parent stopping the workers,
+    # a batch system's kill, the kernel when the parent dies) ends the trial in progress: Optuna records it as
+    # FAIL instead of leaving it RUNNING, and a second signal cannot cut that short.
+    interrupt_once()  # for the life of this process
     _stop_with_parent(job.parent_pid)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Optuna's warnings (a failed trial's traceback) into the study's log file, one line each on stderr
@@ -367,11 +368,7 @@ def _worker_main(job: WorkerJob, conn, cpu_threads: int) -> None:
 
     code = 0
     try:
-        task = load_task(job.data_dir, job.requested.seed, use_device(job.device))
-        study, settings, _ = open_study(job.study_name, job.url, job.requested, job.budget_given,
-                                        warm_start=False, worker=job.index)
-        run_trials(study, settings, task, None, timeout=job.timeout, fail_fast=job.fail_fast,
-                   on_trial=on_trial, gate=SharedTarget(job.target, job.lock_path, job.timeout))
+        run_job(job, on_trial)
         _send(conn, ("done", None))
     except (UserError, DataError) as err:
         _send(conn, ("error", redact(str(err))))
@@ -391,9 +388,9 @@ def _worker_main(job: WorkerJob, conn, cpu_threads: int) -> None:
 
 
 def run_workers(study: optuna.Study, jobs: list[WorkerJob], echo: Callable[[str], None],
-                total: int | None = None) -> WorkersReport:
-    """Start one process per job, print a progress line per finished trial, wait for all of them.
-    The jobs share one target (``run_target``); ``total`` is the run's ``--trials`` (for the progress lines).
+                progress: Progress) -> WorkersReport:
+    """Start one process per job, print a progress line per finished trial (``progress``), wait for all of
+    them. The jobs share one target (``run_target``).
 
     ``study`` is the parent's handle on the same study (for the progress lines). With ``fail_fast``
     jobs, the first worker that stops on a failed trial makes the parent stop the others.
@@ -404,7 +401,6 @@ def run_workers(study: optuna.Study, jobs: list[WorkerJob], echo: Callable[[str]
         echo("note: this storage has no heartbeats (journal): a trial of a worker that is killed stays RUNNING; "
              "use sqlite://, postgresql:// or mysql+pymysql:// where workers may be killed")
     context = multiprocessing.get_context("spawn")
-    progress = Progress(total, echo)
     report = WorkersReport([WorkerOutcome(j.index) for j in jobs])
     lock_fd, lock_path = tempfile.mkstemp(prefix="search-run-", suffix=".lock")
     os.close(lock_fd)

@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny synthetic dataset in the HW04 layout, made once per test session."""
+"""Shared fixtures: small synthetic datasets in the HW04 layout, made once per test session, and an empty
+working folder. Shared plain functions and constants are in ``tests/helpers.py``."""
 
 from __future__ import annotations
 
@@ -8,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from data.synth import synthesize
-
-TINY = dict(speakers=6, utterances_per_speaker=10, length_scale=0.25, seed=3)
+from tests.helpers import TINY
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +25,14 @@ def four_speakers(tmp_path_factory) -> Path:
     """Few speakers, more utterances each: a validation split big enough to rank short trials."""
     folder = tmp_path_factory.mktemp("data4") / "Dataset"
     synthesize(folder, speakers=4, utterances_per_speaker=40, length_scale=0.3, seed=5)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def micro_dataset(tmp_path_factory) -> Path:
+    """Smaller than the tiny dataset (short utterances): a validation pass costs milliseconds."""
+    folder = tmp_path_factory.mktemp("micro") / "Dataset"
+    synthesize(folder, speakers=4, utterances_per_speaker=8, length_scale=0.06, seed=3)
     return folder
 
 

@@ -20,10 +20,17 @@ def test_bench_smoke_prints_every_measurement():
     records = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     kinds = {r["what"] for r in records}
     assert {"environment", "packing", "bank", "steps_per_second_batch32", "segments_per_second",
-            "best_segments_per_second", "trials_per_hour"} <= kinds
+            "best_segments_per_second", "evaluation_cost", "evaluation", "trials_per_hour"} <= kinds
+    cost = next(r for r in records if r["what"] == "evaluation_cost")
+    assert cost["accuracy_before"] == cost["accuracy_after"]  # the bucketed evaluation: the same accuracy
+    shares = {r["schedule"]: r for r in records if r["what"] == "evaluation"}
+    assert [shares[s]["evaluations"] for s in ("grid", "rungs", "curve")] == [8, 3, 4]  # 8-step trials
+    assert all(0 < r["share"] < 1 for r in shares.values())
     ratios = [r["ratio"] for r in records if r["what"] == "steps_per_second_batch32"]
     assert len(ratios) == 2 and all(r > 0 for r in ratios)
-    assert [r["workers"] for r in records if r["what"] == "trials_per_hour"] == [1, 2]
+    trials = [r for r in records if r["what"] == "trials_per_hour"]
+    assert [(r["workers"], r["mps"]) for r in trials] == [(1, "off"), (2, "off")]
+    assert all(r["mps_status"] == "MPS: off (not on a GPU)" and 0 < r["eval_share"] < 1 for r in trials)
 
 
 def test_calibrate_smoke_prints_every_evaluation_and_a_summary_per_warm_start_config():

@@ -8,25 +8,11 @@ import re
 
 import optuna
 import pytest
-from click.testing import CliRunner
 from optuna.trial import TrialState
 
-from search.cli import main
+from tests.helpers import invoke, one_error_line, study_dbs
 
 TINY_RUN = ["--budget", "16", "--device", "cpu", "--seed", "1"]
-
-
-def invoke(*args: str):
-    result = CliRunner().invoke(main, list(args))
-    return result
-
-
-def one_error_line(result) -> str:
-    assert result.exit_code != 0
-    lines = result.output.strip().splitlines()
-    assert len(lines) >= 1 and lines[-1].startswith("Error: "), result.output
-    assert "Traceback" not in result.output
-    return lines[-1]
 
 
 def test_run_then_finalize_writes_a_submission(tiny_dataset, workdir):
@@ -55,7 +41,7 @@ def test_trials_record_what_users_browse(tiny_dataset, workdir):
     study = optuna.load_study(study_name="s", storage="sqlite:///studies/s.db")
     trial = study.trials[0]
     assert trial.user_attrs["warm_start"] == "sample-code"
-    assert trial.user_attrs["model_config"]["d_model"] == 80
+    assert trial.user_attrs["model.n_classes"] > 0 and trial.params["d_model"] == 80  # flat: search/attrs.py
     assert trial.user_attrs["parameters"] > 0
     assert trial.user_attrs["steps_per_second"] > 0
     assert trial.user_attrs["device"] == "cpu"
@@ -95,11 +81,15 @@ def test_a_bad_trial_is_pruned(four_speakers, workdir):
 
 
 def test_finalize_without_completed_trials_fails_clearly(workdir):
+    """A study whose only trial failed: one line that names the study and the next step; nothing written."""
     (workdir / "studies").mkdir()
-    study = optuna.create_study(study_name="empty", storage="sqlite:///studies/empty.db")
-    assert study.study_name == "empty"
+    study = optuna.create_study(study_name="empty", storage="sqlite:///studies/empty.db", direction="maximize")
+    study.tell(study.ask(), state=TrialState.FAIL)
     line = one_error_line(invoke("finalize", "best", "--study", "empty"))
-    assert "no completed trial" in line
+    assert line == "Error: study 'empty' has no completed trial yet: run `search run` first", line
+    assert not (workdir / "studies" / "empty" / "final").exists()
+    assert not (workdir / "studies" / "empty" / "predictions.csv").exists()
+    assert len(optuna.load_study(study_name="empty", storage="sqlite:///studies/empty.db").trials) == 1
 
 
 def test_unknown_study_is_named(workdir):
@@ -110,17 +100,13 @@ def test_unknown_study_is_named(workdir):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["run", "--trials", "0"], "--trials"),
-    (["run", "--trials", "-3"], "--trials"),
-    (["run", "--trials", "2", "--budget", "3"], "--budget 3: too small"),
-    (["run", "--trials", "2", "--storage", "nonsense"], "--storage nonsense: not a storage URL"),
-])
+    (["--budget", "3"], "Error: --budget 3: too small to evaluate a trial; use at least "),
+    (["--storage", "nonsense"], "Error: --storage nonsense: not a storage URL"),
+], ids=["budget-too-small", "storage-not-a-url"])
 def test_bad_options_are_one_line_errors(args, message, tiny_dataset, workdir):
-    result = invoke(*args, "--data", str(tiny_dataset))
-    assert result.exit_code != 0
-    assert message in result.output
-    assert "Traceback" not in result.output
-    assert not (workdir / "studies").exists() or not list((workdir / "studies").glob("*.db"))
+    line = one_error_line(invoke("run", "--trials", "2", *args, "--data", str(tiny_dataset)), alone=True)
+    assert line.startswith(message), line
+    assert not study_dbs(workdir)
 
 
 def test_no_pruning_is_kept_by_the_study(tiny_dataset, workdir):
@@ -130,8 +116,8 @@ def test_no_pruning_is_kept_by_the_study(tiny_dataset, workdir):
     assert "pruning off" in result.output
     study = optuna.load_study(study_name="np", storage="sqlite:///studies/np.db")
     assert study.user_attrs["pruning"] is False
-    # every trial ran its whole budget: a validation at each of the 8 evaluation steps
-    assert all(t.state == TrialState.COMPLETE and len(t.intermediate_values) == 8 for t in study.trials)
+    # every trial ran its whole budget: validations at the learning curve's points (search/schedule.py), no rungs
+    assert all(t.state == TrialState.COMPLETE and sorted(t.intermediate_values) == [4, 8, 12, 16] for t in study.trials)
 
     resumed = invoke("run", "--trials", "1", *data)  # no flag: the study's own choice
     assert resumed.exit_code == 0, resumed.output

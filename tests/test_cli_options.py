@@ -8,23 +8,13 @@ from pathlib import Path
 
 import click
 import optuna
-from click.testing import CliRunner
+import pytest
 
 from search.cli import main
+from tests.helpers import invoke, one_error_line, study_dbs
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_RUN = ["--budget", "8", "--device", "cpu", "--seed", "1", "--no-warm-start"]
-
-
-def invoke(*args: str, **extra):
-    return CliRunner().invoke(main, list(args), **extra)
-
-
-def one_error_line(result) -> str:
-    assert result.exit_code != 0, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    return lines[0]
 
 
 def commands(group: click.Group, prefix=()):
@@ -88,9 +78,20 @@ def test_report_help_keeps_its_summary_apart_from_the_example():
 
 
 def test_run_needs_trials_or_timeout(workdir):
-    line = one_error_line(invoke("run", "--device", "cpu"))
+    line = one_error_line(invoke("run", "--device", "cpu"), alone=True)
     assert "--trials" in line and "--timeout" in line
-    assert not (workdir / "studies").exists() or not list((workdir / "studies").glob("*.db"))
+    assert not study_dbs(workdir)
+
+
+@pytest.mark.parametrize("option", ["--trials", "--workers", "--workers-per-gpu"])
+def test_a_count_below_one_is_refused_naming_its_option(option, tiny_dataset, workdir):
+    """The counts of `search run` are declared positive: 0 is refused before anything is created."""
+    args = ["run", "--trials", "2", "--data", str(tiny_dataset), "--device", "cpu", option, "0"]
+    result = invoke(*args)
+    assert result.exit_code == 2, result.output  # click's usage error
+    line = one_error_line(result)
+    assert line.startswith(f"Error: Invalid value for '{option}': 0 is not in the range"), line
+    assert not (workdir / "studies").exists()
 
 
 def test_run_with_only_a_timeout_runs_until_it(tiny_dataset, workdir):

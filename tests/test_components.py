@@ -1,5 +1,5 @@
 """Model components checked against independent computations: relative-position attention against a
-Python loop, attentive poolings against each utterance alone, encoders against extra padding, margin
+Python loop, attentive statistics pooling against plain statistics, encoders against extra padding, margin
 losses against their formulas by hand, and every registry combination for two training steps."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from model import ModelConfig, build_model
 from model.encoders import Conv2dSubsampling4, RelPositionMultiHeadAttention
-from model.registry import ENCODERS, LOSSES, POOLINGS
+from model.registry import ENCODERS, HEADS, LOSSES, POOLINGS
 
 TINY = dict(d_model=16, nhead=2, ffn=32, n_classes=5, conformer_kernel=7, subsampling_channels=8,
             rel_pos_clip=8, pool_hidden=8, head_hidden=12)
@@ -77,23 +77,7 @@ def test_relative_attention_depends_on_relative_positions():
     assert not torch.allclose(before, after)
 
 
-# --- poolings ---------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", ["sap", "asp"])
-def test_attentive_pooling_of_padded_batch_equals_each_utterance_alone(name):
-    torch.manual_seed(2)
-    pool = POOLINGS.build(name, ModelConfig(**TINY), 6)
-    lengths = [11, 4, 7]
-    utterances = [torch.randn(n, 6) for n in lengths]
-    x = torch.full((3, 11, 6), -20.0)
-    for i, u in enumerate(utterances):
-        x[i, :len(u)] = u
-    with torch.no_grad():
-        batched = pool(x, _lengths_mask(lengths, 11))
-        alone = torch.cat([pool(u[None], torch.ones(1, len(u), dtype=torch.bool)) for u in utterances])
-    assert batched.shape == (3, pool.out_dim) and pool.out_dim == (12 if name == "asp" else 6)
-    torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-6)
+# --- poolings (padding: tests/test_registry.py, for every registered pooling) --------------------------
 
 
 def test_asp_output_is_a_weighted_mean_and_std():
@@ -248,7 +232,7 @@ def _combinations():
     for name in ENCODERS.names():
         encoders += [dict(encoder=name, subsampling=s) for s in (False, True)] if name == "conformer" else [
             dict(encoder=name)]
-    for enc, pooling, loss, head in itertools.product(encoders, POOLINGS.names(), LOSSES.names(), ["linear", "mlp"]):
+    for enc, pooling, loss, head in itertools.product(encoders, POOLINGS.names(), LOSSES.names(), HEADS.names()):
         yield pytest.param(dict(**enc, pooling=pooling, loss=loss, head=head),
                            id="-".join(str(v) for v in (*enc.values(), pooling, loss, head)))
 

@@ -4,7 +4,8 @@ Debian's chromium, headless, no sandbox, no network services; skipped (with the 
 chromium is not installed (`.ci/run` installs it). The study is made by the CLI: two tiny trials of
 known configurations, then a finalize, whose files the dashboard must list and serve.
 
-Screenshots go to the test's tmp folder and are copied to /tmp/dashboard.png and /tmp/report.png.
+Screenshots go to the test's tmp folder and are copied to /tmp/dashboard.png (a trial's page),
+/tmp/dashboard-note.png (the study's note) and /tmp/report.png.
 """
 
 from __future__ import annotations
@@ -139,17 +140,40 @@ def test_dashboard_shows_the_study_its_trials_and_artifacts(dashboard, study_fol
     study_id = study._study_id
     profile = tmp_path / "chromium-profile"
 
-    # the trial list: study name, trial count, and each trial's user attributes
+    # the trial list: study name, trial count, the first trial's note (search/notes.py) at the top of its page,
+    # and its user attributes: short and flat (search/attrs.py), no JSON dict running off the page
+    first = study.trials[0]
+    heading = f"Trial {first.number}: " + ("complete, " if first.state.name == "COMPLETE" else "pruned, last ") \
+        + f"validation accuracy {first.value:.4f}"
     trials_url = f"{dashboard}/dashboard/studies/{study_id}/trials"
-    text = render_until(trials_url, profile, [f"{STUDY} (id={study_id})", f"{n} Trials", "User Attributes"])
+    text = render_until(trials_url, profile, [f"{STUDY} (id={study_id})", f"{n} Trials", "User Attributes", heading])
     for t in study.trials:
         assert f"Trial {t.number} Complete" in text or f"Trial {t.number} Pruned" in text
-    for attr in ("model_config", "train_config", "parameters", "steps_per_second", "device", "wall_seconds",
-                 "ended", "complete after 8 steps", "Intermediate Values"):
+    note = text.split(heading)[1].split("Value")[0]  # the note: above the boxes of values
+    for shown in (f"ended {first.user_attrs['ended']}", "parameters", "steps/s", "device cpu",
+                  f"{len(first.intermediate_values)} validations, best", "validation accuracy training loss",
+                  "configuration", "n_classes 6", f"encoder {first.params['encoder']}", "steps 8"):
+        assert shown in note, (shown, note)
+    for attr in ("model.n_classes", "train.steps", "train_loss_curve", "parameters", "steps_per_second", "device",
+                 "wall_seconds", "ended", "complete after 8 steps", "Intermediate Values"):
         assert attr in text, attr
+    assert "model_config" not in text and "{" not in text.split("User Attributes")[1]
     shot = tmp_path / "dashboard.png"
     screenshot(trials_url, shot, profile, height=1600)
     shutil.copy(shot, "/tmp/dashboard.png")
+
+    # every finished trial has its note, as the dashboard serves it
+    with urllib.request.urlopen(f"{dashboard}/api/studies/{study_id}?after=0", timeout=30) as r:
+        served = json.load(r)
+    assert [t["note"]["body"].split(":")[0] for t in served["trials"]] == [f"### Trial {t.number}" for t in study.trials]
+
+    # the study's note: its settings and the best trial so far
+    note_url = f"{dashboard}/dashboard/studies/{study_id}/note"
+    text = render_until(note_url, profile, [f"Study {STUDY}", "settings", "budget 8", "best so far",
+                                            f"trial {best.number}, validation accuracy {best.value:.4f}"])
+    shot = tmp_path / "dashboard-note.png"
+    screenshot(note_url, shot, profile, height=1000)
+    shutil.copy(shot, "/tmp/dashboard-note.png")
 
     # the study page lists what finalize uploaded, and the dashboard serves it
     names = [f"trial{best.number}-model.pt", f"trial{best.number}-config.json", f"trial{best.number}-predictions.csv"]
@@ -158,6 +182,12 @@ def test_dashboard_shows_the_study_its_trials_and_artifacts(dashboard, study_fol
     csv_id = study.user_attrs["final"]["artifacts"][names[2]]
     with urllib.request.urlopen(f"{dashboard}/artifacts/{study_id}/{csv_id}", timeout=10) as r:
         assert r.read() == (study_folder / "studies" / STUDY / "predictions.csv").read_bytes()
+
+
+def study_trials(folder: Path) -> list:
+    import optuna
+
+    return optuna.load_study(study_name=STUDY, storage=f"sqlite:///{folder}/studies/{STUDY}.db").trials
 
 
 def load_with_error_hook(page: Path, tmp_path: Path, extra: str = "") -> str:
@@ -181,6 +211,9 @@ def test_report_renders_every_figure_without_javascript_errors(study_folder, tmp
     rendered = re.findall(r'<div id="figure-\d+" class="plotly-graph-div js-plotly-plot"', dom)
     assert len(rendered) == len(FIGURES) == page.read_text().count('class="plotly-graph-div"')
     assert dom.count('class="main-svg"') >= len(FIGURES)  # plotly drew an svg for each figure
+    # the curves' legend: one entry per trial, "#N <accuracy or why it ended>"
+    curves = dom.split('id="figure-1"')[1].split('id="figure-2"')[0]
+    assert len(re.findall(r'class="legendtext"[^>]*>#\d+ ', curves)) == len(study_trials(study_folder))
     shot = tmp_path / "report.png"
     screenshot(page.as_uri(), shot, tmp_path / "chromium-profile", height=3000)
     shutil.copy(shot, "/tmp/report.png")

@@ -9,13 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 from data.bank import open_bank
 from data.errors import DataError
 from data.hw04 import read_layout, stratified_split
-from search.cli import main
-from tests.conftest import TINY
+from tests.helpers import TINY, invoke, one_error_line
 
 
 def test_synth_then_load_round_trip(tiny_dataset, tmp_path):
@@ -149,12 +147,8 @@ def _symlink_out(folder: Path) -> None:
 def test_broken_folder_is_refused_with_one_line(case, dataset_copy, capfd):
     breaker, message = BROKEN[case]
     breaker(dataset_copy)
-    result = CliRunner().invoke(main, ["data", "check", str(dataset_copy)])
-    assert result.exit_code != 0
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    assert message in lines[0]
-    assert "Traceback" not in result.output
+    line = one_error_line(invoke("data", "check", str(dataset_copy)), alone=True)
+    assert message in line, line
     assert "this must never run" not in capfd.readouterr().out
 
 
@@ -164,7 +158,7 @@ def test_missing_data_folder(tmp_path):
 
 
 def test_data_check_prints_counts(tiny_dataset):
-    result = CliRunner().invoke(main, ["data", "check", str(tiny_dataset), "--json"])
+    result = invoke("data", "check", str(tiny_dataset), "--json")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     assert summary["speakers"] == TINY["speakers"]
@@ -187,11 +181,9 @@ def test_split_is_fixed_by_the_seed_and_stratified():
 def test_a_huge_mel_len_is_one_line_in_search_run_too(dataset_copy, workdir):
     for value in (10**13, 10**6):  # refused by the json check, and by the bank before allocating for it
         _set_first_len(dataset_copy, value)
-        result = CliRunner().invoke(main, ["run", "--trials", "1", "--data", str(dataset_copy), "--budget", "8",
-                                           "--device", "cpu"])
-        assert result.exit_code != 0 and "Traceback" not in result.output, result.output
-        assert result.output.strip().splitlines()[-1].startswith("Error: "), result.output
-        assert "mel_len" in result.output
+        line = one_error_line(invoke("run", "--trials", "1", "--data", str(dataset_copy), "--budget", "8",
+                                     "--device", "cpu"))
+        assert "mel_len" in line, line
     assert not (workdir / "studies" / "hw04.db").exists()
 
 

@@ -22,37 +22,21 @@ from pathlib import Path
 
 import optuna
 import pytest
-from click.testing import CliRunner
 from optuna.trial import TrialState
 
 from search.cli import main
-from search.space import KNOWN_CONFIGS
 from search.storage import open_storage
 from search.study import StudySettings, open_study, run_trials
 from search.task import load_task
+from tests.helpers import SAMPLE, invoke, new_study, one_error_line, reachable
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE = KNOWN_CONFIGS["sample-code"]
 URL = "sqlite:///studies/f.db"
 
 
-def invoke(*args: str):
-    return CliRunner().invoke(main, list(args))
-
-
-def one_error_line(result) -> str:
-    assert result.exit_code != 0, result.output
-    lines = result.output.strip().splitlines()
-    assert lines and lines[-1].startswith("Error: "), result.output
-    assert "Traceback" not in result.output, result.output
-    return lines[-1]
-
-
-def make_study(data: Path, budget: int = 8, name: str = "f", url: str = URL) -> optuna.Study:
-    settings = StudySettings(budget=budget, eval_every=max(1, budget // 8), data=str(data.resolve()), seed=0,
-                             profile="cpu")
-    study, _, _ = open_study(name, url, settings, True, warm_start=False)
-    return study
+def make_study(data: Path) -> optuna.Study:
+    """A new study ``f`` in ``studies/f.db``, budget 8, no trials yet."""
+    return new_study(data, URL, "f")
 
 
 def n_trials(url: str = URL, name: str = "f") -> int:
@@ -101,7 +85,8 @@ def test_any_other_exception_fails_only_that_trial(tiny_dataset, workdir):
     assert result.exit_code == 0, result.output
     first, second = optuna.load_study(study_name="f", storage=URL).trials
     assert first.state == TrialState.FAIL
-    assert first.user_attrs["ended"].startswith("failed: ValueError: dropout probability has to be between 0 and 1")
+    ended = first.user_attrs["ended"]  # the model's own refusal, as the trial's reason
+    assert ended.startswith("failed: ValueError: ") and "dropout" in ended and "1.5" in ended, ended
     assert second.state == TrialState.COMPLETE
 
 
@@ -145,12 +130,6 @@ def test_unwritable_output_path(finished_study, workdir):
     assert (workdir / "somefile").read_text() == "a file, not a folder\n"
     assert not (workdir / "studies" / "f" / "final").exists()  # no checkpoint, no model: nothing ran
     assert n_trials() == before
-
-
-def test_workers_zero_is_refused(tiny_dataset, workdir):
-    result = invoke("run", "--trials", "2", "--workers", "0", "--data", str(tiny_dataset))
-    assert result.exit_code != 0 and "--workers" in result.output and "Traceback" not in result.output
-    assert not (workdir / "studies").exists() or not any((workdir / "studies").glob("*.db"))
 
 
 # --- a killed finalize resumes from its checkpoint ---------------------------------------------------
@@ -203,8 +182,6 @@ POSTGRES_WITH_PASSWORD = "postgresql://postgres:Sup3rSecretPw@127.0.0.1:5432/tes
 
 
 def test_storage_password_is_never_shown_or_stored(tiny_dataset, workdir, capfd):
-    from tests.test_workers import reachable
-
     why = reachable(POSTGRES_WITH_PASSWORD)
     if why:
         pytest.skip(why.replace("Sup3rSecretPw", "***"))
@@ -248,7 +225,8 @@ def test_sqlite_file_stays_sound_after_faults(tiny_dataset, workdir):
 
 def test_any_unexpected_exception_is_one_line_with_its_traceback_in_the_log(workdir):
     """The top level, not each command: a command added later that raises anything still gives one line."""
-    from search.cli import SafeCommand, study_option
+    from search.cli import study_option
+    from search.guard import SafeCommand
 
     @main.command("kaput-for-test")
     @study_option
@@ -320,8 +298,6 @@ def test_a_study_name_is_a_name(name, tiny_dataset, workdir):
 @pytest.mark.parametrize("url", ["postgresql://postgres@127.0.0.1:5432/test", "mysql+pymysql://root@127.0.0.1:3306/test"],
                          ids=["postgresql", "mysql"])
 def test_an_over_long_study_name_on_a_database_is_one_line(url, tiny_dataset, workdir):
-    from tests.test_workers import reachable
-
     why = reachable(url)
     if why:
         pytest.skip(why)
@@ -335,8 +311,8 @@ def test_a_read_only_command_never_creates_a_study(command, workdir):
     line = one_error_line(invoke(*command, "--study", "typo"))
     assert line == "Error: --study typo: no such study (studies/typo.db does not exist)", line
     assert not (workdir / "studies").exists()
-    line = one_error_line(invoke(*command, "--study", "typo", "--storage", "journal:///studies/typo.log"))
-    assert "no such file studies/typo.log" in line and not (workdir / "studies").exists()
+    line = one_error_line(invoke(*command, "--study", "typo", "--storage", "journal://studies/typo.log"))
+    assert f"no such file {workdir / 'studies' / 'typo.log'}" in line and not (workdir / "studies").exists()
 
 
 @pytest.mark.parametrize("url, secret", [
@@ -436,7 +412,7 @@ def _open_at(url: str, name: str, data: str, start: float) -> bool:
     """In a fresh process: wait for the common start time, then create-or-load the study like `search run`."""
     settings = StudySettings(budget=8, eval_every=1, data=data, seed=0, profile="cpu")
     time.sleep(max(0.0, start - time.time()))
-    return open_study(name, url, settings, True, warm_start=True)[2]
+    return open_study(name, url, settings, warm_start=True)[2]
 
 
 def _race(url: str, name: str, n: int, data: str) -> list[bool]:
@@ -453,8 +429,6 @@ def _race(url: str, name: str, n: int, data: str) -> list[bool]:
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_several_runs_creating_one_new_study_at_once(backend, workdir):
     """The schema of a new storage and the study are created once; warm-start trials are enqueued once."""
-    from tests.test_workers import reachable
-
     if backend == "sqlite":
         url, name, n = "sqlite:///studies/race.db", "race", 3
     else:
@@ -465,7 +439,7 @@ def test_several_runs_creating_one_new_study_at_once(backend, workdir):
         import sqlalchemy
 
         database = f"race_{uuid.uuid4().hex[:10]}"  # a new database: the schema is created in the race too
-        engine = sqlalchemy.create_engine(admin.replace("postgresql://", "postgresql+psycopg2://"),
+        engine = sqlalchemy.create_engine(admin,
                                           isolation_level="AUTOCOMMIT")
         with engine.connect() as connection:
             connection.exec_driver_sql(f"CREATE DATABASE {database}")
@@ -479,7 +453,7 @@ def test_several_runs_creating_one_new_study_at_once(backend, workdir):
     finally:
         if backend == "postgresql":
             engine.dispose()
-            optuna_engines = sqlalchemy.create_engine(admin.replace("postgresql://", "postgresql+psycopg2://"),
+            optuna_engines = sqlalchemy.create_engine(admin,
                                                       isolation_level="AUTOCOMMIT")
             with optuna_engines.connect() as connection:
                 connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")

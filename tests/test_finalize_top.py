@@ -21,44 +21,27 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from click.testing import CliRunner
 from optuna.trial import TrialState
 
 from model import ModelConfig, build_model
-from search.cli import main
-from search.space import KNOWN_CONFIGS
 from search.storage import open_storage
-from search.study import StudySettings, open_study, run_trials
+from search.study import StudySettings, run_trials
 from search.task import load_task
 from search.train import predict_proba
+from tests.helpers import POSTGRES, SAMPLE, invoke, new_study, one_error_line, reachable
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE = KNOWN_CONFIGS["sample-code"]
-POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 SQLITE = "sqlite:///studies/t.db"
 # three distinct configurations; the fourth is a copy of the first (as Optuna's retry of a killed trial is)
 CONFIGS = [dict(SAMPLE, lr=3e-3), dict(SAMPLE, lr=1e-3), dict(SAMPLE, lr=2e-3), dict(SAMPLE, lr=3e-3)]
 
 
-def invoke(*args: str):
-    return CliRunner().invoke(main, list(args))
-
-
-def one_error_line(result) -> str:
-    assert result.exit_code != 0, result.output
-    lines = result.output.strip().splitlines()
-    assert lines and lines[-1].startswith("Error: "), result.output
-    assert "Traceback" not in result.output, result.output
-    return lines[-1]
-
-
 def make_study(data: Path, url: str, name: str, configs: list[dict]) -> optuna.Study:
     """A study whose trials are ``configs``, run to completion (no pruning), 8 steps each."""
-    settings = StudySettings(budget=8, eval_every=1, data=str(data.resolve()), seed=0, profile="cpu", pruning=False)
-    study, _, _ = open_study(name, url, settings, True, warm_start=False)
+    study = new_study(data, url, name, pruning=False)
     for params in configs:
         study.enqueue_trial(params)
-    run_trials(study, settings, load_task(data, 0, torch.device("cpu")), len(configs))
+    run_trials(study, StudySettings.from_attrs(study.user_attrs), load_task(data, 0, torch.device("cpu")), len(configs))
     assert all(t.state == TrialState.COMPLETE for t in study.trials)
     return study
 
@@ -259,8 +242,6 @@ def test_finalize_top3_on_sqlite(tiny_dataset, workdir):
 
 
 def test_finalize_top3_on_postgresql(tiny_dataset, workdir):
-    from tests.test_workers import reachable
-
     why = reachable(POSTGRES)
     if why:
         pytest.skip(why)

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 
-from search.cli import main
 from search.errors import UserError
 from search.workers import worker_devices
+from tests.helpers import invoke, one_error_line
 
 GPU_COUNT = torch.cuda.device_count()
 
@@ -122,18 +121,12 @@ def test_workers_per_gpu_on_the_cpu():
 
 # --- the CLI, on this machine ---------------------------------------------------------------------------
 
-def invoke(*args: str):
-    return CliRunner().invoke(main, ["run", "--trials", "2", "--study", "g", *args])
-
-
-def refused(result, workdir: Path) -> str:
-    """The one-line error, and nothing created: no study DB, no log folder."""
-    assert result.exit_code != 0
-    assert "Traceback" not in result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+def run_refused(workdir: Path, *args: str) -> str:
+    """``search run --trials 2 --study g ARGS``, refused: its one-line error (nothing else printed), and
+    nothing created (no study DB, no log folder)."""
+    line = one_error_line(invoke("run", "--trials", "2", "--study", "g", *args), alone=True)
     assert not (workdir / "studies").exists()
-    return lines[0]
+    return line
 
 
 no_gpu = pytest.mark.skipif(GPU_COUNT > 0, reason="checks the refusal on a machine without a GPU")
@@ -143,43 +136,37 @@ no_gpu = pytest.mark.skipif(GPU_COUNT > 0, reason="checks the refusal on a machi
 @pytest.mark.parametrize("args", [["--gpus"], ["--gpus", "all"], ["--gpus", "0"], ["--gpus=0,1"],
                                   ["--gpus", "--workers-per-gpu", "2"], ["--gpus", "--device", "cpu"]])
 def test_cli_gpus_without_a_gpu(args, workdir):
-    line = refused(invoke(*args), workdir)
+    line = run_refused(workdir, *args)
     assert line.startswith("Error: --gpus: no GPU visible on this machine"), line
 
 
 @pytest.mark.parametrize("gpus", ["0,x", "", "0,0"])
 def test_cli_gpus_bad_list(gpus, workdir):
-    line = refused(invoke("--gpus", gpus), workdir)
+    line = run_refused(workdir, "--gpus", gpus)
     assert line.startswith(f"Error: --gpus {gpus!r}" if gpus != "0,0" else "Error: --gpus 0,0: GPU 0 given"), line
 
 
 def test_cli_workers_per_gpu_on_the_cpu(workdir):
-    line = refused(invoke("--workers-per-gpu", "2", "--device", "cpu"), workdir)
+    line = run_refused(workdir, "--workers-per-gpu", "2", "--device", "cpu")
     assert line == "Error: --workers-per-gpu: no GPU here (device cpu); use --workers for CPU processes"
 
 
 @no_gpu
 def test_cli_workers_per_gpu_with_auto_device_and_no_gpu(workdir):
-    line = refused(invoke("--workers-per-gpu", "2"), workdir)
+    line = run_refused(workdir, "--workers-per-gpu", "2")
     assert line == "Error: --workers-per-gpu: no GPU here (device cpu); use --workers for CPU processes"
 
 
 @pytest.mark.parametrize("args", [["--workers", "2", "--gpus", "0"], ["--workers", "2", "--gpus"],
                                   ["--workers", "2", "--workers-per-gpu", "2", "--device", "cpu"]])
 def test_cli_workers_with_gpu_options(args, workdir):
-    line = refused(invoke(*args), workdir)
+    line = run_refused(workdir, *args)
     assert line == ("Error: --workers cannot be combined with --gpus/--workers-per-gpu: "
                     "the worker count is GPUs x K")
 
 
-def test_cli_workers_per_gpu_must_be_positive(workdir):
-    result = invoke("--workers-per-gpu", "0")
-    assert result.exit_code == 2 and "--workers-per-gpu" in result.output
-    assert not (workdir / "studies").exists()
-
-
 def test_cli_help_lists_the_gpu_options():
-    result = CliRunner().invoke(main, ["run", "--help"])
+    result = invoke("run", "--help")
     assert result.exit_code == 0
     assert "--gpus all|LIST" in result.output and "--workers-per-gpu" in result.output
 
@@ -187,15 +174,11 @@ def test_cli_help_lists_the_gpu_options():
 # --- real GPU workers (skipped without a GPU) -----------------------------------------------------------
 
 @pytest.mark.skipif(GPU_COUNT < 1, reason="needs a CUDA GPU")
-def test_cli_gpus_runs_workers_on_every_gpu(tmp_path_factory, workdir):
+def test_cli_gpus_runs_workers_on_every_gpu(micro_dataset, workdir):
     import optuna
 
-    from data.synth import synthesize
-
-    data = tmp_path_factory.mktemp("micro-gpu") / "Dataset"
-    synthesize(data, speakers=4, utterances_per_speaker=8, length_scale=0.06, seed=3)
-    result = CliRunner().invoke(main, ["run", "--trials", "4", "--study", "g", "--gpus", "--workers-per-gpu", "2",
-                                       "--data", str(data), "--budget", "8", "--no-warm-start"])
+    result = invoke("run", "--trials", "4", "--study", "g", "--gpus", "--workers-per-gpu", "2",
+                    "--data", str(micro_dataset), "--budget", "8", "--no-warm-start")
     assert result.exit_code == 0, result.output
     devices = ([f"cuda:{i}" for i in range(GPU_COUNT)] * 2)[:4]  # no more workers than trials
     assert f"4 trials shared by {len(devices)} worker processes ({', '.join(devices)})" in result.output

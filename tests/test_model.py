@@ -1,7 +1,9 @@
-"""The sample-code model made correct: its size, and padding never changing its output."""
+"""The sample-code model made correct: its size and weight names, padding never changing its output, and
+``build_model`` refusing a configuration that can't make a model, in one line naming the field."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from model import ModelConfig, build_model, count_parameters
@@ -11,22 +13,33 @@ def test_sample_config_has_the_sample_codes_parameter_count():
     assert count_parameters(build_model(ModelConfig())) == 125_896  # ../shared/HW04.md
 
 
-def _padded(x: torch.Tensor, extra: int):
-    batch, frames, bins = x.shape
-    mask = torch.ones(batch, frames, dtype=torch.bool)
-    x_pad = torch.cat([x, torch.full((batch, extra, bins), -20.0)], 1)
-    mask_pad = torch.cat([mask, torch.zeros(batch, extra, dtype=torch.bool)], 1)
-    return mask, x_pad, mask_pad
+def test_weight_names_are_those_saved_checkpoints_hold():
+    """Checkpoints store the state dict by name: renaming a layer would make every saved model unloadable."""
+    assert list(build_model(ModelConfig()).state_dict()) == [
+        "prenet.weight", "prenet.bias",
+        *(f"encoder.layers.layers.0.{n}" for n in (
+            "self_attn.in_proj_weight", "self_attn.in_proj_bias", "self_attn.out_proj.weight",
+            "self_attn.out_proj.bias", "linear1.weight", "linear1.bias", "linear2.weight", "linear2.bias",
+            "norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias")),
+        "head.0.weight", "head.0.bias", "classify.linear.weight", "classify.linear.bias",
+    ]
+    assert [n for n in build_model(ModelConfig(head="linear", loss="aam")).state_dict() if "encoder" not in n] == [
+        "prenet.weight", "prenet.bias", "classify.weight"]
 
 
-def test_transformer_output_unchanged_by_extra_padding():
-    torch.manual_seed(0)
-    for norm_first in (False, True):
-        model = build_model(ModelConfig(n_classes=7, layers=2, norm_first=norm_first)).eval()
-        x = torch.randn(3, 50, 40)
-        mask, x_pad, mask_pad = _padded(x, 37)
-        with torch.no_grad():
-            torch.testing.assert_close(model(x_pad, mask_pad), model(x, mask), rtol=1e-5, atol=1e-5)
+@pytest.mark.parametrize("change, message", [
+    (dict(d_model=64, nhead=3), "nhead 3 must divide d_model 64"),
+    (dict(nhead=0), "nhead must be a positive integer, got 0"),
+    (dict(layers=0), "layers must be a positive integer, got 0"),
+    (dict(d_model=80.0), "d_model must be a positive integer, got 80.0"),
+    (dict(n_classes=True), "n_classes must be a positive integer, got True"),
+    (dict(dropout=1.5), "dropout must be a number from 0 to 1, got 1.5"),
+    (dict(encoder="lstm"), "unknown encoder 'lstm'; choose from transformer, conformer"),
+])
+def test_an_invalid_config_is_refused_in_one_line_naming_the_field(change, message):
+    with pytest.raises(ValueError) as caught:
+        build_model(ModelConfig(**change))
+    assert str(caught.value) == message
 
 
 def test_mixed_lengths_in_a_batch_equal_each_alone():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from datetime import datetime, timezone
 from pathlib import Path
 
 import click
@@ -18,7 +19,9 @@ from click.testing import CliRunner
 from optuna.artifacts import FileSystemArtifactStore, download_artifact, get_all_artifact_meta
 from optuna.trial import TrialState
 
+from search.attrs import resolved_configs, train_loss_points
 from search.cli import main
+from search.report import IMPORTANCE_RELIABLE, build_sections
 from search.space import KNOWN_CONFIGS
 
 STUDY = "rep"
@@ -94,10 +97,20 @@ def test_the_study_has_what_the_report_compares(inside):
     assert {t.params["encoder"] for t in study.trials} == {"transformer", "conformer"}
     for t in study.trials:  # what each trial's page in the dashboard shows
         a = t.user_attrs
-        assert {"model_config", "train_config", "parameters", "steps_per_second", "device", "wall_seconds",
-                "ended"} <= set(a), sorted(a)
+        assert {"model.n_classes", "train.steps", "train_loss_curve", "parameters", "steps_per_second", "device",
+                "wall_seconds", "ended"} <= set(a), sorted(a)
         assert a["ended"].startswith(("complete after", "pruned at step"))
         assert t.intermediate_values
+        # short and flat: the dashboard shows each attribute as one unwrapped line, `key value`
+        assert not [k for k, v in a.items() if isinstance(v, dict) or len(json.dumps(v)) > 60], a
+        # ... and the resolved configuration is all there, read back by search/attrs.py
+        model, train = resolved_configs(t)
+        assert model["n_classes"] == 6 and model["encoder"] == t.params["encoder"] and model["n_mels"] > 0
+        assert train["steps"] == 8 and train["lr"] == t.params["lr"] and "grad_clip" in train
+        assert not {k for k in t.params if f"model.{k}" in a or f"train.{k}" in a}  # sampled: not twice
+        # the training loss beside the validation curve: one value per validation
+        assert [s for s, _ in train_loss_points(t)] == sorted(t.intermediate_values)
+        assert all(loss > 0 for _, loss in train_loss_points(t))
 
 
 def test_report_is_one_self_contained_page_with_every_figure(inside):
@@ -126,6 +139,148 @@ def test_report_prints_the_best_trials(inside):
     assert len(lines) == min(5, len(best))
     assert lines[0].split()[:3] == [f"#{best[0].number}", "acc", f"{best[0].value:.4f}"]
     assert f"encoder={best[0].params['encoder']}" in lines[0] and "pooling=" in lines[0] and "loss=" in lines[0]
+
+
+def test_report_page_says_what_ran_and_what_came_of_it(inside):
+    """Settings as a table, the finalized result, the failures, when and with which versions it was made,
+    and a caution on importances from few trials."""
+    import torch
+
+    from search.cli import package_version
+
+    result = invoke("report", "--study", STUDY, "--out", "page.html")
+    assert result.exit_code == 0, result.output
+    page = (inside / "page.html").read_text()
+    study = load()
+    head = page.split("<h2>Optimisation history")[0]  # the part above the figures
+    assert "<h2>Settings</h2>" in head and "<td>budget</td><td>8</td>" in head and "<td>seed</td><td>1</td>" in head
+    assert '{"budget"' not in page  # no raw JSON
+    final = study.user_attrs["final"]
+    assert (f"trial #{final['trial']} retrained for 8 steps: validation accuracy {final['valid_accuracy']:.4f}"
+            in head)
+    assert all(name in head for name in final["artifacts"])
+    assert "<h2>Failed trials</h2>\n<p>No trial failed.</p>" in head
+    today = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    assert re.search(rf"Report made {today} \d\d:\d\d UTC; hw04-search {re.escape(package_version())}, "
+                     rf"Optuna {re.escape(optuna.__version__)}, torch {re.escape(torch.__version__)}\.", head)
+    caution = page.split("<h2>Parameter importances</h2>")[1].split("</section>")[0]
+    complete = len([t for t in study.trials if t.state == TrialState.COMPLETE])
+    assert f"Unreliable: from {complete} complete trials. With fewer than {IMPORTANCE_RELIABLE}" in caution
+    assert 'class="plotly-graph-div"' in caution  # drawn all the same
+
+
+def test_curves_have_a_legend_and_the_training_loss(inside):
+    study = load()
+    curves = next(s for s in build_sections(study) if s.title.startswith("Intermediate values"))
+    figure = curves.figure
+    assert figure.layout.showlegend is True
+    in_legend = [t for t in figure.data if t.showlegend is not False]
+    best = study.best_trial
+    assert sorted(t.name for t in in_legend) == sorted(  # a pruned trial: where it was pruned
+        f"#{t.number} " + (f"{t.value:.4f}" if t.state == TrialState.COMPLETE else t.user_attrs["ended"])
+        + (" (best)" if t.number == best.number else "") for t in study.trials)
+    for trial in study.trials:  # validation accuracy on the left, training loss on the right, one legend entry
+        left, right = [t for t in figure.data if t.legendgroup == str(trial.number)]
+        assert (left.xaxis, right.xaxis) == ("x", "x2")
+        assert list(left.y) == [trial.intermediate_values[s] for s in sorted(trial.intermediate_values)]
+        assert list(zip(right.x, right.y)) == train_loss_points(trial) and right.showlegend is False
+
+
+def fake_failures(name: str) -> optuna.Study:
+    """A study with a complete trial, one that failed saying why (as the objective records it) and one that
+    failed without a word (its worker killed: Optuna fails it by heartbeat)."""
+    study = optuna.create_study(study_name=name, storage=f"sqlite:///studies/{name}.db", direction="maximize")
+
+    def objective(trial):
+        trial.suggest_categorical("encoder", ["transformer", "conformer"])
+        trial.report(0.5, 1)
+        if trial.number == 1:
+            trial.set_user_attr("ended", "failed: training loss became nan before step 5 <b>")
+            raise FloatingPointError("nan")
+        return 0.5
+
+    study.optimize(objective, n_trials=2, catch=(FloatingPointError,))
+    study.tell(study.ask(), state=TrialState.FAIL)
+    return study
+
+
+def test_report_lists_the_failed_trials_with_their_reasons(workdir):
+    (workdir / "studies").mkdir()
+    fake_failures("fails")
+    result = invoke("report", "--study", "fails", "--out", "fails.html")
+    assert result.exit_code == 0, result.output
+    page = (workdir / "fails.html").read_text()
+    failures = page.split("<h2>Failed trials</h2>")[1].split("<h2>")[0]
+    rows = re.findall(r"<tr><td>(#\d+)</td><td>([^<]*)</td>", failures)
+    assert rows == [("#1", "failed: training loss became nan before step 5 &lt;b&gt;"),
+                    ("#2", "failed (no reason recorded: its worker stopped, e.g. killed; Optuna failed it by "
+                           "heartbeat)")]
+
+
+def test_importances_are_unreliable_below_the_threshold_only(workdir):
+    (workdir / "studies").mkdir()
+    for n, unreliable in ((IMPORTANCE_RELIABLE - 1, True), (IMPORTANCE_RELIABLE, False)):
+        fake_study(f"imp{n}", n_complete=n)
+        assert invoke("report", "--study", f"imp{n}", "--out", f"imp{n}.html").exit_code == 0
+        section = (workdir / f"imp{n}.html").read_text().split("<h2>Parameter importances</h2>")[1]
+        assert ("Unreliable: from" in section.split("</section>")[0]) is unreliable, n
+
+
+def test_notes_say_what_each_trial_did_and_where_the_study_stands(inside):
+    """The Markdown optuna-dashboard shows: written after each trial by `search run`, read back with
+    optuna-dashboard's own get_note (its page is checked in a browser in tests/test_dashboard.py)."""
+    from optuna_dashboard import get_note
+
+    from search.notes import study_note, trial_note
+
+    study = load()
+    best = study.best_trial
+    stored = get_note(study)  # written after the last trial of `search run`
+    assert stored.startswith(f"### Study {STUDY}\n") and "| budget | 8 |" in stored and "| profile | cpu |" in stored
+    assert f"**best so far**: trial {best.number}, validation accuracy {best.value:.4f}" in stored
+    # what finalize's refresh writes (search/notes.py write_study_note): the finalized result
+    final = study.user_attrs["final"]
+    note = study_note(study)
+    assert "**finalized result**" in note and f"trial #{final['trial']} retrained for 8 steps" in note
+    assert all(name in note for name in final["artifacts"])
+    for t in study.trials:
+        note = trial_note(study, t)
+        assert note.startswith(f"### Trial {t.number}: complete, validation accuracy {t.value:.4f}\n"
+                               if t.state == TrialState.COMPLETE else
+                               f"### Trial {t.number}: pruned, last validation accuracy {t.value:.4f}\n")
+        assert f"**ended** {t.user_attrs['ended']}" in note and "**device** cpu" in note
+        assert f"**curve**: {len(t.intermediate_values)} validations" in note
+        for step, loss in train_loss_points(t):
+            assert re.search(rf"^\| {step} \| {t.intermediate_values[step]:.4f}( \(best\))? \| {loss:.4g} \|$", note,
+                             re.M), (step, note)
+        assert f"| encoder | **{t.params['encoder']}** |" in note and "| n_classes | 6 |" in note
+        assert "| steps | 8 |" in note
+
+
+def test_a_shorter_note_replaces_a_longer_one_whole(workdir):
+    """Notes are written without reading the study's system attributes (search/notes.py): a rewrite must
+    still leave exactly the new text, as optuna-dashboard reads it."""
+    from optuna_dashboard import get_note
+
+    from search import notes
+
+    (workdir / "studies").mkdir()
+    fake_study("notes", n_complete=1)
+    study = optuna.load_study(study_name="notes", storage="sqlite:///studies/notes.db")
+    long_text = "".join(f"line {i:05d} of a long note\n" for i in range(200))  # 5,400 characters: cut
+    notes._save(study, None, long_text)
+    stored = get_note(study)
+    assert len(stored) == notes.CHUNKS * 2045 and stored.startswith("line 00000") and stored.endswith("cut to fit)*\n")
+    notes._save(study, None, "short")
+    assert get_note(study) == "short"
+    notes.write_study_note(study)
+    assert get_note(study).startswith("### Study notes\n") and "**best so far**: trial 0" in get_note(study)
+
+
+def test_finalize_refreshes_the_study_note(inside):
+    from optuna_dashboard import get_note
+
+    assert "**finalized result**" in get_note(load())
 
 
 def fake_study(name: str, n_complete: int, n_pruned: int = 0) -> None:

@@ -24,6 +24,89 @@ def test_batched_full_length_prediction_equals_one_at_a_time(tiny_dataset):
     assert torch.equal(batched, alone)
 
 
+def _evaluate_per_batch(model, bank, ids, max_frames):
+    """The evaluation before EvalBatches, kept as the reference: utterances sorted by length, longest first,
+    each batch padded to its own longest utterance (read back from the device, a sync per batch), the
+    correct count read back per batch. Returns (accuracy, logits in the order of ``ids``)."""
+    host_ids, lengths = ids.cpu(), bank.lengths.cpu()[ids.cpu()]
+    order = torch.argsort(lengths, descending=True, stable=True)
+    logits, correct, start = torch.empty(len(ids), bank.n_speakers), 0, 0
+    model.eval()
+    with torch.no_grad():
+        while start < len(order):
+            size = max(1, max_frames // int(lengths[order[start]]))
+            slots = order[start:start + size]
+            batch = host_ids[slots]
+            longest = int(bank.lengths[batch].max())
+            x, mask = bank.gather(batch, torch.zeros_like(batch), longest)
+            out = model(x, mask)
+            correct += int((out.argmax(-1) == bank.labels[batch]).sum())
+            logits[slots] = out
+            start += size
+    model.train()
+    return correct / len(ids), logits
+
+
+@pytest.mark.parametrize("encoder, pooling, extra", [
+    ("transformer", "mean", {}), ("conformer", "asp", {"subsampling": True})])
+def test_bucketed_evaluation_gives_the_per_batch_evaluations_accuracy(tiny_dataset, encoder, pooling, extra):
+    """Length buckets pad more (to fixed shapes) and read nothing back per batch: the same logits up to
+    float noise, the same predictions and accuracy (30 utterances of the tiny set, all lengths)."""
+    task = load_task(tiny_dataset, seed=0, device=torch.device("cpu"))
+    cfg = ModelConfig(n_classes=task.bank.n_speakers, encoder=encoder, pooling=pooling, d_model=32, nhead=2, ffn=64,
+                      **extra)
+    model = train(cfg, TrainConfig(steps=30, eval_every=30, warmup_steps=3, batch_size=16, lr=3e-3), task).model
+    ids = torch.cat([task.train_ids[::3], task.valid_ids])
+    for max_frames in (1 << 15, 1500):  # two batches; then five, all of other shapes
+        before, reference = _evaluate_per_batch(model, task.bank, ids, max_frames)
+        plan = train_module.EvalBatches(task.bank, ids, max_frames)
+        assert len(plan.batches) == {1 << 15: 2, 1500: 5}[max_frames]
+        assert len(plan.batches[-1][0]) > plan.batches[-1][2]  # the last batch filled up with copies
+        assert plan.accuracy(model) == before
+        with torch.no_grad():
+            logits = torch.empty_like(reference)
+            for slots, out in plan.logits(model):
+                logits[slots] = out
+        torch.testing.assert_close(logits, reference, rtol=1e-4, atol=1e-4)
+        assert torch.equal(logits.argmax(-1), reference.argmax(-1))
+        assert 0.0 < before < 1.0  # neither trivial: the comparison counts
+
+
+def test_evaluation_batches_have_few_fixed_shapes_and_cover_each_utterance_once(tiny_dataset):
+    task = load_task(tiny_dataset, seed=0, device=torch.device("cpu"))
+    ids = torch.cat([task.train_ids, task.valid_ids, task.bank.test_ids()])
+    plan = train_module.EvalBatches(task.bank, ids, max_frames=4096)
+    slots = torch.cat([s for _, s, _, _, _ in plan.batches])
+    assert sorted(slots.tolist()) == list(range(len(ids)))
+    for batch, slot, n, padded, _ in plan.batches:
+        rows = len(batch)
+        assert padded == train_module.bucket_length(padded)  # a bucket's own length
+        assert int(task.bank.lengths[ids[slot]].max()) <= padded < 1.125 * int(task.bank.lengths[ids[slot]].max()) + 8
+        assert rows == 4096 // padded or (rows == 1 << (n - 1).bit_length() and rows < 4096 // padded)
+        assert torch.equal(batch[:n], ids[slot])
+    # the bucket lengths: 8 a doubling, multiples of 8
+    lengths = [train_module.bucket_length(f) for f in range(1, 3000)]
+    assert all(b % 8 == 0 and b >= f for f, b in zip(range(1, 3000), lengths))
+    assert len(set(b for b in lengths if 512 < b <= 1024)) == 8
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: run on the GPU machine")
+def test_evaluation_reads_nothing_back_until_the_end(tiny_dataset):
+    """CUDA's sync debug mode raises on any operation that makes the host wait for the device: counting
+    the correct predictions of a whole evaluation must not do so once."""
+    task = load_task(tiny_dataset, seed=0, device=torch.device("cuda"))
+    model = build_model(ModelConfig(n_classes=task.bank.n_speakers)).cuda()
+    plan = train_module.EvalBatches(task.bank, task.bank.test_ids(), max_frames=4096)
+    plan.correct(model)  # warm-up: lazy initialisations may sync once
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        correct = plan.correct(model)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert 0 <= int(correct) <= len(task.bank.test_ids())
+
+
 def test_training_learns_and_reports_every_evaluation(tiny_dataset):
     task = load_task(tiny_dataset, seed=0, device=torch.device("cpu"))
     seen = []

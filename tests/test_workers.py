@@ -22,49 +22,14 @@ from pathlib import Path
 
 import optuna
 import pytest
-from click.testing import CliRunner
 from optuna.trial import TrialState
 
-from data.synth import synthesize
-from search.cli import main
-from search.space import KNOWN_CONFIGS
 from search.storage import open_storage
-from search.study import StudySettings, open_study
+from search.study import StudySettings
 from search.workers import run_target, trial_count
+from tests.helpers import MARIADB, POSTGRES, SAMPLE, invoke, new_study, reachable
 
 REPO = Path(__file__).resolve().parents[1]
-POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
-MARIADB = "mysql+pymysql://root@127.0.0.1:3306/test"
-SAMPLE = KNOWN_CONFIGS["sample-code"]
-
-
-@pytest.fixture(scope="session")
-def micro_dataset(tmp_path_factory) -> Path:
-    """Smaller than conftest's tiny dataset (short utterances): a validation pass costs milliseconds."""
-    folder = tmp_path_factory.mktemp("micro") / "Dataset"
-    synthesize(folder, speakers=4, utterances_per_speaker=8, length_scale=0.06, seed=3)
-    return folder
-
-
-def reachable(url: str) -> str | None:
-    """None if a database answers at ``url``, else why not (the skip reason)."""
-    import sqlalchemy
-
-    from search.storage import _with_installed_driver
-
-    try:
-        engine = sqlalchemy.create_engine(_with_installed_driver(sqlalchemy.engine.make_url(url)),
-                                          connect_args={"connect_timeout": 3})
-        with engine.connect() as connection:
-            connection.exec_driver_sql("SELECT 1")
-        engine.dispose()
-        return None
-    except Exception as err:  # noqa: BLE001 - any reason to skip is reported
-        return f"{url} not reachable ({type(err).__name__}: {str(err).strip().splitlines()[0][:120]})"
-
-
-def settings_for(data: Path, budget: int = 8) -> StudySettings:
-    return StudySettings(budget=budget, eval_every=max(1, budget // 8), data=str(data.resolve()), seed=0, profile="cpu")
 
 
 def states(study: optuna.Study) -> dict[str, int]:
@@ -102,14 +67,13 @@ def test_four_workers_run_100_trials_on_a_database_server(url, micro_dataset, wo
     if why:
         pytest.skip(why)
     name = f"test-workers-{uuid.uuid4().hex[:12]}"
-    study, _, created = open_study(name, url, settings_for(micro_dataset), True, warm_start=False)
-    assert created
+    study = new_study(micro_dataset, url, name)
     try:
         for _ in range(80):  # 80 enqueued (the pop race: FOR UPDATE), 20 sampled (the trial-number race)
             study.enqueue_trial(SAMPLE)
-        result = CliRunner().invoke(main, ["run", "--trials", "100", "--workers", "4", "--study", name,
-                                           "--storage", url, "--data", str(micro_dataset), "--budget", "8",
-                                           "--device", "cpu", "--no-warm-start"])
+        result = invoke("run", "--trials", "100", "--workers", "4", "--study", name,
+                        "--storage", url, "--data", str(micro_dataset), "--budget", "8",
+                        "--device", "cpu", "--no-warm-start")
         assert result.exit_code == 0, result.output
         assert "100 trials shared by 4 worker processes (cpu, cpu, cpu, cpu)" in result.output
         assert "trial 100/100" in result.output
@@ -126,11 +90,11 @@ def test_four_workers_run_100_trials_on_a_database_server(url, micro_dataset, wo
 
 def test_two_workers_share_one_sqlite_file(micro_dataset, workdir):
     url = "sqlite:///studies/two.db"
-    study, _, _ = open_study("two", url, settings_for(micro_dataset), True, warm_start=False)
+    study = new_study(micro_dataset, url, "two")
     for _ in range(12):  # enqueued trials: each must run exactly once (SQLite has no SELECT FOR UPDATE)
         study.enqueue_trial(SAMPLE)
-    result = CliRunner().invoke(main, ["run", "--trials", "20", "--workers", "2", "--study", "two",
-                                       "--data", str(micro_dataset), "--budget", "8", "--device", "cpu"])
+    result = invoke("run", "--trials", "20", "--workers", "2", "--study", "two",
+                    "--data", str(micro_dataset), "--budget", "8", "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert "20 trials shared by 2 worker processes (cpu, cpu)" in result.output
     assert "locked" not in result.output
@@ -164,11 +128,11 @@ def test_sqlite_under_load_has_no_lock_errors(workdir):
 
 
 def test_journal_storage_with_two_workers(micro_dataset, workdir):
-    result = CliRunner().invoke(main, ["run", "--trials", "6", "--workers", "2", "--study", "j", "--storage",
-                                       "journal:///studies/j.log", "--data", str(micro_dataset), "--budget", "8",
-                                       "--device", "cpu"])
+    result = invoke("run", "--trials", "6", "--workers", "2", "--study", "j", "--storage",
+                    "journal://studies/j.log", "--data", str(micro_dataset), "--budget", "8",
+                    "--device", "cpu")
     assert result.exit_code == 0, result.output
-    trials = optuna.load_study(study_name="j", storage=open_storage("journal:///studies/j.log")).trials
+    trials = optuna.load_study(study_name="j", storage=open_storage("journal://studies/j.log")).trials
     assert len(trials) == 6 and all(t.state.is_finished() for t in trials)
 
 
@@ -190,7 +154,7 @@ def test_hyperband_brackets_are_the_same_in_every_process(micro_dataset, workdir
     """With max_resource='auto' each process would guess it from the trials it has seen so far; ours is
     the budget, so a worker that starts early and one that starts late put each trial in the same bracket."""
     url, budget = "sqlite:///studies/hb.db", 64
-    study, _, _ = open_study("hb", url, settings_for(micro_dataset, budget), True, warm_start=False)
+    study = new_study(micro_dataset, url, "hb", budget)
     with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
         early = pool.submit(_brackets, url, "hb", budget).result()
     study = optuna.load_study(study_name="hb", storage=open_storage(url, heartbeat_interval=None))  # ask/tell by hand
@@ -232,7 +196,7 @@ def test_killed_workers_trials_are_failed_and_rerun(tiny_dataset, workdir, monke
     for key, value in FAST_HEARTBEATS.items():
         monkeypatch.setenv(key, value)  # this process's storage handles and every subprocess's
     url, name, budget = "sqlite:///studies/kill.db", "kill", 48
-    study, _, _ = open_study(name, url, settings_for(tiny_dataset, budget), True, warm_start=False)
+    study = new_study(tiny_dataset, url, name, budget)
     for _ in range(12):
         study.enqueue_trial(SAMPLE)
     command = [sys.executable, "-m", "search.cli", "run", "--trials", "4", "--workers", "2", "--study", name,
@@ -277,7 +241,6 @@ def test_killed_workers_trials_are_failed_and_rerun(tiny_dataset, workdir, monke
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) for t in trials.values()), \
         states(study)  # none RUNNING, none WAITING
     retried = {t.system_attrs["failed_trial"]: t for t in trials.values() if "failed_trial" in t.system_attrs}
-    print("killed", killed, "retried as", {k: (v.number, v.state.name) for k, v in retried.items()}, states(study))
     for number in killed:
         assert trials[number].state == TrialState.FAIL
         assert number in retried, f"killed trial #{number} was not re-queued"
@@ -302,13 +265,13 @@ def test_k_workers_add_exactly_n_trials(n, k, micro_dataset, workdir):
     """Exactly N trials per run, twice on one study (the second run's target counts the first run's
     trials), with fewer trials than workers too (then only N workers are started)."""
     url, name = f"sqlite:///studies/exact{n}.db", f"exact{n}"
-    study, _, _ = open_study(name, url, settings_for(micro_dataset), True, warm_start=False)
+    study = new_study(micro_dataset, url, name)
     for _ in range(3):  # queued trials are run as some of the N, not on top of them
         study.enqueue_trial(SAMPLE)
     before: set[int] = set()
     for run in range(2):
-        result = CliRunner().invoke(main, ["run", "--trials", str(n), "--workers", str(k), "--study", name,
-                                           "--data", str(micro_dataset), "--device", "cpu"])
+        result = invoke("run", "--trials", str(n), "--workers", str(k), "--study", name,
+                        "--data", str(micro_dataset), "--device", "cpu")
         assert result.exit_code == 0, result.output
         started = min(n, k)
         assert f"{n} trial{'s' if n > 1 else ''} shared by {started} worker process" in result.output
@@ -328,7 +291,7 @@ def test_a_killed_workers_remaining_trials_are_run_by_the_other(micro_dataset, w
     for key, value in FAST_HEARTBEATS.items():
         monkeypatch.setenv(key, value)
     url, name, n = "sqlite:///studies/share.db", "share", 10
-    study, _, _ = open_study(name, url, settings_for(micro_dataset), True, warm_start=False)
+    study = new_study(micro_dataset, url, name)
     for _ in range(n):
         study.enqueue_trial(SAMPLE)
     command = [sys.executable, "-m", "search.cli", "run", "--trials", str(n), "--workers", "2", "--study", name,
@@ -359,7 +322,6 @@ def test_a_killed_workers_remaining_trials_are_run_by_the_other(micro_dataset, w
     by_worker = {}
     for t in trials:
         by_worker.setdefault(int(t.user_attrs.get("worker", ":0").split(":")[1]), []).append(t)
-    print(output, {pid: [(t.number, t.state.name) for t in ts] for pid, ts in by_worker.items()})
     ran = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(ran) == n, states(study)  # exactly N: none lost with the killed worker, none too many
     assert not any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials), states(study)

@@ -1,0 +1,104 @@
+"""``search run`` and ``search finalize``: the commands that train (search/run.py, search/finalize.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from search.commands.base import SEED_MAX, data_option, device_option, main, quiet_option, storage_option, study_option
+from search.study import CPU_BUDGET, GPU_BUDGET
+
+
+@main.command()
+@click.option("--trials", type=click.IntRange(min=1), default=None,
+              help="Trials to add to the study; optional with --timeout (then: as many as start before it).")
+@study_option
+@storage_option
+@data_option
+@click.option("--budget", type=int, default=None,
+              help=f"Training steps of a full trial [default: {GPU_BUDGET} on GPU, {CPU_BUDGET} on CPU; "
+                   "a resumed study keeps its own].")
+@device_option
+@click.option("--seed", type=click.IntRange(0, SEED_MAX), default=None,
+              help="Seeds the split, the sampler and training [default: 0; a resumed study keeps its own].")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Stop starting new trials after this many seconds (without --trials: run until then).")
+@click.option("--space", "profile", type=click.Choice(["auto", "full", "cpu"]), default="auto", show_default=True,
+              help="Search-space profile: full (GPU) or cpu (small models); auto: a resumed study keeps its own, "
+                   "a new one picks by device.")
+@click.option("--warm-start/--no-warm-start", default=True, show_default=True,
+              help="Run the known HW04 configurations first in a new study.")
+@click.option("--pruning/--no-pruning", default=None,
+              help="Let Hyperband stop unpromising trials early (a new study's default: on; a study keeps its "
+                   "choice). --no-pruning runs every trial to its full budget.")
+@click.option("--fail-fast", is_flag=True, help="Stop at the first failed trial instead of recording it.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes on this machine, sharing the trials (more machines: run the same command "
+                   "there with a postgresql:// or mysql+pymysql:// --storage).")
+@click.option("--gpus", default=None, is_flag=False, flag_value="all", metavar="all|LIST",
+              help="One worker process per GPU: --gpus alone takes every visible GPU, --gpus 0,2 those CUDA "
+                   "indices.")
+@click.option("--workers-per-gpu", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes on each GPU (of --gpus, or of --device without it): several trials at once "
+                   "on one GPU.")
+@click.option("--mps/--no-mps", default=True, show_default=True,
+              help="With --workers-per-gpu K > 1: NVIDIA MPS, so workers sharing a GPU run side by side instead of "
+                   "taking turns (a running daemon, or one started for the run and stopped at its end; off, with "
+                   "one line saying why, where it cannot start).")
+@quiet_option
+def run(trials, study_name, storage, data_dir, budget, device, seed, timeout, profile, warm_start, pruning,
+        fail_fast, workers, gpus, workers_per_gpu, mps, quiet):
+    """Run trials of a study, creating or resuming it.
+
+    Adds --trials N trials to the study; with --timeout SECONDS and no --trials, starts trials until
+    that many seconds have passed (the running ones finish). A resumed study keeps its data, budget, seed,
+    space and pruning choice. Ctrl-C ends the running trial and prints the command that resumes the run.
+
+    \b
+    Example: search run --trials 20 --study hw04 --data Dataset/
+             search run --trials 200 --gpus --workers-per-gpu 4 --data Dataset/
+    """
+    from search.run import RunRequest, run_search
+    from search.study import RequestedSettings
+
+    run_search(RunRequest(
+        study_name, trials=trials, timeout=timeout, storage=storage, device=device, warm_start=warm_start,
+        fail_fast=fail_fast, workers=workers, gpus=gpus, workers_per_gpu=workers_per_gpu, mps=mps, quiet=quiet,
+        settings=RequestedSettings(budget=budget, data=str(data_dir.resolve()) if data_dir else None, seed=seed,
+                                   profile=None if profile == "auto" else profile, pruning=pruning)))
+
+
+@main.command()
+@click.argument("which", default="best", metavar="[best|N|top]")
+@study_option
+@storage_option
+@data_option
+@click.option("--steps", type=click.IntRange(min=1), default=70_000, show_default=True, help="Training steps.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Predictions CSV [default: studies/<study>/predictions.csv].")
+@device_option
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Steps between checkpoints; a killed finalize resumes from the last one.")
+@click.option("--k", "k", type=click.IntRange(min=1), default=None,
+              help="With `top`: how many members [default: 3], the K best distinct configurations.")
+@click.option("--seeds", is_flag=True, help="With `top`: the best configuration trained with K seeds instead.")
+@click.option("--all-data", is_flag=True,
+              help="After the validation run has chosen the step count, train again on train + validation for "
+                   "that many steps and predict with that model.")
+@quiet_option
+def finalize(which, study_name, storage, data_dir, steps, out, device, checkpoint_every, k, seeds, all_data, quiet):
+    """Retrain the best trial and write the predictions CSV.
+
+    Or trial N, or the top K as an ensemble (top --k K), on the full budget. With an answer key
+    (answers.csv) in the data folder, also print the test accuracy.
+
+    \b
+    Example: search finalize best --study hw04 --data Dataset/ --steps 70000
+             search finalize top --k 3 --study hw04 --all-data
+    """
+    from search.finalize import FinalizeRequest, run_finalize
+
+    run_finalize(FinalizeRequest(which, study_name, storage=storage, data_dir=data_dir, steps=steps, out=out,
+                                 device=device, checkpoint_every=checkpoint_every, k=k, seeds=seeds,
+                                 all_data=all_data, quiet=quiet))

@@ -1,0 +1,123 @@
+"""The commands that look at studies and write nothing but their output: ``studies``, ``show``, ``trials``,
+``report``, ``space``, ``score`` (search/inspection.py, search/report.py, search/scoring.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from search.commands.base import _resolve_storage, main, storage_option, study_option
+
+
+@main.command()
+@click.option("--storage", default=None, metavar="URL", callback=_resolve_storage,
+              help="Optuna storage URL [default: $SEARCH_STORAGE, else every studies/*.db file].")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+def studies(storage, as_json):
+    """List the studies in a storage.
+
+    For each: its trials by state, and the best value.
+
+    Example: search studies --storage sqlite:///studies/hw04.db
+    """
+    from search.inspection import studies_text
+
+    click.echo(studies_text(storage, as_json))
+
+
+@main.command()
+@study_option
+@storage_option
+@click.option("--trial", "number", type=click.IntRange(min=0), default=None,
+              help="Trial number [default: the best complete trial].")
+@click.option("--json", "as_json", is_flag=True, help="Print the trial as JSON.")
+def show(study_name, storage, number, as_json):
+    """Print one trial's configuration and results.
+
+    Its parameters, resolved configurations, validation curve, and why it ended.
+
+    Example: search show --study hw04 --trial 3
+    """
+    from search.inspection import show_text
+
+    click.echo(show_text(study_name, storage, number, as_json))
+
+
+@main.command("trials")
+@study_option
+@storage_option
+@click.option("--sort", type=click.Choice(["number", "value", "duration"], case_sensitive=False), default="number",
+              show_default=True, help="Order: trial number, value (best first) or wall time (longest first).")
+@click.option("--state", "states", multiple=True,
+              type=click.Choice(["complete", "pruned", "fail", "running", "waiting"], case_sensitive=False),
+              help="Only trials in this state; repeat for several (--state complete --state pruned).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per trial.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV with a header row.")
+def trials(study_name, storage, sort, states, as_json, as_csv):
+    """List a study's trials, one row each.
+
+    Each row: number, state, value, model size, steps/s, wall time, the key parameters (encoder,
+    d_model, layers, pooling, loss, lr) and why the trial ended.
+
+    \b
+    Example: search trials --study hw04 --sort value --state complete
+             search trials --study hw04 --csv > trials.csv
+    """
+    from search.inspection import trials_text
+
+    click.echo(trials_text(study_name, storage, sort, states, as_json, as_csv))
+
+
+@main.command()
+@study_option
+@storage_option
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=Path("report.html"), show_default=True,
+              help="The HTML file to write (replaced atomically).")
+def report(study_name, storage, out):
+    """Write an HTML report of a study and print its best trials.
+
+    The report is one self-contained page of plotly figures (it opens offline): optimisation history,
+    validation curves, parameter importances, parallel coordinates, slices, accuracy by encoder /
+    pooling / loss, and a timeline.
+
+    \b
+    Example: search report --study hw04 --out report.html
+    """
+    from search.inspection import report_text
+
+    click.echo(report_text(study_name, storage, out))
+
+
+@main.command("space")
+@click.option("--profile", type=click.Choice(["full", "cpu"]), default="full", show_default=True,
+              help="Which profile of the space: full (GPU) or cpu (small models).")
+@click.option("--json", "as_json", is_flag=True, help="Print every parameter as JSON.")
+def space_command(profile, as_json):
+    """Print the search space.
+
+    Each parameter, its choices or range, and when it applies.
+
+    Example: search space --profile cpu --json
+    """
+    from search.inspection import space_text
+
+    click.echo(space_text(profile, as_json))
+
+
+@main.command()
+@click.argument("predictions", type=click.Path(path_type=Path))
+@click.option("--answers", type=click.Path(path_type=Path), required=True,
+              help="The answer key, Id,Category (a synthetic set's answers.csv).")
+def score(predictions, answers):
+    """Score a predictions CSV against an answer key.
+
+    Both are Id,Category CSV files (the Kaggle format).
+
+    Example: search score studies/hw04/predictions.csv --answers hw04-synth/answers.csv
+    """
+    from search.scoring import accuracy_line, score_files
+
+    accuracy, n = score_files(predictions, answers)
+    click.echo(accuracy_line(accuracy, n))

@@ -1,0 +1,27 @@
+"""``search dashboard``: optuna-dashboard on a study's storage, serving its artifacts too."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from search.errors import UserError
+from search.proxy import check_listen  # the same question for both servers: can this address be listened on?
+
+
+def serve(study_name: str, storage: str | None, host: str, port: int, echo: Callable[[str], None]) -> None:
+    """Serve the study (which must exist) until Ctrl-C; ``echo`` gets the line with its URL."""
+    import optuna_dashboard
+
+    from search.artifacts import artifact_store
+    from search.files import artifact_folder
+    from search.study import load_study
+
+    study = load_study(study_name, storage, any_direction=True)  # fails clearly if the study is not there
+    check_listen(host, port)
+    folder = artifact_folder(study_name)  # what `search finalize` uploaded: listed and served by the dashboard
+    echo(f"optuna-dashboard for study {study_name!r}: http://{host}:{port}/dashboard/studies/{study._study_id}"
+         f"  (artifacts: {folder})")
+    try:
+        optuna_dashboard.run_server(study._storage, host=host, port=port, artifact_store=artifact_store(folder))
+    except OSError as err:  # taken between the check and the start
+        raise UserError(f"--host {host} --port {port}: cannot listen there ({err.strerror or err})") from None

@@ -1,0 +1,86 @@
+"""Where a study's files live, and writing them so that nothing is ever half-written.
+
+Every study has its default storage ``studies/<study>.db`` and a folder ``studies/<study>/`` holding its
+log (``search.log``), its finalized models (``final/``), its artifact store (``artifacts/``) and its
+default predictions CSV. ``studies/.cache/`` holds what is shared by all studies (the embedded dataset, the
+feature banks of read-only data folders). Paths are relative to the working directory, as the default
+SQLite URL is.
+
+A file a command produces (a checkpoint, the final model, a CSV, the report) is written to a temporary
+file beside it and renamed into place (``replaced``): a kill, a full disk or an exception leaves either
+the old file or the new one, never a truncated one, and no temporary file.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from search.errors import UserError
+
+STUDIES = Path("studies")
+CACHE = STUDIES / ".cache"  # shared by every study: the embedded dataset, banks of read-only data folders
+
+
+def study_folder(study_name: str) -> Path:
+    return STUDIES / study_name
+
+
+def final_folder(study_name: str) -> Path:
+    """What ``search finalize`` trains and writes: checkpoints, ``model.pt``, ``config.json``, ensembles."""
+    return study_folder(study_name) / "final"
+
+
+def artifact_folder(study_name: str) -> Path:
+    """The study's Optuna artifact store (search/artifacts.py), served by ``search dashboard``."""
+    return study_folder(study_name) / "artifacts"
+
+
+def predictions_path(study_name: str) -> Path:
+    return study_folder(study_name) / "predictions.csv"
+
+
+@contextmanager
+def replaced(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` to write; when the block ends it is renamed onto ``path``
+    (atomic on one filesystem); if the block fails the temporary file is removed and the error goes on."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    """``path.write_text(text)``, atomically (see ``replaced``)."""
+    with replaced(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def read_only_part(path: Path) -> Path | None:
+    """The part of ``path`` that keeps it from being written (the existing file, or its folder), or None."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.exists() and not os.access(path, os.W_OK):
+        return path
+    if folder.exists() and not os.access(folder, os.W_OK):
+        return folder
+    return None
+
+
+def check_writable(path: Path, option: str) -> None:
+    """Fail before hours of training, not after: the output's folder must exist or be creatable, and the
+    file (if it exists) and folder writable."""
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{option} {path}: cannot create folder {folder} ({err.strerror})") from None
+    if read_only_part(path) is not None or path.is_dir():
+        raise UserError(f"{option} {path}: not writable")

@@ -1,0 +1,207 @@
+"""The CLI's guard: whatever goes wrong, the user gets one ``Error:`` line and a non-zero exit, never a
+traceback; and how a signal stops ``search run``.
+
+``SafeGroup`` makes every command of ``search`` (whoever adds it) a ``SafeCommand``, whose exceptions
+become one line: our own errors (``UserError``, ``DataError``) as they are, anything unexpected as what
+failed, with its traceback appended to the study's log file. Click's own errors and exits keep their
+behaviour (usage errors their usage line, Ctrl-C click's "Aborted!").
+
+``interrupts()`` is what ``search run`` holds while it works (its workers: ``interrupt_once()`` for their
+whole life): the first SIGINT (Ctrl-C) raises KeyboardInterrupt, the first SIGTERM ``Terminated`` (a
+KeyboardInterrupt too); Optuna then records the running trial as FAIL (the objective adds ``ended:
+interrupted``), and a second signal cannot break that clean-up.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import signal
+import threading
+import time
+import traceback
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import click
+
+from data.errors import DataError
+from search.errors import Stopped, Terminated, UserError
+
+# Let through as they are: click's own errors and exits (usage errors keep their usage line), and
+# Ctrl-C (click prints "Aborted!").
+_PASS_THROUGH = (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, KeyboardInterrupt,
+                 SystemExit, GeneratorExit)
+
+
+def _guarded(ctx: click.Context, call):
+    """Run a command so that *any* exception reaches the user as one ``Error:`` line and a non-zero exit:
+    our own errors as they are, anything unexpected as what failed, with its traceback appended to the
+    study's log file (``studies/<study>/search.log``, or ``studies/search.log`` without a study)."""
+    from search.storage import scrub
+
+    try:
+        return call(ctx)
+    except Stopped as err:  # `search run` stopped by a signal, after its summary: 128 + the signal
+        raise _exit(str(err), err.exit_code) from None
+    except Terminated:
+        raise _exit(f"search {ctx.info_name if ctx.parent else 'run'}: stopped by SIGTERM (a running trial ended "
+                    "FAIL, ended: interrupted)", 128 + signal.SIGTERM) from None
+    except _PASS_THROUGH:
+        raise
+    except (UserError, DataError) as err:
+        raise click.ClickException(scrub(str(err))) from None
+    except Exception as err:  # noqa: BLE001 - the point: no traceback on the console, ever
+        raise click.ClickException(_unexpected(ctx, err)) from None
+
+
+def _exit(message: str, code: int) -> click.ClickException:
+    err = click.ClickException(message)
+    err.exit_code = code
+    return err
+
+
+def _unexpected(ctx: click.Context, err: Exception) -> str:
+    from search.files import STUDIES
+    from search.logs import FORMAT, _words, log_path
+    from search.storage import check_study_name, redact
+
+    name = ctx.params.get("study_name")
+    try:
+        check_study_name(name)
+        path = log_path(name)
+    except Exception:  # noqa: BLE001 - no study, or not a usable name: the common log file
+        path = STUDIES / "search.log"
+    names, c = [], ctx
+    while c.parent is not None:  # the subcommands' names ("run", "data check"), whatever argv[0] was
+        names.insert(0, c.info_name)
+        c = c.parent
+    what_ran = " ".join(["search", *names])
+    command = " ".join([what_ran, *_words(ctx)])
+    header = logging.Formatter(FORMAT).format(logging.makeLogRecord(
+        {"msg": f"unexpected error in: {command}", "levelname": "ERROR", "levelno": logging.ERROR,
+         "created": time.time()}))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as log:
+            log.write(redact(header + "\n" + "".join(traceback.format_exception(err))))
+        where = f"traceback in {path}"
+    except OSError as log_err:
+        where = f"its traceback could not be written to {path}: {log_err.strerror or log_err}"
+    what, root = _describe(err), err
+    for _ in range(10):  # the root cause says more ("database or disk is full") than a wrapper's message
+        root = root.__cause__ or root.__context__ or root
+        if root.__cause__ is None and root.__context__ is None:
+            break
+    if root is not err and _describe(root) != what:
+        what += f"; cause: {_describe(root)}"
+    return redact(f"{what_ran} failed: {what} ({where})")
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.filename}: {e.strerror}" if e.filename else f"{type(e).__name__}: {e.strerror}"
+    text = str(getattr(e, "orig", None) or e).strip()
+    return type(e).__name__ + (f": {text.splitlines()[0][:200]}" if text else "")
+
+
+class SafeCommand(click.Command):
+    """A command whose unexpected exceptions are one ``Error:`` line (see ``_guarded``)."""
+
+    def invoke(self, ctx: click.Context):
+        return _guarded(ctx, super().invoke)
+
+
+class SafeGroup(click.Group):
+    """``search`` and its sub-groups: every command in them is a SafeCommand, whoever adds it."""
+
+    command_class = SafeCommand
+    group_class = type  # sub-groups (``search data``) are SafeGroups too
+
+    def invoke(self, ctx: click.Context):
+        return _guarded(ctx, super().invoke)
+
+
+def signal_of(interrupt: KeyboardInterrupt) -> signal.Signals:
+    """Which signal an interrupt came from: SIGTERM (``Terminated``) or SIGINT (Ctrl-C)."""
+    return signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT
+
+
+def interrupt_once() -> Callable[[], None]:
+    """From now on (main thread only), the first SIGINT raises KeyboardInterrupt and the first SIGTERM
+    ``Terminated``; after either, both are ignored, so that the clean-up (Optuna recording the running trial
+    as FAIL, workers stopping, the summary) is not cut short by a second Ctrl-C or a signal sent to the
+    whole process group twice. Optuna's warning for the interrupted trial (its whole parameter dict) becomes
+    one short line. Returns the undo."""
+    def once(signum, _frame):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, once) for sig in (signal.SIGINT, signal.SIGTERM)}
+    undo_log = interrupted_trial_one_line()
+
+    def undo() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        undo_log()
+
+    return undo
+
+
+@contextmanager
+def interrupts() -> Iterator[None]:
+    """``interrupt_once`` while the block runs."""
+    undo = interrupt_once()
+    try:
+        yield
+    finally:
+        undo()
+
+
+class _InterruptedTrialLine(logging.Filter):
+    """Optuna logs an interrupted trial as "Trial N failed with parameters: {...} because of the following
+    error: KeyboardInterrupt()" with its traceback; an interrupt is the user's doing, not a failure to
+    explain: say which trial it was and how it was recorded, in one line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.interrupted: set[str] = set()  # their numbers: Optuna's next line ("failed with value None") goes too
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        number = re.match(r"Trial (\d+) failed", str(record.msg))
+        exc = record.exc_info
+        if exc and exc[0] is not None and issubclass(exc[0], KeyboardInterrupt):
+            if number:
+                self.interrupted.add(number.group(1))
+            record.msg = (f"trial #{number.group(1)} " if number else "the running trial ") + \
+                "interrupted: recorded as FAIL (ended: interrupted)"
+            record.args, record.exc_info, record.exc_text = None, None, None
+            return True
+        return not (number and number.group(1) in self.interrupted and "failed with value" in str(record.msg))
+
+
+def interrupted_trial_one_line():
+    """Install ``_InterruptedTrialLine`` on Optuna's optimize logger; returns the undo."""
+    logger, line = logging.getLogger("optuna.study._optimize"), _InterruptedTrialLine()
+    logger.addFilter(line)
+    return lambda: logger.removeFilter(line)
+
+
+def friendly_errors(command):
+    """Show our errors (and the storage's) as one line, never a traceback: for a command outside a
+    SafeGroup (every command of ``search`` is guarded already)."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from search.storage import scrub
+
+        try:
+            return command(*args, **kwargs)
+        except (UserError, DataError) as err:
+            raise click.ClickException(scrub(str(err))) from None
+
+    return wrapper

@@ -1,0 +1,219 @@
+"""``search run``: create or resume a study and run trials on it, in this process or in worker processes.
+
+``run_search(request)`` works in this order, so that a mistake costs nothing:
+
+1. Check the options: trials or a timeout, the budget, the device, the worker plan, the storage URL.
+2. Read the study's stored settings, if the study exists, and merge the request with them
+   (``RequestedSettings.resolve``): a resumed study keeps its data, budget, seed, space and pruning
+   choice unless they are given, and a given one that differs is refused, before any data is generated,
+   packed or loaded.
+3. Prepare the data once, here (the workers then find its feature bank ready).
+4. Create the study (enqueueing the warm start) or open it.
+5. Run the plan (``search.workers.worker_devices``): one job runs in this process, several run as
+   worker processes sharing the run's trials.
+6. Print the best trial and what to do next.
+
+SIGINT (Ctrl-C) and SIGTERM end the running trial(s) as FAIL (``ended: interrupted``); the run then prints
+the study's summary and the exact command that resumes it, and exits with 130 (SIGINT) or 143 (SIGTERM).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import signal
+import time
+from dataclasses import dataclass, field
+
+from search.errors import Stopped, UserError
+from search.guard import interrupts, signal_of
+from search.storage import check_url, default_url, redact
+from search.study import EVALUATIONS_PER_TRIAL, Progress, RequestedSettings, open_study, stored_settings
+
+
+@dataclass
+class RunRequest:
+    """What ``search run`` was asked to do; ``settings`` holds what the study keeps (None: not given)."""
+
+    study_name: str
+    trials: int | None = None  # None: until the timeout
+    timeout: float | None = None
+    storage: str | None = None  # None: studies/<study>.db
+    settings: RequestedSettings = field(default_factory=RequestedSettings)
+    device: str = "auto"
+    warm_start: bool = True
+    fail_fast: bool = False
+    workers: int = 1
+    gpus: str | None = None
+    workers_per_gpu: int = 1
+    mps: bool = True  # --mps/--no-mps: NVIDIA MPS for workers sharing a GPU (search/mps.py)
+    quiet: bool = False
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def run_search(request: RunRequest) -> None:
+    """Run ``request``; prints progress and a summary. Raises UserError (one line) on bad input, a failed
+    worker or a ``--fail-fast`` trial, and ``Stopped`` after a signal (see the module's docstring)."""
+    import torch
+
+    from search.logs import open_console
+    from search.task import resolve_device
+    from search.workers import WorkerJob, worker_devices
+
+    name, trials, timeout = request.study_name, request.trials, request.timeout
+    if trials is None and timeout is None:
+        raise UserError("--trials: give the number of trials to add, or --timeout SECONDS to run trials until then")
+    budget = request.settings.budget
+    if budget is not None and budget < EVALUATIONS_PER_TRIAL:
+        raise UserError(f"--budget {budget}: too small to evaluate a trial; use at least {EVALUATIONS_PER_TRIAL} steps")
+    torch_device = resolve_device(request.device)
+    devices = worker_devices(request.gpus, request.workers_per_gpu, request.workers, torch_device,
+                             torch.cuda.device_count())
+    devices = devices[:trials]  # fewer trials than workers: no idle worker is started (None: all of them)
+    url = request.storage or default_url(name)
+    check_url(url)
+    echo = open_console(name, request.quiet)  # prints, and appends to studies/<study>/search.log
+    progress = Progress(trials, echo.progress)
+    state = {"study": None, "started": None}
+    try:
+        with interrupts():  # SIGINT / SIGTERM end the running trial(s) as FAIL, not left RUNNING
+            settings = request.settings.resolve(name, stored_settings(name, url), torch_device.type)
+            jobs = [WorkerJob(i, name, url, settings, device, timeout=timeout, fail_fast=request.fail_fast)
+                    for i, device in enumerate(devices)]
+            _prepare_data(jobs, echo.data_progress("preparing data"))
+            study, settings, created = open_study(name, url, settings, request.warm_start)
+            state["study"] = study
+            before = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+            echo(f"{'created' if created else 'resuming'} study {name!r} in {redact(url)} "
+                 f"({_plural(before, 'finished trial')} so far); {_plural(trials, 'trial') if trials else 'trials'} of "
+                 f"{settings.budget} steps{'' if trials else f' until {timeout:g}s have passed'} on "
+                 f"{', '.join(dict.fromkeys(devices))}, space {settings.profile}, data {settings.data}"
+                 + ("" if settings.pruning else ", pruning off"))
+            state["started"] = time.monotonic()
+            report = _run_jobs(study, jobs, trials, echo, progress, request.mps)
+    except KeyboardInterrupt as interrupt:
+        _stopped(request, url, interrupt, progress, state, echo)
+    for line in _summary(study, url, request):
+        echo(line)
+    if report is not None:
+        raise UserError("; ".join(o.describe() for o in report.failed)
+                        + f"; {report.finished} of {trials or 'the'} trials finished")
+
+
+def _prepare_data(jobs, progress) -> None:
+    """Validate the data and build its feature bank once, here: in this process's task when it trains
+    itself (``load_task`` keeps it for the run), else only the bank (each worker loads its own task)."""
+    from search.task import load_task, prepare_bank, use_device
+
+    job = jobs[0]
+    if len(jobs) == 1:
+        load_task(job.data_dir, job.settings.seed, use_device(job.device), progress=progress)
+    else:
+        prepare_bank(job.data_dir, progress=progress)
+
+
+def _run_jobs(study, jobs, trials, echo, progress, mps: bool = True):
+    """Run the plan: its one job here, or every job in its own process, sharing one target. Returns the
+    workers' report when some failed, else None."""
+    from search.workers import run_job, run_target, run_workers
+
+    if len(jobs) == 1:
+        jobs[0].n_trials = trials  # None: until --timeout
+        run_job(jobs[0], progress, study)
+        return None
+    target = run_target(study, trials)  # workers take trials until the study's count reaches it
+    for job in jobs:
+        job.target = target
+    devices = [job.device for job in jobs]
+    timeout = jobs[0].timeout
+    echo((f"{_plural(trials, 'trial')} shared by " if trials else f"trials until {timeout:g}s have passed on ")
+         + f"{len(devices)} worker process{'' if len(devices) == 1 else 'es'} ({', '.join(devices)})")
+    from search.mps import gpu_sharing
+
+    # Workers sharing a GPU run side by side under MPS instead of taking turns; the daemon's environment is
+    # inherited by the workers and it is stopped on exit, Ctrl-C or failure (None: no GPU has two workers).
+    with gpu_sharing(devices, enabled=mps) as mps_status:
+        if mps_status:
+            echo(mps_status)
+        report = run_workers(study, jobs, echo.progress, progress)
+    return report if report.failed else None
+
+
+def _summary(study, url: str, request: RunRequest) -> list[str]:
+    """The end of a run: the best trial, its score in context, where the study is and what comes next."""
+    from search.inspection import reference_note
+    from search.queries import best_or_none
+
+    best = best_or_none(study)
+    if best is None:
+        lines = ["no trial completed."]
+    else:
+        note = reference_note(study, best)
+        lines = [f"best trial #{best.number}: valid accuracy {best.value:.4f}" + (f" ({note})" if note else ""),
+                 "  " + json.dumps(best.params)]
+    flags = f" --study {study.study_name}" + (f" --storage '{redact(url)}'" if request.storage else "")
+    data = request.settings.data
+    return lines + [f"study stored in {redact(url)}",
+                    f"next: search dashboard{flags}    |    search finalize best{flags}"
+                    + (f" --data {data}" if data else "")]
+
+
+def _stopped(request: RunRequest, url: str, interrupt: KeyboardInterrupt, progress: Progress, state: dict,
+             echo) -> None:
+    """After SIGINT or SIGTERM: what the run did, the study's summary and the command that resumes it;
+    then ``Stopped`` (exit 128 + the signal)."""
+    from search.report import counts_line
+
+    sig = signal_of(interrupt)
+    what = "Ctrl-C" if sig == signal.SIGINT else "SIGTERM"
+    total = f" of {request.trials}" if request.trials else ""
+    echo(f"interrupted by {what}: {progress.done}{total} trials of this run finished; any trial that was running "
+         "ended FAIL (ended: interrupted)")
+    study = state["study"]
+    if study is not None:
+        echo(f"study {study.study_name!r}: {counts_line(study)}")
+        for line in _summary(study, url, request)[:-1]:  # all but "next:": the resume command instead
+            echo(line)
+    else:
+        echo(f"study {request.study_name!r}: not created yet (stopped while preparing)")
+    elapsed = 0.0 if state["started"] is None else time.monotonic() - state["started"]
+    echo("resume: " + resume_command(request, study is not None, progress.done, elapsed))
+    raise Stopped(f"search run: stopped by {what} (a running trial ended FAIL, ended: interrupted)",
+                  128 + sig) from None
+
+
+def resume_command(request: RunRequest, study_exists: bool, done: int, elapsed: float) -> str:
+    """The ``search run`` that carries on where ``request`` stopped: the trials (and seconds) left, and the
+    options the study does not remember (all of them, if the study was not created yet)."""
+    words = ["search", "run", "--study", request.study_name]
+    if request.storage:
+        words += ["--storage", redact(request.storage)]
+    if request.trials is not None:
+        words += ["--trials", str(max(1, request.trials - done))]
+    if request.timeout is not None:
+        words += ["--timeout", f"{max(1.0, request.timeout - elapsed):.0f}"]
+    given = request.settings
+    if not study_exists:  # nothing is remembered yet: the settings as given
+        for option, value in (("--data", given.data), ("--budget", given.budget), ("--seed", given.seed),
+                              ("--space", given.profile)):
+            if value is not None and value != "embedded":
+                words += [option, str(value)]
+        if given.pruning is not None:
+            words.append("--pruning" if given.pruning else "--no-pruning")
+        if not request.warm_start:
+            words.append("--no-warm-start")
+    if request.device != "auto":
+        words += ["--device", request.device]
+    if request.workers > 1:
+        words += ["--workers", str(request.workers)]
+    if request.gpus is not None:
+        words += ["--gpus", request.gpus]
+    if request.workers_per_gpu > 1:
+        words += ["--workers-per-gpu", str(request.workers_per_gpu)]
+    if not request.mps:
+        words.append("--no-mps")
+    words += ["--fail-fast"] * request.fail_fast + ["--quiet"] * request.quiet
+    return shlex.join(words)

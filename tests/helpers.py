@@ -1,0 +1,91 @@
+"""What several test modules share: the CLI run in-process, the check of a refused command's error line, the
+sample-code configuration, the database servers of CI, and a new study made the way ``search run`` makes it.
+
+Fixtures (the synthetic datasets, an empty working folder) are in ``conftest.py``; these are plain functions
+and constants, imported as ``from tests.helpers import ...``, so no test module imports another.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner, Result
+
+# The library is imported where it is used: conftest imports TINY from here, and a library module that does
+# not import (mid-change) must fail only the tests that use it, not every test through conftest.
+POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"  # CI's servers; tests that need one skip without it
+MARIADB = "mysql+pymysql://root@127.0.0.1:3306/test"
+# conftest's tiny dataset: 6 speakers, 10 utterances each (the split and sizes some tests count on)
+TINY = dict(speakers=6, utterances_per_speaker=10, length_scale=0.25, seed=3)
+
+
+def __getattr__(name: str):
+    """``SAMPLE``: the sample code's configuration (``KNOWN_CONFIGS["sample-code"]``), the cheapest sure trial
+    to enqueue; read from search.space on first use (see above)."""
+    if name == "SAMPLE":
+        from search.space import KNOWN_CONFIGS
+
+        return KNOWN_CONFIGS["sample-code"]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def invoke(*args: str, **extra) -> Result:
+    """``search ARGS...`` in this process (click's CliRunner); ``extra`` goes to ``CliRunner.invoke``."""
+    from search.cli import main
+
+    return CliRunner().invoke(main, list(args), **extra)
+
+
+def one_error_line(result: Result, alone: bool = False) -> str:
+    """The error line of a refused command, checked: a non-zero exit, no traceback, and exactly one line that
+    starts with ``Error:``, the last one (click's usage errors print their usage lines above it). With
+    ``alone``, nothing else was printed either: a refusal before any work."""
+    assert result.exit_code != 0, result.output
+    assert "Traceback" not in result.output, result.output
+    lines = result.output.strip().splitlines()
+    errors = [line for line in lines if line.startswith("Error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.output
+    if alone:
+        assert len(lines) == 1, result.output
+    return lines[-1]
+
+
+def study_dbs(folder: Path) -> list[Path]:
+    """The SQLite study files under ``folder/studies``: none after a refused command."""
+    return sorted((folder / "studies").rglob("*.db"))
+
+
+def reachable(url: str) -> str | None:
+    """None if a database answers at ``url``, else why not (the skip reason)."""
+    import sqlalchemy
+
+    from search.storage import _with_installed_driver
+
+    try:
+        engine = sqlalchemy.create_engine(_with_installed_driver(sqlalchemy.engine.make_url(url)),
+                                          connect_args={"connect_timeout": 3})
+        with engine.connect() as connection:
+            connection.exec_driver_sql("SELECT 1")
+        engine.dispose()
+        return None
+    except Exception as err:  # noqa: BLE001 - any reason to skip is reported
+        return f"{url} not reachable ({type(err).__name__}: {str(err).strip().splitlines()[0][:120]})"
+
+
+def settings_for(data: Path, budget: int = 8, pruning: bool = True):
+    """The settings ``search run --budget BUDGET --device cpu --seed 0`` gives a new study on ``data``."""
+    from search.study import RequestedSettings
+
+    requested = RequestedSettings(budget=budget, data=str(Path(data).resolve()), seed=0, profile="cpu",
+                                  pruning=pruning)
+    return requested.resolve("new", None, "cpu")
+
+
+def new_study(data: Path, url: str, name: str, budget: int = 8, pruning: bool = True):
+    """A new ``optuna.Study`` as ``search run`` creates it, without its warm-start trials (tests enqueue their
+    own); fails if the study exists already."""
+    from search.study import open_study
+
+    study, _, created = open_study(name, url, settings_for(data, budget, pruning), warm_start=False)
+    assert created, f"study {name!r} exists already at {url}"
+    return study

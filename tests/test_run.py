@@ -1,0 +1,95 @@
+"""``search run`` on an existing study, and stopped by Ctrl-C (issue 13: resume that remembers, clean Ctrl-C)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from tests.helpers import invoke, one_error_line
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def finished(name: str) -> list[optuna.trial.FrozenTrial]:
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///studies/{name}.db")
+    return [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+
+
+def test_resume_uses_the_studys_data_budget_seed_space_and_pruning(tiny_dataset, workdir):
+    created = invoke("run", "--trials", "1", "--study", "ux", "--data", str(tiny_dataset), "--budget", "16",
+                     "--seed", "1", "--space", "cpu", "--no-pruning", "--device", "cpu")
+    assert created.exit_code == 0, created.output
+
+    resumed = invoke("run", "--trials", "1", "--study", "ux", "--device", "cpu")  # nothing but the study
+    assert resumed.exit_code == 0, resumed.output
+    header = next(line for line in resumed.output.splitlines() if line.startswith("resuming study 'ux'"))
+    assert f"of 16 steps on cpu, space cpu, data {tiny_dataset.resolve()}, pruning off" in header, header
+    # the embedded dataset was neither generated nor packed: the study's own data was used from the start
+    assert not (workdir / "studies" / ".cache").exists()
+    assert len(finished("ux")) == 2
+
+
+def test_a_setting_that_contradicts_the_study_is_refused_before_any_data_is_prepared(tiny_dataset, workdir,
+                                                                                     tmp_path):
+    args = ["--study", "ux", "--budget", "16", "--device", "cpu"]
+    assert invoke("run", "--trials", "1", "--data", str(tiny_dataset), *args).exit_code == 0
+    other = tmp_path / "Other"
+    shutil.copytree(tiny_dataset, other, ignore=shutil.ignore_patterns(".bank"))
+    for given, message in ((["--data", str(other)], f"--data {other.resolve()}: study 'ux' was created on "),
+                           (["--budget", "32"], "--budget 32: study 'ux' was created with --budget 16"),
+                           (["--seed", "2"], "--seed 2: study 'ux' was created with --seed 0"),
+                           (["--space", "full"], "--space full: study 'ux' was created with --space cpu"),
+                           (["--no-pruning"], "--no-pruning: study 'ux' was created with pruning on")):
+        line = one_error_line(invoke("run", "--trials", "1", "--study", "ux", "--device", "cpu", *given), alone=True)
+        assert message in line, line
+    assert not (other / ".bank").exists()  # refused before its feature bank was packed
+    assert not (workdir / "studies" / ".cache").exists()
+    assert len(finished("ux")) == 1  # nothing added
+
+
+def test_ctrl_c_ends_the_trial_prints_the_summary_and_the_command_that_resumes(tiny_dataset, workdir):
+    command = [sys.executable, "-m", "search.cli", "run", "--trials", "3", "--study", "c", "--data",
+               str(tiny_dataset), "--budget", "4000", "--device", "cpu", "--no-warm-start"]
+    process = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while process.poll() is None and time.monotonic() < deadline:
+            try:
+                study = optuna.load_study(study_name="c", storage="sqlite:///studies/c.db")
+                if any(t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False)):
+                    break
+            except Exception:  # noqa: BLE001 - not created yet
+                pass
+            time.sleep(0.3)
+        time.sleep(1)  # inside the trial's training, not between its first storage writes
+        process.send_signal(signal.SIGINT)
+        output = process.communicate(timeout=120)[0].decode()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, output
+    lines = output.strip().splitlines()
+    assert lines[-1] == "Error: search run: stopped by Ctrl-C (a running trial ended FAIL, ended: interrupted)", output
+    assert "Traceback" not in output and "failed with" not in output and "Aborted!" not in output, output
+    assert "interrupted by Ctrl-C: 0 of 3 trials of this run finished" in output, output
+    assert "study 'c': 1 trials: 1 fail" in output, output
+    assert "trial #0 interrupted: recorded as FAIL (ended: interrupted)" in output, output
+    resume = next(line for line in lines if line.startswith("resume: "))
+    assert resume == "resume: search run --study c --trials 3 --device cpu", resume
+    [trial] = optuna.load_study(study_name="c", storage="sqlite:///studies/c.db").trials
+    assert trial.state == TrialState.FAIL and trial.user_attrs["ended"] == "interrupted"
+
+    from search.cli import main  # the resume command is one this CLI takes: this study, its own data
+
+    params = main.get_command(None, "run").make_context("run", shlex.split(resume)[3:]).params
+    assert params["study_name"] == "c" and params["trials"] == 3 and params["data_dir"] is None

@@ -1,0 +1,102 @@
+"""Where trials validate (search/schedule.py): at the pruner's rungs and the end, not on a fixed grid."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from search import schedule
+from search.space import KNOWN_CONFIGS
+from search.study import StudySettings, make_pruner, open_study, run_trials
+from search.task import load_task
+
+
+def _hyperband(budget: int) -> optuna.pruners.HyperbandPruner:
+    return make_pruner(StudySettings(budget=budget, eval_every=schedule.min_resource(budget), data="embedded",
+                                     seed=0, profile="cpu"))
+
+
+@pytest.mark.parametrize("budget, expected", [(2000, [250, 750, 2000]), (200, [25, 75, 200]), (64, [8, 24, 64]),
+                                              (8, [1, 3, 8])])
+def test_a_trial_validates_at_the_study_pruners_rungs_and_at_the_end(budget, expected):
+    assert schedule.trial_steps(budget, _hyperband(budget)) == expected
+
+
+def test_the_rungs_are_those_at_which_hyperband_decides():
+    """Reports between rungs never change the pruner's decision: SuccessiveHalving returns 'keep going' below
+    the next rung without looking at the value. So a trial that reports only at the rungs is pruned at the
+    same steps as one that reports on the old grid."""
+    budget = 2000
+    rungs = schedule.trial_steps(budget, _hyperband(budget))
+
+    def run(report_at: list[int]) -> list[tuple[int, int | None]]:
+        # the same name: Hyperband puts a trial in a bracket by a hash of the study name and trial number
+        study = optuna.create_study(study_name="rungs", direction="maximize", pruner=_hyperband(budget),
+                                    sampler=optuna.samplers.RandomSampler(seed=0))
+        ended = []
+        for number in range(30):
+            trial = study.ask()
+            quality = (number * 7919 % 30) / 30  # a fixed spread of good and bad trials
+            pruned_at = None
+            for step in report_at:
+                trial.report(quality * step / budget, step)
+                if trial.should_prune():
+                    pruned_at = step
+                    break
+            if pruned_at is None:
+                study.tell(trial, quality)
+            else:
+                study.tell(trial, state=TrialState.PRUNED)
+            ended.append((number, pruned_at))
+        return ended
+
+    grid = run(schedule.periodic_steps(budget, schedule.min_resource(budget)))
+    assert run(rungs) == grid
+    assert any(step is not None for _, step in grid)  # the pruner did stop some trials
+
+
+def test_without_pruning_a_trial_validates_at_a_few_curve_points():
+    nop = optuna.pruners.NopPruner()
+    assert schedule.trial_steps(2000, nop) == schedule.trial_steps(2000, None) == [500, 1000, 1500, 2000]
+    assert schedule.trial_steps(3, nop) == [1, 2, 3]  # tiny budgets: no step twice, none at 0
+
+
+def test_a_pruner_of_unknown_decision_points_keeps_the_grid():
+    grid = list(range(250, 2001, 250))
+    assert schedule.trial_steps(2000, optuna.pruners.MedianPruner()) == grid
+    assert schedule.trial_steps(2000, optuna.pruners.SuccessiveHalvingPruner()) == grid  # min_resource 'auto'
+    sha = optuna.pruners.SuccessiveHalvingPruner(min_resource=250, reduction_factor=3, min_early_stopping_rate=1)
+    assert schedule.trial_steps(2000, sha) == [750, 2000]
+
+
+def test_report_steps_a_user_asked_for_are_added():
+    assert schedule.trial_steps(2000, _hyperband(2000), report_steps=(100, 750, 5000, 0)) == [100, 250, 750, 2000]
+
+
+def test_finalize_keeps_a_periodic_evaluation():
+    assert schedule.periodic_every(70_000) == 2000 and schedule.periodic_every(800) == 100
+    assert schedule.periodic_steps(70_000, 2000)[-2:] == [68_000, 70_000]
+    assert schedule.periodic_steps(10, 4) == [4, 8, 10]
+    assert schedule.warmup_steps(70_000) == 1000 and schedule.warmup_steps(200) == 20 and schedule.warmup_steps(5) == 1
+
+
+def test_a_studys_trials_report_exactly_at_the_schedule(tiny_dataset, workdir):
+    """Through the real objective: a pruned study's trial validates at its Hyperband rungs and the end, an
+    unpruned study's at the curve points, and it records the time its validations took."""
+    task = load_task(tiny_dataset, seed=0, device=torch.device("cpu"))
+    budget = 24
+    for pruning in (True, False):
+        name = f"sched-{pruning}"
+        settings = StudySettings(budget=budget, eval_every=schedule.min_resource(budget), data=str(tiny_dataset),
+                                 seed=0, profile="cpu", pruning=pruning)
+        study, settings, _ = open_study(name, f"sqlite:///{workdir}/{name}.db", settings, warm_start=False)
+        study.enqueue_trial(KNOWN_CONFIGS["sample-code"])  # a small model: the test is about when it validates
+        run_trials(study, settings, task, 1)
+        expected = schedule.trial_steps(budget, study.pruner)
+        assert expected == ([3, 9, 24] if pruning else [6, 12, 18, 24])
+        (trial,) = study.trials
+        assert trial.state == TrialState.COMPLETE
+        assert sorted(trial.intermediate_values) == expected
+        assert 0 < trial.user_attrs["eval_seconds"] < trial.user_attrs["wall_seconds"]
