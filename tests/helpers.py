@@ -89,3 +89,39 @@ def new_study(data: Path, url: str, name: str, budget: int = 8, pruning: bool = 
     study, _, created = open_study(name, url, settings_for(data, budget, pruning), warm_start=False)
     assert created, f"study {name!r} exists already at {url}"
     return study
+
+
+def wait_running(url: str, name: str, count: int, process, seconds: float = 120) -> None:
+    """Wait until study ``name`` at ``url`` has ``count`` RUNNING trials (``process`` still alive), else fail."""
+    import time
+
+    import optuna
+    from optuna.trial import TrialState
+
+    from search.storage import open_storage
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            trials = optuna.load_study(study_name=name, storage=open_storage(url)).get_trials(deepcopy=False)
+            if sum(t.state == TrialState.RUNNING for t in trials) >= count:
+                return
+        except Exception:  # noqa: BLE001 - not created yet
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"no {count} running trials: {process.poll()}")
+
+
+def kill_once_written(process, path: Path, seconds: float, missing: str) -> None:
+    """SIGKILL ``process`` as soon as ``path`` exists (a checkpoint: the run is mid-way); fail with ``missing``
+    if it never appears."""
+    import os
+    import signal
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not path.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert path.exists(), missing
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(10)

@@ -28,7 +28,7 @@ from search.cli import main
 from search.storage import open_storage
 from search.study import StudySettings, open_study, run_trials
 from search.task import load_task
-from tests.helpers import SAMPLE, invoke, new_study, one_error_line, reachable
+from tests.helpers import SAMPLE, invoke, kill_once_written, new_study, one_error_line, reachable, wait_running
 
 REPO = Path(__file__).resolve().parents[1]
 URL = "sqlite:///studies/f.db"
@@ -142,12 +142,7 @@ def test_killed_finalize_resumes_from_its_checkpoint(finished_study, workdir):
     process = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": str(REPO)},
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        while not checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert checkpoint.exists(), "no checkpoint was written"
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait(10)
+        kill_once_written(process, checkpoint, 120, "no checkpoint was written")
     finally:
         if process.poll() is None:
             process.kill()
@@ -462,19 +457,6 @@ def test_several_runs_creating_one_new_study_at_once(backend, workdir):
 
 # --- processes: a killed parent, SIGTERM -----------------------------------------------------------------
 
-def _wait_running(url: str, name: str, count: int, process, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            trials = optuna.load_study(study_name=name, storage=open_storage(url)).get_trials(deepcopy=False)
-            if sum(t.state == TrialState.RUNNING for t in trials) >= count:
-                return
-        except (KeyError, Exception):  # noqa: BLE001 - not created yet
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"no {count} running trials: {process.poll()}")
-
-
 def _alive(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
@@ -490,7 +472,7 @@ def test_workers_stop_with_their_killed_parent(tiny_dataset, workdir):
     process = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _wait_running(URL.replace("f.db", "o.db"), "o", 2, process)
+        wait_running(URL.replace("f.db", "o.db"), "o", 2, process)
         children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
         workers = [int(pid) for pid in children
                    if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")]
@@ -517,7 +499,7 @@ def test_sigterm_fails_the_running_trial_of_a_single_process_run(tiny_dataset, w
     process = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT)
     try:
-        _wait_running(URL.replace("f.db", "t.db"), "t", 1, process)
+        wait_running(URL.replace("f.db", "t.db"), "t", 1, process)
         process.send_signal(signal.SIGTERM)
         output = process.communicate(timeout=60)[0].decode()
     finally:

@@ -11,10 +11,8 @@ from __future__ import annotations
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -28,7 +26,7 @@ from search.storage import open_storage
 from search.study import StudySettings, run_trials
 from search.task import load_task
 from search.train import predict_proba
-from tests.helpers import POSTGRES, SAMPLE, invoke, new_study, one_error_line, reachable
+from tests.helpers import POSTGRES, SAMPLE, invoke, kill_once_written, new_study, one_error_line, reachable
 
 REPO = Path(__file__).resolve().parents[1]
 SQLITE = "sqlite:///studies/t.db"
@@ -287,12 +285,7 @@ def test_killed_ensemble_finalize_resumes(tiny_dataset, workdir):
     process = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": str(REPO)},
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 300
-        while not killed.exists() and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert killed.exists(), "the second member wrote no checkpoint"
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait(10)
+        kill_once_written(process, killed, 300, "the second member wrote no checkpoint")
     finally:
         if process.poll() is None:
             process.kill()

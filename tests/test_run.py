@@ -14,7 +14,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from tests.helpers import invoke, one_error_line
+from tests.helpers import invoke, one_error_line, wait_running
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,15 +62,7 @@ def test_ctrl_c_ends_the_trial_prints_the_summary_and_the_command_that_resumes(t
     process = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 180
-        while process.poll() is None and time.monotonic() < deadline:
-            try:
-                study = optuna.load_study(study_name="c", storage="sqlite:///studies/c.db")
-                if any(t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False)):
-                    break
-            except Exception:  # noqa: BLE001 - not created yet
-                pass
-            time.sleep(0.3)
+        wait_running("sqlite:///studies/c.db", "c", 1, process, seconds=180)
         time.sleep(1)  # inside the trial's training, not between its first storage writes
         process.send_signal(signal.SIGINT)
         output = process.communicate(timeout=120)[0].decode()
