@@ -135,9 +135,13 @@ def interrupt_once() -> Callable[[], None]:
     whole process group twice. Optuna's warning for the interrupted trial (its whole parameter dict) becomes
     one short line. Returns the undo."""
     def once(signum, _frame):
+        global _pending
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)
-        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        if _holding:  # inside held_signals(): raised later by raise_pending()
+            _pending = signum
+            return
+        raise _interrupt(signum)
 
     previous = {}
     if threading.current_thread() is threading.main_thread():
@@ -150,6 +154,38 @@ def interrupt_once() -> Callable[[], None]:
         undo_log()
 
     return undo
+
+
+_holding = 0  # depth of held_signals() blocks (signals reach the main thread only)
+_pending: int | None = None  # a signal that came while held, not raised yet
+
+
+def _interrupt(signum: int) -> KeyboardInterrupt:
+    return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+@contextmanager
+def held_signals() -> Iterator[None]:
+    """Inside, an ``interrupt_once`` signal is remembered instead of raised; ``raise_pending`` raises it.
+
+    For ``study.ask()``: the trial is RUNNING in the storage as soon as it is created, before ask returns
+    it and Optuna's guard around the objective begins. An interrupt raised in between would leave the trial
+    RUNNING for good (Optuna never records it as FAIL); held, it is raised by the objective's first line,
+    where Optuna records the trial FAIL (``ended: interrupted``)."""
+    global _holding
+    _holding += 1
+    try:
+        yield
+    finally:
+        _holding -= 1
+
+
+def raise_pending() -> None:
+    """Raise the interrupt that came during ``held_signals()``, if one did."""
+    global _pending
+    if _pending is not None and not _holding:
+        signum, _pending = _pending, None
+        raise _interrupt(signum)
 
 
 @contextmanager

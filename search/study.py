@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 
 from search import schedule, space as search_space
 from search.errors import UserError
+from search.guard import held_signals, raise_pending
 from search.objective import Objective
 from search.notes import with_notes
 from search.queries import best_or_none, counts
@@ -292,22 +293,42 @@ def run_trials(study: optuna.Study, settings: StudySettings, task: Task, n_trial
             raise TrialFailed(f"--fail-fast: trial #{trial.number} {reason}") from err
 
     func, catch = (fail_fast_objective, ()) if fail_fast else (objective, (Exception,))
-    if gate is None:
-        study.optimize(func, n_trials=n_trials, timeout=timeout, catch=catch,
-                       callbacks=[on_trial] if on_trial else None, gc_after_trial=True)
-        return
     ask = study.ask
+
+    def held_ask(*args, **kwargs) -> optuna.Trial:  # an interrupt here is raised by the objective (search/guard.py)
+        with held_signals():
+            return ask(*args, **kwargs)
+
     # study.optimize asks for each trial with ``study.ask()`` (after failing stale trials, before the
-    # objective and its heartbeat): an instance attribute puts the gate there. TargetReached raised by it
-    # leaves optimize before any trial is created; it is not the objective's, so ``catch`` never sees it.
-    study.ask = lambda *args, **kwargs: gate(study, lambda: ask(*args, **kwargs))
+    # objective and its heartbeat): an instance attribute puts the held ask, and the gate, there. TargetReached
+    # raised by the gate leaves optimize before any trial is created; it is not the objective's, so ``catch``
+    # never sees it.
+    study.ask = held_ask if gate is None else (lambda *args, **kwargs: gate(study, lambda: held_ask(*args, **kwargs)))
     try:
         study.optimize(func, n_trials=n_trials, timeout=timeout, catch=catch,
                        callbacks=[on_trial] if on_trial else None, gc_after_trial=True)
     except TargetReached:
         pass
+    except KeyboardInterrupt:
+        _fail_if_running(study, objective.current_trial_id)
+        raise
     finally:
         del study.ask
+    raise_pending()  # a signal held in an ask that then created no trial still stops the run
+
+
+def _fail_if_running(study: optuna.Study, trial_id: int | None) -> None:
+    """An interrupt that came after the objective returned, while Optuna recorded the result, escapes
+    Optuna's guard and leaves the trial RUNNING: record it FAIL (``ended: interrupted``) here."""
+    if trial_id is None:
+        return
+    try:
+        if study._storage.get_trial(trial_id).state != TrialState.RUNNING:
+            return
+        study._storage.set_trial_user_attr(trial_id, "ended", "interrupted")
+        study._storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+    except (optuna.exceptions.UpdateFinishedTrialError, KeyError):  # finished by someone else meanwhile
+        pass
 
 
 class Progress:

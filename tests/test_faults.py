@@ -22,6 +22,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
 
 from search.cli import main
@@ -491,6 +492,32 @@ def test_workers_stop_with_their_killed_parent(tiny_dataset, workdir):
     trials = optuna.load_study(study_name="o", storage=URL.replace("f.db", "o.db")).trials
     assert len(trials) == 2 and all(t.state == TrialState.FAIL for t in trials), trials
     assert all(t.user_attrs.get("ended") == "interrupted" for t in trials)
+
+
+class _SigtermWhileAsking(optuna.samplers.RandomSampler):
+    """SIGTERM to this process from inside ``study.ask()``, once the trial exists in the storage (RUNNING)
+    but before Optuna's guard around the objective: where a killed parent's SIGTERM reached a worker in CI."""
+
+    def before_trial(self, study, trial):
+        os.kill(os.getpid(), signal.SIGTERM)
+        super().before_trial(study, trial)
+
+
+def test_a_signal_while_a_trial_is_being_created_fails_that_trial(tiny_dataset, workdir):
+    from search.guard import interrupt_once
+    from search.errors import Terminated
+
+    study = make_study(tiny_dataset)
+    study.sampler = _SigtermWhileAsking(seed=0)
+    undo = interrupt_once()
+    try:
+        with pytest.raises(Terminated):
+            run_trials(study, StudySettings.from_attrs(study.user_attrs),
+                       load_task(tiny_dataset, 0, torch.device("cpu")), 2)
+    finally:
+        undo()
+    [trial] = optuna.load_study(study_name="f", storage=open_storage(URL)).trials
+    assert trial.state == TrialState.FAIL and trial.user_attrs["ended"] == "interrupted", trial
 
 
 def test_sigterm_fails_the_running_trial_of_a_single_process_run(tiny_dataset, workdir):
