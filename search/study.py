@@ -191,8 +191,7 @@ def stored_settings(name: str, url: str) -> StudySettings | None:
     return settings if settings is not None else _wait_for_settings(study, name, url)  # refuses a foreign study
 
 
-def open_study(name: str, url: str, requested: StudySettings, warm_start: bool = True,
-               worker: int = 0) -> tuple[optuna.Study, StudySettings, bool]:
+def open_study(name: str, url: str, requested: StudySettings, warm_start: bool = True) -> tuple[optuna.Study, StudySettings, bool]:
     """Create the study with the ``requested`` settings, or load it to add trials (refusing settings that
     differ from its own: see ``RequestedSettings.resolve`` for a run's merge). Returns (study, settings in
     force, created)."""
@@ -220,15 +219,38 @@ def open_study(name: str, url: str, requested: StudySettings, warm_start: bool =
                     study.enqueue_trial(params, user_attrs={"warm_start": label})
     else:
         check_same(name, settings, requested)
-    # Seeded per worker and per number of trials so far: a resumed run does not replay the first
-    # trials' random samples, and the same seed still gives the same sequence.
-    n_before = len(study.get_trials(deepcopy=False))
     # constant_liar: with several workers, a running trial counts as a bad result for the sampler, so
     # workers don't all sample next to the same promising point (no effect with one worker).
-    sampler = optuna.samplers.TPESampler(seed=(settings.seed * 7919 + n_before * 31 + worker * 1_000_003) % 2**32,
-                                         n_startup_trials=10, constant_liar=True)
+    sampler = TrialSeededTPESampler(settings.seed, n_startup_trials=10, constant_liar=True)
     study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=make_pruner(settings))
     return study, settings, created
+
+
+class TrialSeededTPESampler(optuna.samplers.TPESampler):
+    """Optuna's TPE sampler whose random draws for trial N are seeded by (study seed, N), not by one seed per
+    process.
+
+    Each process that joins a study (a worker, another machine, a resumed run) opens it with its own sampler.
+    Seeded per process, two processes with the same ``--seed`` would draw the same random configurations
+    (all ten start-up trials would be run twice); seeded per process *and* something that differs between
+    them (a worker index, the trial count when it joined), the first trials would depend on how many
+    processes ran and when they started. Seeded per trial number (unique in a study), no two trials share
+    their draws, and trial N's start-up configuration is the same on any machine with any number of
+    processes. After the start-up trials TPE's draws also depend on the trials finished (and, with
+    ``constant_liar``, running) at that moment, as they must.
+    """
+
+    def __init__(self, seed: int, **kwargs) -> None:
+        super().__init__(seed=seed, **kwargs)
+        self.study_seed = seed
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        # TPE draws from ``_rng`` and its start-up sampler from ``_random_sampler._rng`` (Optuna 5's names;
+        # test_workers checks the effect): reseed both for this trial.
+        trial_seed = (self.study_seed * 7919 + trial.number * 1_000_003) % 2**32
+        self._rng.rng.seed(trial_seed)
+        self._random_sampler._rng.rng.seed((trial_seed + 1) % 2**32)
+        super().before_trial(study, trial)
 
 
 def _create_or_load(name: str, storage) -> tuple[optuna.Study, bool]:

@@ -3,7 +3,7 @@
 The parent creates (or resumes) the study first, so the warm-start trials are enqueued once and the
 data's feature-bank cache is built once; then it starts N processes with the ``spawn`` start method.
 Each worker loads the task itself, opens the storage itself (its own connections, its own heartbeat
-thread), opens the study with its own sampler seed (``open_study(..., worker=i)``) and takes trials
+thread), opens the study with its own sampler (seeded per trial number: search.study.TrialSeededTPESampler) and takes trials
 from one study-wide count until the run's ``--trials`` are all taken (``SharedTarget``): a fast worker
 takes more, and the trials a dead worker would have run are run by the others. Workers on other
 machines are the same thing started by hand: ``search run --storage postgresql://... --study NAME`` on
@@ -265,7 +265,7 @@ def run_job(job: WorkerJob, on_trial: Callable[[optuna.Study, optuna.trial.Froze
 
     task = load_task(job.data_dir, job.settings.seed, use_device(job.device))
     if study is None:
-        study = open_study(job.study_name, job.url, job.settings, warm_start=False, worker=job.index)[0]
+        study = open_study(job.study_name, job.url, job.settings, warm_start=False)[0]
     gate = None if job.target is None else SharedTarget(job.target, job.lock_path, job.timeout)
     run_trials(study, job.settings, task, job.n_trials, timeout=job.timeout, fail_fast=job.fail_fast,
                on_trial=on_trial, gate=gate)

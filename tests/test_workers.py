@@ -61,6 +61,35 @@ def test_the_shared_count_skips_queued_trials_and_re_queued_failures(workdir):
     assert trial_count(study) == (4, 0)
 
 
+def _sampled(handles: list[optuna.Study], n: int) -> dict[int, dict]:
+    """Ask ``n`` trials, taking turns between ``handles`` (processes on one study), and sample each one's
+    configuration from the space as a trial does; {trial number: parameters}."""
+    from search import space as search_space
+
+    space, params = search_space.build_space("cpu"), {}
+    for i in range(n):
+        trial = handles[i % len(handles)].ask()
+        params[trial.number] = search_space.suggest(trial, space)
+    return params
+
+
+def test_processes_joining_a_study_together_sample_different_trials_and_the_first_trials_are_the_seeds(
+        tiny_dataset, workdir):
+    """Two processes opening one study at the same moment with the same --seed (two machines, two Slurm
+    tasks) must not draw the same configurations; and trial N's start-up configuration is the same whether
+    one process or two ran the study."""
+    from search.study import open_study
+    from tests.helpers import settings_for
+
+    url = "sqlite:///studies/seeded.db"
+    alone = _sampled([new_study(tiny_dataset, url, "one")], 6)
+    first = new_study(tiny_dataset, url, "two")
+    second = open_study("two", url, settings_for(tiny_dataset), warm_start=False)[0]  # joins at the same count
+    together = _sampled([first, second], 6)
+    assert len({repr(sorted(p.items())) for p in together.values()}) == 6, together  # no two alike
+    assert together == alone
+
+
 @pytest.mark.parametrize("url", [POSTGRES, MARIADB], ids=["postgresql", "mariadb"])
 def test_four_workers_run_100_trials_on_a_database_server(url, micro_dataset, workdir):
     why = reachable(url)
