@@ -47,6 +47,27 @@ from search.task import load_task  # noqa: E402
 from search.train import EvalBatches, TrainConfig, _autocast, train  # noqa: E402
 
 
+def script_parser(doc: str, data_help: str = "HW04-layout folder (default in --smoke: a tiny synthetic one)",
+                  data_type: type = str) -> argparse.ArgumentParser:
+    """The options every bench script starts with: ``--data`` and ``--device`` (cuda where there is one);
+    ``doc``, the script's docstring, is its --help."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=data_type, help=data_help)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return parser
+
+
+def smoke_dataset(folder: Path) -> Path:
+    """The data of the bench scripts' --smoke runs: a tiny synthetic set (4 speakers x 12 short utterances),
+    written into ``folder`` unless a run before wrote it there."""
+    folder = Path(folder)
+    if not (folder / "metadata.json").exists():  # synthesize writes it last: the set is complete
+        from data.synth import synthesize
+
+        synthesize(folder, speakers=4, utterances_per_speaker=12, length_scale=0.2, seed=0)
+    return folder
+
+
 def emit(results: list, **record) -> None:
     results.append(record)
     print(json.dumps(record), flush=True)
@@ -248,9 +269,7 @@ def evaluation_share(task, trial_steps: int, schedules: list[str], repeats: int,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", help="HW04-layout folder (default in --smoke: a tiny synthetic one)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser = script_parser(__doc__)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on CPU, to check the script runs")
     parser.add_argument("--steps", type=int, default=1500, help="timed steps per steps/s measurement")
     parser.add_argument("--trial-steps", type=int, default=2000, help="steps of a trial for trials/hour")
@@ -273,10 +292,7 @@ def main() -> None:
         args.device, args.steps, args.trial_steps, args.batches = "cpu", 6, 8, "8,16"
         args.workers, args.trials_per_worker, args.eval_repeats = "1,2", 1, 2
         if args.data is None:
-            from data.synth import synthesize
-
-            args.data = str(tmp / "Dataset")
-            synthesize(args.data, speakers=4, utterances_per_speaker=12, length_scale=0.2, seed=0)
+            args.data = str(smoke_dataset(tmp / "Dataset"))
     if args.data is None:
         parser.error("--data is required outside --smoke")
     mps_modes = (args.mps or ("off,on" if args.device.startswith("cuda") else "off")).split(",")

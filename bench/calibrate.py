@@ -19,7 +19,6 @@ CPU smoke mode (seconds; the test suite runs it):
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -30,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.bench import script_parser, smoke_dataset  # noqa: E402
 from search.finalize import final_configs  # noqa: E402
 from search.space import KNOWN_CONFIGS  # noqa: E402
 from search.task import load_task  # noqa: E402
@@ -75,9 +75,7 @@ def calibrate(name: str, task, steps: int, eval_every: int, seed: int, recover: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", help="HW04-layout folder (default in --smoke: a tiny synthetic one)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser = script_parser(__doc__)
     parser.add_argument("--steps", type=int, default=TrainConfig.steps, help="training steps per configuration")
     parser.add_argument("--eval-every", type=int, default=None,
                         help="steps between full-length validations [default: finalize's, min(2000, steps/8)]")
@@ -95,10 +93,7 @@ def main() -> None:
     if args.smoke:
         args.device, args.steps, args.eval_every = "cpu", 4, 2
         if args.data is None:
-            from data.synth import synthesize
-
-            args.data = str(Path(tempfile.mkdtemp(prefix="calibrate-")) / "Dataset")
-            synthesize(args.data, speakers=4, utterances_per_speaker=12, length_scale=0.2, seed=0)
+            args.data = str(smoke_dataset(Path(tempfile.mkdtemp(prefix="calibrate-")) / "Dataset"))
     if args.data is None:
         parser.error("--data is required outside --smoke")
     names = [n.strip() for n in args.configs.split(",") if n.strip()]

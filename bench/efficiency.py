@@ -36,7 +36,6 @@ CPU smoke mode (all arms on a tiny set in under a minute; the test suite runs it
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import statistics
@@ -53,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import optuna  # noqa: E402
 
+from bench.bench import script_parser, smoke_dataset  # noqa: E402
 from search import space as search_space  # noqa: E402
 from search.errors import TrainingDiverged  # noqa: E402
 from search.finalize import final_configs  # noqa: E402
@@ -225,27 +225,26 @@ def best_at(timeline: list, t_limit: float) -> float | None:
     return max(values) if values else None
 
 
-def spread(values: list) -> str:
-    """'mean (min-max)' over seeds, or '-' when missing; 'never' marks a seed that never got there."""
+def spread(values: list, digits: int = 3, unit: str = "", out_of: bool = False) -> str:
+    """'mean (min-max)' over seeds, or '-' when missing; 'never' marks a seed that never got there (with
+    ``out_of``, 'never in K of N'). ``digits`` and ``unit`` write the numbers: '12 s (9-15)'."""
     if not values:
         return "-"
     known = [v for v in values if v is not None]
     if not known:
         return "never"
-    text = f"{statistics.mean(known):.3f}" if len(known) == 1 else \
-        f"{statistics.mean(known):.3f} ({min(known):.3f}-{max(known):.3f})"
-    return text + (f", never in {len(values) - len(known)}" if len(known) < len(values) else "")
+    text = f"{statistics.mean(known):.{digits}f}{unit}"
+    if len(known) > 1:
+        text += f" ({min(known):.{digits}f}-{max(known):.{digits}f})"
+    missing = len(values) - len(known)
+    if missing:
+        text += f", never in {missing}" + (f" of {len(values)}" if out_of else "")
+    return text
 
 
 def seconds_text(values: list) -> str:
-    known = [v for v in values if v is not None]
-    if not values:
-        return "-"
-    if not known:
-        return "never"
-    text = f"{statistics.mean(known):.0f} s" if len(known) == 1 else \
-        f"{statistics.mean(known):.0f} s ({min(known):.0f}-{max(known):.0f})"
-    return text + (f", never in {len(values) - len(known)} of {len(values)}" if len(known) < len(values) else "")
+    """Seconds to reach a target over seeds, as ``spread`` writes them."""
+    return spread(values, digits=0, unit=" s", out_of=True)
 
 
 def summarize(arms: list[dict], finals: list[dict]) -> tuple[list[dict], str]:
@@ -304,9 +303,7 @@ def write_figure(arms: list[dict], path: Path, title: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, help="HW04-layout folder with answers.csv (a `search data synth` set)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser = script_parser(__doc__, "HW04-layout folder with answers.csv (a `search data synth` set)", Path)
     parser.add_argument("--arms", default="abcdef", help="letters of the arms to run (see above)")
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--seconds", type=float, default=90.0, help="wall-clock budget of each arm and seed")
@@ -322,11 +319,7 @@ def main() -> None:
         args.device, args.seeds, args.seconds, args.budget, args.profile, args.final_steps = "cpu", "0", 5.0, 8, "cpu", 32
         args.results = args.results or Path(tempfile.mkdtemp(prefix="efficiency-"))
         if args.data is None:
-            from data.synth import synthesize
-
-            args.data = args.results / "Dataset"
-            if not (args.data / "metadata.json").exists():
-                synthesize(args.data, speakers=4, utterances_per_speaker=12, length_scale=0.2, seed=0)
+            args.data = smoke_dataset(args.results / "Dataset")
     if args.results is None:
         parser.error("--results is required outside --smoke (and --data, unless every arm there is done)")
     call_started = time.perf_counter()

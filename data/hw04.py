@@ -106,13 +106,23 @@ def _n_mels(path: Path, doc: dict) -> int:
     return n_mels
 
 
+def path_problem(path: Path, kind: str, name: str | None = None) -> str | None:
+    """What keeps ``path`` from being read as a ``kind`` ("file" or "folder") a user named, or None:
+    "<name> not found" (``name`` defaults to ``kind``) or "not a <kind>". The caller raises its own error
+    with it, after the path: ``Error: answers.csv: file not found``."""
+    if not path.exists():
+        return f"{name or kind} not found"
+    if not (path.is_dir() if kind == "folder" else path.is_file()):
+        return f"not a {kind}"
+    return None
+
+
 def read_layout(root: str | Path) -> Layout:
     """Read and validate the json files of an HW04 folder; raise DataError naming the problem."""
     root = Path(root)
-    if not root.exists():
-        raise DataError(f"{root}: data folder not found")
-    if not root.is_dir():
-        raise DataError(f"{root}: not a folder")
+    problem = path_problem(root, "folder", "data folder")
+    if problem is not None:
+        raise DataError(f"{root}: {problem}")
 
     mapping_path, meta_path, test_path = root / "mapping.json", root / "metadata.json", root / "testdata.json"
     mapping = _read_json(mapping_path)

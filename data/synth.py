@@ -53,6 +53,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from data.environment import restore_environment
+
 DEFAULT_SPEAKERS = 32
 DEFAULT_UTTERANCES_PER_SPEAKER = 48
 DEFAULT_LENGTH_SCALE = 0.4
@@ -551,11 +553,7 @@ def synthesize(out_dir, *, speakers: int = DEFAULT_SPEAKERS,
                     if progress is not None:
                         progress(done, len(jobs))
         finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
+            restore_environment(saved)
     else:
         _set_render_state(seed, voices, world)
         for done, job in enumerate(jobs, 1):

@@ -42,6 +42,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+from data.environment import restore_environment
+
 CONTROL = "nvidia-cuda-mps-control"
 DEFAULT_PIPE = Path("/tmp/nvidia-mps")  # where the CUDA driver looks without CUDA_MPS_PIPE_DIRECTORY
 ENV_PIPE, ENV_LOG = "CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY"
@@ -120,7 +122,7 @@ def mps_session(gpus: Sequence[int], root: Path | None = None, probe: Probe | No
     finally:
         if session is not None:
             session.close()
-        _restore(saved)
+        restore_environment(saved)
 
 
 def default_root() -> Path:
@@ -200,14 +202,6 @@ def _export(pipe: Path, log: Path | None = None) -> None:
         os.environ[ENV_LOG] = str(log)
 
 
-def _restore(saved: dict) -> None:
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-
-
 @contextmanager
 def bypassed(root: Path | None = None) -> Iterator[str]:
     """Keep this run's workers off any MPS daemon: while one is running, point them at an empty pipe folder.
@@ -223,7 +217,7 @@ def bypassed(root: Path | None = None) -> Iterator[str]:
         _export(pipe=empty)
         yield "; the running MPS daemon is not used"
     finally:
-        _restore(saved)
+        restore_environment(saved)
         shutil.rmtree(empty, ignore_errors=True)
 
 

@@ -18,24 +18,27 @@ import json
 from pathlib import Path
 from typing import Iterable
 
+from data.hw04 import path_problem
 from search.errors import UserError
 
 HEADER = ["Id", "Category"]
 ANSWERS_NAME = "answers.csv"
 
 
-def _first(items: list[str]) -> str:
-    """The first three items, for a one-line error."""
-    return ", ".join(items[:3]) + (", ..." if len(items) > 3 else "")
+def _refuse_any(where: str, items: list[str], one: str, many: str | None = None) -> None:
+    """One UserError when ``items`` is not empty: ``where``, how many (``one`` or ``many`` says what they are)
+    and the first three: ``predictions.csv: 2 duplicate Ids: a, b``."""
+    if items:
+        shown = ", ".join(items[:3]) + (", ..." if len(items) > 3 else "")
+        raise UserError(f"{where}: {len(items)} {one if len(items) == 1 else many or one}: {shown}")
 
 
 def read_rows(path: Path) -> dict[str, str]:
     """``{Id: Category}`` of a Kaggle-format CSV, in file order, or one UserError naming the file."""
     path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: file not found")
-    if not path.is_file():
-        raise UserError(f"{path}: not a file")
+    problem = path_problem(path, "file")
+    if problem is not None:
+        raise UserError(f"{path}: {problem}")
     try:
         raw = path.read_bytes()
     except OSError as err:
@@ -65,8 +68,7 @@ def read_rows(path: Path) -> dict[str, str]:
         if utt in found:
             duplicates.append(utt)
         found[utt] = speaker
-    if duplicates:
-        raise UserError(f"{path}: {len(duplicates)} duplicate Id{'s' if len(duplicates) > 1 else ''}: {_first(duplicates)}")
+    _refuse_any(str(path), duplicates, "duplicate Id", "duplicate Ids")
     if not found:
         raise UserError(f"{path}: no rows after the header")
     return found
@@ -90,19 +92,14 @@ def score_rows(predictions: dict[str, str], answers: dict[str, str], where: str,
     """(accuracy, number of utterances) of ``predictions`` over the answer key's Ids.
 
     ``where`` names the predictions in errors; ``speakers`` are the known speakers (default: the key's)."""
-    missing = [u for u in answers if u not in predictions]
-    if missing:
-        raise UserError(f"{where}: {len(missing)} of the answer key's {len(answers)} Ids have no prediction: "
-                        f"{_first(missing)}")
-    extra = [u for u in predictions if u not in answers]
-    if extra:
-        raise UserError(f"{where}: {len(extra)} Id{'s are' if len(extra) > 1 else ' is'} not in the answer key: "
-                        f"{_first(extra)}")
+    _refuse_any(where, [u for u in answers if u not in predictions],
+                f"of the answer key's {len(answers)} Ids have no prediction")
+    _refuse_any(where, [u for u in predictions if u not in answers], "Id is not in the answer key",
+                "Ids are not in the answer key")
     known = set(speakers) if speakers is not None else set(answers.values())
-    unknown = sorted({s for s in predictions.values() if s not in known})
-    if unknown:
-        raise UserError(f"{where}: {len(unknown)} unknown speaker{'s' if len(unknown) > 1 else ''} (not in the "
-                        f"answer key's dataset): {_first(unknown)}")
+    _refuse_any(where, sorted({s for s in predictions.values() if s not in known}),
+                "unknown speaker (not in the answer key's dataset)",
+                "unknown speakers (not in the answer key's dataset)")
     correct = sum(predictions[u] == speaker for u, speaker in answers.items())
     return correct / len(answers), len(answers)
 

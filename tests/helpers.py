@@ -1,5 +1,6 @@
 """What several test modules share: the CLI run in-process, the check of a refused command's error line, the
-sample-code configuration, the database servers of CI, and a new study made the way ``search run`` makes it.
+sample-code configuration, the database servers of CI, a new study made the way ``search run`` makes it, a
+study of chosen configurations run through the CLI, and ``search dashboard`` running in a subprocess.
 
 Fixtures (the synthetic datasets, an empty working folder) are in ``conftest.py``; these are plain functions
 and constants, imported as ``from tests.helpers import ...``, so no test module imports another.
@@ -7,7 +8,10 @@ and constants, imported as ``from tests.helpers import ...``, so no test module 
 
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from click.testing import CliRunner, Result
 
@@ -125,3 +129,79 @@ def kill_once_written(process, path: Path, seconds: float, missing: str) -> None
     assert path.exists(), missing
     os.kill(process.pid, signal.SIGKILL)
     process.wait(10)
+
+
+def run_configs(data: Path, name: str, configs: list[dict], *flags: str) -> Result:
+    """A new study ``name`` in the working folder's ``studies/``, whose trials are exactly ``configs`` (enqueued,
+    in order), run through ``search run`` (budget 8, the smallest; CPU; seed 1; no warm start); ``flags`` go to
+    the command. Fails the test if the run fails."""
+    import optuna
+
+    Path("studies").mkdir(exist_ok=True)
+    study = optuna.create_study(study_name=name, storage=f"sqlite:///studies/{name}.db", direction="maximize")
+    for params in configs:
+        study.enqueue_trial({k: v for k, v in params.items() if v is not None})
+    result = invoke("run", "--trials", str(len(configs)), "--study", name, "--data", str(data), "--budget", "8",
+                    "--device", "cpu", "--seed", "1", "--no-warm-start", *flags)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@contextmanager
+def in_folder(folder: Path) -> Iterator[Path]:
+    """The working folder is ``folder`` inside the block (for module-scoped fixtures: pytest's monkeypatch.chdir
+    is per test; contextlib.chdir needs Python 3.11)."""
+    previous = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield folder
+    finally:
+        os.chdir(previous)
+
+
+# The figures of `search report`'s page, in order: the titles of its <h2> sections.
+REPORT_FIGURES = ["Optimisation history", "Intermediate values", "Parameter importances", "Parallel coordinates",
+                  "Slices", "Encoders, poolings and losses compared", "Timeline"]
+
+
+@contextmanager
+def dashboard_server(folder: Path, study: str, seconds: float = 90) -> Iterator[str]:
+    """``search dashboard --study STUDY`` as users start it, in a subprocess working in ``folder`` on a free
+    port; yields its base URL once it answers, and stops it when the block ends. Its output goes to
+    ``folder/dashboard.out``, shown when it exits early or does not answer within ``seconds``."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    out = folder / "dashboard.out"
+    with open(out, "w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "search.cli", "dashboard", "--study", study,
+                                    "--port", str(port)], cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + seconds
+        while True:
+            assert process.poll() is None, f"search dashboard exited with {process.returncode}: {out.read_text()}"
+            try:
+                with urllib.request.urlopen(base + "/api/studies", timeout=5) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"search dashboard did not answer within {seconds} s: {out.read_text()}"
+            time.sleep(0.3)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

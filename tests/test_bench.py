@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +14,14 @@ from search.train import TrainConfig
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_bench_smoke_prints_every_measurement():
+def in_tmp(tmp_path) -> dict:
+    """The environment of a smoke run whose scratch folders (tempfile's) go to the test's tmp folder, not /tmp."""
+    return {**os.environ, "TMPDIR": str(tmp_path)}
+
+
+def test_bench_smoke_prints_every_measurement(tmp_path):
     done = subprocess.run([sys.executable, "bench/bench.py", "--smoke"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, env=in_tmp(tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
     records = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     kinds = {r["what"] for r in records}
@@ -33,9 +39,9 @@ def test_bench_smoke_prints_every_measurement():
     assert all(r["mps_status"] == "MPS: off (not on a GPU)" and 0 < r["eval_share"] < 1 for r in trials)
 
 
-def test_calibrate_smoke_prints_every_evaluation_and_a_summary_per_warm_start_config():
+def test_calibrate_smoke_prints_every_evaluation_and_a_summary_per_warm_start_config(tmp_path):
     done = subprocess.run([sys.executable, "bench/calibrate.py", "--smoke"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, env=in_tmp(tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
     records = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     configs = list(KNOWN_CONFIGS)  # every warm-start configuration, in order

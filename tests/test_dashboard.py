@@ -4,8 +4,8 @@ Debian's chromium, headless, no sandbox, no network services; skipped (with the 
 chromium is not installed (`.ci/run` installs it). The study is made by the CLI: two tiny trials of
 known configurations, then a finalize, whose files the dashboard must list and serve.
 
-Screenshots go to the test's tmp folder and are copied to /tmp/dashboard.png (a trial's page),
-/tmp/dashboard-note.png (the study's note) and /tmp/report.png.
+Screenshots (a trial's page, the study's note, the report) go to each test's tmp folder: `pytest --basetemp DIR`
+keeps them in a known place to look at.
 """
 
 from __future__ import annotations
@@ -14,18 +14,14 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.test_report import FIGURES, SAMPLE, InDir, invoke, make_study
+from tests.helpers import REPORT_FIGURES, SAMPLE, dashboard_server, in_folder, invoke, run_configs
 
-REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 # Skipped where chromium is missing, unless REQUIRE_CHROMIUM is set (.ci/run sets it): then they fail.
 pytestmark = pytest.mark.skipif(CHROMIUM is None and not os.environ.get("REQUIRE_CHROMIUM"),
@@ -67,17 +63,11 @@ def text_of(dom: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def study_folder(tmp_path_factory, tiny_dataset) -> Path:
     folder = tmp_path_factory.mktemp("dashboard")
-    with InDir(folder):
-        run = make_study(folder, tiny_dataset, STUDY, [SAMPLE, {**SAMPLE, "pooling": "sap", "lr": 3e-3}], "--quiet")
+    with in_folder(folder):
+        run = run_configs(tiny_dataset, STUDY, [SAMPLE, {**SAMPLE, "pooling": "sap", "lr": 3e-3}], "--quiet")
         assert "trial 1/2" not in run.output and "best trial #" in run.output  # --quiet: the summary only
         assert "trial 2/2" in (folder / "studies" / STUDY / "search.log").read_text()  # the log has it all
         result = invoke("finalize", "best", "--study", STUDY, "--steps", "8", "--quiet")
@@ -88,36 +78,8 @@ def study_folder(tmp_path_factory, tiny_dataset) -> Path:
 @pytest.fixture(scope="module")
 def dashboard(study_folder):
     """`search dashboard` as users start it, in a subprocess; yields its base URL once it answers."""
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    log = open(study_folder / "dashboard.out", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "search.cli", "dashboard", "--study", STUDY, "--port", str(port)],
-                            cwd=study_folder, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"search dashboard exited with {proc.returncode}: "
-                            + (study_folder / "dashboard.out").read_text())
-            try:
-                with urllib.request.urlopen(base + "/api/studies", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("search dashboard did not answer within 90 s: " + (study_folder / "dashboard.out").read_text())
-            time.sleep(0.3)
+    with dashboard_server(study_folder, STUDY) as base:
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def render_until(url: str, profile: Path, expected: list[str]) -> str:
@@ -160,7 +122,6 @@ def test_dashboard_shows_the_study_its_trials_and_artifacts(dashboard, study_fol
     assert "model_config" not in text and "{" not in text.split("User Attributes")[1]
     shot = tmp_path / "dashboard.png"
     screenshot(trials_url, shot, profile, height=1600)
-    shutil.copy(shot, "/tmp/dashboard.png")
 
     # every finished trial has its note, as the dashboard serves it
     with urllib.request.urlopen(f"{dashboard}/api/studies/{study_id}?after=0", timeout=30) as r:
@@ -173,10 +134,9 @@ def test_dashboard_shows_the_study_its_trials_and_artifacts(dashboard, study_fol
                                             f"trial {best.number}, validation accuracy {best.value:.4f}"])
     shot = tmp_path / "dashboard-note.png"
     screenshot(note_url, shot, profile, height=1000)
-    shutil.copy(shot, "/tmp/dashboard-note.png")
 
     # the study page lists what finalize uploaded, and the dashboard serves it
-    names = [f"trial{best.number}-model.pt", f"trial{best.number}-config.json", f"trial{best.number}-predictions.csv"]
+    names = list(study.user_attrs["final"]["artifacts"])  # trial<N>-steps8-<time>-model.pt, -config.json, -predictions.csv
     render_until(f"{dashboard}/dashboard/studies/{study_id}", profile, [f"{STUDY} (id={study_id})",
                                                                         "Study Artifacts", *names])
     csv_id = study.user_attrs["final"]["artifacts"][names[2]]
@@ -209,14 +169,13 @@ def test_report_renders_every_figure_without_javascript_errors(study_folder, tmp
     dom = load_with_error_hook(page, tmp_path)
     assert js_errors(dom) == []
     rendered = re.findall(r'<div id="figure-\d+" class="plotly-graph-div js-plotly-plot"', dom)
-    assert len(rendered) == len(FIGURES) == page.read_text().count('class="plotly-graph-div"')
-    assert dom.count('class="main-svg"') >= len(FIGURES)  # plotly drew an svg for each figure
+    assert len(rendered) == len(REPORT_FIGURES) == page.read_text().count('class="plotly-graph-div"')
+    assert dom.count('class="main-svg"') >= len(REPORT_FIGURES)  # plotly drew an svg for each figure
     # the curves' legend: one entry per trial, "#N <accuracy or why it ended>"
     curves = dom.split('id="figure-1"')[1].split('id="figure-2"')[0]
     assert len(re.findall(r'class="legendtext"[^>]*>#\d+ ', curves)) == len(study_trials(study_folder))
     shot = tmp_path / "report.png"
     screenshot(page.as_uri(), shot, tmp_path / "chromium-profile", height=3000)
-    shutil.copy(shot, "/tmp/report.png")
 
     # the check can fail: a page with a script error is caught
     broken = load_with_error_hook(page, tmp_path, "<script>window.addEventListener('load', function () "

@@ -157,6 +157,13 @@ def test_missing_data_folder(tmp_path):
         read_layout(tmp_path / "nowhere")
 
 
+@pytest.mark.parametrize("given, problem", [("nowhere", "data folder not found"), ("a-file", "not a folder")])
+def test_data_check_of_a_missing_folder_or_a_file_is_one_line_naming_it(given, problem, tmp_path):
+    (tmp_path / "a-file").write_text("mapping.json\n")
+    line = one_error_line(invoke("data", "check", str(tmp_path / given)), alone=True)
+    assert line == f"Error: {tmp_path / given}: {problem}", line
+
+
 def test_data_check_prints_counts(tiny_dataset):
     result = invoke("data", "check", str(tiny_dataset), "--json")
     assert result.exit_code == 0, result.output

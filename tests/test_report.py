@@ -15,18 +15,16 @@ from pathlib import Path
 import click
 import optuna
 import pytest
-from click.testing import CliRunner
 from optuna.artifacts import FileSystemArtifactStore, download_artifact, get_all_artifact_meta
 from optuna.trial import TrialState
 
 from search.attrs import resolved_configs, train_loss_points
 from search.cli import main
 from search.report import IMPORTANCE_RELIABLE, build_sections
-from search.space import KNOWN_CONFIGS
+from tests.helpers import REPORT_FIGURES, SAMPLE, in_folder, invoke, one_error_line, run_configs
 
 STUDY = "rep"
 STORAGE = f"sqlite:///studies/{STUDY}.db"
-SAMPLE = KNOWN_CONFIGS["sample-code"]
 # Three cheap configurations that differ in encoder, pooling and loss: the comparison figure has groups.
 CONFIGS = [
     SAMPLE,
@@ -36,45 +34,13 @@ CONFIGS = [
                        "subsampling": True, "pooling": "asp", "head": "linear"}.items()
      if k not in ("norm_first", "head_hidden")},
 ]
-FIGURES = ["Optimisation history", "Intermediate values", "Parameter importances", "Parallel coordinates", "Slices",
-           "Encoders, poolings and losses compared", "Timeline"]
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(main, list(args))
-
-
-class InDir:
-    """chdir for a module-scoped fixture (monkeypatch is per test)."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-
-    def __enter__(self):
-        self.previous = os.getcwd()
-        os.chdir(self.folder)
-
-    def __exit__(self, *exc):
-        os.chdir(self.previous)
-
-
-def make_study(folder: Path, data: Path, name: str, configs: list[dict], *flags: str):
-    """Enqueue ``configs`` in a new study and run them through the CLI (budget 8: the smallest)."""
-    (folder / "studies").mkdir(exist_ok=True)
-    study = optuna.create_study(study_name=name, storage=f"sqlite:///studies/{name}.db", direction="maximize")
-    for params in configs:
-        study.enqueue_trial({k: v for k, v in params.items() if v is not None})
-    result = invoke("run", "--trials", str(len(configs)), "--study", name, "--data", str(data), "--budget", "8",
-                    "--device", "cpu", "--seed", "1", "--no-warm-start", *flags)
-    assert result.exit_code == 0, result.output
-    return result
 
 
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory, tiny_dataset):
     folder = tmp_path_factory.mktemp("report")
-    with InDir(folder):
-        run = make_study(folder, tiny_dataset, STUDY, CONFIGS)
+    with in_folder(folder):
+        run = run_configs(tiny_dataset, STUDY, CONFIGS)
         final = invoke("finalize", "best", "--study", STUDY, "--steps", "8", "--quiet")
         assert final.exit_code == 0, final.output
     return folder, run.output, final.output
@@ -117,9 +83,9 @@ def test_report_is_one_self_contained_page_with_every_figure(inside):
     result = invoke("report", "--study", STUDY, "--out", "shared/report.html")
     assert result.exit_code == 0, result.output
     page = (inside / "shared" / "report.html").read_text()
-    for title in FIGURES:
+    for title in REPORT_FIGURES:
         assert f"<h2>{title}" in page, title
-    assert page.count('class="plotly-graph-div"') == len(FIGURES)
+    assert page.count('class="plotly-graph-div"') == len(REPORT_FIGURES)
     assert "Accuracy by encoder, pooling and loss" in page
     # plotly.js inlined exactly once, nothing fetched from the network: it opens offline
     assert len(page) > 1_000_000
@@ -308,16 +274,14 @@ def test_report_skips_importances_below_two_complete_trials(workdir):
     assert "figure skipped: Parameter importances: needs at least 2 complete trials; this study has 1" in result.output
     page = (workdir / "one.html").read_text()
     assert "needs at least 2 complete trials" in page
-    assert page.count('class="plotly-graph-div"') == len(FIGURES) - 1
+    assert page.count('class="plotly-graph-div"') == len(REPORT_FIGURES) - 1
 
 
 def test_report_of_a_study_without_finished_trials_is_one_error_line(workdir):
     (workdir / "studies").mkdir()
     optuna.create_study(study_name="empty", storage="sqlite:///studies/empty.db")
-    result = invoke("report", "--study", "empty")
-    assert result.exit_code != 0
-    assert result.output.strip().splitlines()[-1] == ("Error: study 'empty' has no finished trial yet: "
-                                                       "run `search run` first")
+    line = one_error_line(invoke("report", "--study", "empty"), alone=True)
+    assert line == "Error: study 'empty' has no finished trial yet: run `search run` first"
     assert not (workdir / "report.html").exists()
 
 
@@ -341,8 +305,8 @@ def test_studies_lists_every_study_with_counts_and_best(inside):
         assert rows[STUDY]["best_trial"] == best.number and rows[STUDY]["storage"] == STORAGE
     finally:
         os.remove("studies/other.db")
-    result = invoke("studies", "--storage", "sqlite:///studies/nothere.db")
-    assert result.exit_code != 0 and "no such file" in result.output
+    line = one_error_line(invoke("studies", "--storage", "sqlite:///studies/nothere.db"), alone=True)
+    assert "--storage sqlite:///studies/nothere.db" in line and "no such file" in line, line
     assert not Path("studies/nothere.db").exists()
 
 
@@ -364,9 +328,8 @@ def test_show_prints_a_trials_configuration_and_results(inside):
     shown = json.loads(result.output)
     assert shown["number"] == other.number and shown["params"] == other.params
     assert shown["user_attrs"]["ended"] == other.user_attrs["ended"] and len(shown["intermediate_values"]) == len(other.intermediate_values)
-    result = invoke("show", "--study", STUDY, "--trial", "99")
-    assert result.exit_code != 0
-    assert result.output.strip().splitlines()[-1] == f"Error: --trial 99: no such trial in study '{STUDY}' (it has trials #0 to #2)"
+    line = one_error_line(invoke("show", "--study", STUDY, "--trial", "99"), alone=True)
+    assert line == f"Error: --trial 99: no such trial in study '{STUDY}' (it has trials #0 to #2)"
 
 
 def test_finalize_uploads_its_files_to_the_artifact_store(inside):
@@ -374,8 +337,9 @@ def test_finalize_uploads_its_files_to_the_artifact_store(inside):
     number = study.user_attrs["final"]["trial"]
     assert number == study.best_trial.number
     metas = {m.filename: m for m in get_all_artifact_meta(study)}
-    names = [f"trial{number}-model.pt", f"trial{number}-config.json", f"trial{number}-predictions.csv"]
+    names = list(study.user_attrs["final"]["artifacts"])  # named by steps and time: tests/test_artifacts.py
     assert sorted(metas) == sorted(names)
+    assert [n.split("-", 3)[3] for n in names] == ["model.pt", "config.json", "predictions.csv"]
     assert metas[names[2]].mimetype == "text/csv"
     store = FileSystemArtifactStore("studies/rep/artifacts")
     originals = [Path("studies/rep/final/model.pt"), Path("studies/rep/final/config.json"),
@@ -405,14 +369,13 @@ def test_upload_survives_an_artifact_deleted_in_the_dashboard(workdir):
     files = [workdir / "model.pt", workdir / "predictions.csv"]
     for i, f in enumerate(files):
         f.write_text(f"content {i}")
-    first = upload_final(study, 0, files, workdir / "studies" / "del" / "artifacts")
-    deleted = first["trial0-model.pt"]
-    study._storage.set_study_system_attr(study._study_id, "artifacts:" + deleted, json.dumps(None))
+    first = upload_final(study, 0, files, workdir / "studies" / "del" / "artifacts", {"steps": 8})
+    model_name, csv_name = first
+    study._storage.set_study_system_attr(study._study_id, "artifacts:" + first[model_name], json.dumps(None))
     files[0].write_text("new model")
-    second = upload_final(study, 0, files, workdir / "studies" / "del" / "artifacts")
-    assert second["trial0-predictions.csv"] == first["trial0-predictions.csv"]  # unchanged: not uploaded again
-    assert second["trial0-model.pt"] != deleted
-    assert sorted(m["filename"] for m in study_artifacts(study)) == ["trial0-model.pt", "trial0-predictions.csv"]
+    second = upload_final(study, 0, files, workdir / "studies" / "del" / "artifacts", {"steps": 8})
+    assert set(second).isdisjoint(first)  # a new set, its names told apart from the first's
+    assert sorted(m["filename"] for m in study_artifacts(study)) == sorted([csv_name, *second])
 
 
 def test_progress_is_printed_and_everything_is_logged(searched, inside):

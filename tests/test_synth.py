@@ -131,8 +131,9 @@ def test_mel_filterbank_covers_50_to_8000_hz():
     assert (np.diff(centres) >= 0).all() and centres[0] < 150 and centres[-1] > 7000
 
 
-def test_parallel_rendering_writes_the_same_files(tmp_path):
-    """``workers`` only changes speed: every utterance has its own generator."""
+def test_parallel_rendering_writes_the_same_files(tmp_path, monkeypatch):
+    """``workers`` only changes speed: every utterance has its own generator. The one-thread BLAS settings of
+    the rendering processes are the caller's again afterwards: a value it had comes back, an unset one is gone."""
     import hashlib
 
     from data.synth import synthesize
@@ -140,9 +141,13 @@ def test_parallel_rendering_writes_the_same_files(tmp_path):
     def digest(folder):
         return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    before = dict(os.environ)
     synthesize(tmp_path / "one", speakers=3, utterances_per_speaker=4, length_scale=0.2, seed=11)
     synthesize(tmp_path / "two", speakers=3, utterances_per_speaker=4, length_scale=0.2, seed=11, workers=2)
     assert digest(tmp_path / "one") == digest(tmp_path / "two")
+    assert dict(os.environ) == before
 
 
 def test_rendering_does_not_depend_on_the_blas_kernel(tmp_path):
