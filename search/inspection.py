@@ -118,8 +118,11 @@ def _ensemble_lines(ensemble: object, number: int) -> list[str]:
     for i, m in enumerate(members, 1):
         lines.append(f"  member {i}: trial #{m.get('trial')} seed {m.get('seed')}  valid {acc(m.get('valid_accuracy'))}"
                      + (f"  test {acc(m.get('test_accuracy'))}" if has_test else "")
+                     + (f"  weight {m['weight']}" + ("" if m["weight"] else " (left out)") if "weight" in m else "")
                      + (f"  all-data steps {m.get('all_data_steps')}" if m.get("all_data_steps") else "")
                      + ("  (this trial)" if m.get("trial") == number else ""))
+    if ensemble.get("combine"):
+        lines.append(f"  {ensemble['combine']}")
     lines.append(f"  artifacts in {ensemble.get('artifact_dir')}:")
     lines += [f"  {name}  (id {artifact_id})" for name, artifact_id in ensemble.get("artifacts", {}).items()]
     return lines

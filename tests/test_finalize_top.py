@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -59,18 +60,38 @@ def rows(path: Path) -> list[list[str]]:
         return list(csv.reader(f))
 
 
-def member_predictions(data: Path, members: list[Path]) -> list[str]:
-    """Recompute the ensemble's labels from the saved member models: argmax of the mean probabilities."""
+def member_predictions(data: Path, members: list[Path], weights: list[int]) -> list[str]:
+    """Recompute the ensemble's labels from the saved member models: argmax of the weighted mean probabilities."""
     task = load_task(data, 0, torch.device("cpu"))
     total = None
-    for path in members:
+    for path, weight in zip(members, weights):
         saved = torch.load(path, map_location="cpu", weights_only=True)
         model = build_model(ModelConfig.from_dict(saved["model_config"]))
         model.load_state_dict(saved["state_dict"])
         probs = predict_proba(model, task.bank, task.bank.test_ids())
         assert torch.allclose(probs.sum(-1), torch.ones(len(probs)), atol=1e-5)
-        total = probs if total is None else total + probs
+        total = weight * probs if total is None else total + weight * probs
     return [task.bank.id2speaker[i] for i in total.argmax(-1).tolist()]
+
+
+def saved_members(config: dict) -> tuple[list[Path], list[int]]:
+    """An ensemble config.json's member model files and their weights (also recorded per member)."""
+    assert config["weights"] == [m["weight"] for m in config["members"]]
+    return [Path(m["model_file"]) for m in config["members"]], config["weights"]
+
+
+def check_weights_shown(config: dict, output: str) -> None:
+    """The ensemble is never below its best member on validation, and the printed table and combine line give
+    each member's weight (picks out of all picks; 0: left out)."""
+    assert config["valid_accuracy"] >= max(m["valid_accuracy"] for m in config["members"])
+    picks = sum(config["weights"])
+    for i, m in enumerate(config["members"], 1):
+        row = next(x for x in output.splitlines() if x.startswith(f"member {i}: #{m['trial']} seed {m['seed']} "))
+        assert row.split()[-1 if m["weight"] else -3] == f"{m['weight']}/{picks}", row
+        assert row.endswith("left out") == (m["weight"] == 0), row
+    kept = ", ".join(f"member {i} x{w}" for i, w in enumerate(config["weights"], 1) if w)
+    line = next(x for x in output.splitlines() if x.startswith("weights chosen on the validation split"))
+    assert f": {kept}" in line and f"(valid accuracy {config['valid_accuracy']:.4f}; " in line, line
 
 
 # --- the answer key and `search score` ------------------------------------------------------------------
@@ -118,6 +139,7 @@ def test_score_on_a_dataset_allows_its_speakers_that_the_key_never_names(dataset
 
 
 KEY = ["Id,Category", "a.pt,id00001", "b.pt,id00002", "c.pt,id00001"]
+FOLDER = "a folder where the file should be"
 BAD_PREDICTIONS = {
     "missing file": (None, "p.csv: file not found"),
     "wrong header": (["Id,Speaker", "a.pt,id00001", "b.pt,id00002", "c.pt,id00001"],
@@ -136,6 +158,14 @@ BAD_PREDICTIONS = {
                     "p.csv: row 2 has 3 cells, expected 2"),
     "empty category": (["Id,Category", "a.pt,", "b.pt,id00002", "c.pt,id00001"], "p.csv: row 2 has an empty Category"),
     "not utf-8": (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", "p.csv: not a UTF-8 text file"),
+    "a folder": (FOLDER, "p.csv: not a file"),
+    # several of a kind: counted, named in the plural, the first three shown
+    "two extra ids": (["Id,Category", *KEY[1:], "y.pt,id00001", "z.pt,id00002"],
+                      "p.csv: 2 Ids are not in the answer key: y.pt, z.pt"),
+    "four duplicate ids": (["Id,Category", *KEY[1:], *KEY[1:], "a.pt,id00001"],
+                           "p.csv: 4 duplicate Ids: a.pt, b.pt, c.pt, ..."),
+    "two unknown speakers": (["Id,Category", "a.pt,id99999", "b.pt,id88888", "c.pt,id00001"],
+                             "p.csv: 2 unknown speakers (not in the answer key's dataset): id88888, id99999"),
 }
 
 
@@ -146,6 +176,8 @@ def test_score_refuses_bad_predictions_in_one_line(case, tmp_path):
     predictions = tmp_path / "p.csv"
     if isinstance(content, bytes):
         predictions.write_bytes(content)
+    elif content == FOLDER:
+        predictions.mkdir()
     elif content is not None:
         _write(predictions, content)
     line = one_error_line(invoke("score", str(predictions), "--answers", str(answers)))
@@ -211,19 +243,25 @@ def check_top3(study: optuna.Study, data: Path, workdir: Path, output: str, url:
     predictions = rows(workdir / "studies" / study.study_name / "predictions.csv")
     test = json.loads((data / "testdata.json").read_text())["utterances"]
     assert predictions[0] == ["Id", "Category"] and [r[0] for r in predictions[1:]] == [e["feature_path"] for e in test]
-    members = [Path(m["model_file"]) for m in config["members"]]
-    assert [r[1] for r in predictions[1:]] == member_predictions(data, members)
+    members, weights = saved_members(config)
+    assert [r[1] for r in predictions[1:]] == member_predictions(data, members, weights)
+    check_weights_shown(config, output)
     scored = invoke("score", f"studies/{study.study_name}/predictions.csv", "--answers", str(data / "answers.csv"))
     assert scored.output.startswith(f"accuracy {config['test_accuracy']:.4f} on "), scored.output
     # artifacts and `search show` record the members
     stored = optuna.load_study(study_name=study.study_name, storage=open_storage(url)).user_attrs["final_ensemble"]
     assert [m["trial"] for m in stored["members"]] == expected
-    assert set(stored["artifacts"]) == {f"top3-{p.name}" for p in members} | {"top3-config.json", "top3-predictions.csv"}
+    assert [m["weight"] for m in stored["members"]] == weights
+    # versioned names: label, steps, the upload's UTC minute (and -2, -3 for a second set that minute), file
+    version = re.compile(r"top3-steps8-\d{8}T\d{4}(-\d+)?-(.+)")
+    named = [version.fullmatch(name) for name in stored["artifacts"]]
+    assert all(named), stored["artifacts"]
+    assert {m.group(2) for m in named} == {p.name for p in members} | {"config.json", "predictions.csv"}
     for number in expected:
         shown = invoke("show", "--study", study.study_name, "--storage", url, "--trial", str(number))
         assert shown.exit_code == 0, shown.output
         assert "ensemble top3: 3 member(s), 8 steps each" in shown.output and "(this trial)" in shown.output
-        assert "top3-predictions.csv" in shown.output
+        assert re.search(r"top3-steps8-\S+-predictions\.csv", shown.output), shown.output
 
 
 def test_finalize_top3_on_sqlite(tiny_dataset, workdir):
@@ -267,8 +305,65 @@ def test_finalize_top_with_seeds(tiny_dataset, workdir):
     config = json.loads((workdir / "studies" / "t" / "final" / f"trial{best}-seeds2" / "config.json").read_text())
     assert [m["trial"] for m in config["members"]] == [best, best]
     assert len({m["seed"] for m in config["members"]}) == 2
+    assert config["selection"]["chosen_on"] == "validation"
+    check_weights_shown(config, result.output)
     predictions = rows(workdir / "studies" / "t" / "predictions.csv")
-    assert [r[1] for r in predictions[1:]] == member_predictions(tiny_dataset, [Path(m["model_file"]) for m in config["members"]])
+    assert [r[1] for r in predictions[1:]] == member_predictions(tiny_dataset, *saved_members(config))
+
+
+# --- the weights: ensemble selection on the validation split -------------------------------------------------
+
+def test_a_clearly_worse_member_is_left_out(four_speakers, workdir):
+    # lr 1e-4 learns next to nothing in 8 steps: about half the others' validation accuracy. An unweighted mean
+    # lets it drag the ensemble below its best member; the selection gives it weight 0.
+    study = make_study(four_speakers, SQLITE, "t", [dict(SAMPLE, lr=3e-3), dict(SAMPLE, lr=2e-3), dict(SAMPLE, lr=1e-4)])
+    bad = next(t.number for t in study.trials if t.params["lr"] == 1e-4)
+    result = invoke("finalize", "top", "--k", "3", "--study", "t", "--storage", SQLITE, "--steps", "8",
+                    "--device", "cpu", "--quiet")
+    assert result.exit_code == 0, result.output
+    config = json.loads((workdir / "studies" / "t" / "final" / "top3" / "config.json").read_text())
+    members = config["members"]
+    worst = next(i for i, m in enumerate(members, 1) if m["trial"] == bad)
+    best_member = max(m["valid_accuracy"] for m in members)
+    assert members[worst - 1]["valid_accuracy"] < 0.6 * best_member  # clearly worse, on validation
+    assert members[worst - 1]["weight"] == 0
+    check_weights_shown(config, result.output)
+    line = next(x for x in result.output.splitlines() if x.startswith("weights chosen on the validation split: "))
+    assert f"member {worst} left out" in line or (f"members " in line and f"{worst} left out" in line), line
+    # the plain mean of these members was below the best one: what the selection is there for
+    assert config["selection"]["equal_mean_valid_accuracy"] < best_member <= config["valid_accuracy"]
+    assert f"the equal mean's: {config['selection']['equal_mean_valid_accuracy']:.4f})" in line
+    predictions = rows(workdir / "studies" / "t" / "predictions.csv")
+    assert [r[1] for r in predictions[1:]] == member_predictions(four_speakers, *saved_members(config))
+    # `search show` gives the weights and how they were chosen, under each member trial
+    shown = invoke("show", "--study", "t", "--storage", SQLITE, "--trial", str(bad))
+    assert shown.exit_code == 0, shown.output
+    assert f"  member {worst}: trial #{bad} seed {members[worst - 1]['seed']}  valid " in shown.output
+    assert "  weight 0 (left out)" in shown.output and f"  {line}" in shown.output, shown.output
+
+
+def test_selection_is_never_below_the_best_member_on_validation():
+    """The selection itself, on random probabilities: members of every quality, correlated or not."""
+    from search.ensemble import _scores, combine, select_weights
+
+    generator = torch.Generator().manual_seed(0)
+    for case in range(40):
+        n, classes, k = 30, 5, int(torch.randint(2, 6, (1,), generator=generator))
+        labels = torch.randint(classes, (n,), generator=generator)
+        signal = torch.nn.functional.one_hot(labels, classes).float()
+        probs = [torch.softmax(float(torch.rand(1, generator=generator)) * 4 * signal
+                               + 2 * torch.randn(n, classes, generator=generator), -1) for _ in range(k)]
+        weights, picks = select_weights(probs, labels)
+        mix = sum(w * p for w, p in zip(weights, probs))
+        accuracy = _scores(mix, labels)[0] / n
+        assert accuracy == picks[-1]["valid_accuracy"]
+        assert accuracy >= max(_scores(p, labels)[0] / n for p in probs), case
+        assert sum(weights) == len(picks) and all(w >= 0 for w in weights)
+    # a member that is another one exactly adds nothing: it is never picked beside it
+    assert select_weights([probs[0], probs[0].clone()], labels)[0] == [1, 0]
+    # no validation split: nothing to choose on, equal weights, and the line says so
+    equal = combine(probs, torch.zeros(0, dtype=torch.long), all_data=True)
+    assert equal.weights == [1] * k and equal.describe().startswith("equal weights: no validation split")
 
 
 # --- a killed ensemble finalize resumes ------------------------------------------------------------------
@@ -338,8 +433,14 @@ def test_all_data_retrains_on_train_and_validation_for_the_chosen_steps(tiny_dat
         # the submitted weights are the all-data run's last ones, not the validation run's best
         assert all(torch.equal(saved["state_dict"][k], v) for k, v in state["model"].items())
     assert len(task.train_ids) + len(task.valid_ids) == task.bank.n_train
+    # the weights were chosen on the validation runs' models (validation never trained them) and applied to the
+    # all-data models
+    assert config["selection"]["chosen_on"] == "validation runs"
+    assert "weights chosen on the validation split by the validation runs' models (before the train + " \
+           "validation retrain): " in result.output
+    assert config["valid_accuracy"] >= max(m["valid_accuracy"] for m in config["members"])
     predictions = rows(workdir / "studies" / "t" / "predictions.csv")
-    assert [r[1] for r in predictions[1:]] == member_predictions(tiny_dataset, [Path(m["model_file"]) for m in config["members"]])
+    assert [r[1] for r in predictions[1:]] == member_predictions(tiny_dataset, *saved_members(config))
     # `search finalize best --all-data`: one model, same wording
     single = invoke("finalize", "best", "--all-data", "--study", "t", "--storage", SQLITE, "--steps", "8",
                     "--device", "cpu", "--quiet")
