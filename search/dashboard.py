@@ -12,10 +12,13 @@ def serve(study_name: str, storage: str | None, host: str, port: int, echo: Call
     """Serve the study (which must exist) until Ctrl-C; ``echo`` gets the line with its URL."""
     import optuna_dashboard
 
-    from search.artifacts import artifact_store
+    from search.artifacts import artifact_store, register_mimetypes
     from search.files import artifact_folder
     from search.study import load_study
 
+    # optuna-dashboard serves each artifact with the type stored at its upload (search/artifacts.py states
+    # ours); a file uploaded through its page gets this process's mimetypes guess: .pt as octet-stream too
+    register_mimetypes()
     study = load_study(study_name, storage, any_direction=True)  # fails clearly if the study is not there
     check_listen(host, port)
     folder = artifact_folder(study_name)  # what `search finalize` uploaded: listed and served by the dashboard

@@ -5,8 +5,9 @@ Writes under ``studies/<study>/final/``: ``checkpoint-trial<N>-steps<S>.pt`` (tr
 their config, loadable with ``weights_only=True``), ``config.json``; and the CSV at ``out``
 (``Id,Category``, one row per test utterance in testdata.json order), written to a temporary file and
 renamed so a failure never leaves half a CSV. Then model.pt, config.json and the CSV are uploaded to the
-study's artifact store, ``studies/<study>/artifacts/`` (see search/artifacts.py), where `search dashboard`
-lists and serves them. With an answer key (``answers.csv``) in the data folder, the CSV is scored and the
+study's artifact store, ``studies/<study>/artifacts/``, as ``trial<N>-steps<S>-<UTC minute>-<name>`` (one set
+per finalize; the study's ``final`` attribute names the current one: search/artifacts.py), where
+`search dashboard` lists and serves them. With an answer key (``answers.csv``) in the data folder, the CSV is scored and the
 test accuracy recorded in config.json. Ensembles (``finalize top``) and ``--all-data``: search/ensemble.py.
 """
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -29,7 +30,9 @@ from search.objective import trial_seed
 from search.queries import pick_trial
 from search.scoring import answer_key, score_files
 from search.task import Task
-from search.train import TrainResult, predict, train
+from search.logs import Console, open_console
+from search.study import Progress
+from search.train import TrainResult, predict, report_progress, train
 
 
 @dataclass
@@ -120,6 +123,18 @@ def _checkpoint_step(path: Path) -> int | None:
         return None
 
 
+GPU_FINALIZE_STEPS = 70_000  # the sample code's total_steps
+# On a CPU 70,000 steps take hours. 2,000 steps (the quick start's) take about a minute for the sample model and
+# about 4 for a 2-layer Conformer on this project's 2-core machine (~30 and ~8 steps/s: README, "Time on this
+# project's 2-core CPU machine"); --steps says otherwise.
+CPU_FINALIZE_STEPS = 2_000
+
+
+def default_steps(device) -> int:
+    """``--steps`` when not given: the sample code's 70,000 on a GPU, ``CPU_FINALIZE_STEPS`` on a CPU."""
+    return GPU_FINALIZE_STEPS if str(device).startswith("cuda") else CPU_FINALIZE_STEPS
+
+
 @dataclass
 class FinalizeRequest:
     """What ``search finalize`` was asked: a trial (``best``, a number) or ``top`` (an ensemble)."""
@@ -128,7 +143,7 @@ class FinalizeRequest:
     study_name: str
     storage: str | None = None  # None: studies/<study>.db
     data_dir: Path | None = None  # None: the study's own data
-    steps: int = 70_000
+    steps: int | None = None  # None: default_steps(the device)
     out: Path | None = None  # None: studies/<study>/predictions.csv
     device: str = "auto"
     checkpoint_every: int = 1000
@@ -136,11 +151,13 @@ class FinalizeRequest:
     seeds: bool = False
     all_data: bool = False
     quiet: bool = False
+    console: Console | None = field(default=None, repr=False, compare=False)  # set by run_finalize, used by setup
 
 
 def run_finalize(request: FinalizeRequest) -> None:
     """``search finalize``: retrain one trial (here) or an ensemble / ``--all-data`` (search/ensemble.py),
     printing progress and the results."""
+    from search.run import progress_interval
     from search.study import load_study
 
     which = request.which
@@ -148,6 +165,27 @@ def run_finalize(request: FinalizeRequest) -> None:
         raise UserError(f"{'--k' if request.k is not None else '--seeds'} goes with `search finalize top`, "
                         f"not {which!r}")
     study = load_study(request.study_name, request.storage)
+    if request.steps is None:
+        from search.task import resolve_device
+
+        request = replace(request, steps=default_steps(resolve_device(request.device)))
+    echo = open_console(study.study_name, request.quiet)  # one for the whole command: setup() takes it
+    request = replace(request, console=echo)
+
+    def line(info: dict) -> None:  # every 10 s (search.run.progress_interval), between the evaluations' lines
+        rate = info["steps_per_second"]
+        eta = (info["steps"] - info["step"]) / rate if rate > 0 else 0
+        accuracy = info["valid_accuracy"]
+        echo.progress(f"step {info['step']}/{info['steps']}  {rate:.1f} steps/s  "
+                      + ("no validation yet" if accuracy is None else f"valid acc so far {accuracy:.4f}")
+                      + f"  ETA {Progress.format_seconds(eta)}")
+
+    with report_progress(line, progress_interval()):
+        _finalize_with(study, request)
+
+
+def _finalize_with(study: optuna.Study, request: FinalizeRequest) -> None:
+    which = request.which
     if which == "top" or request.all_data:
         from search.ensemble import finalize_members
 
@@ -190,7 +228,7 @@ def setup(study: optuna.Study, request: FinalizeRequest):
     settings = StudySettings.from_attrs(study.user_attrs)
     out = request.out or predictions_path(study.study_name)
     check_writable(out, "--out")
-    echo = open_console(study.study_name, request.quiet)
+    echo = request.console or open_console(study.study_name, request.quiet)
     data_dir = request.data_dir
     if settings and data_dir is None and settings.data != "embedded":
         data_dir = Path(settings.data)

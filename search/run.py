@@ -20,6 +20,7 @@ the study's summary and the exact command that resumes it, and exits with 130 (S
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import signal
 import time
@@ -31,13 +32,27 @@ from search.storage import check_url, default_url, redact
 from search.study import EVALUATIONS_PER_TRIAL, Progress, RequestedSettings, open_study, stored_settings
 
 
+def progress_interval() -> float:
+    """Seconds between the progress lines printed while a trial or a finalize trains (none for a shorter one):
+    10, or ``$SEARCH_PROGRESS_INTERVAL``."""
+    try:
+        seconds = float(os.environ.get("SEARCH_PROGRESS_INTERVAL", "10"))
+    except ValueError:
+        raise UserError(f"SEARCH_PROGRESS_INTERVAL={os.environ['SEARCH_PROGRESS_INTERVAL']!r}: not a number of "
+                        "seconds") from None
+    if not seconds > 0:
+        raise UserError(f"SEARCH_PROGRESS_INTERVAL={os.environ['SEARCH_PROGRESS_INTERVAL']!r}: must be above 0")
+    return seconds
+
+
 @dataclass
 class RunRequest:
     """What ``search run`` was asked to do; ``settings`` holds what the study keeps (None: not given)."""
 
     study_name: str
-    trials: int | None = None  # None: until the timeout
+    trials: int | None = None  # None: until the timeout (or the total)
     timeout: float | None = None
+    total_trials: int | None = None  # --total-trials: stop taking trials once the study holds this many
     storage: str | None = None  # None: studies/<study>.db
     settings: RequestedSettings = field(default_factory=RequestedSettings)
     device: str = "auto"
@@ -64,8 +79,10 @@ def run_search(request: RunRequest) -> None:
     from search.workers import WorkerJob, worker_devices
 
     name, trials, timeout = request.study_name, request.trials, request.timeout
-    if trials is None and timeout is None:
-        raise UserError("--trials: give the number of trials to add, or --timeout SECONDS to run trials until then")
+    if trials is None and timeout is None and request.total_trials is None:
+        raise UserError("--trials: give the number of trials to add, --timeout SECONDS to run trials until then, "
+                        "or --total-trials N to run them until the study holds N")
+    progress_interval()  # a bad $SEARCH_PROGRESS_INTERVAL fails now, before any work
     budget = request.settings.budget
     if budget is not None and budget < EVALUATIONS_PER_TRIAL:
         raise UserError(f"--budget {budget}: too small to evaluate a trial; use at least {EVALUATIONS_PER_TRIAL} steps")
@@ -76,7 +93,7 @@ def run_search(request: RunRequest) -> None:
     url = request.storage or default_url(name)
     check_url(url)
     echo = open_console(name, request.quiet)  # prints, and appends to studies/<study>/search.log
-    progress = Progress(trials, echo.progress)
+    progress = Progress(trials, echo.progress, timeout)  # a line per trial, with an ETA
     state = {"study": None, "started": None}
     try:
         with interrupts():  # SIGINT / SIGTERM end the running trial(s) as FAIL, not left RUNNING
@@ -89,11 +106,12 @@ def run_search(request: RunRequest) -> None:
             before = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
             echo(f"{'created' if created else 'resuming'} study {name!r} in {redact(url)} "
                  f"({_plural(before, 'finished trial')} so far); {_plural(trials, 'trial') if trials else 'trials'} of "
-                 f"{settings.budget} steps{'' if trials else f' until {timeout:g}s have passed'} on "
+                 f"{settings.budget} steps{'' if trials or timeout is None else f' until {timeout:g}s have passed'} on "
                  f"{', '.join(dict.fromkeys(devices))}, space {settings.profile}, data {settings.data}"
                  + ("" if settings.pruning else ", pruning off"))
             state["started"] = time.monotonic()
-            report = _run_jobs(study, jobs, trials, echo, progress, request.mps)
+            progress.start()
+            report = _run_jobs(study, jobs, trials, echo, progress, request.mps, request.total_trials)
     except KeyboardInterrupt as interrupt:
         _stopped(request, url, interrupt, progress, state, echo)
     for line in _summary(study, url, request):
@@ -115,21 +133,35 @@ def _prepare_data(jobs, progress) -> None:
         prepare_bank(job.data_dir, progress=progress)
 
 
-def _run_jobs(study, jobs, trials, echo, progress, mps: bool = True):
-    """Run the plan: its one job here, or every job in its own process, sharing one target. Returns the
-    workers' report when some failed, else None."""
-    from search.workers import run_job, run_target, run_workers
+def _run_jobs(study, jobs, trials, echo, progress, mps: bool = True, total_trials: int | None = None):
+    """Run the plan: its one job here, or every job in its own process, sharing one target (with
+    ``total_trials``, at most that: the study-wide cap). Returns the workers' report when some failed, else None."""
+    from search.train import report_progress
+    from search.workers import run_job, run_target, run_workers, study_lock_path, trial_count
 
+    target = None if len(jobs) == 1 and total_trials is None else run_target(study, trials)
+    if total_trials is not None:
+        target = total_trials if target is None else min(target, total_trials)
+        held = trial_count(study)[0]
+        echo(f"--total-trials {total_trials}: the study holds {_plural(held, 'counted trial')}; "
+             + ("no trial to start" if held >= total_trials else f"trials are taken until it holds {total_trials} "
+                "(runs on other machines count too)"))
+        if progress.total is None:  # this run's share, at most: the ETA's reckoning
+            progress.total = max(0, total_trials - held)
+        for job in jobs:  # every run on this machine on this study takes its trials one at a time
+            job.lock_path = study_lock_path(job.url, job.study_name)
     if len(jobs) == 1:
-        jobs[0].n_trials = trials  # None: until --timeout
-        run_job(jobs[0], progress, study)
+        jobs[0].n_trials = trials if target is None else None  # None: until --timeout (or the target)
+        jobs[0].target = target
+        with report_progress(progress.in_trial, progress_interval()):  # a line every 10 s while a trial trains
+            run_job(jobs[0], progress, study)
         return None
-    target = run_target(study, trials)  # workers take trials until the study's count reaches it
     for job in jobs:
         job.target = target
     devices = [job.device for job in jobs]
     timeout = jobs[0].timeout
-    echo((f"{_plural(trials, 'trial')} shared by " if trials else f"trials until {timeout:g}s have passed on ")
+    echo((f"{_plural(trials, 'trial')} shared by " if trials else
+          f"trials until {timeout:g}s have passed on " if timeout is not None else "trials shared by ")
          + f"{len(devices)} worker process{'' if len(devices) == 1 else 'es'} ({', '.join(devices)})")
     from search.mps import gpu_sharing
 
@@ -193,6 +225,8 @@ def resume_command(request: RunRequest, study_exists: bool, done: int, elapsed: 
         words += ["--storage", redact(request.storage)]
     if request.trials is not None:
         words += ["--trials", str(max(1, request.trials - done))]
+    if request.total_trials is not None:  # study-wide: the same cap
+        words += ["--total-trials", str(request.total_trials)]
     if request.timeout is not None:
         words += ["--timeout", f"{max(1.0, request.timeout - elapsed):.0f}"]
     given = request.settings

@@ -27,6 +27,8 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -452,6 +454,26 @@ class CollapseGuard:
         self.suspect, self.good = state["suspect"], state["good"]
 
 
+# A listener for progress while a long training runs (`search run`'s in-trial lines, `search finalize`), set with
+# ``report_progress``. A context variable rather than an argument of ``train``: the code between the command and
+# the loop (the Optuna objective) need not know, and the loop stays free of Optuna.
+_PROGRESS: ContextVar[tuple[float, Callable[[dict], None]] | None] = ContextVar("train_progress", default=None)
+
+
+@contextmanager
+def report_progress(callback: Callable[[dict], None], seconds: float = 10.0):
+    """While the block runs, every ``train`` call in this thread calls ``callback(info)`` every ``seconds`` of
+    training (none for a training shorter than that). ``info``: ``step``, ``steps`` (the total),
+    ``steps_per_second`` (since this call started, evaluations included: the pace an ETA needs),
+    ``valid_accuracy`` (the best so far, None before the first evaluation) and ``elapsed``. Reading the step
+    count needs no host sync: the CUDA step stays asynchronous."""
+    token = _PROGRESS.set((seconds, callback))
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
 def describe_rollback(record: dict) -> str:
     """The line `search finalize` prints for a rollback record (``TrainResult.rollbacks``)."""
     return (f"collapse at step {record['step']} ({record['reason']}): rolled back to step {record['to_step']}, "
@@ -518,6 +540,8 @@ def train(
     loss_sum, correct_sum = train_step.loss_sum, train_step.correct_sum  # summed on the device
     since_eval, train_time, started = 0, 0.0, time.perf_counter()
     tick = time.perf_counter()
+    listener = _PROGRESS.get()
+    next_report = started + listener[0] if listener else math.inf
     model.train()
     try:
         while step < cfg.steps:
@@ -530,6 +554,12 @@ def train(
             step += 1
             steps_run += 1
             since_eval += 1
+            if time.perf_counter() >= next_report:  # a few host-side reads every ~10 s; no device sync
+                now = time.perf_counter()
+                listener[1]({"step": step, "steps": cfg.steps, "steps_per_second": steps_run / (now - started),
+                             "valid_accuracy": best_accuracy if best_accuracy >= 0 else None,
+                             "elapsed": now - started})
+                next_report = time.perf_counter() + listener[0]
 
             if step in eval_steps or (checkpoint_every and step % checkpoint_every == 0):
                 if device.type == "cuda":

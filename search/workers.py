@@ -181,6 +181,16 @@ class SharedTarget:
             time.sleep(WAIT_POLL)
 
 
+def study_lock_path(url: str, study_name: str) -> str:
+    """A lock file for "count, then ask" (``SharedTarget``) shared by every ``search run`` on this machine on
+    the same study (``--total-trials``): their trials are taken one at a time, so they stop at the cap exactly.
+    Runs on other machines do not share it: each may overshoot the cap by one trial at the very end."""
+    import hashlib
+
+    key = hashlib.sha256(f"{url}\0{study_name}".encode()).hexdigest()[:16]
+    return os.path.join(tempfile.gettempdir(), f"search-study-{key}.lock")
+
+
 def worker_devices(gpus: str | None, workers_per_gpu: int, workers: int, device: str | torch.device,
                    visible_gpus: int) -> list[str]:
     """The device of each worker of ``search run``, one string per worker process (pure: no CUDA calls).
@@ -343,8 +353,8 @@ def _send(conn, message) -> None:
 
 
 def _worker_main(job: WorkerJob, conn, cpu_threads: int) -> None:
-    """Body of one worker process. Sends ("trial", trial_id) per finished trial, then ("done", None) or
-    ("error", message); the exit code says the rest."""
+    """Body of one worker process. Sends ("trial", trial_id) per finished trial, ("step", info) every ~10 s
+    while a trial trains, then ("done", None) or ("error", message); the exit code says the rest."""
     import torch
 
     from data.errors import DataError
@@ -366,9 +376,13 @@ def _worker_main(job: WorkerJob, conn, cpu_threads: int) -> None:
     def on_trial(_study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         _send(conn, ("trial", trial._trial_id))
 
+    from search.run import progress_interval
+    from search.train import report_progress
+
     code = 0
     try:
-        run_job(job, on_trial)
+        with report_progress(lambda info: _send(conn, ("step", info)), progress_interval()):  # the parent prints it
+            run_job(job, on_trial)
         _send(conn, ("done", None))
     except (UserError, DataError) as err:
         _send(conn, ("error", redact(str(err))))
@@ -405,7 +419,7 @@ def run_workers(study: optuna.Study, jobs: list[WorkerJob], echo: Callable[[str]
     lock_fd, lock_path = tempfile.mkstemp(prefix="search-run-", suffix=".lock")
     os.close(lock_fd)
     for job in jobs:
-        job.lock_path = lock_path
+        job.lock_path = job.lock_path or lock_path  # --total-trials sets the study's (study_lock_path)
     outcomes = {j.index: o for j, o in zip(jobs, report.outcomes)}
     processes: dict[int, multiprocessing.Process] = {}
     readers: dict = {}
@@ -430,6 +444,8 @@ def run_workers(study: optuna.Study, jobs: list[WorkerJob], echo: Callable[[str]
                 if kind == "trial":
                     outcomes[index].finished += 1
                     progress(study, study._storage.get_trial(payload), worker=index)
+                elif kind == "step":  # a line while the worker's trial trains (search/train.py report_progress)
+                    progress.in_trial(payload, worker=index)
                 elif kind == "error":
                     outcomes[index].error = payload
                     if any(j.fail_fast for j in jobs):

@@ -7,12 +7,16 @@ from pathlib import Path
 import click
 
 from search.commands.base import SEED_MAX, data_option, device_option, main, quiet_option, storage_option, study_option
+from search.finalize import CPU_FINALIZE_STEPS, GPU_FINALIZE_STEPS
 from search.study import CPU_BUDGET, GPU_BUDGET
 
 
 @main.command()
 @click.option("--trials", type=click.IntRange(min=1), default=None,
               help="Trials to add to the study; optional with --timeout (then: as many as start before it).")
+@click.option("--total-trials", type=click.IntRange(min=1), default=None,
+              help="Study-wide cap for runs on many machines: stop taking trials once the study holds this many "
+                   "(complete, pruned, failed or running; each machine's run stops there).")
 @study_option
 @storage_option
 @data_option
@@ -47,8 +51,8 @@ from search.study import CPU_BUDGET, GPU_BUDGET
                    "taking turns (a running daemon, or one started for the run and stopped at its end; off, with "
                    "one line saying why, where it cannot start).")
 @quiet_option
-def run(trials, study_name, storage, data_dir, budget, device, seed, timeout, profile, warm_start, pruning,
-        fail_fast, workers, gpus, workers_per_gpu, mps, quiet):
+def run(trials, total_trials, study_name, storage, data_dir, budget, device, seed, timeout, profile, warm_start,
+        pruning, fail_fast, workers, gpus, workers_per_gpu, mps, quiet):
     """Run trials of a study, creating or resuming it.
 
     Adds --trials N trials to the study; with --timeout SECONDS and no --trials, starts trials until
@@ -63,7 +67,8 @@ def run(trials, study_name, storage, data_dir, budget, device, seed, timeout, pr
     from search.study import RequestedSettings
 
     run_search(RunRequest(
-        study_name, trials=trials, timeout=timeout, storage=storage, device=device, warm_start=warm_start,
+        study_name, trials=trials, total_trials=total_trials, timeout=timeout, storage=storage, device=device,
+        warm_start=warm_start,
         fail_fast=fail_fast, workers=workers, gpus=gpus, workers_per_gpu=workers_per_gpu, mps=mps, quiet=quiet,
         settings=RequestedSettings(budget=budget, data=str(data_dir.resolve()) if data_dir else None, seed=seed,
                                    profile=None if profile == "auto" else profile, pruning=pruning)))
@@ -74,7 +79,9 @@ def run(trials, study_name, storage, data_dir, budget, device, seed, timeout, pr
 @study_option
 @storage_option
 @data_option
-@click.option("--steps", type=click.IntRange(min=1), default=70_000, show_default=True, help="Training steps.")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help=f"Training steps [default: {GPU_FINALIZE_STEPS:,} (the sample code's) on a GPU, "
+                   f"{CPU_FINALIZE_STEPS:,} on a CPU: a few minutes there; 70,000 would take hours].")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Predictions CSV [default: studies/<study>/predictions.csv].")
 @device_option

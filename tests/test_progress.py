@@ -1,0 +1,112 @@
+"""Progress as users see it in a terminal or a CI log: an ETA on every `search run` trial line, lines while a
+trial or a finalize trains (every 10 s; ``SEARCH_PROGRESS_INTERVAL`` shortens it here so that tiny trials
+show them), none with ``--quiet``; and `finalize --steps`'s default on a CPU.
+
+CliRunner's output is not a terminal: these lines print there as they do in a CI log.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.helpers import invoke, one_error_line, study_dbs
+
+REPO = Path(__file__).resolve().parents[1]
+TRIAL_LINE = re.compile(r"^trial (\d+)(?:/(\d+))?  #\d+ .*\|  \d+s, ETA (\d+s|\d+m\d\ds|\d+h\d\dm)$")
+TRAINING_LINE = re.compile(r"^  training: step (\d+)/8  [\d.]+ steps/s  (no validation yet|valid acc so far \d\.\d{4})"
+                           r"  \|  trial ends in ~\S+$")
+
+
+def run(data: Path, *extra: str):
+    return invoke("run", "--study", "p", "--data", str(data), "--budget", "8", "--device", "cpu", *extra)
+
+
+def test_every_trial_line_has_an_eta_and_a_training_trial_prints_lines(micro_dataset, workdir, monkeypatch):
+    monkeypatch.setenv("SEARCH_PROGRESS_INTERVAL", "0.05")
+    result = run(micro_dataset, "--trials", "2")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    trial_lines = [line for line in lines if line.startswith("trial ")]
+    assert len(trial_lines) == 2 and all(TRIAL_LINE.match(line) for line in trial_lines), trial_lines
+    assert TRIAL_LINE.match(trial_lines[-1]).group(3) == "0s"  # the last trial: nothing left
+    training = [TRAINING_LINE.match(line) for line in lines if line.startswith("  training:")]
+    assert training and all(training), [line for line in lines if line.startswith("  training:")]
+    assert "no validation yet" in training[0].group(2) or int(training[0].group(1)) > 1
+    # in the log file too, and not on the terminal with --quiet
+    assert "  training: step" in (workdir / "studies" / "p" / "search.log").read_text()
+    quiet = run(micro_dataset, "--trials", "1", "--quiet")
+    assert quiet.exit_code == 0, quiet.output
+    assert "training:" not in quiet.output and "ETA" not in quiet.output and "best trial #" in quiet.output
+
+
+def test_with_timeout_alone_the_eta_is_the_time_left(micro_dataset, workdir, monkeypatch):
+    monkeypatch.setenv("SEARCH_PROGRESS_INTERVAL", "1000")  # no training lines: only the trial lines
+    result = run(micro_dataset, "--timeout", "2")
+    assert result.exit_code == 0, result.output
+    trial_lines = [line for line in result.output.splitlines() if line.startswith("trial ")]
+    assert trial_lines and all(TRIAL_LINE.match(line) for line in trial_lines), result.output
+    assert TRIAL_LINE.match(trial_lines[-1]).group(3) == "0s"  # 2 s have passed: no time left
+    assert "training:" not in result.output
+
+
+def test_a_bad_progress_interval_is_one_error_line_before_any_work(micro_dataset, workdir, monkeypatch):
+    monkeypatch.setenv("SEARCH_PROGRESS_INTERVAL", "often")
+    line = one_error_line(run(micro_dataset, "--trials", "1"), alone=True)
+    assert line == "Error: SEARCH_PROGRESS_INTERVAL='often': not a number of seconds"
+    assert study_dbs(workdir) == []
+
+
+def test_finalize_prints_a_line_while_it_trains_and_quiet_silences_it(micro_dataset, workdir, monkeypatch):
+    monkeypatch.setenv("SEARCH_PROGRESS_INTERVAL", "0.05")
+    assert run(micro_dataset, "--trials", "1", "--quiet").exit_code == 0
+    result = invoke("finalize", "best", "--study", "p", "--steps", "24")
+    assert result.exit_code == 0, result.output
+    timed = [line for line in result.output.splitlines() if re.fullmatch(
+        r"step (\d+)/24  [\d.]+ steps/s  (no validation yet|valid acc so far \d\.\d{4})  ETA \S+", line)]
+    evaluations = [line for line in result.output.splitlines() if line.startswith("step ") and " loss " in line]
+    assert timed and evaluations, result.output  # between the evaluations' lines, the timed ones
+    quiet = invoke("finalize", "best", "--study", "p", "--steps", "24", "--quiet", "--out", "q.csv")
+    assert quiet.exit_code == 0, quiet.output
+    assert not any(line.startswith("step ") for line in quiet.output.splitlines())
+    assert "predictions written to q.csv" in quiet.output
+
+
+def test_finalize_steps_default_fits_a_cpu(micro_dataset, workdir):
+    """Without --steps on a CPU, finalize trains 2,000 steps (not the sample code's 70,000): its first line says
+    so; the run is stopped there. --help says both defaults."""
+    help_text = " ".join(invoke("finalize", "--help").output.split())
+    assert "[default: 70,000 (the sample code's) on a GPU, 2,000 on a CPU" in help_text
+    assert run(micro_dataset, "--trials", "1", "--quiet").exit_code == 0
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen([sys.executable, "-m", "search.cli", "finalize", "best", "--study", "p", "--device", "cpu"],
+                               cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        first = ""
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line or line.startswith("finalizing"):
+                first = line
+                break
+        assert re.fullmatch(r"finalizing trial #\d+ of 'p' \(valid accuracy [\d.]+ in the search\): 2000 steps on cpu\n",
+                            first), first
+    finally:
+        process.kill()
+        process.wait(10)
+
+
+def test_worker_processes_send_their_training_lines_to_the_parent(micro_dataset, workdir, monkeypatch):
+    monkeypatch.setenv("SEARCH_PROGRESS_INTERVAL", "0.05")  # inherited by the spawned workers
+    result = run(micro_dataset, "--trials", "2", "--workers", "2")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    training = [line for line in lines if line.startswith("  training:")]
+    assert training and all(re.fullmatch(TRAINING_LINE.pattern[:-1] + r"  \|  worker [01]$", line) for line in training), \
+        training
+    trial_lines = [line for line in lines if line.startswith("trial ")]
+    assert len(trial_lines) == 2 and all(", ETA " in line and "|  worker " in line for line in trial_lines), trial_lines
