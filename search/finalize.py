@@ -124,9 +124,9 @@ def _checkpoint_step(path: Path) -> int | None:
 
 
 GPU_FINALIZE_STEPS = 70_000  # the sample code's total_steps
-# On a CPU 70,000 steps take hours. 2,000 steps (the quick start's) take about a minute for the sample model and
-# about 4 for a 2-layer Conformer on this project's 2-core machine (~30 and ~8 steps/s: README, "Time on this
-# project's 2-core CPU machine"); --steps says otherwise.
+# On a CPU 70,000 steps take hours. 2,000 steps (the quick start's) take 2-3 minutes for the `cpu` profile's models
+# on this project's 2-core machine (measured quiet on 2026-11-26: the sample model ~14 steps/s, the CPU warm start
+# ~20 in a trial, a one-layer Conformer ~7); --steps says otherwise.
 CPU_FINALIZE_STEPS = 2_000
 
 

@@ -29,7 +29,7 @@ from search.task import Task
 # The smallest budget (search/schedule.py GRID): a trial's first rung is budget/8 steps. Where a trial validates:
 # schedule.trial_steps, from this study's pruner.
 EVALUATIONS_PER_TRIAL = schedule.GRID
-CPU_BUDGET = 200  # a new study's steps per trial on a CPU: 20 trials of the cpu space in ~5 minutes on 2 cores
+CPU_BUDGET = 500  # a new study's steps per trial on a CPU (see make_pruner)
 GPU_BUDGET = 2000  # a new study's steps per trial on a GPU
 
 
@@ -105,11 +105,23 @@ def check_same(name: str, stored: StudySettings, given: StudySettings | Requeste
 
 def make_pruner(settings: StudySettings) -> optuna.pruners.BasePruner:
     """Hyperband over training steps, with explicit resources: every worker computes the same brackets
-    (``max_resource='auto'`` would be guessed per process from the trials it happens to see)."""
+    (``max_resource='auto'`` would be guessed per process from the trials it happens to see).
+
+    The full profile (a GPU) keeps reduction factor 3: with budget/8 as the first rung, two brackets (rungs at
+    budget/8 and 3/8 of the budget, and a bracket whose first decision is at 3/8). A CPU study (the cpu profile)
+    is 20 trials in a few minutes, where that second bracket (2 trials in 5, each running 3/8 of its budget before
+    any decision, three times the first bracket's 1/8) is a large share of the steps: there the factor is above
+    budget / first rung (9 for budget/8), which leaves one bracket and one decision, at budget/8. The CPU warm
+    start (search/space.py CPU_CONFIGS) is above chance by then (0.05-0.06 against 1/32 at step 62 of 500 on the
+    embedded data), so a trial goes on to its whole budget only when it learns at least as fast as the best trial
+    so far at that step (once 18 trials have reached it: the top ninth). The factor is not a stored setting: a cpu
+    study made before it is pruned this way from then on (its budget, stored, stays its own).
+    """
     if not settings.pruning:
         return optuna.pruners.NopPruner()
+    reduction_factor = settings.budget // settings.eval_every + 1 if settings.profile == "cpu" else 3
     return optuna.pruners.HyperbandPruner(min_resource=settings.eval_every, max_resource=settings.budget,
-                                          reduction_factor=3)
+                                          reduction_factor=reduction_factor)
 
 
 def load_study(name: str, url: str | None, any_direction: bool = False) -> optuna.Study:
@@ -354,10 +366,30 @@ def _fail_if_running(study: optuna.Study, trial_id: int | None) -> None:
 
 
 class Progress:
-    """Prints one line per finished trial: n/N, state, value, best so far, elapsed time."""
+    """Prints one line per finished trial (n/N, state, value, best so far, elapsed time, ETA) and, through
+    ``in_trial``, a line every ~10 s while a trial trains (search/train.py ``report_progress``).
 
-    def __init__(self, total: int | None, echo: Callable[[str], None]) -> None:  # None: until the timeout
-        self.total, self.echo, self.done, self.started = total, echo, 0, time.perf_counter()
+    The ETA is the study's pace in this run: the mean seconds per finished trial since the trials started
+    (``start``) times the trials left; with ``timeout``, the time left until then (the smaller of the two
+    when both are given). With worker processes the pace is the run's, all workers together."""
+
+    def __init__(self, total: int | None, echo: Callable[[str], None], timeout: float | None = None) -> None:
+        self.total, self.echo, self.timeout, self.done = total, echo, timeout, 0  # total None: until the timeout
+        self.started = self.trials_started = time.perf_counter()
+
+    def start(self) -> None:
+        """The trials start now (the data is ready): the pace and the timeout count from here."""
+        self.trials_started = time.perf_counter()
+
+    def eta(self) -> float | None:
+        """Seconds until the run is done, or None before a trial finished (no pace yet) without a timeout."""
+        elapsed = time.perf_counter() - self.trials_started
+        left = []
+        if self.total is not None and self.done:
+            left.append(elapsed / self.done * max(0, self.total - self.done))
+        if self.timeout is not None:
+            left.append(max(0.0, self.timeout - elapsed))
+        return min(left) if left else None
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, worker: int | None = None) -> None:
         self.done += 1
@@ -368,6 +400,29 @@ class Progress:
         else:
             value = trial.user_attrs.get("ended", "")
         best_text = f"best {best.value:.4f} (#{best.number})" if best else "no complete trial yet"
+        eta = self.eta()
         self.echo(f"trial {self.done}{'' if self.total is None else f'/{self.total}'}  #{trial.number} {trial.state.name.lower():8s} {value}  |  "
                   f"{best_text}  |  complete {c['complete']} pruned {c['pruned']} failed {c['fail']}  |  "
-                  f"{time.perf_counter() - self.started:.0f}s" + (f"  |  worker {worker}" if worker is not None else ""))
+                  f"{time.perf_counter() - self.started:.0f}s" + ("" if eta is None else f", ETA {self.format_seconds(eta)}")
+                  + (f"  |  worker {worker}" if worker is not None else ""))
+
+    def in_trial(self, info: dict, worker: int | None = None) -> None:
+        """A line while a trial trains: its step of the total, speed, best validation accuracy so far, and
+        the time the trial has left at that speed (search/train.py ``report_progress`` gives ``info``)."""
+        accuracy = info.get("valid_accuracy")
+        rate = info["steps_per_second"]
+        left = (info["steps"] - info["step"]) / rate if rate > 0 else 0.0
+        self.echo(f"  training: step {info['step']}/{info['steps']}  {rate:.1f} steps/s  "
+                  + ("no validation yet" if accuracy is None else f"valid acc so far {accuracy:.4f}")
+                  + f"  |  trial ends in ~{self.format_seconds(left)}"
+                  + (f"  |  worker {worker}" if worker is not None else ""))
+
+    @staticmethod
+    def format_seconds(seconds: float) -> str:
+        """``42s``, ``3m05s``, ``2h07m``: an ETA at a glance."""
+        seconds = max(0, round(seconds))
+        if seconds < 60:
+            return f"{seconds}s"
+        if seconds < 3600:
+            return f"{seconds // 60}m{seconds % 60:02d}s"
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

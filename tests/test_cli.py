@@ -20,9 +20,10 @@ def test_run_then_finalize_writes_a_submission(tiny_dataset, workdir):
     assert result.exit_code == 0, result.output
     assert "trial 3/3" in result.output
     assert "best trial #" in result.output and "search finalize best --study s" in result.output
-    # the best score means something beside the sample code's own trial (warm start: #0) and chance (6 speakers)
+    # the best score means something beside the sample code's own trial (a CPU study's warm start: the CPU
+    # configuration #0, the sample code #1) and chance (6 speakers)
     best_line = next(line for line in result.output.splitlines() if line.startswith("best trial #"))
-    assert re.search(r"\(sample-code trial #0: (0\.\d{4}|pruned at step \d+); chance 1/6 = 0\.167\)$", best_line), best_line
+    assert re.search(r"\(sample-code trial #1: (0\.\d{4}|pruned at step \d+); chance 1/6 = 0\.167\)$", best_line), best_line
     assert (workdir / "studies" / "s.db").exists()
 
     result = invoke("finalize", "best", "--study", "s", "--steps", "24", "--out", "sub/predictions.csv")
@@ -40,7 +41,7 @@ def test_trials_record_what_users_browse(tiny_dataset, workdir):
     assert invoke("run", "--trials", "2", "--data", str(tiny_dataset), "--study", "s", *TINY_RUN).exit_code == 0
     study = optuna.load_study(study_name="s", storage="sqlite:///studies/s.db")
     trial = study.trials[0]
-    assert trial.user_attrs["warm_start"] == "sample-code"
+    assert trial.user_attrs["warm_start"] == "cpu-sample-code-stats-pooling"  # a CPU study's warm start, first
     assert trial.user_attrs["model.n_classes"] > 0 and trial.params["d_model"] == 80  # flat: search/attrs.py
     assert trial.user_attrs["parameters"] > 0
     assert trial.user_attrs["steps_per_second"] > 0

@@ -445,7 +445,8 @@ def test_several_runs_creating_one_new_study_at_once(backend, workdir):
             created = _race(url, name + str(attempt), n, "embedded")
             assert sorted(created) == [False] * (n - 1) + [True], created
             trials = optuna.load_study(study_name=name + str(attempt), storage=open_storage(url)).trials
-            assert [t.user_attrs.get("warm_start") for t in trials] == ["sample-code"], trials
+            assert [t.user_attrs.get("warm_start") for t in trials] == ["cpu-sample-code-stats-pooling",
+                                                                         "sample-code"], trials
     finally:
         if backend == "postgresql":
             engine.dispose()

@@ -233,8 +233,9 @@ def test_a_journal_url_with_three_slashes_is_absolute(micro_dataset, workdir, tm
     journal = tmp_path / "shared" / "j.log"
     absolute = f"journal://{journal.as_posix()}"
     assert absolute.startswith("journal:///")
+    # --no-warm-start: one trial run, none left queued (a CPU study queues two warm-start trials)
     result = invoke("run", "--trials", "1", "--study", "j", "--storage", absolute, "--data", str(micro_dataset),
-                    "--budget", "8", "--device", "cpu")
+                    "--budget", "8", "--device", "cpu", "--no-warm-start")
     assert result.exit_code == 0, result.output
     assert journal.is_file()
     assert not (workdir / tmp_path.relative_to("/")).exists()  # not ./tmp/.../shared/j.log
@@ -252,7 +253,7 @@ def test_a_journal_url_with_three_slashes_is_absolute(micro_dataset, workdir, tm
 def test_search_storage_is_every_commands_default_and_storage_wins(micro_dataset, workdir, monkeypatch):
     monkeypatch.setenv("SEARCH_STORAGE", "sqlite:///shared/all.db")
     result = invoke("run", "--trials", "1", "--study", "env", "--data", str(micro_dataset), "--budget", "8",
-                    "--device", "cpu")
+                    "--device", "cpu", "--no-warm-start")  # one trial, none left queued
     assert result.exit_code == 0, result.output
     assert "created study 'env' in sqlite:///shared/all.db" in result.output
     assert (workdir / "shared" / "all.db").is_file() and not (workdir / "studies" / "env.db").exists()

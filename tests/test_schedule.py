@@ -13,9 +13,14 @@ from search.study import StudySettings, make_pruner, open_study, run_trials
 from search.task import load_task
 
 
-def _hyperband(budget: int) -> optuna.pruners.HyperbandPruner:
+def _pruner(budget: int, profile: str = "full") -> optuna.pruners.HyperbandPruner:
+    """The pruner of a new study of ``budget`` steps (full: a GPU study's; cpu: a CPU study's)."""
     return make_pruner(StudySettings(budget=budget, eval_every=schedule.min_resource(budget), data="embedded",
-                                     seed=0, profile="cpu"))
+                                     seed=0, profile=profile))
+
+
+def _hyperband(budget: int) -> optuna.pruners.HyperbandPruner:
+    return _pruner(budget, "full")
 
 
 @pytest.mark.parametrize("budget, expected", [(2000, [250, 750, 2000]), (200, [25, 75, 200]), (64, [8, 24, 64]),
@@ -57,6 +62,42 @@ def test_the_rungs_are_those_at_which_hyperband_decides():
     assert any(step is not None for _, step in grid)  # the pruner did stop some trials
 
 
+@pytest.mark.parametrize("budget", [400, 200, 64, 63, 18, 9, 8])
+def test_a_cpu_studys_trial_validates_once_before_its_end(budget):
+    """A CPU study's pruner decides once, at budget/8 (one bracket, whatever the rounding of budget/8): a trial
+    validates there and at the end."""
+    assert schedule.trial_steps(budget, _pruner(budget, "cpu")) == [schedule.min_resource(budget), budget]
+
+
+def test_a_cpu_study_stops_a_trial_at_its_first_rung_or_lets_it_finish():
+    """The CPU pruner's one decision: a trial worse at budget/8 than the trials before it is stopped there; one
+    at least as good as all of them trains its whole budget (nothing is stopped later)."""
+    budget = 400
+    first = schedule.min_resource(budget)
+    study = optuna.create_study(study_name="cpu-rungs", direction="maximize", pruner=_pruner(budget, "cpu"),
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    best_so_far, pruned, complete = -1.0, [], []
+    for number in range(17):  # below 18 trials at the rung, only the best so far goes on
+        trial = study.ask()
+        quality = (number * 7919 % 17) / 17  # a fixed spread of good and bad trials
+        stopped = None
+        for step in schedule.trial_steps(budget, study.pruner):
+            trial.report(quality * step / budget, step)
+            if trial.should_prune():
+                stopped = step
+                break
+        if stopped is None:
+            study.tell(trial, quality)
+            complete.append(number)
+            assert quality >= best_so_far
+        else:
+            study.tell(trial, state=TrialState.PRUNED)
+            pruned.append(number)
+            assert stopped == first and quality < best_so_far
+        best_so_far = max(best_so_far, quality)
+    assert pruned and len(complete) > 1
+
+
 def test_without_pruning_a_trial_validates_at_a_few_curve_points():
     nop = optuna.pruners.NopPruner()
     assert schedule.trial_steps(2000, nop) == schedule.trial_steps(2000, None) == [500, 1000, 1500, 2000]
@@ -83,7 +124,7 @@ def test_finalize_keeps_a_periodic_evaluation():
 
 
 def test_a_studys_trials_report_exactly_at_the_schedule(tiny_dataset, workdir):
-    """Through the real objective: a pruned study's trial validates at its Hyperband rungs and the end, an
+    """Through the real objective: a pruned study's trial validates at its pruner's rungs and the end, an
     unpruned study's at the curve points, and it records the time its validations took."""
     task = load_task(tiny_dataset, seed=0, device=torch.device("cpu"))
     budget = 24
@@ -95,7 +136,7 @@ def test_a_studys_trials_report_exactly_at_the_schedule(tiny_dataset, workdir):
         study.enqueue_trial(KNOWN_CONFIGS["sample-code"])  # a small model: the test is about when it validates
         run_trials(study, settings, task, 1)
         expected = schedule.trial_steps(budget, study.pruner)
-        assert expected == ([3, 9, 24] if pruning else [6, 12, 18, 24])
+        assert expected == ([3, 24] if pruning else [6, 12, 18, 24])  # a cpu study: one decision, at budget/8
         (trial,) = study.trials
         assert trial.state == TrialState.COMPLETE
         assert sorted(trial.intermediate_values) == expected

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from model import ENCODERS, HEADS, LOSSES, POOLINGS, ModelConfig, build_model
-from search.space import KNOWN_CONFIGS, PROFILES, build_configs, build_space, contains, suggest, warm_start_configs
+from search.space import (CPU_CONFIGS, KNOWN_CONFIGS, PROFILES, build_configs, build_space, contains, suggest,
+                          warm_start_configs)
 
 
 def _by_name(profile: str) -> dict:
@@ -112,7 +113,7 @@ def test_the_cpu_profile_has_the_same_parameters_over_narrower_and_smaller_range
         else:
             assert big.low <= small.low <= small.high <= big.high, small.name
     narrower = {s.name for s, b in zip(cpu, full) if s.describe() != b.describe()}
-    assert narrower == {"d_model", "nhead", "layers", "ffn", "head_hidden", "batch_size", "segment"}
+    assert narrower == {"d_model", "nhead", "layers", "ffn", "head_hidden", "lr", "batch_size", "segment"}
     full_by_name = {p.name: p for p in full}
     for params in _samples("cpu", 40, seed=1):
         outside = {k for k, v in params.items() if k in CPU_ONLY and v in CPU_ONLY[k]}
@@ -128,10 +129,20 @@ def test_every_known_configuration_is_a_point_of_the_full_space_and_builds():
     full = build_space("full")
     assert warm_start_configs(full) == KNOWN_CONFIGS
     cpu_known = warm_start_configs(build_space("cpu"))
-    assert "sample-code" in cpu_known and set(cpu_known) < set(KNOWN_CONFIGS)
-    for params in KNOWN_CONFIGS.values():
+    assert "sample-code" in cpu_known and set(cpu_known) - set(CPU_CONFIGS) < set(KNOWN_CONFIGS)
+    for params in [*KNOWN_CONFIGS.values(), *CPU_CONFIGS.values()]:
         model_cfg, _ = build_configs(params, n_mels=40, n_classes=600, steps=100, seed=0)
         build_model(model_cfg)
+
+
+def test_a_cpu_study_starts_with_the_cpu_configurations_and_a_gpu_study_never_runs_them():
+    """The CPU's own warm start runs first on the cpu profile, the sample code last (its score is the reference a
+    study prints beside its best); the full profile's warm start is the published table alone, in its order."""
+    cpu = build_space("cpu")
+    assert list(warm_start_configs(cpu)) == [*CPU_CONFIGS, "sample-code"]
+    assert all(contains(cpu, params) for params in CPU_CONFIGS.values())
+    assert list(warm_start_configs(build_space("full"))) == list(KNOWN_CONFIGS)
+    assert not set(CPU_CONFIGS) & set(warm_start_configs(build_space("full")))
 
 
 def test_sampled_configurations_build_models():

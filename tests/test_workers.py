@@ -182,8 +182,14 @@ def _brackets(url: str, name: str, budget: int) -> tuple:
 def test_hyperband_brackets_are_the_same_in_every_process(micro_dataset, workdir):
     """With max_resource='auto' each process would guess it from the trials it has seen so far; ours is
     the budget, so a worker that starts early and one that starts late put each trial in the same bracket."""
+    from dataclasses import replace
+
+    from search.study import open_study
+    from tests.helpers import settings_for
+
     url, budget = "sqlite:///studies/hb.db", 64
-    study = new_study(micro_dataset, url, "hb", budget)
+    # a GPU study's (full profile) Hyperband, of two brackets; a CPU study's pruner has one (search/study.py)
+    study = open_study("hb", url, replace(settings_for(micro_dataset, budget), profile="full"), warm_start=False)[0]
     with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
         early = pool.submit(_brackets, url, "hb", budget).result()
     study = optuna.load_study(study_name="hb", storage=open_storage(url, heartbeat_interval=None))  # ask/tell by hand
