@@ -137,7 +137,7 @@ def _run_jobs(study, jobs, trials, echo, progress, mps: bool = True, total_trial
     """Run the plan: its one job here, or every job in its own process, sharing one target (with
     ``total_trials``, at most that: the study-wide cap). Returns the workers' report when some failed, else None."""
     from search.train import report_progress
-    from search.workers import run_job, run_target, run_workers, study_lock_path, trial_count
+    from search.workers import run_job, run_target, run_workers, trial_count
 
     target = None if len(jobs) == 1 and total_trials is None else run_target(study, trials)
     if total_trials is not None:
@@ -148,8 +148,6 @@ def _run_jobs(study, jobs, trials, echo, progress, mps: bool = True, total_trial
                 "(runs on other machines count too)"))
         if progress.total is None:  # this run's share, at most: the ETA's reckoning
             progress.total = max(0, total_trials - held)
-        for job in jobs:  # every run on this machine on this study takes its trials one at a time
-            job.lock_path = study_lock_path(job.url, job.study_name)
     if len(jobs) == 1:
         jobs[0].n_trials = trials if target is None else None  # None: until --timeout (or the target)
         jobs[0].target = target

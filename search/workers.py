@@ -133,8 +133,8 @@ class SharedTarget:
     """Run by a worker before each trial, around ``study.ask``: take a trial while the study's count
     (``trial_count``) is below ``target``, else raise TargetReached (the worker's study.optimize ends).
 
-    Checking the count and asking for the trial happen under one file lock shared by the run's workers,
-    so two of them cannot both take the last trial. When the target is reached while trials are still
+    Checking the count and asking for the trial happen under one file lock (``study_lock_path``) shared by the
+    workers of every run on this machine and study, so two of them cannot both take the last trial. When the target is reached while trials are still
     RUNNING (and the storage has heartbeats), the worker waits instead of leaving: one of them may be a
     dead worker's trial, which the grace period fails and re-queues, and then someone must run it.
     Without heartbeats (journal storage) a dead worker's trial would count as running forever: it leaves.
@@ -182,8 +182,10 @@ class SharedTarget:
 
 
 def study_lock_path(url: str, study_name: str) -> str:
-    """A lock file for "count, then ask" (``SharedTarget``) shared by every ``search run`` on this machine on
-    the same study (``--total-trials``): their trials are taken one at a time, so they stop at the cap exactly.
+    """A lock file for "count, then ask" (``SharedTarget``) shared by the workers of every ``search run`` on this
+    machine on the same study: their trials are taken one at a time, so they stop at their target (or the
+    ``--total-trials`` cap) exactly. It stays in the temp folder: removing a lock file that another process may be
+    about to open would let two processes hold "the" lock at once.
     Runs on other machines do not share it: each may overshoot the cap by one trial at the very end."""
     import hashlib
 
@@ -260,7 +262,6 @@ class WorkerJob:
     timeout: float | None = None
     fail_fast: bool = False
     parent_pid: int = field(default_factory=os.getpid)  # the worker stops when this process dies
-    lock_path: str | None = None  # the run's lock around "count, then ask" (run_workers sets it)
 
     @property
     def data_dir(self) -> str | None:
@@ -276,7 +277,8 @@ def run_job(job: WorkerJob, on_trial: Callable[[optuna.Study, optuna.trial.Froze
     task = load_task(job.data_dir, job.settings.seed, use_device(job.device))
     if study is None:
         study = open_study(job.study_name, job.url, job.settings, warm_start=False)[0]
-    gate = None if job.target is None else SharedTarget(job.target, job.lock_path, job.timeout)
+    gate = None if job.target is None else SharedTarget(job.target, study_lock_path(job.url, job.study_name),
+                                                        job.timeout)
     run_trials(study, job.settings, task, job.n_trials, timeout=job.timeout, fail_fast=job.fail_fast,
                on_trial=on_trial, gate=gate)
 
@@ -416,10 +418,6 @@ def run_workers(study: optuna.Study, jobs: list[WorkerJob], echo: Callable[[str]
              "use sqlite://, postgresql:// or mysql+pymysql:// where workers may be killed")
     context = multiprocessing.get_context("spawn")
     report = WorkersReport([WorkerOutcome(j.index) for j in jobs])
-    lock_fd, lock_path = tempfile.mkstemp(prefix="search-run-", suffix=".lock")
-    os.close(lock_fd)
-    for job in jobs:
-        job.lock_path = job.lock_path or lock_path  # --total-trials sets the study's (study_lock_path)
     outcomes = {j.index: o for j, o in zip(jobs, report.outcomes)}
     processes: dict[int, multiprocessing.Process] = {}
     readers: dict = {}
@@ -459,11 +457,6 @@ def run_workers(study: optuna.Study, jobs: list[WorkerJob], echo: Callable[[str]
         _join_all(processes, STOP_GRACE)
         _stop(processes, signal.SIGKILL)
         raise
-    finally:
-        try:
-            os.unlink(lock_path)
-        except OSError:
-            pass
     report.seconds = time.perf_counter() - started
     return report
 

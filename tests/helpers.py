@@ -205,3 +205,26 @@ def dashboard_server(folder: Path, study: str, seconds: float = 90) -> Iterator[
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def signal_while_running(args: list[str], url: str, name: str, sig, pause: float = 0.0, seconds: float = 120,
+                         timeout: float = 60) -> tuple[int, str]:
+    """``search ARGS...`` in a real process: once study ``name`` at ``url`` has a RUNNING trial (and ``pause``
+    seconds more), send it ``sig``; (exit code, everything it printed) once it has ended, within ``timeout``."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    repo = Path(__file__).resolve().parents[1]
+    process = subprocess.Popen([sys.executable, "-m", "search.cli", *args], env={**os.environ, "PYTHONPATH": str(repo)},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_running(url, name, 1, process, seconds=seconds)
+        time.sleep(pause)
+        process.send_signal(sig)
+        output = process.communicate(timeout=timeout)[0].decode()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return process.returncode, output

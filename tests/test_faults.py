@@ -29,7 +29,8 @@ from search.cli import main
 from search.storage import open_storage
 from search.study import StudySettings, open_study, run_trials
 from search.task import load_task
-from tests.helpers import SAMPLE, invoke, kill_once_written, new_study, one_error_line, reachable, wait_running
+from tests.helpers import (SAMPLE, invoke, kill_once_written, new_study, one_error_line, reachable,
+                           signal_while_running, wait_running)
 
 REPO = Path(__file__).resolve().parents[1]
 URL = "sqlite:///studies/f.db"
@@ -522,18 +523,10 @@ def test_a_signal_while_a_trial_is_being_created_fails_that_trial(tiny_dataset, 
 
 
 def test_sigterm_fails_the_running_trial_of_a_single_process_run(tiny_dataset, workdir):
-    command = [sys.executable, "-m", "search.cli", "run", "--trials", "3", "--study", "t", "--data",
-               str(tiny_dataset), "--budget", "2000", "--device", "cpu", "--no-warm-start"]
-    process = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT)
-    try:
-        wait_running(URL.replace("f.db", "t.db"), "t", 1, process)
-        process.send_signal(signal.SIGTERM)
-        output = process.communicate(timeout=60)[0].decode()
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 143, output
+    returncode, output = signal_while_running(
+        ["run", "--trials", "3", "--study", "t", "--data", str(tiny_dataset), "--budget", "2000", "--device", "cpu",
+         "--no-warm-start"], URL.replace("f.db", "t.db"), "t", signal.SIGTERM)
+    assert returncode == 143, output
     assert output.strip().splitlines()[-1] == ("Error: search run: stopped by SIGTERM (a running trial ended FAIL, "
                                                "ended: interrupted)"), output
     assert "Traceback" not in output

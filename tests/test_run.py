@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 import shutil
 import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
-from tests.helpers import invoke, one_error_line, wait_running
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import invoke, one_error_line, signal_while_running
 
 
 def finished(name: str) -> list[optuna.trial.FrozenTrial]:
@@ -57,19 +50,11 @@ def test_a_setting_that_contradicts_the_study_is_refused_before_any_data_is_prep
 
 
 def test_ctrl_c_ends_the_trial_prints_the_summary_and_the_command_that_resumes(tiny_dataset, workdir):
-    command = [sys.executable, "-m", "search.cli", "run", "--trials", "3", "--study", "c", "--data",
-               str(tiny_dataset), "--budget", "4000", "--device", "cpu", "--no-warm-start"]
-    process = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT)
-    try:
-        wait_running("sqlite:///studies/c.db", "c", 1, process, seconds=180)
-        time.sleep(1)  # inside the trial's training, not between its first storage writes
-        process.send_signal(signal.SIGINT)
-        output = process.communicate(timeout=120)[0].decode()
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 130, output
+    # pause: inside the trial's training, not between its first storage writes
+    returncode, output = signal_while_running(
+        ["run", "--trials", "3", "--study", "c", "--data", str(tiny_dataset), "--budget", "4000", "--device", "cpu",
+         "--no-warm-start"], "sqlite:///studies/c.db", "c", signal.SIGINT, pause=1, seconds=180, timeout=120)
+    assert returncode == 130, output
     lines = output.strip().splitlines()
     assert lines[-1] == "Error: search run: stopped by Ctrl-C (a running trial ended FAIL, ended: interrupted)", output
     assert "Traceback" not in output and "failed with" not in output and "Aborted!" not in output, output

@@ -44,12 +44,7 @@ def test_the_rungs_are_those_at_which_hyperband_decides():
         for number in range(30):
             trial = study.ask()
             quality = (number * 7919 % 30) / 30  # a fixed spread of good and bad trials
-            pruned_at = None
-            for step in report_at:
-                trial.report(quality * step / budget, step)
-                if trial.should_prune():
-                    pruned_at = step
-                    break
+            pruned_at = _report_until_pruned(trial, report_at, quality, budget)
             if pruned_at is None:
                 study.tell(trial, quality)
             else:
@@ -60,6 +55,16 @@ def test_the_rungs_are_those_at_which_hyperband_decides():
     grid = run(schedule.periodic_steps(budget, schedule.min_resource(budget)))
     assert run(rungs) == grid
     assert any(step is not None for _, step in grid)  # the pruner did stop some trials
+
+
+def _report_until_pruned(trial: optuna.Trial, steps, quality: float, budget: int) -> int | None:
+    """Report a learning curve that rises linearly to ``quality`` at ``budget``, at ``steps``, as a trial does;
+    the step where the pruner stopped the trial, or None if it ran to the end."""
+    for step in steps:
+        trial.report(quality * step / budget, step)
+        if trial.should_prune():
+            return step
+    return None
 
 
 @pytest.mark.parametrize("budget", [400, 200, 64, 63, 18, 9, 8])
@@ -80,12 +85,7 @@ def test_a_cpu_study_stops_a_trial_at_its_first_rung_or_lets_it_finish():
     for number in range(17):  # below 18 trials at the rung, only the best so far goes on
         trial = study.ask()
         quality = (number * 7919 % 17) / 17  # a fixed spread of good and bad trials
-        stopped = None
-        for step in schedule.trial_steps(budget, study.pruner):
-            trial.report(quality * step / budget, step)
-            if trial.should_prune():
-                stopped = step
-                break
+        stopped = _report_until_pruned(trial, schedule.trial_steps(budget, study.pruner), quality, budget)
         if stopped is None:
             study.tell(trial, quality)
             complete.append(number)
