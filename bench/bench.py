@@ -115,13 +115,13 @@ def _gpu_index(device: str) -> int:
 
 
 @contextmanager
-def mps_mode(mode: str, device: str):
+def mps_mode(mode: str, device: str, gpu_indices: list[int] | None = None):
     """An MPS daemon for the duration (``on``, search/mps.py: started, or the one running), or none that the
     runs inside would reach (``off``); yields the status line."""
     if not device.startswith("cuda"):
         yield "MPS: off (not on a GPU)"
     elif mode == "on":
-        with mps.mps_session([_gpu_index(device)]) as status:
+        with mps.mps_session(gpu_indices or [_gpu_index(device)]) as status:
             yield status
     else:
         with mps.bypassed() as note:
@@ -140,14 +140,16 @@ def _env() -> dict:
 
 
 def trials_per_hour(data_dir: str, workers: int, trials: int, trial_steps: int, device: str, workdir: Path,
-                    mps_wanted: str = "off") -> dict:
+                    mps_wanted: str = "off", gpus: int = 0) -> dict:
     """Wall time of ``search run`` adding ``trials`` sample-code trials with ``workers`` processes, inside
-    ``mps_mode(mps_wanted)`` (``search run`` uses a running daemon, and ``--no-mps`` keeps off one)."""
+    ``mps_mode(mps_wanted)`` (``search run`` uses a running daemon, and ``--no-mps`` keeps off one).
+
+    ``gpus`` > 0: ``search run --gpus 0,..,gpus-1 --workers-per-gpu workers`` (``workers`` on each GPU)."""
     import optuna
 
     from search.space import KNOWN_CONFIGS
 
-    study_name = f"bench-k{workers}-mps-{mps_wanted}"
+    study_name = f"bench-k{workers}-mps-{mps_wanted}" + (f"-gpus{gpus}" if gpus else "")
     storage = f"sqlite:///{workdir}/studies/{study_name}.db"
     (workdir / "studies").mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize")
@@ -158,7 +160,10 @@ def trials_per_hour(data_dir: str, workers: int, trials: int, trial_steps: int, 
                "--no-warm-start", "--no-pruning", "--space", "full"]
     # --no-pruning: every trial runs its 2,000 steps (Hyperband would stop most of these identical trials)
     command += ["--workers-per-gpu", str(workers)] if device.startswith("cuda") else ["--workers", str(workers)]
-    with mps_mode(mps_wanted, device) as mps_status:
+    if gpus:
+        command += ["--gpus", ",".join(map(str, range(gpus)))]
+    processes = workers * max(1, gpus)
+    with mps_mode(mps_wanted, device, list(range(gpus)) or None) as mps_status:
         if mps_wanted == "off" and device.startswith("cuda") and _run_has_option("--no-mps"):
             command.append("--no-mps")
         started = time.perf_counter()
@@ -170,11 +175,14 @@ def trials_per_hour(data_dir: str, workers: int, trials: int, trial_steps: int, 
     # Steady state: trials finished after each worker's first one, over the time since the first finish
     # (leaves out process start, data loading and the first trial's warm-up, which a long search amortises).
     ends = sorted(t.datetime_complete.timestamp() for t in finished)
-    steady = (len(ends) - workers) / (ends[-1] - ends[workers - 1]) * 3600 if len(ends) > workers else None
+    steady = (len(ends) - processes) / (ends[-1] - ends[processes - 1]) * 3600 if len(ends) > processes else None
     timed = [t for t in finished if "eval_seconds" in t.user_attrs and t.user_attrs.get("wall_seconds")]
-    return {"workers": workers, "mps": mps_wanted, "mps_status": mps_status, "trials": len(finished),
+    return {"workers": workers, "gpus": max(1, gpus), "mps": mps_wanted, "mps_status": mps_status, "trials": len(finished),
             "wall_seconds": wall, "trials_per_hour": len(finished) / wall * 3600, "steady_trials_per_hour": steady,
             "mean_trial_seconds": sum(t.user_attrs.get("wall_seconds", 0) for t in finished) / max(1, len(finished)),
+            # of which training (steps / the trial's steps/s, graph capture included): the rest is evaluation,
+            # building the model and writing to the storage
+            "mean_train_seconds": sum(trial_steps / t.user_attrs["steps_per_second"] for t in timed) / max(1, len(timed)),
             # validation's share of the trials' own wall time (evaluations, against everything a trial does)
             "eval_share": (sum(t.user_attrs["eval_seconds"] for t in timed)
                            / sum(t.user_attrs["wall_seconds"] for t in timed)) if timed else None,
@@ -276,6 +284,8 @@ def main() -> None:
     parser.add_argument("--batches", default="32,128,512,1024,2048", help="batch sizes for segments/s")
     parser.add_argument("--workers", default="1,2,4,8", help="worker counts for trials/hour")
     parser.add_argument("--trials-per-worker", type=int, default=4)
+    parser.add_argument("--gpus", default="1", help="comma list of GPU counts for trials/hour: 1 (--device's GPU), "
+                        "N (search run --gpus 0..N-1, --workers on each); a speed-up is against the first")
     parser.add_argument("--mps", default=None,
                         help="comma list, for trials/hour: off (no MPS daemon reachable), on (one running, started "
                              "if need be) [default: off,on on a GPU, off on the CPU]")
@@ -358,17 +368,19 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.empty_cache()
         base = base_steady = None  # one worker without MPS (the first measured), the reference for speed-ups
-        for mode in mps_modes:
-            for workers in map(int, args.workers.split(",")):
-                rate = trials_per_hour(args.data, workers, workers * args.trials_per_worker, args.trial_steps,
-                                       args.device, tmp / f"k{workers}-mps-{mode}", mode)
-                base = base or rate["trials_per_hour"]
-                base_steady = base_steady or rate["steady_trials_per_hour"]
-                emit(results, what="trials_per_hour", trial_steps=args.trial_steps,
-                     **{k: round(v, 4 if k == "eval_share" else 1) if isinstance(v, float) else v for k, v in rate.items()},
-                     speedup_vs_one_worker=round(rate["trials_per_hour"] / base, 2),
-                     steady_speedup_vs_one_worker=round(rate["steady_trials_per_hour"] / base_steady, 2)
-                     if rate["steady_trials_per_hour"] and base_steady else None)
+        runs = [(gpus, mode, workers) for gpus in map(int, args.gpus.split(",")) for mode in mps_modes
+                for workers in map(int, args.workers.split(","))]
+        for gpus, mode, workers in runs:
+            rate = trials_per_hour(args.data, workers, workers * gpus * args.trials_per_worker, args.trial_steps,
+                                   args.device, tmp / f"k{workers}-mps-{mode}-gpus{gpus}", mode,
+                                   gpus if gpus > 1 else 0)
+            base = base or rate["trials_per_hour"]
+            base_steady = base_steady or rate["steady_trials_per_hour"]
+            emit(results, what="trials_per_hour", trial_steps=args.trial_steps,
+                 **{k: round(v, 4 if k == "eval_share" else 1) if isinstance(v, float) else v for k, v in rate.items()},
+                 speedup_vs_one_worker=round(rate["trials_per_hour"] / base, 2),
+                 steady_speedup_vs_one_worker=round(rate["steady_trials_per_hour"] / base_steady, 2)
+                 if rate["steady_trials_per_hour"] and base_steady else None)
     shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -194,7 +194,16 @@ def finalized_rows(study: optuna.Study) -> list[tuple[str, str]]:
     ensemble = study.user_attrs.get("final_ensemble")
     if isinstance(ensemble, dict):
         members = ensemble.get("members") or []
-        numbers = ", ".join(f"#{m.get('trial')}" for m in members if isinstance(m, dict))
+        members = [m for m in members if isinstance(m, dict)]
+        picks = sum(m.get("weight") or 0 for m in members)
+
+        def member(m: dict) -> str:  # "#3 seed 3 weight 1/2": ensemble selection's share (search/ensemble.py)
+            text = f"#{m.get('trial')} seed {m.get('seed')}"
+            if len(members) > 1 and isinstance(m.get("weight"), int) and picks:
+                text += f" weight {m['weight']}/{picks}" if m["weight"] else " left out (weight 0)"
+            return text
+
+        numbers = ", ".join(member(m) for m in members)
         text = (f"{ensemble.get('label')}: {len(members)} member(s) ({numbers}), "
                 f"{ensemble.get('steps')} steps each: validation accuracy {_accuracy(ensemble.get('valid_accuracy'))}")
         if ensemble.get("test_accuracy") is not None:

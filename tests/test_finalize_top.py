@@ -252,6 +252,13 @@ def check_top3(study: optuna.Study, data: Path, workdir: Path, output: str, url:
     stored = optuna.load_study(study_name=study.study_name, storage=open_storage(url)).user_attrs["final_ensemble"]
     assert [m["trial"] for m in stored["members"]] == expected
     assert [m["weight"] for m in stored["members"]] == weights
+    # the dashboard's study note and the report (search/notes.py) give each member's weight
+    from search.notes import study_note
+
+    note = study_note(optuna.load_study(study_name=study.study_name, storage=open_storage(url)))
+    for m in stored["members"]:
+        share = f" weight {m['weight']}/{sum(weights)}" if m["weight"] else " left out (weight 0)"
+        assert f"#{m['trial']} seed {m['seed']}{share}" in note, note
     # versioned names: label, steps, the upload's UTC minute (and -2, -3 for a second set that minute), file
     version = re.compile(r"top3-steps8-\d{8}T\d{4}(-\d+)?-(.+)")
     named = [version.fullmatch(name) for name in stored["artifacts"]]
