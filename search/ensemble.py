@@ -3,7 +3,8 @@
 Members are the K best *distinct* configurations of a study (distinct parameters: the copies of a trial that
 Optuna re-queues after a killed worker count once), or with ``seeds`` the best configuration trained with K
 seeds. Each member is a finalize like ``search finalize N`` (the same configurations, seed and checkpoint:
-``studies/<study>/final/checkpoint-trial<N>-steps<S>[-seed<s>].pt``), so a killed ensemble finalize resumes:
+``studies/<study>/final/checkpoint-trial<N>-steps<S>[-seed<s>].pt``), so a killed ensemble finalize (or one
+stopped by Ctrl-C or SIGTERM, with one line naming the member and its checkpoint: search/finalize.py) resumes:
 a member whose checkpoint is at its last step is not retrained, the one in progress goes on from its
 checkpoint. The predictions are the argmax of the members' weighted mean class probabilities (softmax of the
 logits, full-length test utterances).
@@ -42,7 +43,7 @@ import torch
 from search.errors import UserError
 from search.files import artifact_folder, check_writable, final_folder, replaced, write_text
 from search.finalize import (FinalizeRequest, _checkpoint_step, echo_eval, echo_results, final_configs, setup,
-                             study_seed, write_labels)
+                             outputs_begin, study_seed, training_run, write_labels)
 from search.notes import write_study_note
 from search.objective import trial_seed
 from search.queries import best_trials, pick_trial
@@ -218,14 +219,16 @@ def _checkpoint(folder: Path, member: Member, steps: int, all_data_steps: int | 
 
 
 def _train_member(model_cfg, train_cfg, task: Task, checkpoint: Path, on_eval, checkpoint_every: int,
-                  say: Callable[[str], None], done_line: str, resumed_line: str):
+                  say: Callable[[str], None], done_line: str, resumed_line: str, what: str, after_others: bool):
     """(TrainResult, already trained?, resumed-from step) of one checkpointed, resumable run; ``say``s
     ``done_line`` if its checkpoint was at the last step, ``resumed_line`` (its ``{}``: the step) if training
-    went on from a checkpoint."""
+    went on from a checkpoint. ``what`` names the run in the line a signal stops it with (``after_others``:
+    runs trained before it are kept)."""
     done_step = _checkpoint_step(checkpoint)
     try:
-        result = train(model_cfg, train_cfg, task, on_eval=on_eval, checkpoint=checkpoint,
-                       checkpoint_every=checkpoint_every)
+        with training_run(what, checkpoint, train_cfg.steps, after_others):
+            result = train(model_cfg, train_cfg, task, on_eval=on_eval, checkpoint=checkpoint,
+                           checkpoint_every=checkpoint_every)
     except ValueError as err:  # a checkpoint of another configuration
         raise UserError(str(err)) from None
     already = done_step is not None and done_step >= train_cfg.steps
@@ -264,7 +267,8 @@ def finalize_ensemble(study: optuna.Study, members: list[Member], task: Task, st
         result, already, resumed = _train_member(
             model_cfg, train_cfg, task, _checkpoint(folder, member, steps), evals, checkpoint_every, say,
             f"member {i + 1}/{k}: already trained (its checkpoint is at step {steps}): not retrained",
-            f"member {i + 1}/{k}: resumed from the checkpoint at step {{}} of an earlier finalize")
+            f"member {i + 1}/{k}: resumed from the checkpoint at step {{}} of an earlier finalize",
+            f"member {i + 1}/{k}", i > 0)
         mr = MemberResult(trial.number, member.seed, trial.value, result.best_accuracy, result.best_step,
                           already_trained=already, resumed_from_step=resumed, history=result.history)
         # the validation run's model: with --all-data too, these (not the retrained models) choose the weights
@@ -281,7 +285,8 @@ def finalize_ensemble(study: optuna.Study, members: list[Member], task: Task, st
             full, already, resumed = _train_member(
                 model_cfg, all_cfg, everything, _checkpoint(folder, member, steps, chosen), evals, checkpoint_every,
                 say, f"member {i + 1}/{k}: its train + validation run is already done (checkpoint at step {chosen})",
-                f"member {i + 1}/{k}: train + validation run resumed from the checkpoint at step {{}}")
+                f"member {i + 1}/{k}: train + validation run resumed from the checkpoint at step {{}}",
+                f"member {i + 1}/{k}'s train + validation run", True)
             mr.all_data_steps, mr.all_data_already_trained, mr.all_data_resumed_from_step = chosen, already, resumed
             model = full.model
             configs["all_data_train_config"] = asdict(all_cfg)
@@ -302,6 +307,7 @@ def finalize_ensemble(study: optuna.Study, members: list[Member], task: Task, st
         mr.weight = weight
     valid_accuracy = combination.valid_accuracy
     test_mix = sum(weight * probs for weight, probs in zip(combination.weights, test_probs) if weight)
+    outputs_begin()  # from here on a signal waits: the CSV, config and artifacts are written whole
     write_labels(task, test_mix.argmax(-1).tolist(), out)
     test_accuracy, test_n = score_files(out, answers, bank.id2speaker) if answers else (None, None)
     config_path = home / "config.json"

@@ -16,8 +16,8 @@ class Terminated(KeyboardInterrupt):
 
 class Stopped(Exception):
     """``search run`` stopped by a signal, after it recorded the running trial and printed its summary and
-    the command that resumes it: one ``Error:`` line and exit code 128 + the signal (130 for Ctrl-C, 143 for
-    SIGTERM)."""
+    the command that resumes it, or ``search finalize`` stopped by one (the message names the step and the
+    checkpoint kept): one ``Error:`` line and exit code 128 + the signal (130 for Ctrl-C, 143 for SIGTERM)."""
 
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)

@@ -9,21 +9,31 @@ study's artifact store, ``studies/<study>/artifacts/``, as ``trial<N>-steps<S>-<
 per finalize; the study's ``final`` attribute names the current one: search/artifacts.py), where
 `search dashboard` lists and serves them. With an answer key (``answers.csv``) in the data folder, the CSV is scored and the
 test accuracy recorded in config.json. Ensembles (``finalize top``) and ``--all-data``: search/ensemble.py.
+
+SIGINT (Ctrl-C) and SIGTERM stop the training: the checkpoints written so far stay (they are written atomically,
+and the first signal makes the process ignore further ones while it stops), and the command ends with one
+``Error:`` line naming the step it stopped at and the step of the checkpoint on disk, and exit code 130 (SIGINT) or
+143 (SIGTERM); the same command resumes. A signal that comes once the outputs (model, CSV, config, artifacts)
+are being written waits until they all are, and the command ends normally: never half of them (``outputs_begin``).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import signal
+from contextlib import ExitStack, contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import optuna
 import torch
 
 from search import schedule, space as search_space
-from search.errors import UserError
+from search.errors import Stopped, UserError
+from search.guard import held_signals, interrupts, raise_pending, signal_of
 from search.files import artifact_folder, check_writable, final_folder, predictions_path, replaced, write_text
 from search.notes import write_study_note
 from search.objective import trial_seed
@@ -50,10 +60,6 @@ class FinalResult:
     answers: Path | None = None
 
 
-def write_predictions(task: Task, model, out: Path) -> None:
-    write_labels(task, predict(model, task.bank, task.bank.test_ids()).cpu().tolist(), out)
-
-
 def write_labels(task: Task, labels: list[int], out: Path) -> None:
     """The Kaggle CSV of predicted labels for the test utterances (testdata.json order), renamed into place."""
     bank = task.bank
@@ -74,13 +80,17 @@ def finalize(study: optuna.Study, trial: optuna.trial.FrozenTrial, task: Task, s
     model_cfg, train_cfg = final_configs(trial.params, task, steps, trial_seed(seed, trial.number))
     checkpoint = folder / f"checkpoint-trial{trial.number}-steps{steps}.pt"
     resumed = _checkpoint_step(checkpoint)
-    result: TrainResult = train(model_cfg, train_cfg, task, on_eval=on_eval, checkpoint=checkpoint,
-                                checkpoint_every=checkpoint_every)
+    with training_run(f"trial #{trial.number}", checkpoint, steps):
+        result: TrainResult = train(model_cfg, train_cfg, task, on_eval=on_eval, checkpoint=checkpoint,
+                                    checkpoint_every=checkpoint_every)
+    # predicted before outputs_begin: a signal while it runs still stops the command
+    labels = predict(result.model, task.bank, task.bank.test_ids()).cpu().tolist()
     model_path = folder / "model.pt"
+    outputs_begin()  # from here on a signal waits: model, CSV, config and artifacts are written whole
     with replaced(model_path) as tmp:
         torch.save({"model_config": model_cfg.to_dict(), "state_dict": result.model.state_dict(),
                     "id2speaker": task.bank.id2speaker}, tmp)
-    write_predictions(task, result.model, out)
+    write_labels(task, labels, out)
     test_accuracy, test_n = score_files(out, answers, task.bank.id2speaker) if answers else (None, None)
     config_path = folder / "config.json"
     write_text(config_path, json.dumps({
@@ -121,6 +131,91 @@ def _checkpoint_step(path: Path) -> int | None:
         return int(torch.load(path, map_location="cpu", weights_only=True)["step"])
     except Exception:  # noqa: BLE001 - train() reports an unusable checkpoint itself
         return None
+
+
+@dataclass
+class _Stop:
+    """Where a finalize is (set by ``training_run``), for the line a signal ends it with (``message``)."""
+
+    what: str | None = None  # the training run in progress or the last one done: "trial #4", "member 2/3"
+    checkpoint: Path | None = None
+    steps: int = 0
+    training: bool = False  # inside that run's train(); False: it is done
+    after_others: bool = False  # runs trained before it (an ensemble's earlier members) are kept
+    holding: ExitStack | None = None  # closed at the end of run_finalize: ``outputs_begin``'s hold
+    writing: bool = False  # ``outputs_begin`` was called: a signal no longer stops the command
+
+    def message(self, interrupt: KeyboardInterrupt) -> str:
+        head = f"search finalize: stopped by {_signal_name(interrupt)}"
+        if self.what is None:
+            return f"{head} before training started: run the same command to start again"
+        kept = _checkpoint_step(self.checkpoint) if self.checkpoint is not None else None  # what is on disk now
+        if not self.training:
+            return (f"{head} after {self.what} finished training, before the predictions were written; "
+                    + (f"its checkpoint at step {kept} is kept: run the same command to finish (it is not "
+                       "trained again)" if kept is not None else "run the same command to finish"))
+        step = _step_at(interrupt)
+        head += (f" at step {step} of {self.steps}" if step is not None else "") + f" ({self.what})"
+        if kept is not None:
+            return f"{head}; the checkpoint at step {kept} is kept: run the same command to resume"
+        return (f"{head}; no checkpoint was written yet: run the same command to start it again"
+                + (" (what was trained before it is kept)" if self.after_others else ""))
+
+
+_STOP: ContextVar[_Stop | None] = ContextVar("finalize_stop", default=None)  # set by run_finalize
+
+
+def _signal_name(interrupt: KeyboardInterrupt) -> str:
+    return "Ctrl-C" if signal_of(interrupt) == signal.SIGINT else "SIGTERM"
+
+
+def _step_at(interrupt: KeyboardInterrupt) -> int | None:
+    """The step ``train`` had reached when ``interrupt`` was raised inside it: the ``step`` of its frame in the
+    traceback (train() tells it nobody between checkpoints, and a callback every step would cost every step);
+    None if it was not raised inside train()."""
+    from search import train as training
+
+    tb = interrupt.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code is training.train.__code__:
+            step = tb.tb_frame.f_locals.get("step")
+            return step if isinstance(step, int) else None
+        tb = tb.tb_next
+    return None
+
+
+@contextmanager
+def training_run(what: str, checkpoint: Path, steps: int, after_others: bool = False) -> Iterator[None]:
+    """Around one checkpointed train() of a finalize: a signal inside it is reported as stopping ``what`` at
+    its step, with the checkpoint then on disk (``_Stop.message``). Nothing without ``run_finalize``."""
+    stop = _STOP.get()
+    if stop is None:
+        yield
+        return
+    stop.what, stop.checkpoint, stop.steps, stop.after_others, stop.training = (what, checkpoint, steps, after_others,
+                                                                                True)
+    yield  # an exception (the signal) leaves ``training`` set: it came inside this run
+    stop.training = False
+
+
+def outputs_begin() -> None:
+    """The outputs of a finalize (model, CSV, config, artifacts, the study's record) are written from here on:
+    a signal now waits until the end of the command (search/guard.py ``held_signals``), so that none of them is
+    half-written or half-uploaded (seconds: the predictions are computed before), and the command ends
+    normally, saying so (``run_finalize``). Nothing outside ``run_finalize``."""
+    stop = _STOP.get()
+    if stop is not None and stop.holding is not None and not stop.writing:
+        stop.writing = True
+        stop.holding.enter_context(held_signals())
+
+
+def _take_pending() -> KeyboardInterrupt | None:
+    """The signal held since ``outputs_begin``, taken (none is left for later code), or None."""
+    try:
+        raise_pending()
+    except KeyboardInterrupt as late:
+        return late
+    return None
 
 
 GPU_FINALIZE_STEPS = 70_000  # the sample code's total_steps
@@ -180,8 +275,30 @@ def run_finalize(request: FinalizeRequest) -> None:
                       + ("no validation yet" if accuracy is None else f"valid acc so far {accuracy:.4f}")
                       + f"  ETA {Progress.format_seconds(eta)}")
 
-    with report_progress(line, progress_interval()):
-        _finalize_with(study, request)
+    # SIGINT / SIGTERM stop the training (search/guard.py: the first raises, later ones are ignored while it
+    # stops, so no clean-up is cut short): one Error line naming where it stopped and the checkpoint kept, exit
+    # 128 + the signal (the CLI's guard turns Stopped into that). Once the outputs are being written, it waits.
+    stop = _Stop()
+    token = _STOP.set(stop)
+    try:
+        with interrupts():
+            late = None
+            try:
+                with ExitStack() as stop.holding, report_progress(line, progress_interval()):
+                    _finalize_with(study, request)
+            except KeyboardInterrupt as interrupt:
+                if not stop.writing:
+                    message = stop.message(interrupt)  # here: a second signal is still ignored while it reads
+                    echo.logger.info(message)  # the log file says why the finalize ended too
+                    raise Stopped(message, 128 + signal_of(interrupt)) from None
+                late = interrupt  # after the hold ended: everything was written already
+            finally:
+                late = _take_pending() or late  # also after a failure: no signal is left pending
+    finally:
+        _STOP.reset(token)
+    if late is not None:
+        echo(f"{_signal_name(late)} came while the outputs were being written: they were all written first, and "
+             "the finalize is complete")
 
 
 def _finalize_with(study: optuna.Study, request: FinalizeRequest) -> None:

@@ -98,7 +98,8 @@ def finalize(which, study_name, storage, data_dir, steps, out, device, checkpoin
     """Retrain the best trial and write the predictions CSV.
 
     Or trial N, or the top K as an ensemble (top --k K), on the full budget. With an answer key
-    (answers.csv) in the data folder, also print the test accuracy.
+    (answers.csv) in the data folder, also print the test accuracy. Ctrl-C stops the training and keeps
+    its last checkpoint: the same command resumes from it.
 
     \b
     Example: search finalize best --study hw04 --data Dataset/ --steps 70000
