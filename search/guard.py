@@ -128,6 +128,10 @@ def signal_of(interrupt: KeyboardInterrupt) -> signal.Signals:
     return signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT
 
 
+def _ignore(_signum, _frame) -> None:
+    """The handler of SIGINT and SIGTERM after the first of them (``interrupt_once``)."""
+
+
 def interrupt_once() -> Callable[[], None]:
     """From now on (main thread only), the first SIGINT raises KeyboardInterrupt and the first SIGTERM
     ``Terminated``; after either, both are ignored, so that the clean-up (Optuna recording the running trial
@@ -137,7 +141,10 @@ def interrupt_once() -> Callable[[], None]:
     def once(signum, _frame):
         global _pending
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_IGN)
+            # A handler that does nothing, not SIG_IGN: the other signal may already be pending (Ctrl-C and a
+            # SIGTERM together), and CPython reports a pending signal whose handler became SIG_IGN with a
+            # traceback ("Signal 15 ignored due to race condition").
+            signal.signal(sig, _ignore)
         if _holding:  # inside held_signals(): raised later by raise_pending()
             _pending = signum
             return

@@ -306,8 +306,9 @@ class _Session:
     def _stop(self, pid: int) -> None:
         """``quit`` through its pipe; SIGTERM, then SIGKILL, if it is still there after STOP_TIMEOUT."""
         try:
+            # its own session: a second Ctrl-C to the terminal's process group cannot cut the stop short
             subprocess.run([CONTROL], input="quit\n", env=_env(self.pipe, self.log), capture_output=True, text=True,
-                           timeout=STOP_TIMEOUT)
+                           timeout=STOP_TIMEOUT, start_new_session=True)
         except (OSError, subprocess.TimeoutExpired):
             pass
         for sig in (15, 9):

@@ -210,7 +210,8 @@ def dashboard_server(folder: Path, study: str, seconds: float = 90) -> Iterator[
 def signal_while_running(args: list[str], url: str, name: str, sig, pause: float = 0.0, seconds: float = 120,
                          timeout: float = 60) -> tuple[int, str]:
     """``search ARGS...`` in a real process: once study ``name`` at ``url`` has a RUNNING trial (and ``pause``
-    seconds more), send it ``sig``; (exit code, everything it printed) once it has ended, within ``timeout``."""
+    seconds more), send it ``sig`` (a tuple: each, back to back); (exit code, everything it printed) once it has
+    ended, within ``timeout``."""
     import os
     import subprocess
     import sys
@@ -222,7 +223,8 @@ def signal_while_running(args: list[str], url: str, name: str, sig, pause: float
     try:
         wait_running(url, name, 1, process, seconds=seconds)
         time.sleep(pause)
-        process.send_signal(sig)
+        for each in sig if isinstance(sig, tuple) else (sig,):
+            process.send_signal(each)
         output = process.communicate(timeout=timeout)[0].decode()
     finally:
         if process.poll() is None:

@@ -49,6 +49,20 @@ def test_a_setting_that_contradicts_the_study_is_refused_before_any_data_is_prep
     assert len(finished("ux")) == 1  # nothing added
 
 
+def test_ctrl_c_and_sigterm_together_end_in_one_line(tiny_dataset, workdir):
+    # Both at once (a Ctrl-C while a batch system or `timeout` sends SIGTERM): the first ends the run, the second
+    # is ignored without a word (CPython printed "OSError: Signal 15 ignored due to race condition" with a
+    # traceback when the second was still pending as its handler became SIG_IGN).
+    returncode, output = signal_while_running(
+        ["run", "--trials", "3", "--study", "ct", "--data", str(tiny_dataset), "--budget", "4000", "--device", "cpu",
+         "--no-warm-start"], "sqlite:///studies/ct.db", "ct", (signal.SIGINT, signal.SIGTERM), pause=1, seconds=180,
+        timeout=120)
+    assert returncode == 130, output
+    assert "Traceback" not in output and "race condition" not in output, output
+    assert output.strip().splitlines()[-1] == \
+        "Error: search run: stopped by Ctrl-C (a running trial ended FAIL, ended: interrupted)", output
+
+
 def test_ctrl_c_ends_the_trial_prints_the_summary_and_the_command_that_resumes(tiny_dataset, workdir):
     # pause: inside the trial's training, not between its first storage writes
     returncode, output = signal_while_running(
