@@ -154,7 +154,7 @@ class _Stop:
             return (f"{head} after {self.what} finished training, before the predictions were written; "
                     + (f"its checkpoint at step {kept} is kept: run the same command to finish (it is not "
                        "trained again)" if kept is not None else "run the same command to finish"))
-        step = _step_at(interrupt)
+        step = getattr(interrupt, "step", None)  # set by train() (search/train.py) when it came in its loop
         head += (f" at step {step} of {self.steps}" if step is not None else "") + f" ({self.what})"
         if kept is not None:
             return f"{head}; the checkpoint at step {kept} is kept: run the same command to resume"
@@ -167,21 +167,6 @@ _STOP: ContextVar[_Stop | None] = ContextVar("finalize_stop", default=None)  # s
 
 def _signal_name(interrupt: KeyboardInterrupt) -> str:
     return "Ctrl-C" if signal_of(interrupt) == signal.SIGINT else "SIGTERM"
-
-
-def _step_at(interrupt: KeyboardInterrupt) -> int | None:
-    """The step ``train`` had reached when ``interrupt`` was raised inside it: the ``step`` of its frame in the
-    traceback (train() tells it nobody between checkpoints, and a callback every step would cost every step);
-    None if it was not raised inside train()."""
-    from search import train as training
-
-    tb = interrupt.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code is training.train.__code__:
-            step = tb.tb_frame.f_locals.get("step")
-            return step if isinstance(step, int) else None
-        tb = tb.tb_next
-    return None
 
 
 @contextmanager

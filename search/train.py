@@ -603,6 +603,9 @@ def train(
                 if evaluated is not None and on_eval is not None:
                     on_eval(evaluated, history[-1])
                 tick = time.perf_counter()
+    except KeyboardInterrupt as interrupt:  # Ctrl-C / SIGTERM: the step reached, for the line that says so
+        interrupt.step = step
+        raise
     finally:  # pruned, diverged or done: give the graph's memory back either way
         graphed = train_step.graphed
         train_step.close()
