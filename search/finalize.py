@@ -253,12 +253,7 @@ def run_finalize(request: FinalizeRequest) -> None:
     request = replace(request, console=echo)
 
     def line(info: dict) -> None:  # every 10 s (search.run.progress_interval), between the evaluations' lines
-        rate = info["steps_per_second"]
-        eta = (info["steps"] - info["step"]) / rate if rate > 0 else 0
-        accuracy = info["valid_accuracy"]
-        echo.progress(f"step {info['step']}/{info['steps']}  {rate:.1f} steps/s  "
-                      + ("no validation yet" if accuracy is None else f"valid acc so far {accuracy:.4f}")
-                      + f"  ETA {Progress.format_seconds(eta)}")
+        echo.progress(f"{Progress.training_text(info)}  ETA {Progress.format_seconds(Progress.training_left(info))}")
 
     # SIGINT / SIGTERM stop the training (search/guard.py: the first raises, later ones are ignored while it
     # stops, so no clean-up is cut short): one Error line naming where it stopped and the checkpoint kept, exit

@@ -409,13 +409,23 @@ class Progress:
     def in_trial(self, info: dict, worker: int | None = None) -> None:
         """A line while a trial trains: its step of the total, speed, best validation accuracy so far, and
         the time the trial has left at that speed (search/train.py ``report_progress`` gives ``info``)."""
-        accuracy = info.get("valid_accuracy")
-        rate = info["steps_per_second"]
-        left = (info["steps"] - info["step"]) / rate if rate > 0 else 0.0
-        self.echo(f"  training: step {info['step']}/{info['steps']}  {rate:.1f} steps/s  "
-                  + ("no validation yet" if accuracy is None else f"valid acc so far {accuracy:.4f}")
-                  + f"  |  trial ends in ~{self.format_seconds(left)}"
+        left = self.format_seconds(self.training_left(info))
+        self.echo(f"  training: {self.training_text(info)}  |  trial ends in ~{left}"
                   + (f"  |  worker {worker}" if worker is not None else ""))
+
+    @staticmethod
+    def training_text(info: dict) -> str:
+        """``step 1200/2000  850.3 steps/s  valid acc so far 0.4213`` (or ``no validation yet``): how a training
+        stands, from search/train.py ``report_progress``'s ``info`` (trials' lines here, finalize's too)."""
+        accuracy = info.get("valid_accuracy")
+        return (f"step {info['step']}/{info['steps']}  {info['steps_per_second']:.1f} steps/s  "
+                + ("no validation yet" if accuracy is None else f"valid acc so far {accuracy:.4f}"))
+
+    @staticmethod
+    def training_left(info: dict) -> float:
+        """Seconds the training of ``info`` has left at its pace so far (0 before it has one)."""
+        rate = info["steps_per_second"]
+        return (info["steps"] - info["step"]) / rate if rate > 0 else 0.0
 
     @staticmethod
     def format_seconds(seconds: float) -> str:
