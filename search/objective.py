@@ -69,17 +69,20 @@ class Objective:
         for key, value in config_attrs(params, model_cfg.to_dict(), vars(train_cfg)).items():
             trial.set_user_attr(key, value)
         trial.set_user_attr("device", _device_name(self.task.device))
-        trial.set_user_attr("parameters", count_parameters(build_model(model_cfg)))
+        # on the meta device: no memory, no initialisation, the same count (train() builds the real one)
+        with torch.device("meta"):
+            trial.set_user_attr("parameters", count_parameters(build_model(model_cfg)))
         started = time.perf_counter()
         train_losses: list[float] = []
+        last: dict = {}  # the latest evaluation's metrics, written once when the trial ends
 
         def on_eval(step: int, metrics: dict) -> None:
+            # Each write is one storage transaction (a lock other workers wait for on SQLite): per evaluation
+            # only the value the pruner reads and the loss curve a running trial shows; the rest once, at the end.
             trial.report(metrics["valid_accuracy"], step)
-            trial.set_user_attr("last_step", step)
-            trial.set_user_attr("train_loss", round(metrics["train_loss"], 4))
             train_losses.append(rounded(metrics["train_loss"]))  # beside the validation curve (search/attrs.py)
             trial.set_user_attr("train_loss_curve", train_losses)
-            trial.set_user_attr("steps_per_second", round(metrics["steps_per_second"], 2))
+            last.update(metrics)
             if trial.should_prune():
                 trial.set_user_attr("ended", f"pruned at step {step}")
                 raise optuna.TrialPruned(f"pruned at step {step} (valid accuracy {metrics['valid_accuracy']:.4f})")
@@ -94,9 +97,13 @@ class Objective:
             gc.collect()
             torch.cuda.empty_cache()  # give the memory back before the next trial of this worker
             raise
-        finally:  # complete, pruned or failed: the time it took (other failures are recorded in __call__)
+        finally:  # complete, pruned or failed: the time it took and where it got to (other failures: __call__)
             trial.set_user_attr("wall_seconds", round(time.perf_counter() - started, 2))
-        trial.set_user_attr("steps_per_second", round(result.steps_per_second, 2))
+            if last:
+                trial.set_user_attr("last_step", last["step"])
+                trial.set_user_attr("train_loss", round(last["train_loss"], 4))
+                # training steps only; at the last evaluation of a complete trial, the whole run's (TrainResult's)
+                trial.set_user_attr("steps_per_second", round(last["steps_per_second"], 2))
         trial.set_user_attr("eval_seconds", round(result.eval_seconds, 4))  # of wall_seconds: validation's share
         trial.set_user_attr("cuda_graph", result.cuda_graph)
         trial.set_user_attr("best_step", result.best_step)

@@ -79,6 +79,12 @@ def test_a_bad_trial_is_pruned(four_speakers, workdir):
     assert bad.state == TrialState.PRUNED, [(t.number, t.state, t.intermediate_values) for t in study.trials]
     assert bad.user_attrs["ended"].startswith("pruned at step")
     assert max(bad.intermediate_values) < 64  # stopped before its full budget
+    # where a pruned trial got to, written once as it ended (search/objective.py): its last validation step, the
+    # training loss there (the loss curve's last value) and its speed
+    assert bad.user_attrs["last_step"] == max(bad.intermediate_values)
+    assert bad.user_attrs["train_loss"] == pytest.approx(bad.user_attrs["train_loss_curve"][-1], rel=1e-3)
+    assert len(bad.user_attrs["train_loss_curve"]) == len(bad.intermediate_values)
+    assert bad.user_attrs["steps_per_second"] > 0
 
 
 def test_finalize_without_completed_trials_fails_clearly(workdir):
