@@ -10,7 +10,10 @@
 #           validation's share of a trial (600 speakers x 12 utterances, the issue's set), then the README's first
 #           command (`search run --trials 20`, embedded data) from a fresh folder, timed
 #           (WORKERS=1,4,8 MPS_MODES=on GPUS=1,2 TRIALS_PER_WORKER=n: other sides; FIRST=0: no README command)
-#   first   the README's first command alone
+#   first   the README's first command alone (FIRST_ARGS: options added to it, e.g. "--workers-per-gpu 4")
+#   against  trials/GPU-hour of this tree and of an earlier one in $BASE (e.g. `git archive <commit>` unpacked),
+#           alternating on the same card: K = 1 without MPS, then K = 4 and 8 with it (KS_ON="4,8"), 10 trials per
+#           worker (TRIALS_PER_WORKER); each JSON line gets "tree": "base" or "this"
 #   ensemble  issue 11 part 3 on the HW04-scale set: a default search (--workers-per-gpu 4: MPS started by the run)
 #           for SEARCH_SECONDS, then `finalize top --k 3` and `finalize top --k 3 --seeds` at FINAL_STEPS steps each,
 #           each finalize stopped at the call's end and resumed by the next call (a killed finalize resumes);
@@ -60,7 +63,25 @@ if __name__ == '__main__':
   first)  # the README's first command, from a fresh folder
     work=$(mktemp -d); repo=$PWD
     (cd "$work" && mkdir -p bin && printf '#!/bin/sh\nexec python3 -m search.cli "$@"\n' > bin/search && chmod +x bin/search \
-      && PATH=$work/bin:$PATH PYTHONPATH=$PYTHONPATH:$repo bash "$repo/bench/default_study.sh") | tail -n 4 | tee "$out/default_study.txt" ;;
+      && PATH=$work/bin:$PATH PYTHONPATH=$PYTHONPATH:$repo bash "$repo/bench/default_study.sh" ${FIRST_ARGS:-}) | tail -n 4 \
+      | tee -a "$out/default_study.txt" ;;
+  against)
+    [ -n "${BASE:-}" ] && [ -f "$BASE/bench/bench.py" ] || { echo "against: BASE must name an earlier tree" >&2; exit 2; }
+    small=/tmp/hw04-12
+    [ -f $small/metadata.json ] || python3 -c "
+from data.synth import synthesize
+if __name__ == '__main__':
+    synthesize('$small', speakers=600, utterances_per_speaker=12, length_scale=1.0, seed=0, workers=16)"
+    here=$PWD
+    for side in "1 off" "${KS_ON:-4,8} on"; do
+      set -- $side
+      for tree in base this; do
+        dir=$here; [ $tree = base ] && dir=$BASE
+        (cd "$dir" && PYTHONPATH=/tmp/site:$dir python3 bench/bench.py --data $small --skip packing,sample,rates,evaluation \
+          --workers "$1" --mps "$2" --trials-per-worker "${TRIALS_PER_WORKER:-10}" --trial-steps "${TRIAL_STEPS:-2000}") \
+          | sed "s/^{/{\"tree\": \"$tree\", /" | tee -a "$out/against.jsonl"
+      done
+    done ;;
   ensemble)  # issue 11 part 3; the study and the finalize checkpoints stay in studies/ for the next call
     deadline=$(( $(date +%s) + ${SECONDS_LEFT:-540} ))
     if [ -n "${UTTERANCES:-}" ]; then  # a smaller set than HW04's 94 training utterances per speaker
