@@ -19,6 +19,7 @@
 #           each finalize stopped at the call's end and resumed by the next call (a killed finalize resumes);
 #           UTTERANCES=40: on 600 speakers x 40 utterances instead
 #   study   a full-space study (search run --gpus --workers-per-gpu 4) and which components its trials used
+#   fusion  bench/fusion.py: K sample-code trials fused into one vmapped, graphed step against one model's step
 # Each part prints JSON lines and copies them to OUT_DIR (default: $OUT, the device tool's folder).
 set -euo pipefail
 part=$1
@@ -65,6 +66,10 @@ if __name__ == '__main__':
     (cd "$work" && mkdir -p bin && printf '#!/bin/sh\nexec python3 -m search.cli "$@"\n' > bin/search && chmod +x bin/search \
       && PATH=$work/bin:$PATH PYTHONPATH=$PYTHONPATH:$repo bash "$repo/bench/default_study.sh" ${FIRST_ARGS:-}) | tail -n 4 \
       | tee -a "$out/default_study.txt" ;;
+  fusion)
+    for attention in ${ATTENTION:-default no-cudnn}; do
+      python3 bench/fusion.py --ks "${KS:-1,2,4,8,16}" --steps "${STEPS:-500}" --attention $attention | tee -a "$out/fusion.jsonl"
+    done ;;
   against)
     [ -n "${BASE:-}" ] && [ -f "$BASE/bench/bench.py" ] || { echo "against: BASE must name an earlier tree" >&2; exit 2; }
     small=/tmp/hw04-12

@@ -81,3 +81,46 @@ def test_efficiency_smoke_runs_every_arm_finalizes_their_picks_and_draws_the_fig
     assert again.returncode == 0, again.stderr[-3000:]
     assert '"what": "arm"' not in again.stdout and '"what": "final"' not in again.stdout
     assert done.stdout.split("| arm |")[1] == again.stdout.split("| arm |")[1]
+
+
+def test_fused_trials_train_each_model_as_it_would_alone():
+    """bench/fusion.py's measurement is of real training: two models stacked into one vmapped step end with the
+    weights each reaches trained alone on its own batch (no dropout, so the runs are deterministic)."""
+    import copy
+
+    import torch
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from fusion import FusedStep, batches
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    from model import build_model
+    from search.space import build_configs
+
+    model_cfg, _ = build_configs(dict(KNOWN_CONFIGS["sample-code"], dropout=0.0), 40, 6, 100, seed=0)
+    torch.manual_seed(0)
+    models = [build_model(model_cfg) for _ in range(2)]
+    alone = [copy.deepcopy(m) for m in models]
+    x, mask, labels = batches(2, 8, 32, 40, 6, torch.device("cpu"))
+    fused = FusedStep(models, torch.device("cpu"))
+    for _ in range(3):
+        fused(x, mask, labels)
+    for i, model in enumerate(alone):
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+        for _ in range(3):
+            optimizer.zero_grad()
+            model.loss(x[i], mask[i], labels[i], 1.0)[0].backward()
+            optimizer.step()
+        for name, weight in model.named_parameters():
+            assert torch.allclose(fused.params[f"model.{name}"][i], weight, atol=1e-5), (i, name)
+        assert not torch.allclose(fused.params["model.prenet.weight"][i], models[i].prenet.weight)  # it trained
+
+
+def test_fusion_smoke_prints_one_line_per_k(tmp_path):
+    done = subprocess.run([sys.executable, "bench/fusion.py", "--device", "cpu", "--ks", "1,2", "--steps", "2",
+                           "--speakers", "6"], cwd=ROOT, capture_output=True, text=True, timeout=600, env=in_tmp(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert [r["what"] for r in records] == ["environment", "one_model", "fused", "fused"]
+    assert [r["k"] for r in records[2:]] == [1, 2] and all(r["model_steps_per_second"] > 0 for r in records[2:])
