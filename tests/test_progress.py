@@ -70,6 +70,7 @@ def test_finalize_prints_a_line_while_it_trains_and_quiet_silences_it(micro_data
         r"step (\d+)/24  [\d.]+ steps/s  (no validation yet|valid acc so far \d\.\d{4})  ETA \S+", line)]
     evaluations = [line for line in result.output.splitlines() if line.startswith("step ") and " loss " in line]
     assert timed and evaluations, result.output  # between the evaluations' lines, the timed ones
+    assert all(re.search(r"  ETA (\d+s|\d+m\d\ds|\d+h\d\dm)$", line) for line in timed + evaluations), result.output
     quiet = invoke("finalize", "best", "--study", "p", "--steps", "24", "--quiet", "--out", "q.csv")
     assert quiet.exit_code == 0, quiet.output
     assert not any(line.startswith("step ") for line in quiet.output.splitlines())
@@ -110,3 +111,21 @@ def test_worker_processes_send_their_training_lines_to_the_parent(micro_dataset,
         training
     trial_lines = [line for line in lines if line.startswith("trial ")]
     assert len(trial_lines) == 2 and all(", ETA " in line and "|  worker " in line for line in trial_lines), trial_lines
+
+
+def test_a_finalize_evaluation_line_gives_a_long_eta_in_minutes_and_hours():
+    """A 70,000-step finalize at 20 steps/s: its evaluation lines say `ETA 58m20s` as its 10-s lines do, not
+    `ETA 3500s`."""
+    from search.finalize import echo_eval
+
+    printed = []
+
+    class Echo:
+        def progress(self, line):
+            printed.append(line)
+
+    metrics = {"steps_per_second": 20.0, "train_loss": 1.25, "valid_accuracy": 0.5}
+    echo_eval(Echo(), 1000, 71000, metrics)
+    echo_eval(Echo(), 1000, 1000 + 20 * 7500, metrics, member="member 2/3")
+    assert printed == ["step 1000/71000  loss 1.2500  valid acc 0.5000  20.0 steps/s  ETA 58m20s",
+                       "member 2/3 valid step 1000/151000  loss 1.2500  valid acc 0.5000  20.0 steps/s  ETA 2h05m"]
