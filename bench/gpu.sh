@@ -29,6 +29,13 @@ if [ -d .whl ] && [ ! -d /tmp/site/optuna ]; then
 fi
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 data=/tmp/hw04
+small=/tmp/hw04-12  # issue 12's set: 600 speakers x 12 utterances
+small_set() {
+  [ -f $small/metadata.json ] || python3 -c "
+from data.synth import synthesize
+if __name__ == '__main__':
+    synthesize('$small', speakers=600, utterances_per_speaker=12, length_scale=1.0, seed=0, workers=16)"
+}
 case $part in
   data)
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -51,11 +58,7 @@ if __name__ == '__main__':
   trials)
     python3 bench/bench.py --data $data --skip packing,sample,rates --trials-per-worker "${TRIALS_PER_WORKER:-6}" | tee "$out/trials.jsonl" ;;
   throughput)
-    small=/tmp/hw04-12
-    [ -f $small/metadata.json ] || python3 -c "
-from data.synth import synthesize
-if __name__ == '__main__':
-    synthesize('$small', speakers=600, utterances_per_speaker=12, length_scale=1.0, seed=0, workers=16)"
+    small_set
     python3 bench/bench.py --data $small --skip packing,sample,rates,${SKIP:-} --workers "${WORKERS:-1,2,4,8}" \
       --mps "${MPS_MODES:-off,on}" --gpus "${GPUS:-1}" --trials-per-worker "${TRIALS_PER_WORKER:-6}" \
       | tee "$out/throughput.jsonl"
@@ -72,11 +75,7 @@ if __name__ == '__main__':
     done ;;
   against)
     [ -n "${BASE:-}" ] && [ -f "$BASE/bench/bench.py" ] || { echo "against: BASE must name an earlier tree" >&2; exit 2; }
-    small=/tmp/hw04-12
-    [ -f $small/metadata.json ] || python3 -c "
-from data.synth import synthesize
-if __name__ == '__main__':
-    synthesize('$small', speakers=600, utterances_per_speaker=12, length_scale=1.0, seed=0, workers=16)"
+    small_set
     here=$PWD
     for side in "1 off" "${KS_ON:-4,8} on"; do
       set -- $side
