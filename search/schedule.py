@@ -16,7 +16,8 @@ With pruning off nothing reads the steps in between either, but a trial still ev
 a divergence caught at the next evaluation rather than at the end of the budget, and best-weights selection
 that has something to choose from.
 
-A pruner whose decision points are not known here (a median pruner acts at every report after its warm-up; a
+Our own pruners (search/pruners.py) say where they decide (``decision_steps``). A pruner whose decision points
+are not known here (a median pruner acts at every report after its warm-up; a
 wrapper such as bench/efficiency.py's deadline pruner) keeps the old grid: it gets the reports it was built on.
 
 Finalize's long runs keep a periodic evaluation (``periodic_every``): their collapse detection
@@ -74,6 +75,8 @@ def rung_steps(pruner: optuna.pruners.BasePruner | None, budget: int) -> list[in
     or NopPruner), None for one whose decision points are not known here."""
     if pruner is None or isinstance(pruner, optuna.pruners.NopPruner):
         return []
+    if hasattr(pruner, "decision_steps"):  # one of ours that says where it decides (search/pruners.py)
+        return [s for s in pruner.decision_steps(budget) if s <= budget]
     if isinstance(pruner, optuna.pruners.HyperbandPruner):
         first, factor = pruner._min_resource, pruner._reduction_factor
         top = budget if pruner._max_resource == "auto" else pruner._max_resource

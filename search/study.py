@@ -21,6 +21,7 @@ from search import schedule, space as search_space
 from search.errors import UserError
 from search.guard import held_signals, raise_pending
 from search.objective import Objective
+from search.pruners import SecondLookPruner
 from search.notes import with_notes
 from search.queries import best_or_none, counts
 from search.storage import check_study_name, default_url, open_storage, redact
@@ -113,15 +114,20 @@ def make_pruner(settings: StudySettings) -> optuna.pruners.BasePruner:
     any decision, three times the first bracket's 1/8) is a large share of the steps: there the factor is above
     budget / first rung (9 for budget/8), which leaves one bracket and one decision, at budget/8. The CPU warm
     start (search/space.py CPU_CONFIGS) is above chance by then (0.05-0.06 against 1/32 at step 62 of 500 on the
-    embedded data), so a trial goes on to its whole budget only when it learns at least as fast as the best trial
-    so far at that step (once 18 trials have reached it: the top ninth). The factor is not a stored setting: a cpu
-    study made before it is pruned this way from then on (its budget, stored, stays its own).
+    embedded data), so a trial goes on only when it learns at least as fast as the best trial so far at that step
+    (once 18 trials have reached it: the top ninth). Those scores are a few right answers apart, so the cpu profile
+    takes a second look at 3/8 of the budget (search/pruners.py ``SecondLookPruner``), with the same rule, before a
+    trial trains its whole budget. The factor and the second look are not stored settings: a cpu study made before
+    them is pruned this way from then on (its budget, stored, stays its own).
     """
     if not settings.pruning:
         return optuna.pruners.NopPruner()
-    reduction_factor = settings.budget // settings.eval_every + 1 if settings.profile == "cpu" else 3
-    return optuna.pruners.HyperbandPruner(min_resource=settings.eval_every, max_resource=settings.budget,
-                                          reduction_factor=reduction_factor)
+    cpu = settings.profile == "cpu"
+    reduction_factor = settings.budget // settings.eval_every + 1 if cpu else 3
+    hyperband = optuna.pruners.HyperbandPruner(min_resource=settings.eval_every, max_resource=settings.budget,
+                                               reduction_factor=reduction_factor)
+    second_look = 3 * settings.eval_every
+    return SecondLookPruner(hyperband, second_look) if cpu and second_look < settings.budget else hyperband
 
 
 def load_study(name: str, url: str | None, any_direction: bool = False) -> optuna.Study:

@@ -13,7 +13,7 @@ from search.study import StudySettings, make_pruner, open_study, run_trials
 from search.task import load_task
 
 
-def _pruner(budget: int, profile: str = "full") -> optuna.pruners.HyperbandPruner:
+def _pruner(budget: int, profile: str = "full") -> optuna.pruners.BasePruner:
     """The pruner of a new study of ``budget`` steps (full: a GPU study's; cpu: a CPU study's)."""
     return make_pruner(StudySettings(budget=budget, eval_every=schedule.min_resource(budget), data="embedded",
                                      seed=0, profile=profile))
@@ -68,10 +68,11 @@ def _report_until_pruned(trial: optuna.Trial, steps, quality: float, budget: int
 
 
 @pytest.mark.parametrize("budget", [400, 200, 64, 63, 18, 9, 8])
-def test_a_cpu_studys_trial_validates_once_before_its_end(budget):
-    """A CPU study's pruner decides once, at budget/8 (one bracket, whatever the rounding of budget/8): a trial
-    validates there and at the end."""
-    assert schedule.trial_steps(budget, _pruner(budget, "cpu")) == [schedule.min_resource(budget), budget]
+def test_a_cpu_studys_trial_validates_at_its_two_decisions_and_its_end(budget):
+    """A CPU study's pruner decides at budget/8 (one Hyperband bracket, whatever the rounding of budget/8) and takes
+    a second look at three times that (search/pruners.py): a trial validates there and at the end."""
+    first = schedule.min_resource(budget)
+    assert schedule.trial_steps(budget, _pruner(budget, "cpu")) == [first, 3 * first, budget]
 
 
 def test_a_cpu_study_stops_a_trial_at_its_first_rung_or_lets_it_finish():
@@ -96,6 +97,31 @@ def test_a_cpu_study_stops_a_trial_at_its_first_rung_or_lets_it_finish():
             assert stopped == first and quality < best_so_far
         best_so_far = max(best_so_far, quality)
     assert pruned and len(complete) > 1
+
+
+def test_a_cpu_study_stops_a_fast_starter_at_its_second_look():
+    """A trial that passes budget/8 on a quick start but is behind an earlier trial at 3/8 of the budget stops
+    there, instead of training its whole budget; one ahead at both trains on; one behind at budget/8 stops there."""
+    budget = 400
+    study = optuna.create_study(study_name="cpu-second-look", direction="maximize", pruner=_pruner(budget, "cpu"))
+    steps = schedule.trial_steps(budget, study.pruner)
+    assert steps == [50, 150, 400]
+
+    def run(curve: dict[int, float]) -> int | None:
+        """The step where the trial was stopped, or None if it trained its whole budget."""
+        trial = study.ask()
+        for step in steps:
+            trial.report(curve[step], step)
+            if trial.should_prune():
+                study.tell(trial, state=TrialState.PRUNED)
+                return step
+        study.tell(trial, curve[budget])
+        return None
+
+    assert run({50: 0.05, 150: 0.30, 400: 0.70}) is None  # the first trial: nothing to compare with
+    assert run({50: 0.08, 150: 0.20, 400: 0.50}) == 150  # ahead at 50, behind at 150
+    assert run({50: 0.09, 150: 0.35, 400: 0.75}) is None  # ahead at both
+    assert run({50: 0.02, 150: 0.40, 400: 0.80}) == 50  # behind at the first decision: Hyperband's
 
 
 def test_without_pruning_a_trial_validates_at_a_few_curve_points():
@@ -136,7 +162,7 @@ def test_a_studys_trials_report_exactly_at_the_schedule(tiny_dataset, workdir):
         study.enqueue_trial(KNOWN_CONFIGS["sample-code"])  # a small model: the test is about when it validates
         run_trials(study, settings, task, 1)
         expected = schedule.trial_steps(budget, study.pruner)
-        assert expected == ([3, 24] if pruning else [6, 12, 18, 24])  # a cpu study: one decision, at budget/8
+        assert expected == ([3, 9, 24] if pruning else [6, 12, 18, 24])  # a cpu study: budget/8, 3/8, the end
         (trial,) = study.trials
         assert trial.state == TrialState.COMPLETE
         assert sorted(trial.intermediate_values) == expected

@@ -171,6 +171,7 @@ def _brackets(url: str, name: str, budget: int) -> tuple:
     from search.study import make_pruner
 
     pruner = make_pruner(StudySettings.from_attrs(study.user_attrs))
+    pruner = getattr(pruner, "hyperband", pruner)  # a cpu study's second look wraps it (search/pruners.py)
     pruner._try_initialization(study)  # what its first prune() call does
     fake = [optuna.trial.FrozenTrial(number=n, state=TrialState.RUNNING, value=None, datetime_start=None,
                                      datetime_complete=None, params={}, distributions={}, user_attrs={},
