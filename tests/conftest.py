@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from data.synth import synthesize
-from tests.helpers import TINY
+from tests.helpers import POSTGRES, TINY, reachable
 
 
 @pytest.fixture(scope="session")
@@ -51,3 +51,12 @@ def workdir(tmp_path, monkeypatch) -> Path:
     folder.mkdir()
     monkeypatch.chdir(folder)
     return folder
+
+
+@pytest.fixture
+def postgres() -> str:
+    """The URL of the PostgreSQL server on 127.0.0.1 (CI has one); the test skips, saying why, without it."""
+    why = reachable(POSTGRES)
+    if why:
+        pytest.skip(why)
+    return POSTGRES

@@ -76,6 +76,18 @@ def reachable(url: str) -> str | None:
         return f"{url} not reachable ({type(err).__name__}: {str(err).strip().splitlines()[0][:120]})"
 
 
+def delete_study(url: str, study: str) -> None:
+    """Remove study ``study`` from the database at ``url`` (a test's own, on a shared server); none there: nothing."""
+    import optuna
+
+    from search.storage import open_storage
+
+    try:
+        optuna.delete_study(study_name=study, storage=open_storage(url, heartbeat_interval=None))
+    except KeyError:
+        pass
+
+
 def settings_for(data: Path, budget: int = 8, pruning: bool = True):
     """The settings ``search run --budget BUDGET --device cpu --seed 0`` gives a new study on ``data``."""
     from search.study import RequestedSettings

@@ -27,7 +27,7 @@ from search.storage import open_storage
 from search.study import StudySettings, run_trials
 from search.task import load_task
 from search.train import predict_proba
-from tests.helpers import POSTGRES, SAMPLE, invoke, kill_once_written, new_study, one_error_line, reachable
+from tests.helpers import SAMPLE, delete_study, invoke, kill_once_written, new_study, one_error_line
 
 REPO = Path(__file__).resolve().parents[1]
 SQLITE = "sqlite:///studies/t.db"
@@ -284,22 +284,16 @@ def test_finalize_top3_on_sqlite(tiny_dataset, workdir):
     assert line == "Error: --k goes with `search finalize top`, not 'best'"
 
 
-def test_finalize_top3_on_postgresql(tiny_dataset, workdir):
-    why = reachable(POSTGRES)
-    if why:
-        pytest.skip(why)
+def test_finalize_top3_on_postgresql(postgres, tiny_dataset, workdir):
     name = f"test-top-{uuid.uuid4().hex[:12]}"
     try:
-        study = make_study(tiny_dataset, POSTGRES, name, CONFIGS)
-        result = invoke("finalize", "top", "--k", "3", "--study", name, "--storage", POSTGRES, "--steps", "8",
+        study = make_study(tiny_dataset, postgres, name, CONFIGS)
+        result = invoke("finalize", "top", "--k", "3", "--study", name, "--storage", postgres, "--steps", "8",
                         "--device", "cpu", "--quiet")
         assert result.exit_code == 0, result.output
-        check_top3(study, tiny_dataset, workdir, result.output, POSTGRES)
+        check_top3(study, tiny_dataset, workdir, result.output, postgres)
     finally:
-        try:
-            optuna.delete_study(study_name=name, storage=open_storage(POSTGRES))
-        except KeyError:
-            pass
+        delete_study(postgres, name)
 
 
 def test_finalize_top_with_seeds(tiny_dataset, workdir):

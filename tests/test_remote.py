@@ -26,7 +26,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.helpers import POSTGRES, invoke, one_error_line, reachable
+from tests.helpers import POSTGRES, delete_study, invoke, one_error_line, reachable
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -103,23 +103,6 @@ def check_both_ran(url: str, study: str, outputs: list[str]) -> list[optuna.tria
     for out in outputs:
         assert "trial 1/1" in out, out
     return trials
-
-
-def delete_study(url: str, study: str) -> None:
-    from search.storage import open_storage
-
-    try:
-        optuna.delete_study(study_name=study, storage=open_storage(url, heartbeat_interval=None))
-    except KeyError:
-        pass
-
-
-@pytest.fixture
-def postgres() -> str:
-    why = reachable(POSTGRES)
-    if why:
-        pytest.skip(why)
-    return POSTGRES
 
 
 def test_the_slurm_array_script_runs_its_tasks_on_one_study(postgres, micro_dataset, workdir):

@@ -11,9 +11,8 @@ import uuid
 from pathlib import Path
 
 import optuna
-import pytest
 
-from tests.helpers import POSTGRES, invoke, one_error_line, reachable, study_dbs
+from tests.helpers import delete_study, invoke, one_error_line, study_dbs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,26 +55,23 @@ def test_a_bad_total_is_one_error_line_and_creates_nothing(micro_dataset, workdi
     assert study_dbs(workdir) == []
 
 
-def test_two_machines_on_postgresql_overshoot_the_total_by_at_most_one(micro_dataset, workdir, tmp_path):
+def test_two_machines_on_postgresql_overshoot_the_total_by_at_most_one(postgres, micro_dataset, workdir, tmp_path):
     """Runs on two machines share no lock file (search/workers.py ``study_lock_path``: a temp folder each, as two
     machines have): on one PostgreSQL study each may take the last trial at once, so the study holds the cap or one
     trial more (machines - 1), never each run's own share of it."""
     from search.storage import open_storage
     from search.workers import trial_count
 
-    why = reachable(POSTGRES)
-    if why:
-        pytest.skip(why)
     study = f"cap-{uuid.uuid4().hex[:10]}"
     temps = [tmp_path / f"machine{i}" for i in range(2)]
     for folder in temps:
         folder.mkdir()
-    processes = [search_run(workdir, micro_dataset, "--total-trials", "5", "--storage", POSTGRES, "--workers", "2",
+    processes = [search_run(workdir, micro_dataset, "--total-trials", "5", "--storage", postgres, "--workers", "2",
                             study=study, TMPDIR=str(folder)) for folder in temps]
     try:
         outputs = [p.communicate(timeout=540)[0] for p in processes]
         assert [p.returncode for p in processes] == [0, 0], outputs
-        loaded = optuna.load_study(study_name=study, storage=open_storage(POSTGRES, heartbeat_interval=None))
+        loaded = optuna.load_study(study_name=study, storage=open_storage(postgres, heartbeat_interval=None))
         count, running = trial_count(loaded)
         assert running == 0 and count in (5, 6), (count, outputs)
         ran = [sum(line.startswith("trial ") for line in out.splitlines()) for out in outputs]
@@ -84,7 +80,4 @@ def test_two_machines_on_postgresql_overshoot_the_total_by_at_most_one(micro_dat
         for p in processes:
             if p.poll() is None:
                 p.kill()
-        try:
-            optuna.delete_study(study_name=study, storage=open_storage(POSTGRES, heartbeat_interval=None))
-        except KeyError:
-            pass
+        delete_study(postgres, study)
