@@ -339,7 +339,8 @@ def echo_eval(echo, step: int, total: int, metrics: dict, member: str = "", phas
     ``valid``, or ``all-data`` without a validation score), and a line for a collapse the trainer rolled back
     (search/train.py CollapseGuard)."""
     rate = metrics["steps_per_second"]
-    eta = Progress.format_seconds((total - step) / rate if rate > 0 else 0)  # as the 10-s lines: 42s, 3m05s, 2h07m
+    # as the 10-s lines: 42s, 3m05s, 2h07m
+    eta = Progress.format_seconds(Progress.training_left({"step": step, "steps": total, "steps_per_second": rate}))
     score = (f"valid acc {metrics['valid_accuracy']:.4f}" if phase == "valid"
              else "(train + validation: no validation score)")
     echo.progress(f"{f'{member} {phase} ' if member else ''}step {step}/{total}  loss {metrics['train_loss']:.4f}  "
