@@ -184,6 +184,9 @@ def read_layout(root: str | Path) -> Layout:
     return Layout(root, n_mels, id2speaker, train, test)
 
 
+FLOAT16_MAX = float(torch.finfo(torch.float16).max)  # 65,504
+
+
 def load_features(root: Path, utt: Utterance, n_mels: int) -> torch.Tensor:
     """Load one utterance's (mel_len, n_mels) float32 tensor, refusing anything but a plain tensor.
 
@@ -215,6 +218,12 @@ def load_features(root: Path, utt: Utterance, n_mels: int) -> torch.Tensor:
         raise DataError(f"{path}: {value.shape[0]} frames, but the json says mel_len {utt.mel_len}")
     if not torch.isfinite(value).all():
         raise DataError(f"{path}: contains NaN or infinite values")
+    # The feature bank stores float16 (data/bank.py): a finite float32 beyond its range would turn into inf there
+    # and into a NaN loss mid-training. Log-mel features are tens at most, so such a value is a damaged file.
+    peak = value.abs().max().item() if value.numel() else 0.0
+    if peak > FLOAT16_MAX:
+        raise DataError(f"{path}: holds the value {peak:.6g}, beyond the feature bank's float16 range "
+                        f"(|x| <= {FLOAT16_MAX:g})")
     return value
 
 

@@ -89,12 +89,18 @@ def optuna_console_one_line(log_file: Path | None) -> Callable[[], None]:
 
     handler = logging.StreamHandler()  # the current sys.stderr (CliRunner's, under test)
     handler.setFormatter(_WithoutTraceback(str(log_file) if log_file else "no log file: it could not be written"))
+    optuna_logger = logging.getLogger("optuna")
+    before = list(optuna_logger.handlers)
     optuna.logging.disable_default_handler()
-    logging.getLogger("optuna").addHandler(handler)
+    optuna_logger.addHandler(handler)
 
     def undo() -> None:
-        logging.getLogger("optuna").removeHandler(handler)
-        optuna.logging.enable_default_handler()
+        # Put back exactly the handlers that were there, in their order: enable_default_handler() would append
+        # Optuna's handler after any added since (a caller's, pytest's), and would add it even where the caller
+        # had disabled it. Handlers others added meanwhile stay, after them.
+        optuna_logger.removeHandler(handler)
+        added = [h for h in optuna_logger.handlers if h not in before]
+        optuna_logger.handlers[:] = before + added
 
     return undo
 

@@ -90,6 +90,9 @@ BROKEN = {
                     "dtype float64, expected float32"),
     "NaN values": (lambda d: torch.save(torch.full((_first_len(d), 40), float("nan")), _first_train(d)),
                    "contains NaN or infinite values"),
+    # issue 24: a finite float32 beyond float16's range passed the check and became inf in the bank, then a NaN loss
+    "a value beyond float16": (lambda d: torch.save(torch.full((_first_len(d), 40), 1e6), _first_train(d)),
+                               "holds the value 1e+06, beyond the feature bank's float16 range (|x| <= 65504)"),
     "mel_len disagreement": (lambda d: torch.save(torch.zeros(_first_len(d) + 3, 40), _first_train(d)),
                              "but the json says mel_len"),
     "n_mels disagreeing with the tensors": (
@@ -191,6 +194,18 @@ def test_a_huge_mel_len_is_one_line_in_search_run_too(dataset_copy, workdir):
         line = one_error_line(invoke("run", "--trials", "1", "--data", str(dataset_copy), "--budget", "8",
                                      "--device", "cpu"))
         assert "mel_len" in line, line
+    assert not (workdir / "studies" / "hw04.db").exists()
+
+
+def test_a_value_beyond_float16_is_one_line_in_search_run_not_a_nan_loss(dataset_copy, workdir):
+    """Issue 24: 1e6 is a finite float32 that the float16 feature bank cannot hold (it became inf, then NaN)."""
+    features = torch.zeros(_first_len(dataset_copy), 40)
+    features[3, 7] = -1e6
+    torch.save(features, _first_train(dataset_copy))
+    result = invoke("run", "--trials", "1", "--data", str(dataset_copy), "--budget", "8", "--device", "cpu")
+    line = one_error_line(result)
+    assert f"{_first_train(dataset_copy)}: holds the value 1e+06, beyond the feature bank's float16 range" in line, line
+    assert "nan" not in result.output.lower()
     assert not (workdir / "studies" / "hw04.db").exists()
 
 

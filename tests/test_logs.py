@@ -124,10 +124,34 @@ def test_optunas_failed_trial_warning_is_one_console_line_and_its_traceback_is_i
 def test_optunas_logging_is_left_as_it_was_after_the_command(workdir):
     """A program that calls the library (bench/, a notebook) keeps Optuna's own console output after a command."""
     optuna_logger = logging.getLogger("optuna")
-    before = list(optuna_logger.handlers)
-    assert invoke("demo", "--warn").exit_code == 0
-    assert optuna_logger.handlers == before
-    assert logging.getLogger("search").handlers == []
+    # A handler of the caller's after Optuna's default one (issue 24: the command used to re-append the default
+    # handler at the end, so the order changed whenever anything, pytest's capture say, came after it).
+    import optuna
+
+    optuna.logging.enable_default_handler()
+    callers = logging.NullHandler()
+    optuna_logger.addHandler(callers)
+    try:
+        before = list(optuna_logger.handlers)
+        assert before.index(callers) > 0
+        assert invoke("demo", "--warn").exit_code == 0
+        assert optuna_logger.handlers == before
+        assert logging.getLogger("search").handlers == []
+    finally:
+        optuna_logger.removeHandler(callers)
+
+
+def test_a_default_handler_the_caller_disabled_stays_disabled(workdir):
+    import optuna
+
+    optuna_logger = logging.getLogger("optuna")
+    optuna.logging.disable_default_handler()
+    try:
+        before = list(optuna_logger.handlers)
+        assert invoke("demo", "--warn").exit_code == 0
+        assert optuna_logger.handlers == before
+    finally:
+        optuna.logging.enable_default_handler()
 
 
 def test_a_storage_password_never_reaches_the_log_file(workdir):
