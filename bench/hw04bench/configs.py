@@ -1,0 +1,103 @@
+"""The configurations a HW04-Bench table holds, in the order they are recorded.
+
+First the warm-start configurations of the profile (what a new study runs first: search/space.py), then points of
+a scrambled Sobol sequence mapped onto the space's parameters in their sampling order. A parameter whose condition
+does not hold (conformer settings in a Transformer) ignores its coordinate, so conditions hold by construction
+and every point is a point of the space (``space.contains``). Sobol rather than random: a prefix of 2^k points
+covers every parameter's range evenly, so a table stopped early by device time is still spread over the space.
+
+A share of the configurations is recorded a second time with another training seed (``repeat`` 1), for the seed
+noise the replay draws from: every ``SECOND_SEED_EVERY``-th Sobol point, right after its first run, so that a
+table cut short holds pairs in proportion.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from search import space as search_space
+
+SECOND_SEED_EVERY = 8  # 50 pairs in a 400-point table
+
+
+@dataclass(frozen=True)
+class Run:
+    config: str  # "warm:<name>" or "sobol:<index>"
+    repeat: int  # 0: the first training seed; 1: the second
+    params: dict
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.config, self.repeat
+
+
+def _value(p: search_space.Param, u: float):
+    """The parameter value at quantile ``u`` in [0, 1) of its range (log-uniform where the space says log)."""
+    u = min(max(u, 0.0), math.nextafter(1.0, 0.0))
+    if p.kind == "categorical":
+        return list(p.choices)[int(u * len(p.choices))]
+    if p.kind == "int":
+        step = p.step or 1
+        count = (int(p.high) - int(p.low)) // step + 1
+        return int(p.low) + step * int(u * count)
+    if p.log:
+        return math.exp(math.log(p.low) + u * (math.log(p.high) - math.log(p.low)))
+    return p.low + u * (p.high - p.low)
+
+
+def point(space: list[search_space.Param], unit: list[float]) -> dict:
+    """The configuration at ``unit`` (one coordinate per parameter of ``space``, in order)."""
+    params: dict = {}
+    for p, u in zip(space, unit):
+        if p.applies(params):
+            params[p.name] = _value(p, float(u))
+    return params
+
+
+def sobol_points(space: list[search_space.Param], n: int, seed: int) -> list[dict]:
+    """The first ``n`` points of a scrambled Sobol sequence (scipy) over ``space``, fixed by ``seed``."""
+    from scipy.stats import qmc
+
+    m = max(1, math.ceil(math.log2(max(n, 2))))
+    unit = qmc.Sobol(d=len(space), scramble=True, seed=seed).random_base2(m)[:n]
+    return [point(space, row) for row in unit]
+
+
+def plan(profile: str, n_sobol: int, seed: int = 0, second_seed_every: int = SECOND_SEED_EVERY) -> list[Run]:
+    """Every run of a table of ``profile``: the warm starts, then ``n_sobol`` Sobol points (each
+    ``second_seed_every``-th followed by its second-seed run)."""
+    space = search_space.build_space(profile)
+    runs = [Run(f"warm:{name}", 0, dict(params)) for name, params in search_space.warm_start_configs(space).items()]
+    for i, params in enumerate(sobol_points(space, n_sobol, seed)):
+        assert search_space.contains(space, params), params
+        runs.append(Run(f"sobol:{i}", 0, params))
+        if second_seed_every and i % second_seed_every == 0:
+            runs.append(Run(f"sobol:{i}", 1, params))
+    return runs
+
+
+def save_plan(runs: list[Run], path) -> None:
+    import json
+
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump([{"config": r.config, "repeat": r.repeat, "params": r.params} for r in runs], f)
+
+
+def load_plan(path) -> list[Run]:
+    import json
+
+    with open(path, encoding="utf-8") as f:
+        return [Run(r["config"], r["repeat"], r["params"]) for r in json.load(f)]
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="write a table's planned runs as JSON (for a machine without scipy)")
+    parser.add_argument("--profile", choices=search_space.PROFILES, default="full")
+    parser.add_argument("--configs", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    save_plan(plan(args.profile, args.configs, args.seed), args.out)

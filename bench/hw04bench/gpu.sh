@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# One device call of HW04-Bench recording (an H100/H200 without a package index; see bench/gpu.sh for the wheels).
+# Usage: bench/hw04bench/gpu.sh CALL SECONDS
+#   CALL     a name for this call's files: $OUT/gpu-CALL.jsonl and $OUT/cpu-CALL.jsonl
+#   SECONDS  the call's time limit; each recorder stops handing out runs early enough for its runs in flight
+# Runs already recorded are skipped: the tables of earlier calls are read from .gpuwork/*.jsonl (copied back from
+# $OUT and carried), and from bench/results/hw04bench-*.jsonl.gz. The plans come from .gpuwork/plan-*.json.
+# Two recorders run side by side: the GPU table (full space, 2,000 steps, HW04-scale synthetic set,
+# GPU_WORKERS workers under MPS) and the CPU table (cpu profile, 500 steps, embedded data, CPU_WORKERS workers of
+# one thread each on the host's spare cores).
+set -euo pipefail
+call=$1 limit=$2
+start=$(date +%s)
+out=${OUT:-/tmp/out}; mkdir -p "$out"
+if [ ! -d /tmp/site/optuna ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+fi
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HW04BENCH_COMMIT=${HW04BENCH_COMMIT:-unknown}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$out/card-$call.txt"
+done_files() { ls .gpuwork/$1-*.jsonl bench/results/hw04bench-$1*.jsonl.gz 2>/dev/null || true; }
+left() { echo $(( limit - ($(date +%s) - start) )); }
+
+# The CPU table needs only the embedded data: it starts at once.
+python3 -m bench.hw04bench.record --profile cpu --device cpu --workers "${CPU_WORKERS:-6}" --threads 1 \
+  --plan .gpuwork/plan-cpu.json --done $(done_files cpu) --out "$out/cpu-$call.jsonl" \
+  --deadline $(( $(left) - ${CPU_MARGIN:-150} )) > "$out/cpu-$call.log" 2>&1 &
+cpu_pid=$!
+
+if [ ! -f /tmp/hw04/metadata.json ]; then
+  python3 -c "
+from data.synth import synthesize
+if __name__ == '__main__':
+    synthesize('/tmp/hw04', speakers=600, utterances_per_speaker=94, length_scale=1.0, seed=0, workers=12)"
+  echo "data ready after $(( $(date +%s) - start )) s"
+fi
+python3 -m bench.hw04bench.record --profile full --data /tmp/hw04 --workers "${GPU_WORKERS:-8}" \
+  --plan .gpuwork/plan-full.json --done $(done_files gpu) --out "$out/gpu-$call.jsonl" \
+  --deadline $(( $(left) - ${GPU_MARGIN:-170} )) 2>&1 | tee "$out/gpu-$call.log" | grep -v '^ ' || true
+wait $cpu_pid || true
+tail -n 3 "$out/cpu-$call.log"
+echo "call $call done after $(( $(date +%s) - start )) s"

@@ -1,0 +1,231 @@
+"""Record a HW04-Bench table: train each planned configuration unpruned with the search's own code, one JSON line
+per run, appended as each run ends.
+
+    python -m bench.hw04bench.record --profile full --data /tmp/hw04 --configs 512 --workers 8 \
+        --out bench/results/hw04bench-gpu.jsonl --deadline 480
+
+A run trains exactly as a search trial of that study would (search/space.py ``build_configs``: the same
+warm-up, schedule, precision, CUDA graph, clipping, full-length validation), for the study's budget, but never
+pruned and validated every ``budget/16`` steps as well as at the default pruner's rungs, so that a replay can put
+any pruner's decisions at any of those steps. Workers share the GPU under MPS, as ``search run --workers-per-gpu``
+does; the card, the number of workers and the MPS status are in the session line, since they set the costs.
+
+A run line holds:
+- ``config`` ("warm:<name>" or "sobol:<i>"), ``repeat`` (0, or 1 for the second training seed), ``seed``, ``params``
+- ``curve``: one ``[step, valid_accuracy, train_loss, train_seconds, eval_seconds]`` per validation, the seconds
+  cumulative from the run's start (training steps, graph capture included; validation apart)
+- ``parameters``, ``steps_per_second`` (training only), ``wall_seconds`` (model build to the end),
+  ``peak_memory_mib`` (CUDA), ``card``, ``worker``, and ``failed``: null, or why (a NaN loss at step N, out of
+  memory); a failed run keeps its curve up to the failure.
+
+Resumable: runs already in ``--out`` (or in the tables given by ``--done``) are skipped, so a recorder stopped by
+a device call's time limit goes on where it stopped. ``--deadline`` stops handing out runs that many seconds
+after the start (the runs in flight finish), so that a call ends inside its limit with nothing half-done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import queue
+import socket
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+SESSION_FIELDS = ("profile", "budget", "data", "workers", "seed")
+
+
+def eval_steps(budget: int, profile: str) -> list[int]:
+    """Every budget/16 steps, the default pruner's rungs and the end: at least every 125 steps of a 2,000-step
+    trial, and every step where a pruner we compare (rungs at budget/8 times powers of 2, 3 or 4) decides,
+    to within budget/16."""
+    from search import schedule
+    from search.study import StudySettings, make_pruner
+
+    settings = StudySettings(budget=budget, eval_every=schedule.min_resource(budget), data="embedded", seed=0,
+                             profile=profile)
+    grid = range(max(1, budget // 16), budget + 1, max(1, budget // 16))
+    return sorted({*grid, *schedule.trial_steps(budget, make_pruner(settings)), budget})
+
+
+def train_seed(config: str, repeat: int) -> int:
+    """The run's training seed: fixed by its configuration and repeat, on any machine and in any order."""
+    return zlib.crc32(f"{config}/{repeat}".encode())
+
+
+def run_one(task, job: dict, budget: int, steps: list[int]) -> dict:
+    """Train one planned run; its line (see the module docstring)."""
+    import torch
+
+    from model import build_model, count_parameters
+    from search import space as search_space
+    from search.errors import TrainingDiverged
+    from search.train import train
+
+    device = task.device
+    model_cfg, train_cfg = search_space.build_configs(
+        job["params"], task.bank.n_mels, task.bank.n_speakers, budget, job["seed"], eval_steps=steps)
+    with torch.device("meta"):
+        parameters = count_parameters(build_model(model_cfg))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    curve: list[list] = []
+
+    def on_eval(step: int, metrics: dict) -> None:
+        train_seconds = step / metrics["steps_per_second"]
+        curve.append([step, round(metrics["valid_accuracy"], 5), round(metrics["train_loss"], 5),
+                      round(train_seconds, 3), round(metrics["elapsed"] - train_seconds, 3)])
+
+    started, failed = time.perf_counter(), None
+    try:
+        train(model_cfg, train_cfg, task, on_eval=on_eval)
+    except TrainingDiverged as err:
+        failed = str(err)
+    except torch.OutOfMemoryError:
+        failed = "out of GPU memory"
+        torch.cuda.empty_cache()
+    except Exception as err:  # noqa: BLE001 - recorded: a configuration the table cannot train is a fact too
+        failed = f"{type(err).__name__}: {err}"[:300]
+    wall = time.perf_counter() - started
+    last = curve[-1] if curve else None
+    return {
+        "kind": "run", **job, "curve": curve, "parameters": parameters,
+        "steps_per_second": round(last[0] / last[3], 2) if last and last[3] > 0 else None,
+        "wall_seconds": round(wall, 2),
+        "peak_memory_mib": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None,
+        "card": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "failed": failed,
+    }
+
+
+def worker_main(index: int, device: str, data: str | None, seed: int, budget: int, steps: list[int],
+                threads: int, jobs, results) -> None:
+    import torch
+
+    from search.task import load_task, use_device
+
+    torch.set_num_threads(threads)
+    task = load_task(data, seed, use_device(device))
+    results.put({"kind": "ready", "worker": index})
+    while (job := jobs.get()) is not None:
+        line = run_one(task, job, budget, steps)
+        line["worker"] = index
+        results.put(line)
+
+
+def _commit() -> str:
+    if os.environ.get("HW04BENCH_COMMIT"):
+        return os.environ["HW04BENCH_COMMIT"]
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.hw04bench.record", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", choices=("full", "cpu"), default="full", help="the search space's profile")
+    parser.add_argument("--budget", type=int, help="training steps of a run (default: the profile's trial budget)")
+    parser.add_argument("--data", help="an HW04 data folder (default: the embedded synthetic dataset)")
+    parser.add_argument("--configs", type=int, default=512, help="Sobol points planned after the warm starts")
+    parser.add_argument("--seed", type=int, default=0, help="the Sobol scramble and the train/valid split")
+    parser.add_argument("--out", required=True, type=Path, help="the .jsonl file runs are appended to")
+    parser.add_argument("--plan", type=Path, help="the planned runs as JSON (python -m bench.hw04bench.configs), "
+                        "for a machine without scipy; default: planned here")
+    parser.add_argument("--done", type=Path, nargs="*", default=[], help="tables whose runs are skipped")
+    parser.add_argument("--workers", type=int, default=1, help="processes (on one GPU: under MPS)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--threads", type=int, help="CPU threads a worker (default: cores / workers)")
+    parser.add_argument("--deadline", type=float, default=float("inf"), help="seconds after which no run starts")
+    parser.add_argument("--limit", type=int, help="at most this many runs in this call")
+    parser.add_argument("--no-mps", action="store_true", help="workers share the GPU without MPS")
+    args = parser.parse_args(argv)
+
+    import multiprocessing
+
+    import torch
+
+    from bench.hw04bench import configs, table
+    from search.mps import gpu_sharing
+    from search.study import CPU_BUDGET, GPU_BUDGET
+
+    started = time.monotonic()
+    budget = args.budget or (GPU_BUDGET if args.profile == "full" else CPU_BUDGET)
+    steps = eval_steps(budget, args.profile)
+    done = table.load(args.out, *args.done).done()
+    planned = configs.load_plan(args.plan) if args.plan else configs.plan(args.profile, args.configs, args.seed)
+    todo = [r for r in planned if r.key not in done][:args.limit]
+    print(f"{len(done)} runs recorded, {len(todo)} to go", flush=True)
+    if not todo:
+        return 0
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
+    device = "cpu" if device == "auto" else device
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
+    session_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + f"-{os.getpid()}"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    from search.task import prepare_bank
+
+    prepare_bank(args.data)  # generated (embedded) and packed once here, not raced by the workers
+    with gpu_sharing([device] * args.workers if device.startswith("cuda") else [], enabled=not args.no_mps) as mps, \
+            open(args.out, "a", encoding="utf-8") as out:
+        session = {"kind": "session", "session": session_id, "command": " ".join(sys.argv),
+                   "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "commit": _commit(),
+                   "host": socket.gethostname(), "profile": args.profile, "budget": budget, "eval_steps": steps,
+                   "data": args.data or "embedded", "seed": args.seed, "device": device, "workers": args.workers,
+                   "threads": threads, "mps": mps or "off (one worker)", "torch": torch.__version__}
+        out.write(json.dumps(session) + "\n")
+        out.flush()
+        context = multiprocessing.get_context("spawn")
+        jobs, results = context.Queue(), context.Queue()
+        workers = [context.Process(target=worker_main, daemon=True, args=(
+            i, device, args.data, args.seed, budget, steps, threads, jobs, results)) for i in range(args.workers)]
+        for w in workers:
+            w.start()
+        pending = list(todo)
+        in_flight, written = 0, 0
+
+        def hand_out() -> None:
+            nonlocal in_flight
+            if pending and time.monotonic() - started < args.deadline:
+                run = pending.pop(0)
+                jobs.put({"config": run.config, "repeat": run.repeat, "seed": train_seed(run.config, run.repeat),
+                          "params": run.params, "session": session_id})
+                in_flight += 1
+            else:
+                jobs.put(None)  # this worker stops
+
+        for _ in workers:
+            hand_out()
+        while in_flight:
+            try:
+                line = results.get(timeout=10)
+            except queue.Empty:
+                if not any(w.is_alive() for w in workers):
+                    print("every worker ended with runs in flight", file=sys.stderr)
+                    return 1
+                continue
+            if line["kind"] == "ready":
+                continue
+            in_flight -= 1
+            out.write(json.dumps(line) + "\n")
+            out.flush()
+            written += 1
+            last = line["curve"][-1] if line["curve"] else [0, float("nan")]
+            print(f"{written}/{len(todo)} {line['config']}#{line['repeat']}: acc {last[1]:.4f} at step {last[0]}, "
+                  f"{line['wall_seconds']:.1f} s{', failed: ' + line['failed'] if line['failed'] else ''} "
+                  f"[{time.monotonic() - started:.0f} s]", flush=True)
+            hand_out()
+        for w in workers:
+            w.join(timeout=30)
+    print(f"recorded {written} runs in {time.monotonic() - started:.0f} s; {len(pending)} planned runs left",
+          flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
