@@ -17,7 +17,7 @@ from search.attrs import resolved_configs
 from search.errors import UserError
 from search.files import STUDIES
 from search.queries import best_or_none, counts, pick_trial
-from search.storage import open_storage, redact
+from search.storage import open_storage, redact_url
 
 STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)
 
@@ -41,7 +41,7 @@ def study_rows(url: str) -> list[dict]:
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         by_state, best = counts(study), best_or_none(study)
-        row = {"storage": redact(url), "study": summary.study_name, "trials": sum(by_state.values()),
+        row = {"storage": redact_url(url), "study": summary.study_name, "trials": sum(by_state.values()),
                **{s.name.lower(): by_state[s.name.lower()] for s in STATES},
                "best_value": best.value if best else None, "best_trial": best.number if best else None}
         rows.append(row)

@@ -118,7 +118,7 @@ def option_text(url: str) -> str:
     ``$SEARCH_STORAGE``, saying so (a user who set it long ago and gave no --storage sees why)."""
     text = os.environ.get(STORAGE_ENV, "").strip()
     from_env = bool(text) and (text == url or (is_journal(text) and _resolved_or_none(text) == url))
-    return f"--storage {redact(url)}" + (f" (from {STORAGE_ENV})" if from_env else "")
+    return f"--storage {redact_url(url)}" + (f" (from {STORAGE_ENV})" if from_env else "")
 
 
 def _resolved_or_none(url: str) -> str | None:
@@ -150,7 +150,11 @@ def journal_path(url: str) -> Path:
 
 def resolve_url(url: str) -> str:
     """``url`` as commands use and print it: a journal path made absolute (``journal:///abs/path.log``),
-    so that every process, and the printed resume command, name the same file; other URLs as given."""
+    so that every process, and the printed resume command, name the same file; other URLs as given.
+
+    Every storage URL given to a command passes here first (``--storage``, ``$SEARCH_STORAGE``): its password
+    is registered now (``redact_url``), so that no message or log line shows it, in whatever form."""
+    redact_url(url)
     if is_journal(url):
         return "journal://" + journal_path(url).as_posix()
     return url
@@ -176,57 +180,104 @@ def grpc_address(url: str) -> tuple[str, int]:
 
 # Query-string keys that carry a password (libpq's ``password``, ``sslpassword``; others' ``passwd``, ``pwd``).
 _SECRET_KEYS = re.compile(r"(?i)^(password|passwd|pwd|sslpassword|pass|secret|token|api_key)$")
+# A URL inside free text (a driver's message, a traceback). It stops at quotes and whitespace, so it cannot
+# see where a password holding them ends: such a password is hidden by ``scrub`` (it was registered when its
+# storage URL was first seen, by ``redact_url``), not found by this.
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>]*")
+# The password as typed in a URL, read as SQLAlchemy's make_url reads it: the user name has no ':' or '/',
+# the password runs to the first '@'.
+_TYPED_PASSWORD = re.compile(r"^[\w+.\-]+://[^:/]*:([^@]*)@", re.DOTALL)
 _SECRETS: set[str] = set()  # every password seen in a URL by this process: scrubbed from any message
+# Shorter passwords are hidden where a URL is parsed, but not replaced in free text: replacing every "pw"
+# would mangle every message. (Four characters is also where ``scrub`` is sure to end: "***" is shorter.)
+SCRUB_MIN = 4
+_HIDDEN = "***"
 
 
 def _remember(secret: str | None) -> None:
-    if secret:
-        from urllib.parse import quote, unquote
+    """Register ``secret`` and every form in which it may be printed: as typed, URL-decoded, URL-encoded
+    (fully, as a form, as SQLAlchemy renders it), and escaped by ``repr`` and JSON (a traceback, a log)."""
+    if not secret:
+        return
+    import json
+    from urllib.parse import quote, quote_plus, unquote
 
-        _SECRETS.update({secret, unquote(secret), quote(secret, safe="")} - {""})
+    forms = set()
+    for text in {secret, unquote(secret)}:
+        forms |= {text, quote(text, safe=""), quote(text, safe=" +"), quote_plus(text), repr(text)[1:-1],
+                  json.dumps(text)[1:-1], json.dumps(text, ensure_ascii=False)[1:-1]}
+    _SECRETS.update(f for f in forms if len(f) >= SCRUB_MIN)
 
 
-def _redact_url(url: str) -> str:
-    """One URL with its password hidden: the user-info password, and password-like query parameters.
+def redact_url(url: str) -> str:
+    """A storage URL as messages and logs show it: its password (the user-info's, and password-like query
+    parameters) replaced by ``***``, and registered (``_remember``) so that no later message shows it in any
+    form. A URL without a password comes back exactly as given.
 
-    The user-info part ends at the *last* ``@`` before the query, so a password with an unescaped ``@``
-    (which SQLAlchemy's ``make_url`` reads as part of the host) is hidden whole.
+    The URL is parsed as SQLAlchemy parses it (``make_url``), so quotes, spaces, '<', '>', '?' or '&' in a
+    password are part of it. A password with an unescaped ``@`` (which make_url reads as part of the host)
+    is hidden whole, up to the last ``@`` of the host. A URL make_url cannot parse (a port that is not a
+    number) is cut by hand: the user-info ends at the last ``@``.
     """
+    url = str(url)
+    typed = _TYPED_PASSWORD.match(url)
+    if typed:
+        _remember(typed.group(1))
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+        parsed.port  # noqa: B018 - an unparsable port raises here, not in make_url
+    except (sqlalchemy.exc.ArgumentError, ValueError, TypeError):
+        return scrub(_redact_unparsed(url))
+    if parsed.host and "@" in parsed.host:  # a password with an unescaped '@': all of it up to the host
+        hidden, _, host = parsed.host.rpartition("@")
+        _remember(f"{parsed.password or ''}@{hidden}")
+        parsed = parsed.set(host=host, password=parsed.password or _HIDDEN)
+    _remember(parsed.password)
+    secret_keys = [key for key in parsed.query if _SECRET_KEYS.match(key)]
+    for key in secret_keys:
+        values = parsed.query[key]
+        for value in (values,) if isinstance(values, str) else values:
+            _remember(value)
+    if not parsed.password and not secret_keys and not (typed and typed.group(1)):
+        return scrub(url)
+    if secret_keys:
+        parsed = parsed.update_query_dict({key: _HIDDEN for key in secret_keys})
+    return scrub(parsed.render_as_string(hide_password=True).replace("%2A%2A%2A", _HIDDEN))
+
+
+def _redact_unparsed(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url
-    head, qmark, query = rest.partition("?")
-    at = head.rfind("@")
-    if at >= 0:
-        userinfo, host = head[:at], head[at + 1:]
-        user, colon, password = userinfo.partition(":")
-        if colon:
-            _remember(password)
-            head = f"{user}:***@{host}"
-    if qmark:
-        parts = []
-        for item in query.split("&"):
-            key, eq, value = item.partition("=")
-            if eq and _SECRET_KEYS.match(key):
-                _remember(value)
-                item = f"{key}=***"
-            parts.append(item)
-        query = "&".join(parts)
-    return f"{scheme}://{head}{qmark}{query}"
+    at = rest.rfind("@")
+    user, colon, password = rest[:max(at, 0)].partition(":")
+    if at < 0 or not colon or "/" in user:
+        return url
+    _remember(password)
+    return f"{scheme}://{user}:{_HIDDEN}@{rest[at + 1:]}"
 
 
 def redact(text: str) -> str:
-    """``text`` (a URL, or a message holding URLs) with every password hidden, for messages and logs;
-    passwords seen earlier in this process (e.g. echoed back by a database driver) are hidden too."""
-    text = _URL_IN_TEXT.sub(lambda m: _redact_url(m.group(0)), str(text))
+    """``text`` (a message that may hold URLs) with every password hidden, for messages and logs: URLs found
+    in it through ``redact_url``, and every password registered earlier in this process (``scrub``), in any
+    form, wherever it appears (a driver echoing it, a password with quotes or spaces the URL finder cannot
+    delimit). For a storage URL itself, ``redact_url``."""
+    text = _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), str(text))
     return scrub(text)
 
 
 def scrub(text: str) -> str:
-    """``text`` with every password this process has seen in a storage URL replaced by ``***``."""
-    for secret in sorted(_SECRETS, key=len, reverse=True):
-        text = text.replace(secret, "***")
+    """``text`` with every password this process has seen in a storage URL replaced by ``***``.
+
+    Replaced until none is left: a ``***`` put in can complete another password ("*@12" in ":***@127"); it
+    ends, since every registered form is longer than ``***``."""
+    secrets = sorted(_SECRETS, key=len, reverse=True)
+    for _ in range(100):
+        found = [s for s in secrets if s in text]
+        if not found:
+            break
+        for secret in found:
+            text = text.replace(secret, _HIDDEN)
     return text
 
 
@@ -288,7 +339,7 @@ def _missing_driver(url: str, parsed: sqlalchemy.engine.URL | None) -> UserError
 
 def check_url(url: str) -> None:
     """Refuse a malformed URL before any work is done (reachability is checked when it is opened)."""
-    redact(url)  # remembers the password, so that no later message shows it
+    redact_url(url)  # remembers the password, so that no later message shows it
     if is_journal(url):
         journal_path(url)
         return

@@ -24,7 +24,7 @@ from search.objective import Objective
 from search.pruners import SecondLookPruner
 from search.notes import with_notes
 from search.queries import best_or_none, counts
-from search.storage import check_study_name, default_url, open_storage, redact
+from search.storage import check_study_name, default_url, open_storage, redact_url
 from search.task import Task
 
 # The smallest budget (search/schedule.py GRID): a trial's first rung is budget/8 steps. Where a trial validates:
@@ -149,7 +149,7 @@ def load_study(name: str, url: str | None, any_direction: bool = False) -> optun
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
         known = f"; studies there: {', '.join(names)}" if names else "; it holds no study"
-        raise UserError(f"--study {name}: no such study in {redact(url)}{known}") from None
+        raise UserError(f"--study {name}: no such study in {redact_url(url)}{known}") from None
     if not any_direction and study.get_trials(deepcopy=False):
         _check_direction(study, url)
     return study
@@ -175,14 +175,14 @@ def _check_writable_sqlite(url: str) -> None:
     path = _sqlite_file(url)
     what = read_only_part(path) if path is not None and path.exists() else None
     if what is not None:
-        raise UserError(f"--storage {redact(url)}: {what} is read-only; a search writes its trials there "
+        raise UserError(f"--storage {redact_url(url)}: {what} is read-only; a search writes its trials there "
                         "(make it writable, or use another --study or --storage)")
 
 
 def _check_direction(study: optuna.Study, url: str) -> None:
     directions = [d.name.lower() for d in study.directions]
     if directions != ["maximize"]:
-        raise UserError(f"--study {study.study_name}: the study in {redact(url)} has direction "
+        raise UserError(f"--study {study.study_name}: the study in {redact_url(url)} has direction "
                         f"{', '.join(directions)}; a search study maximizes validation accuracy (this one was "
                         "not created by `search run`: use another --study)")
 
@@ -298,7 +298,7 @@ def _wait_for_settings(study: optuna.Study, name: str, url: str) -> StudySetting
             return settings
         trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
         if any(t.state != TrialState.WAITING for t in trials):
-            raise UserError(f"--study {name}: the study in {redact(url)} was not created by `search run` (its trials "
+            raise UserError(f"--study {name}: the study in {redact_url(url)} was not created by `search run` (its trials "
                             "ran without search settings: budget, data, seed, space); use another --study")
         if trials or time.monotonic() > deadline:
             return None
