@@ -236,10 +236,29 @@ def trials_csv(rows: list[dict]) -> str:
 
 # --- the read-only commands, each one call from the CLI: the text it prints ------------------------------
 
+def json_text(value) -> str:
+    """``value`` as JSON that any parser reads: a value that is not finite (a diverged trial's NaN training
+    loss, an infinite intermediate value) is written as ``null``, since JSON has no NaN or Infinity (Python's
+    ``json.dumps`` writes the bare words, which JavaScript's ``JSON.parse``, ``jq`` and most parsers refuse).
+    Objects JSON has no type for (a datetime) as their text."""
+    import math
+
+    def finite(v):
+        if isinstance(v, float):
+            return v if math.isfinite(v) else None
+        if isinstance(v, dict):
+            return {k: finite(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [finite(x) for x in v]
+        return v
+
+    return json.dumps(finite(value), indent=2, default=str, allow_nan=False)
+
+
 def studies_text(storage: str | None, as_json: bool = False) -> str:
     """``search studies``: the studies of ``storage`` (None: every ``studies/*.db``), a table or JSON."""
     rows = [row for url in ([storage] if storage else default_storages()) for row in study_rows(url)]
-    return json.dumps(rows, indent=2) if as_json else "\n".join(studies_lines(rows))
+    return json_text(rows) if as_json else "\n".join(studies_lines(rows))
 
 
 def show_text(study_name: str, storage: str | None, number: int | None, as_json: bool = False) -> str:
@@ -248,7 +267,7 @@ def show_text(study_name: str, storage: str | None, number: int | None, as_json:
 
     study = load_study(study_name, storage)
     trial = pick_any_trial(study, number)
-    return json.dumps(trial_json(trial), indent=2, default=str) if as_json else "\n".join(trial_lines(study, trial))
+    return json_text(trial_json(trial)) if as_json else "\n".join(trial_lines(study, trial))
 
 
 def trials_text(study_name: str, storage: str | None, sort: str = "number", states: tuple[str, ...] = (),
@@ -262,7 +281,7 @@ def trials_text(study_name: str, storage: str | None, sort: str = "number", stat
     study = load_study(study_name, storage, any_direction=True)
     rows = trial_rows(study, sort.lower(), states)
     if as_json:
-        return json.dumps(rows, indent=2)
+        return json_text(rows)
     return trials_csv(rows).rstrip("\n") if as_csv else "\n".join(trials_lines(rows, study_name, states))
 
 
