@@ -184,11 +184,14 @@ def _summary(study, url: str, request: RunRequest) -> list[str]:
         note = reference_note(study, best)
         lines = [f"best trial #{best.number}: valid accuracy {best.value:.4f}" + (f" ({note})" if note else ""),
                  "  " + json.dumps(best.params)]
-    flags = f" --study {study.study_name}" + (f" --storage '{redact_url(url)}'" if request.storage else "")
+    # Shell words, quoted as the resume line is (shlex): a study name or data path with a space, a quote or a
+    # ';' is pasted back as one word, never run as a second command.
+    words = ["--study", study.study_name] + (["--storage", redact_url(url)] if request.storage else [])
+    flags = " " + shlex.join(words)
     data = request.settings.data
     return lines + [f"study stored in {redact_url(url)}",
                     f"next: search dashboard{flags}    |    search finalize best{flags}"
-                    + (f" --data {data}" if data else "")]
+                    + (f" --data {shlex.quote(str(data))}" if data else "")]
 
 
 def _stopped(request: RunRequest, url: str, interrupt: KeyboardInterrupt, progress: Progress, state: dict,
