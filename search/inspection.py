@@ -14,7 +14,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.attrs import resolved_configs
-from search.errors import UserError
+from search.errors import NoStudyStorage, UserError
 from search.files import STUDIES
 from search.queries import best_or_none, counts, pick_trial
 from search.storage import open_storage, redact_url
@@ -36,7 +36,7 @@ def study_rows(url: str) -> list[dict]:
         database = sqlalchemy.engine.make_url(url).database
         if database and database != ":memory:" and not Path(database).exists():
             raise UserError(f"--storage {url}: no such file {database}")
-    storage = open_storage(url, heartbeat_interval=None)
+    storage = open_storage(url, read_only=True)
     rows = []
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
@@ -46,6 +46,13 @@ def study_rows(url: str) -> list[dict]:
                "best_value": best.value if best else None, "best_trial": best.number if best else None}
         rows.append(row)
     return rows
+
+
+def _rows_or_none(url: str) -> list[dict]:
+    try:
+        return study_rows(url)
+    except NoStudyStorage:
+        return []
 
 
 def studies_lines(rows: list[dict]) -> list[str]:
@@ -257,7 +264,10 @@ def json_text(value) -> str:
 
 def studies_text(storage: str | None, as_json: bool = False) -> str:
     """``search studies``: the studies of ``storage`` (None: every ``studies/*.db``), a table or JSON."""
-    rows = [row for url in ([storage] if storage else default_storages()) for row in study_rows(url)]
+    if storage:
+        rows = study_rows(storage)
+    else:  # every studies/*.db: a file there that holds no study (not made by `search run`) is none of them
+        rows = [row for url in default_storages() for row in _rows_or_none(url)]
     return json_text(rows) if as_json else "\n".join(studies_lines(rows))
 
 
@@ -265,7 +275,7 @@ def show_text(study_name: str, storage: str | None, number: int | None, as_json:
     """``search show``: trial ``number`` (None: the best complete one) in full, as text or JSON."""
     from search.study import load_study
 
-    study = load_study(study_name, storage)
+    study = load_study(study_name, storage, read_only=True)
     trial = pick_any_trial(study, number)
     return json_text(trial_json(trial)) if as_json else "\n".join(trial_lines(study, trial))
 
@@ -278,7 +288,7 @@ def trials_text(study_name: str, storage: str | None, sort: str = "number", stat
     if as_json and as_csv:
         raise UserError("--json and --csv: give one of them")
     states = tuple(dict.fromkeys(s.lower() for s in states))
-    study = load_study(study_name, storage, any_direction=True)
+    study = load_study(study_name, storage, any_direction=True, read_only=True)
     rows = trial_rows(study, sort.lower(), states)
     if as_json:
         return json_text(rows)
@@ -310,7 +320,7 @@ def report_text(study_name: str, storage: str | None, out: Path) -> str:
     from search.report import summary_lines, write_report
     from search.study import load_study
 
-    study = load_study(study_name, storage)
+    study = load_study(study_name, storage, read_only=True)
     check_writable(out, "--out")
     sections = write_report(study, out)
     skipped = [s for s in sections if s.figure is None]

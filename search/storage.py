@@ -43,7 +43,7 @@ import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-from search.errors import UserError
+from search.errors import NoStudyStorage, UserError
 
 HEARTBEAT_INTERVAL = 10  # seconds between a running trial's heartbeats
 GRACE_PERIOD = 30  # seconds without a heartbeat before a trial counts as dead
@@ -359,15 +359,23 @@ def check_url(url: str) -> None:
                         "resumed, and is lost at exit; use a file, e.g. sqlite:///studies/hw04.db")
 
 
-def open_storage(url: str, heartbeat_interval: int | None = -1,
-                 grace_period: int | None = -1, create: bool = True) -> optuna.storages.BaseStorage:
+def open_storage(url: str, heartbeat_interval: int | None = -1, grace_period: int | None = -1,
+                 create: bool = True, read_only: bool = False) -> optuna.storages.BaseStorage:
     """Open (creating if needed) the storage at ``url``; a one-line UserError if that fails.
 
     Heartbeat interval and grace period default to ``heartbeat_settings()``; ``heartbeat_interval=None``
     turns heartbeats off. Journal storages and storage proxies have no heartbeat in Optuna 5: a trial of
     a killed worker stays RUNNING there (use an RDB storage where workers may be killed). ``create=False``
-    (read-only commands) refuses a SQLite or journal file that does not exist instead of creating it.
+    (commands that only use an existing study) refuses a SQLite or journal file that does not exist instead
+    of creating it, and a database that holds no Optuna tables (``NoStudyStorage``) instead of creating them:
+    another program's database, an empty file or database, is not ours to change. ``read_only`` (commands
+    that write nothing: studies, show, trials, report; implies ``create=False``) opens a SQLite file
+    read-only (``_sqlite_read_only``): no WAL switch, no write lock, and no sidecar file where the file or its
+    folder is read-only.
     """
+    create = create and not read_only
+    if read_only:  # a heartbeat is a write, and a reader has no trial to keep alive
+        heartbeat_interval = None
     check_url(url)
     if is_journal(url):
         path = journal_path(url)  # absolute: journal:///tmp/j.log is /tmp/j.log, journal://j.log ./j.log
@@ -392,7 +400,10 @@ def open_storage(url: str, heartbeat_interval: int | None = -1,
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
             except OSError as err:
                 raise UserError(f"{option_text(url)}: cannot create {Path(database).parent} ({err.strerror})") from None
-        engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT}
+        if read_only:
+            engine_kwargs["creator"] = _sqlite_read_only(Path(database))
+        else:
+            engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT}
     elif backend in ("postgresql", "mysql", "mariadb"):
         parsed = _with_installed_driver(parsed)
         engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
@@ -403,7 +414,11 @@ def open_storage(url: str, heartbeat_interval: int | None = -1,
         grace_period = default_grace if grace_period == -1 else grace_period
     for attempt in range(SCHEMA_RETRIES + 1):
         try:
-            return _rdb_storage(parsed, backend, engine_kwargs, heartbeat_interval, grace_period)
+            if not create and not _has_optuna_tables(parsed, engine_kwargs):
+                raise NoStudyStorage(f"{option_text(url)}: holds no study (no Optuna tables there; this command "
+                                     "creates none: `search run` makes a study)")
+            return _rdb_storage(parsed, backend, engine_kwargs, heartbeat_interval, grace_period,
+                                create=create, read_only=read_only)
         except ImportError:  # Optuna's "Failed to import DB access module": the driver is not installed
             raise _missing_driver(url, parsed) from None
         except (sqlalchemy.exc.SQLAlchemyError, ValueError, TypeError) as err:
@@ -453,15 +468,53 @@ def _schema_race(reason: str) -> bool:
                                      "deadlock", "table alembic_version"))
 
 
-def _rdb_storage(parsed, backend: str, engine_kwargs: dict, heartbeat_interval, grace_period) -> RDBStorage:
+# Optuna's own tables (Optuna 5's schema has more): a storage without them holds no study
+OPTUNA_TABLES = frozenset({"studies", "trials", "version_info", "alembic_version"})
+
+
+def _has_optuna_tables(parsed, engine_kwargs: dict) -> bool:
+    """Whether the database holds Optuna's tables, asked without changing anything (SQLAlchemy's inspector)."""
+    engine = sqlalchemy.create_engine(parsed, **engine_kwargs)
+    try:
+        return OPTUNA_TABLES <= set(sqlalchemy.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def _sqlite_read_only(path: Path):
+    """A connection factory that opens the SQLite file read-only (a URI: ``mode=ro``), for commands that write
+    nothing: the file is not switched to WAL and no write lock is taken.
+
+    Where the file or its folder is read-only (no write permission bit, or not writable by this user), with
+    ``immutable=1``: SQLite then reads the file as it is, without the -wal and -shm files it cannot create
+    there (a WAL file read with ``mode=ro`` needs them). Nobody can be writing a read-only file, which is what
+    ``immutable`` assumes. Permission bits are asked too, not only access(2): root may write anything.
+    """
+    import sqlite3
+
+    absolute = path.resolve()
+
+    def writable(p: Path) -> bool:
+        try:
+            return bool(p.stat().st_mode & 0o222) and os.access(p, os.W_OK)
+        except OSError:
+            return False
+
+    immutable = not (writable(absolute) and writable(absolute.parent))
+    uri = absolute.as_uri() + ("?immutable=1" if immutable else "?mode=ro")
+    return lambda: sqlite3.connect(uri, uri=True, timeout=SQLITE_BUSY_TIMEOUT, check_same_thread=False)
+
+
+def _rdb_storage(parsed, backend: str, engine_kwargs: dict, heartbeat_interval, grace_period,
+                 create: bool = True, read_only: bool = False) -> RDBStorage:
     with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5: used knowingly, tested
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY) if heartbeat_interval else None
         storage = RDBStorage(parsed.render_as_string(hide_password=False), engine_kwargs=engine_kwargs,
                              heartbeat_interval=heartbeat_interval or None,
                              grace_period=grace_period if heartbeat_interval else None,
-                             heartbeat_stale_trial_callback=retry)
-    if backend == "sqlite":
+                             heartbeat_stale_trial_callback=retry, skip_table_creation=not create)
+    if backend == "sqlite" and not read_only:
         sqlalchemy.event.listen(storage.engine, "connect", _sqlite_pragmas)
         sqlalchemy.event.listen(storage.engine, "begin", _sqlite_begin)
         storage.engine.dispose()  # the connection opened while creating the tables predates the listeners

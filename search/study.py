@@ -130,10 +130,12 @@ def make_pruner(settings: StudySettings) -> optuna.pruners.BasePruner:
     return SecondLookPruner(hyperband, second_look) if cpu and second_look < settings.budget else hyperband
 
 
-def load_study(name: str, url: str | None, any_direction: bool = False) -> optuna.Study:
+def load_study(name: str, url: str | None, any_direction: bool = False, read_only: bool = False) -> optuna.Study:
     """An existing study, or a one-line UserError listing the studies that do exist. Never creates
-    anything: a SQLite or journal file that is not there is an error, not a new empty storage.
-    ``url`` None: the study's default storage, ``studies/<name>.db``.
+    anything: a SQLite or journal file that is not there is an error, not a new empty storage, and a database
+    without Optuna's tables (another program's, an empty one) is one line, not a new schema.
+    ``url`` None: the study's default storage, ``studies/<name>.db``. ``read_only``: for commands that write
+    nothing (show, trials, report), a SQLite file is opened read-only (``open_storage``).
 
     A study that minimizes (or has several objectives) and holds trials is refused unless
     ``any_direction``: its "best" trial would be the one with the lowest accuracy.
@@ -143,7 +145,7 @@ def load_study(name: str, url: str | None, any_direction: bool = False) -> optun
     sqlite_file = _sqlite_file(url)
     if sqlite_file is not None and not sqlite_file.is_file():
         raise UserError(f"--study {name}: no such study ({sqlite_file} does not exist)")
-    storage = open_storage(url, create=False)
+    storage = open_storage(url, create=False, read_only=read_only)
     try:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
