@@ -231,6 +231,7 @@ def redact_url(url: str) -> str:
     if parsed.host and "@" in parsed.host:  # a password with an unescaped '@': all of it up to the host
         hidden, _, host = parsed.host.rpartition("@")
         _remember(f"{parsed.password or ''}@{hidden}")
+        _remember(hidden)  # what a driver would take for the host name
         parsed = parsed.set(host=host, password=parsed.password or _HIDDEN)
     _remember(parsed.password)
     secret_keys = [key for key in parsed.query if _SECRET_KEYS.match(key)]
@@ -251,18 +252,46 @@ def _redact_unparsed(url: str) -> str:
         return url
     at = rest.rfind("@")
     user, colon, password = rest[:max(at, 0)].partition(":")
-    if at < 0 or not colon or "/" in user:
+    if at >= 0 and colon and "/" not in user:
+        _remember(password)
+        rest = f"{user}:{_HIDDEN}@{rest[at + 1:]}"
+    return _hide_query(f"{scheme}://{rest}")
+
+
+def _hide_query(url: str) -> str:
+    """``url`` with the values of password-like query parameters (after the user-info) hidden, as written."""
+    start = url.rfind("@") + 1  # the query is after the user-info, whose password may hold a '?'
+    head, qmark, query = url[start:].partition("?")
+    head = url[:start] + head
+    if not qmark:
         return url
-    _remember(password)
-    return f"{scheme}://{user}:{_HIDDEN}@{rest[at + 1:]}"
+    items = []
+    for item in query.split("&"):
+        key, eq, value = item.partition("=")
+        if eq and _SECRET_KEYS.match(key):
+            _remember(value)
+            item = f"{key}={_HIDDEN}"
+        items.append(item)
+    return f"{head}?{'&'.join(items)}"
+
+
+def _redact_found(url: str) -> str:
+    """A URL found in free text, its passwords hidden where they are written: not re-rendered, since the text
+    around it may have run into it (a trailing ':' or ')' would be read as part of the database name)."""
+    redact_url(url)  # registers its passwords, in every form
+    url = scrub(url)
+    typed = _TYPED_PASSWORD.match(url)
+    if typed and typed.group(1) and typed.group(1) != _HIDDEN:  # one too short for scrub to replace
+        url = url[:typed.start(1)] + _HIDDEN + url[typed.end(1):]
+    return _hide_query(url)
 
 
 def redact(text: str) -> str:
     """``text`` (a message that may hold URLs) with every password hidden, for messages and logs: URLs found
-    in it through ``redact_url``, and every password registered earlier in this process (``scrub``), in any
+    in it (``_redact_found``), and every password registered earlier in this process (``scrub``), in any
     form, wherever it appears (a driver echoing it, a password with quotes or spaces the URL finder cannot
     delimit). For a storage URL itself, ``redact_url``."""
-    text = _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), str(text))
+    text = _URL_IN_TEXT.sub(lambda m: _redact_found(m.group(0)), str(text))
     return scrub(text)
 
 
