@@ -514,10 +514,12 @@ def _sqlite_read_only(path: Path):
     """A connection factory that opens the SQLite file read-only (a URI: ``mode=ro``), for commands that write
     nothing: the file is not switched to WAL and no write lock is taken.
 
-    Where the file or its folder is read-only (no write permission bit, or not writable by this user), with
-    ``immutable=1``: SQLite then reads the file as it is, without the -wal and -shm files it cannot create
-    there (a WAL file read with ``mode=ro`` needs them). Nobody can be writing a read-only file, which is what
-    ``immutable`` assumes. Permission bits are asked too, not only access(2): root may write anything.
+    Where the file or its folder is read-only (no write permission bit, or not writable by this user: chattr +i
+    too) and no -wal file holds commits beside it, with ``immutable=1``: SQLite then reads the file as it is,
+    without the -wal and -shm files it cannot create there (a WAL file read with ``mode=ro`` needs them).
+    Nobody can be writing a read-only file, which is what ``immutable`` assumes. Permission bits are asked
+    too, not only access(2): root may write anything. With commits in a -wal file (a writer has it open, or
+    was killed), ``immutable`` would not read them: ``mode=ro`` then, which reads them.
     """
     import sqlite3
 
@@ -529,7 +531,9 @@ def _sqlite_read_only(path: Path):
         except OSError:
             return False
 
-    immutable = not (writable(absolute) and writable(absolute.parent))
+    wal = absolute.with_name(absolute.name + "-wal")
+    pending = wal.is_file() and wal.stat().st_size > 0
+    immutable = not pending and not (writable(absolute) and writable(absolute.parent))
     uri = absolute.as_uri() + ("?immutable=1" if immutable else "?mode=ro")
     return lambda: sqlite3.connect(uri, uri=True, timeout=SQLITE_BUSY_TIMEOUT, check_same_thread=False)
 
