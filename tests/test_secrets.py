@@ -92,8 +92,8 @@ def test_no_password_is_ever_shown_or_written(drawn, encoded, tiny_dataset, tmp_
     password = f"Pw{drawn}Zq"
 
     # Each command is a process of its own in real use, which knows only the passwords of its own URLs: start
-    # each example without those of the examples before (a short earlier password such as "rror" would be
-    # hidden inside "Error" here, though no user process ever saw it).
+    # each example without those of the examples before (they would be hidden in this example's output too,
+    # which no user's process does, and could hide a leak of this one's that overlaps them).
     storage._SECRETS.clear()
     typed = quote(password, safe="") if encoded else password
     url = f"postgresql://postgres:{typed}@127.0.0.1:1/test"
