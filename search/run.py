@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from search.errors import Stopped, UserError
 from search.guard import interrupts, signal_of
-from search.storage import check_url, default_url, redact
+from search.storage import check_url, default_url, redact_url
 from search.study import EVALUATIONS_PER_TRIAL, Progress, RequestedSettings, open_study, stored_settings
 
 
@@ -104,7 +104,7 @@ def run_search(request: RunRequest) -> None:
             study, settings, created = open_study(name, url, settings, request.warm_start)
             state["study"] = study
             before = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
-            echo(f"{'created' if created else 'resuming'} study {name!r} in {redact(url)} "
+            echo(f"{'created' if created else 'resuming'} study {name!r} in {redact_url(url)} "
                  f"({_plural(before, 'finished trial')} so far); {_plural(trials, 'trial') if trials else 'trials'} of "
                  f"{settings.budget} steps{'' if trials or timeout is None else f' until {timeout:g}s have passed'} on "
                  f"{', '.join(dict.fromkeys(devices))}, space {settings.profile}, data {settings.data}"
@@ -184,11 +184,14 @@ def _summary(study, url: str, request: RunRequest) -> list[str]:
         note = reference_note(study, best)
         lines = [f"best trial #{best.number}: valid accuracy {best.value:.4f}" + (f" ({note})" if note else ""),
                  "  " + json.dumps(best.params)]
-    flags = f" --study {study.study_name}" + (f" --storage '{redact(url)}'" if request.storage else "")
+    # Shell words, quoted as the resume line is (shlex): a study name or data path with a space, a quote or a
+    # ';' is pasted back as one word, never run as a second command.
+    words = ["--study", study.study_name] + (["--storage", redact_url(url)] if request.storage else [])
+    flags = " " + shlex.join(words)
     data = request.settings.data
-    return lines + [f"study stored in {redact(url)}",
+    return lines + [f"study stored in {redact_url(url)}",
                     f"next: search dashboard{flags}    |    search finalize best{flags}"
-                    + (f" --data {data}" if data else "")]
+                    + (f" --data {shlex.quote(str(data))}" if data else "")]
 
 
 def _stopped(request: RunRequest, url: str, interrupt: KeyboardInterrupt, progress: Progress, state: dict,
@@ -220,7 +223,7 @@ def resume_command(request: RunRequest, study_exists: bool, done: int, elapsed: 
     options the study does not remember (all of them, if the study was not created yet)."""
     words = ["search", "run", "--study", request.study_name]
     if request.storage:
-        words += ["--storage", redact(request.storage)]
+        words += ["--storage", redact_url(request.storage)]
     if request.trials is not None:
         words += ["--trials", str(max(1, request.trials - done))]
     if request.total_trials is not None:  # study-wide: the same cap
