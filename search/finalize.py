@@ -34,11 +34,12 @@ import torch
 from search import schedule, space as search_space
 from search.errors import Stopped, UserError
 from search.guard import held_signals, interrupts, raise_pending, signal_of
-from search.files import artifact_folder, check_writable, final_folder, predictions_path, replaced, write_text
+from search.files import artifact_folder, check_out, check_writable, final_folder, predictions_path, replaced, write_text
 from search.notes import write_study_note
 from search.objective import trial_seed
 from search.queries import pick_trial
-from search.scoring import answer_key, score_files
+from search.scoring import ANSWERS_NAME, answer_key, score_files
+from search.storage import default_url
 from search.task import Task
 from search.logs import Console, open_console
 from search.study import Progress
@@ -331,6 +332,9 @@ def setup(study: optuna.Study, request: FinalizeRequest):
         data_dir = Path(settings.data)
     task = load_task(data_dir, study_seed(study), resolve_device(request.device),
                      progress=echo.data_progress("preparing data"))
+    # before any training: the CSV must not replace the storage, the data or its answer key (search/files.py)
+    check_out(out, "--out", request.storage or default_url(study.study_name), task.source,
+              Path(task.source) / ANSWERS_NAME)
     return out, echo, task
 
 

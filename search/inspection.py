@@ -287,11 +287,15 @@ def space_text(profile: str, as_json: bool = False) -> str:
 def report_text(study_name: str, storage: str | None, out: Path) -> str:
     """``search report``: write the HTML page (search/report.py); the text is its summary of the best
     trials, the figures it could not draw and where the page is."""
-    from search.files import check_writable
+    from search.files import check_out, check_writable
     from search.report import summary_lines, write_report
-    from search.study import load_study
+    from search.storage import default_url
+    from search.study import StudySettings, load_study
 
     study = load_study(study_name, storage)
+    settings = StudySettings.from_attrs(study.user_attrs)
+    check_out(out, "--out", storage or default_url(study_name),
+              settings.data if settings and settings.data != "embedded" else None)
     check_writable(out, "--out")
     sections = write_report(study, out)
     skipped = [s for s in sections if s.figure is None]
