@@ -87,6 +87,7 @@ class FeatureBank:
     n_mels: int
     n_train: int  # utterances [0, n_train) are training data, the rest test data
     source: str  # the folder the bank was packed from
+    fingerprint: str = ""  # of the data it was packed from (``fingerprint``): checkpoints and studies keep it
 
     @property
     def device(self) -> torch.device:
@@ -108,7 +109,7 @@ class FeatureBank:
             frames = self.frames.pin_memory()  # gathers then copy only the batch across
         move = lambda t: t.to(device)  # noqa: E731 - the small index tensors always fit
         return FeatureBank(frames, move(self.offsets), move(self.lengths), move(self.labels), self.names,
-                           self.id2speaker, self.n_mels, self.n_train, self.source)
+                           self.id2speaker, self.n_mels, self.n_train, self.source, self.fingerprint)
 
     def gather(self, ids: torch.Tensor, starts: torch.Tensor, length: int, out_device=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Cut ``length`` frames of each utterance ``ids[i]`` from ``starts[i]``.
@@ -246,7 +247,7 @@ def _load_packed(folder: Path, layout: Layout, want: str) -> tuple[FeatureBank |
             offsets=torch.from_numpy(offsets), lengths=torch.from_numpy(lengths),
             labels=torch.from_numpy(index["labels"]), names=[str(x) for x in index["names"]],
             id2speaker=[str(s) for s in index["id2speaker"]], n_mels=n_mels,
-            n_train=int(index["n_train"]), source=str(layout.root)), None
+            n_train=int(index["n_train"]), source=str(layout.root), fingerprint=str(index["fingerprint"])), None
     except MemoryError:
         raise
     except Exception as err:  # noqa: BLE001 - whatever the damage (BadZipFile, KeyError, ValueError, OSError...)

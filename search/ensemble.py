@@ -224,7 +224,7 @@ def _train_member(model_cfg, train_cfg, task: Task, checkpoint: Path, on_eval, c
     ``done_line`` if its checkpoint was at the last step, ``resumed_line`` (its ``{}``: the step) if training
     went on from a checkpoint. ``what`` names the run in the line a signal stops it with (``after_others``:
     runs trained before it are kept)."""
-    done_step = _checkpoint_step(checkpoint)
+    done_step = _checkpoint_step(checkpoint, task.bank.fingerprint)
     try:
         with training_run(what, checkpoint, train_cfg.steps, after_others):
             result = train(model_cfg, train_cfg, task, on_eval=on_eval, checkpoint=checkpoint,

@@ -80,7 +80,7 @@ def finalize(study: optuna.Study, trial: optuna.trial.FrozenTrial, task: Task, s
     check_writable(folder / "model.pt", "study folder")
     model_cfg, train_cfg = final_configs(trial.params, task, steps, trial_seed(seed, trial.number))
     checkpoint = folder / f"checkpoint-trial{trial.number}-steps{steps}.pt"
-    resumed = _checkpoint_step(checkpoint)
+    resumed = _checkpoint_step(checkpoint, task.bank.fingerprint)
     with training_run(f"trial #{trial.number}", checkpoint, steps):
         result: TrainResult = train(model_cfg, train_cfg, task, on_eval=on_eval, checkpoint=checkpoint,
                                     checkpoint_every=checkpoint_every)
@@ -124,12 +124,16 @@ def final_configs(params: dict, task: Task, steps: int, seed: int):
     return model_cfg, train_cfg
 
 
-def _checkpoint_step(path: Path) -> int | None:
-    """The step a checkpoint left by an earlier (killed) finalize holds, or None without one."""
+def _checkpoint_step(path: Path, fingerprint: str = "") -> int | None:
+    """The step a checkpoint left by an earlier (killed) finalize holds, or None without one (or, given the data's
+    ``fingerprint``, with one trained on other data: train() moves it aside and starts over, saying so)."""
+    from search.checkpoints import other_data
+
     if not path.exists():
         return None
     try:
-        return int(torch.load(path, map_location="cpu", weights_only=True)["step"])
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return None if other_data(state, fingerprint) else int(state["step"])
     except Exception:  # noqa: BLE001 - train() reports an unusable checkpoint itself
         return None
 

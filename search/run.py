@@ -100,9 +100,10 @@ def run_search(request: RunRequest) -> None:
             settings = request.settings.resolve(name, stored_settings(name, url), torch_device.type)
             jobs = [WorkerJob(i, name, url, settings, device, timeout=timeout, fail_fast=request.fail_fast)
                     for i, device in enumerate(devices)]
-            _prepare_data(jobs, echo.data_progress("preparing data"))
+            fingerprint = _prepare_data(jobs, echo.data_progress("preparing data"))
             study, settings, created = open_study(name, url, settings, request.warm_start)
             state["study"] = study
+            check_same_data(study, settings, fingerprint)
             before = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
             echo(f"{'created' if created else 'resuming'} study {name!r} in {redact(url)} "
                  f"({_plural(before, 'finished trial')} so far); {_plural(trials, 'trial') if trials else 'trials'} of "
@@ -128,9 +129,25 @@ def _prepare_data(jobs, progress) -> None:
 
     job = jobs[0]
     if len(jobs) == 1:
-        load_task(job.data_dir, job.settings.seed, use_device(job.device), progress=progress)
-    else:
-        prepare_bank(job.data_dir, progress=progress)
+        return load_task(job.data_dir, job.settings.seed, use_device(job.device), progress=progress).bank.fingerprint
+    return prepare_bank(job.data_dir, progress=progress).fingerprint
+
+
+DATA_FINGERPRINT = "data_fingerprint"  # the study's user attribute: the fingerprint of the data its trials saw
+
+
+def check_same_data(study, settings, fingerprint: str) -> None:
+    """A study remembers the fingerprint of its data (data/bank.py ``fingerprint``: the json files and a sample of
+    every feature file); a run on data that changed since (the folder regenerated, other files in its place) is
+    refused: its trials would be ranked against trials of other data, without a word. A study made before
+    fingerprints were kept takes the data's now."""
+    saved = study.user_attrs.get(DATA_FINGERPRINT)
+    if saved is None:
+        study.set_user_attr(DATA_FINGERPRINT, fingerprint)
+    elif fingerprint and saved != fingerprint:
+        raise UserError(f"data {settings.data}: changed since study {study.study_name!r} ran on it (fingerprint "
+                        f"{saved}, now {fingerprint}): its trials were trained on other data; run on a new study "
+                        f"(--study {study.study_name}-2, say) or put the study's data back")
 
 
 def _run_jobs(study, jobs, trials, echo, progress, mps: bool = True, total_trials: int | None = None):

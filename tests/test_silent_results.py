@@ -5,6 +5,8 @@ warm start lost, a damaged feature bank trained on, a finished finalize reported
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
 from pathlib import Path
 
 import optuna
@@ -39,3 +41,55 @@ def test_out_never_replaces_an_input(dataset_copy, workdir):
         assert {path: digest(path) for path in inputs} == before, (args, out)
     assert not (dataset_copy / "report.html").exists()
     assert not (workdir / "studies" / "vic" / "final" / "model.pt").exists()  # refused before any training
+
+
+def regenerate(folder: Path, seed: int) -> None:
+    """The same folder, written again by `search data synth` with another seed (same speaker count)."""
+    import shutil
+
+    from data.synth import synthesize
+    from tests.helpers import TINY
+
+    shutil.rmtree(folder)
+    synthesize(folder, **{**TINY, "seed": seed})
+
+
+def test_a_checkpoint_of_other_data_is_not_resumed(dataset_copy, workdir, tmp_path):
+    """finalize on dA, dA regenerated with another seed, finalize again: it said `resumed from the checkpoint at
+    step 16` and predicted with the old data's model; the same with --data pointing at another folder."""
+    run_configs(dataset_copy, "fp", [SAMPLE])
+    args = ["finalize", "best", "--study", "fp", "--steps", "16", "--checkpoint-every", "8", "--device", "cpu",
+            "--quiet"]
+    first = invoke(*args)
+    assert first.exit_code == 0, first.output
+    final = workdir / "studies" / "fp" / "final"
+    checkpoint = final / "checkpoint-trial0-steps16.pt"
+    assert checkpoint.exists()
+    regenerate(dataset_copy, seed=11)
+    again = invoke(*args)
+    assert again.exit_code == 0, again.output
+    assert "resumed" not in again.output, again.output
+    asides = sorted(final.glob("checkpoint-trial0-steps16.pt.other-data-*"))
+    assert len(asides) == 1 and "trained on other data" in again.output and asides[0].name in again.output
+    assert (json.loads((final / "config.json").read_text())["resumed_from_step"]) is None
+
+    other = tmp_path / "other"
+    regenerate(dataset_copy, seed=3)  # back to the study's data (the study checks it too)
+    shutil.copytree(dataset_copy, other, ignore=shutil.ignore_patterns(".bank"))
+    regenerate(other, seed=12)
+    elsewhere = invoke(*args, "--data", str(other))
+    assert elsewhere.exit_code == 0, elsewhere.output
+    assert "resumed" not in elsewhere.output and "trained on other data" in elsewhere.output, elsewhere.output
+    # the same data again: the checkpoint of that data is resumed (the fingerprint does not refuse good ones)
+    same = invoke(*args, "--data", str(other))
+    assert same.exit_code == 0 and "resumed from the checkpoint at step 16" in same.output, same.output
+
+
+def test_a_study_refuses_data_that_changed(dataset_copy, workdir):
+    """`search run --study S` on a changed data folder carried on without a word, mixing trials of two datasets."""
+    run_configs(dataset_copy, "fd", [SAMPLE])
+    regenerate(dataset_copy, seed=11)
+    line = one_error_line(invoke("run", "--trials", "1", "--study", "fd", "--device", "cpu"))
+    assert line.startswith(f"Error: data {dataset_copy.resolve()}: changed since study 'fd' ran on it"), line
+    assert "--study fd-2" in line
+    assert len(optuna.load_study(study_name="fd", storage="sqlite:///studies/fd.db").trials) == 1  # nothing added
