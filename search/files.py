@@ -39,7 +39,13 @@ def artifact_folder(study_name: str) -> Path:
 
 
 def predictions_path(study_name: str) -> Path:
+    """The study's ``predictions.csv``: a copy of the best finalized result's CSV (by validation accuracy)."""
     return study_folder(study_name) / "predictions.csv"
+
+
+def result_predictions_path(study_name: str, name: str) -> Path:
+    """The CSV of one finalized result (``trial4-steps2000``, ``top3-steps2000``): each finalize its own file."""
+    return study_folder(study_name) / f"predictions-{name}.csv"
 
 
 @contextmanager

@@ -34,7 +34,8 @@ import torch
 from search import schedule, space as search_space
 from search.errors import Stopped, UserError
 from search.guard import held_signals, interrupts, raise_pending, signal_of
-from search.files import artifact_folder, check_out, check_writable, final_folder, predictions_path, replaced, write_text
+from search.files import (artifact_folder, check_out, check_writable, final_folder, predictions_path, replaced,
+                          result_predictions_path, write_text)
 from search.notes import write_study_note
 from search.objective import trial_seed
 from search.queries import pick_trial
@@ -293,7 +294,8 @@ def _finalize_with(study: optuna.Study, request: FinalizeRequest) -> None:
 
         return finalize_members(study, request)
     trial = pick_trial(study, which)
-    out, echo, task = setup(study, request)
+    name = f"trial{trial.number}-steps{request.steps}"
+    out, echo, task = setup(study, request, name)
     steps = request.steps
     echo(f"finalizing trial #{trial.number} of {study.study_name!r} (valid accuracy {trial.value:.4f} in the "
          f"search): {steps} steps on {task.device}")
@@ -310,6 +312,7 @@ def _finalize_with(study: optuna.Study, request: FinalizeRequest) -> None:
         echo(f"resumed from the checkpoint at step {result.resumed_from_step} of an earlier finalize")
     echo(f"valid accuracy {result.valid_accuracy:.4f} (best at step {result.best_step})")
     echo_results(echo, result, study.study_name, f"model saved to {result.model_path}")
+    publish(study, request, name, result.predictions_path, result.valid_accuracy, result.test_accuracy, echo)
 
 
 def study_seed(study: optuna.Study) -> int:
@@ -320,15 +323,16 @@ def study_seed(study: optuna.Study) -> int:
     return settings.seed if settings else 0
 
 
-def setup(study: optuna.Study, request: FinalizeRequest):
-    """What every finalize needs: (the checked output CSV, the console (it prints and appends to
-    studies/<study>/search.log), the data on the device: the study's own unless --data says otherwise)."""
+def setup(study: optuna.Study, request: FinalizeRequest, name: str):
+    """What every finalize needs: (the checked output CSV: ``--out``, else this result's own file,
+    ``studies/<study>/predictions-<name>.csv``; the console (it prints and appends to studies/<study>/search.log);
+    the data on the device: the study's own unless --data says otherwise)."""
     from search.logs import open_console
     from search.study import StudySettings
     from search.task import load_task, resolve_device
 
     settings = StudySettings.from_attrs(study.user_attrs)
-    out = request.out or predictions_path(study.study_name)
+    out = request.out or result_predictions_path(study.study_name, name)
     check_writable(out, "--out")
     echo = request.console or open_console(study.study_name, request.quiet)
     data_dir = request.data_dir
@@ -370,3 +374,56 @@ def echo_results(echo, result, study_name: str, saved: str) -> None:
     if result.artifacts:
         echo(f"artifacts (served by `search dashboard --study {study_name}`, study page): "
              + ", ".join(result.artifacts) + f" in {artifact_folder(study_name)}")
+
+
+RESULTS = "final_results"  # study user attribute: every finalized result by name: its CSV and accuracies
+PREDICTIONS = "predictions"  # study user attribute: which result studies/<study>/predictions.csv holds
+
+
+def _result_text(name: str, result: dict) -> str:
+    text = f"{name} (valid accuracy {result.get('valid_accuracy', 0):.4f}"
+    if result.get("test_accuracy") is not None:
+        text += f", test accuracy {result['test_accuracy']:.4f}"
+    return text + ")"
+
+
+def publish(study: optuna.Study, request: FinalizeRequest, name: str, csv_path: Path, valid_accuracy: float,
+            test_accuracy: float | None, echo) -> None:
+    """Record a finalized result and keep ``predictions.csv`` a copy of the best one by validation accuracy.
+
+    Every finalize wrote ``predictions.csv`` itself: ``finalize top`` (test 0.3364) replaced ``finalize best``'s
+    better file (0.4885) without a word, and nothing said which result the file held. Now each result has its
+    own file (``predictions-<name>.csv``), ``predictions.csv`` is a copy of the best of those still on disk
+    (validation accuracy: the test answer key only scores), the study's attribute ``predictions`` says which
+    (``search show``, the report and the dashboard note print it), and a line says what it holds and what it
+    replaced. With ``--out`` the CSV goes where it was asked, and the line says whether it replaced a file."""
+    if request.out is not None:
+        echo(f"--out {request.out}: written with {_result_text(name, {'valid_accuracy': valid_accuracy, 'test_accuracy': test_accuracy})}; "
+             f"{predictions_path(study.study_name)} is left as it was")
+        return
+    results = dict(study.user_attrs.get(RESULTS) or {})
+    results[name] = {"file": str(csv_path), "valid_accuracy": valid_accuracy, "test_accuracy": test_accuracy}
+    study.set_user_attr(RESULTS, results)
+    held = study.user_attrs.get(PREDICTIONS) if isinstance(study.user_attrs.get(PREDICTIONS), dict) else None
+    held_name = held.get("name") if held else None
+    pointer = predictions_path(study.study_name)
+    unrecorded = held_name is None and pointer.is_file()  # written by a finalize before results were recorded
+    on_disk = {n: r for n, r in results.items() if isinstance(r, dict) and Path(r.get("file", "")).is_file()}
+    # the best on validation; on a tie the file already held stays (no churn), then the newest result
+    order = list(on_disk)
+    best = max(order, key=lambda n: (on_disk[n].get("valid_accuracy") or 0.0, n == held_name, n == name))
+    with replaced(pointer) as tmp:
+        tmp.write_bytes(Path(on_disk[best]["file"]).read_bytes())
+    study.set_user_attr(PREDICTIONS, {"name": best, **on_disk[best]})
+    count = f"the best by validation accuracy of {len(on_disk)} finalized result{'s' if len(on_disk) > 1 else ''}"
+    write_study_note(study)  # the dashboard's study note says which result the file holds
+    if best != name:
+        echo(f"{pointer} holds {_result_text(best, on_disk[best])}, {count}; this result is in {csv_path}")
+        return
+    if held_name is None or held_name == name:
+        replaced_text = ("; it replaced an earlier predictions.csv (of a result not recorded)" if unrecorded else
+                         "" if held_name is None else "; it replaced this result's earlier file")
+    else:
+        replaced_text = "; it replaced " + (_result_text(held_name, held) if held else held_name)
+    echo(f"{pointer} holds {_result_text(best, on_disk[best])}, {count}{replaced_text}")
+

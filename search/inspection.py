@@ -96,6 +96,11 @@ def trial_lines(study: optuna.Study, trial: FrozenTrial) -> list[str]:
                      f"artifacts in {final.get('artifact_dir')}:")
         lines += [f"  {name}  (id {artifact_id})" for name, artifact_id in final.get("artifacts", {}).items()]
     lines += _ensemble_lines(study.user_attrs.get("final_ensemble"), trial.number)
+    from search.notes import predictions_text
+
+    held = predictions_text(study)
+    if held is not None:
+        lines.append(f"predictions.csv holds {held}")
     return lines
 
 

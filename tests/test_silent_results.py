@@ -93,3 +93,34 @@ def test_a_study_refuses_data_that_changed(dataset_copy, workdir):
     assert line.startswith(f"Error: data {dataset_copy.resolve()}: changed since study 'fd' ran on it"), line
     assert "--study fd-2" in line
     assert len(optuna.load_study(study_name="fd", storage="sqlite:///studies/fd.db").trials) == 1  # nothing added
+
+
+def test_a_worse_finalize_never_replaces_predictions_csv(four_speakers, workdir):
+    """`finalize best` wrote predictions.csv (test 0.4885), then `finalize top` wrote the same file (0.3364) without a
+    word, and nothing said which result the file held. Each finalize has its own file; predictions.csv is a copy of
+    the best by validation accuracy, and the command, `show` and the dashboard note say which result it is."""
+    from search.notes import study_note
+
+    run_configs(four_speakers, "pc", [SAMPLE], "--no-pruning")
+    common = ["--study", "pc", "--device", "cpu", "--quiet", "--checkpoint-every", "1000"]
+    best = invoke("finalize", "0", "--steps", "48", *common)
+    assert best.exit_code == 0, best.output
+    pointer = workdir / "studies" / "pc" / "predictions.csv"
+    own = workdir / "studies" / "pc" / "predictions-trial0-steps48.csv"
+    assert own.read_bytes() == pointer.read_bytes()
+    assert f"{Path('studies/pc/predictions.csv')} holds trial0-steps48 (valid accuracy " in best.output, best.output
+    first_valid = json.loads((workdir / "studies/pc/final/config.json").read_text())["valid_accuracy"]
+
+    worse = invoke("finalize", "0", "--steps", "2", *common)  # 2 steps: hardly trained
+    assert worse.exit_code == 0, worse.output
+    second = workdir / "studies" / "pc" / "predictions-trial0-steps2.csv"
+    assert second.exists()
+    second_valid = json.loads((workdir / "studies/pc/final/config.json").read_text())["valid_accuracy"]
+    assert second_valid < first_valid  # the premise: this one is worse on validation
+    assert pointer.read_bytes() == own.read_bytes()  # still the better result
+    assert "holds trial0-steps48" in worse.output and f"this result is in {Path('studies/pc/predictions-trial0-steps2.csv')}" \
+        in worse.output, worse.output
+    shown = invoke("show", "--study", "pc")
+    assert "predictions.csv holds trial0-steps48 (valid accuracy" in shown.output, shown.output
+    study = optuna.load_study(study_name="pc", storage="sqlite:///studies/pc.db")
+    assert "trial0-steps48 (valid accuracy" in study_note(study) and "predictions.csv holds" in study_note(study)

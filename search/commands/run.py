@@ -84,7 +84,7 @@ def run(trials, total_trials, study_name, storage, data_dir, budget, device, see
               help=f"Training steps [default: {GPU_FINALIZE_STEPS:,} (the sample code's) on a GPU, "
                    f"{CPU_FINALIZE_STEPS:,} on a CPU: a few minutes there; 70,000 would take hours].")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Predictions CSV [default: studies/<study>/predictions.csv].")
+              help="Predictions CSV [default: studies/<study>/predictions-<result>.csv, and studies/<study>/predictions.csv becomes a copy of the best finalized result by validation accuracy].")
 @device_option
 @click.option("--checkpoint-every", type=count(MAX_STEPS, "training steps"), default=1000, show_default=True,
               help="Steps between checkpoints; a killed finalize resumes from the last one.")
