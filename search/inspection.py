@@ -147,7 +147,9 @@ def reference_note(study: optuna.Study, best: FrozenTrial) -> str:
     parts = []
     sample = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("warm_start") == "sample-code"]
     if sample:
-        t = sample[0]
+        # the last that ran to an end of its own: an interrupted one is queued again (search/study.py)
+        ran = [t for t in sample if t.state.is_finished() and t.user_attrs.get("ended") != "interrupted"]
+        t = (ran or sample)[-1]
         parts.append(f"sample-code trial #{t.number}: " + (f"{t.value:.4f}" if t.state == TrialState.COMPLETE
                                                             else t.user_attrs.get("ended", t.state.name.lower())))
     speakers = resolved_configs(best)[0].get("n_classes")

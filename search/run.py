@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from search.errors import Stopped, UserError
 from search.guard import interrupts, signal_of
 from search.storage import check_url, default_url, redact
-from search.study import EVALUATIONS_PER_TRIAL, Progress, RequestedSettings, open_study, stored_settings
+from search.study import (EVALUATIONS_PER_TRIAL, Progress, RequestedSettings, open_study,
+                          requeue_interrupted_warm_starts, stored_settings)
 
 
 def progress_interval() -> float:
@@ -104,12 +105,15 @@ def run_search(request: RunRequest) -> None:
             study, settings, created = open_study(name, url, settings, request.warm_start)
             state["study"] = study
             check_same_data(study, settings, fingerprint)
+            retried = [] if created else requeue_interrupted_warm_starts(study)
             before = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
             echo(f"{'created' if created else 'resuming'} study {name!r} in {redact(url)} "
                  f"({_plural(before, 'finished trial')} so far); {_plural(trials, 'trial') if trials else 'trials'} of "
                  f"{settings.budget} steps{'' if trials or timeout is None else f' until {timeout:g}s have passed'} on "
                  f"{', '.join(dict.fromkeys(devices))}, space {settings.profile}, data {settings.data}"
                  + ("" if settings.pruning else ", pruning off"))
+            for label, number in retried:
+                echo(f"warm start {label!r} (trial #{number}) was interrupted: queued again")
             state["started"] = time.monotonic()
             progress.start()
             report = _run_jobs(study, jobs, trials, echo, progress, request.mps, request.total_trials)
@@ -201,6 +205,12 @@ def _summary(study, url: str, request: RunRequest) -> list[str]:
         note = reference_note(study, best)
         lines = [f"best trial #{best.number}: valid accuracy {best.value:.4f}" + (f" ({note})" if note else ""),
                  "  " + json.dumps(best.params)]
+    for t in study.get_trials(deepcopy=False):  # warm starts run again after an interrupt: which, and how it went
+        if t.user_attrs.get("warm_start") and t.user_attrs.get("retry_of") is not None:
+            how = (f"valid accuracy {t.value:.4f}" if t.value is not None and t.state.name == "COMPLETE"
+                   else t.user_attrs.get("ended", t.state.name.lower()))
+            lines.append(f"warm start {t.user_attrs['warm_start']!r}: trial #{t.number}, the retry of interrupted "
+                         f"trial #{t.user_attrs['retry_of']}: {how}")
     flags = f" --study {study.study_name}" + (f" --storage '{redact(url)}'" if request.storage else "")
     data = request.settings.data
     return lines + [f"study stored in {redact(url)}",

@@ -124,3 +124,33 @@ def test_a_worse_finalize_never_replaces_predictions_csv(four_speakers, workdir)
     assert "predictions.csv holds trial0-steps48 (valid accuracy" in shown.output, shown.output
     study = optuna.load_study(study_name="pc", storage="sqlite:///studies/pc.db")
     assert "trial0-steps48 (valid accuracy" in study_note(study) and "predictions.csv holds" in study_note(study)
+
+
+def test_an_interrupted_warm_start_runs_again_on_resume(tiny_dataset, workdir):
+    """A warm-start trial stopped by Ctrl-C was never run again: the study lost its strongest CPU configuration and
+    the sample-code reference read `interrupted` for good. Resuming queues it again (same parameters, same label)."""
+    import signal
+
+    from optuna.trial import TrialState
+
+    from tests.helpers import signal_while_running
+
+    url = "sqlite:///studies/ws.db"
+    code, output = signal_while_running(["run", "--trials", "3", "--study", "ws", "--data", str(tiny_dataset),
+                                         "--budget", "16", "--device", "cpu", "--seed", "1"], url, "ws", signal.SIGINT)
+    assert code == 130, output
+    first = optuna.load_study(study_name="ws", storage=url).trials[0]
+    label = first.user_attrs["warm_start"]
+    assert first.state == TrialState.FAIL and first.user_attrs["ended"] == "interrupted", output
+
+    # the other warm start was queued before it and runs first: two trials run both
+    resumed = invoke("run", "--trials", "2", "--study", "ws", "--device", "cpu")
+    assert resumed.exit_code == 0, resumed.output
+    assert f"warm start {label!r} (trial #0) was interrupted: queued again" in resumed.output
+    study = optuna.load_study(study_name="ws", storage=url)
+    retry = next(t for t in study.trials if t.user_attrs.get("retry_of") == 0)
+    assert retry.user_attrs["warm_start"] == label and retry.params == first.system_attrs["fixed_params"]
+    assert retry.state in (TrialState.COMPLETE, TrialState.PRUNED)  # it ran
+    assert f"warm start {label!r}: trial #{retry.number}, the retry of interrupted trial #0: " in resumed.output
+    again = invoke("run", "--trials", "1", "--study", "ws", "--device", "cpu")  # queued once, not at every resume
+    assert again.exit_code == 0 and "queued again" not in again.output, again.output
