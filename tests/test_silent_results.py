@@ -15,6 +15,17 @@ import pytest
 from tests.helpers import SAMPLE, invoke, one_error_line, run_configs
 
 
+def cli_process(*args: str):
+    """``search ARGS...`` in its own process, as a user runs it: (returncode, stdout with stderr)."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    return subprocess.run([sys.executable, "-m", "search.cli", *args], env={**os.environ, "PYTHONPATH": str(repo)},
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+
+
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -154,3 +165,26 @@ def test_an_interrupted_warm_start_runs_again_on_resume(tiny_dataset, workdir):
     assert f"warm start {label!r}: trial #{retry.number}, the retry of interrupted trial #0: " in resumed.output
     again = invoke("run", "--trials", "1", "--study", "ws", "--device", "cpu")  # queued once, not at every resume
     assert again.exit_code == 0 and "queued again" not in again.output, again.output
+
+
+def test_a_damaged_feature_bank_is_rebuilt(dataset_copy, workdir):
+    """NaN written into frames.npy (the right size) was not noticed: every trial failed with a NaN loss, each with
+    two raw Optuna `[W ...] Trial N failed` lines. The bank's checksum is checked at open: one line, then a rebuild."""
+    import numpy as np
+
+    args = ["run", "--trials", "1", "--study", "nb", "--data", str(dataset_copy), "--budget", "8", "--device", "cpu",
+            "--seed", "1", "--no-warm-start"]
+    first = invoke(*args)
+    assert first.exit_code == 0, first.output
+    frames = np.load(dataset_copy / ".bank" / "frames.npy", mmap_mode="r+")
+    frames[:50] = np.nan  # same shape and dtype: only the content is damaged
+    frames.flush()
+    del frames
+    again = cli_process(*args)  # a new process opens the bank (this one keeps the bank it opened in memory)
+    assert again.returncode == 0, again.stdout
+    assert (f"warning: {dataset_copy / '.bank'}: the feature-bank cache is unusable (frames.npy does not match its "
+            "checksum: damaged since it was written); rebuilding it") in again.stdout, again.stdout
+    assert "[W " not in again.stdout and "failed 0" in again.stdout, again.stdout
+    study = optuna.load_study(study_name="nb", storage="sqlite:///studies/nb.db")
+    assert all(t.state.is_finished() and t.state.name != "FAIL" for t in study.trials)
+    assert not np.isnan(np.load(dataset_copy / ".bank" / "frames.npy")).any()  # rebuilt
