@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import json
 import signal
+import threading
 from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field, replace
@@ -33,7 +34,7 @@ import torch
 
 from search import schedule, space as search_space
 from search.errors import Stopped, UserError
-from search.guard import held_signals, interrupts, raise_pending, signal_of
+from search.guard import held_signals, interrupt_once, raise_pending, signal_of
 from search.files import (artifact_folder, check_out, check_writable, final_folder, predictions_path, replaced,
                           result_predictions_path, write_text)
 from search.notes import write_study_note
@@ -265,26 +266,67 @@ def run_finalize(request: FinalizeRequest) -> None:
     # stops, so no clean-up is cut short): one Error line naming where it stopped and the checkpoint kept, exit
     # 128 + the signal (the CLI's guard turns Stopped into that). Once the outputs are being written, it waits.
     stop = _Stop()
+    complete = False
     token = _STOP.set(stop)
+    undo = interrupt_once()
     try:
-        with interrupts():
-            late = None
-            try:
-                with ExitStack() as stop.holding, report_progress(line, progress_interval()):
-                    _finalize_with(study, request)
-            except KeyboardInterrupt as interrupt:
-                if not stop.writing:
-                    message = stop.message(interrupt)  # here: a second signal is still ignored while it reads
-                    echo.logger.info(message)  # the log file says why the finalize ended too
-                    raise Stopped(message, 128 + signal_of(interrupt)) from None
-                late = interrupt  # after the hold ended: everything was written already
-            finally:
-                late = _take_pending() or late  # also after a failure: no signal is left pending
+        late = None
+        try:
+            with ExitStack() as stop.holding, report_progress(line, progress_interval()):
+                _finalize_with(study, request)
+                complete = complete_from_here(echo)  # the outputs are complete: no signal ends the command now
+        except KeyboardInterrupt as interrupt:
+            if not stop.writing:
+                message = stop.message(interrupt)  # here: a second signal is still ignored while it reads
+                echo.logger.info(message)  # the log file says why the finalize ended too
+                raise Stopped(message, 128 + signal_of(interrupt)) from None
+            late = interrupt  # after the hold ended: everything was written already
+        finally:
+            late = _take_pending() or late  # also after a failure: no signal is left pending
     finally:
+        undo(signals=not complete)
         _STOP.reset(token)
     if late is not None:
         echo(f"{_signal_name(late)} came while the outputs were being written: they were all written first, and "
              "the finalize is complete")
+
+
+def complete_from_here(echo) -> bool:
+    """Once a finalize's outputs are complete, SIGINT and SIGTERM only say so, until the process ends (exit 0);
+    True where it could (the main thread). Before, interrupts() put the default handlers back at the end and a
+    signal in the command's last moments (closing the log, click's exit) ended it with 130 or 143 and no line:
+    a script took a finished finalize for a failed one. At exit they are ignored (Python puts the default
+    handlers back while it shuts down)."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+
+    def complete(signum, _frame) -> None:
+        try:
+            echo(f"{'Ctrl-C' if signum == signal.SIGINT else 'SIGTERM'} came after the finalize was complete: its "
+                 "outputs are all written")
+        except Exception:  # noqa: BLE001 - the console may be closed already: the exit code says it
+            pass
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, complete)
+    global _IGNORE_AT_EXIT
+    if not _IGNORE_AT_EXIT:
+        import atexit
+
+        atexit.register(_ignore_signals)
+        _IGNORE_AT_EXIT = True
+    return True
+
+
+def _ignore_signals() -> None:
+    # Main thread: run the handlers of signals already caught (pthread_sigmask checks for them), then ignore
+    # both; a blocked signal stays pending and is dropped once ignored.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+_IGNORE_AT_EXIT = False
 
 
 def _finalize_with(study: optuna.Study, request: FinalizeRequest) -> None:

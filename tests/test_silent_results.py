@@ -188,3 +188,36 @@ def test_a_damaged_feature_bank_is_rebuilt(dataset_copy, workdir):
     study = optuna.load_study(study_name="nb", storage="sqlite:///studies/nb.db")
     assert all(t.state.is_finished() and t.state.name != "FAIL" for t in study.trials)
     assert not np.isnan(np.load(dataset_copy / ".bank" / "frames.npy")).any()  # rebuilt
+
+
+def test_signals_after_a_finalize_wrote_its_outputs_do_not_fail_it(tiny_dataset, workdir):
+    """SIGTERM right after finalize wrote its outputs ended it with 143 and no line: a script took the finished
+    finalize for a failed one. Signals sent from the moment the predictions are there (again and again, as a
+    script killing a process group might) leave it exit 0, saying the outputs are complete."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run_configs(tiny_dataset, "late", [SAMPLE])
+    repo = Path(__file__).resolve().parents[1]
+    process = subprocess.Popen([sys.executable, "-m", "search.cli", "finalize", "best", "--study", "late", "--steps",
+                                "8", "--device", "cpu", "--quiet"], env={**os.environ, "PYTHONPATH": str(repo)},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    pointer = workdir / "studies" / "late" / "predictions.csv"  # written last (the copy of the best result)
+    try:
+        deadline = time.monotonic() + 240
+        while not pointer.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert pointer.exists(), process.communicate()[0]
+        while process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            time.sleep(0.02)
+        output = process.communicate(timeout=60)[0]
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, (process.returncode, output)
+    assert "the finalize is complete" in output or "after the finalize was complete" in output, output
+    assert "Traceback" not in output and "Error:" not in output, output
