@@ -41,8 +41,9 @@ def progress_interval() -> float:
     except ValueError:
         raise UserError(f"SEARCH_PROGRESS_INTERVAL={os.environ['SEARCH_PROGRESS_INTERVAL']!r}: not a number of "
                         "seconds") from None
-    if not seconds > 0:
-        raise UserError(f"SEARCH_PROGRESS_INTERVAL={os.environ['SEARCH_PROGRESS_INTERVAL']!r}: must be above 0")
+    if not 0 < seconds <= 86_400:  # nan and inf too (bounded, as every number a user types)
+        raise UserError(f"SEARCH_PROGRESS_INTERVAL={os.environ['SEARCH_PROGRESS_INTERVAL']!r}: must be above 0 and at "
+                        "most 86,400 seconds")
     return seconds
 
 

@@ -162,3 +162,17 @@ def test_the_bounds_leave_ordinary_values_alone(workdir):
     assert timeout.convert("0.5", None, None) == 0.5 and timeout.convert(60, None, None) == 60
     with pytest.raises(click.BadParameter, match=r"0 is not in the range above 0 to 60 \(seconds\)"):
         timeout.convert("0", None, None)
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "1e9"])
+def test_the_numbers_in_the_environment_are_bounded_too(value, workdir, monkeypatch):
+    line = one_error_line(invoke("run", "--trials", "1", "--device", "cpu", env={"SEARCH_PROGRESS_INTERVAL": value}),
+                          alone=True)
+    assert line == (f"Error: SEARCH_PROGRESS_INTERVAL={value!r}: must be above 0 and at most 86,400 seconds"), line
+    assert list(workdir.iterdir()) == []
+    from search.errors import UserError
+    from search.storage import heartbeat_settings
+
+    monkeypatch.setenv("SEARCH_HEARTBEAT_INTERVAL", "9" * 20)
+    with pytest.raises(UserError, match="SEARCH_HEARTBEAT_INTERVAL=9+: expected a whole number of seconds from 1 to"):
+        heartbeat_settings()
