@@ -103,6 +103,11 @@ def trial_lines(study: optuna.Study, trial: FrozenTrial) -> list[str]:
                      f"artifacts in {final.get('artifact_dir')}:")
         lines += [f"  {name}  (id {artifact_id})" for name, artifact_id in final.get("artifacts", {}).items()]
     lines += _ensemble_lines(study.user_attrs.get("final_ensemble"), trial.number)
+    from search.notes import predictions_text
+
+    held = predictions_text(study)
+    if held is not None:
+        lines.append(f"predictions.csv holds {held}")
     return lines
 
 
@@ -149,7 +154,9 @@ def reference_note(study: optuna.Study, best: FrozenTrial) -> str:
     parts = []
     sample = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("warm_start") == "sample-code"]
     if sample:
-        t = sample[0]
+        # the last that ran to an end of its own: an interrupted one is queued again (search/study.py)
+        ran = [t for t in sample if t.state.is_finished() and t.user_attrs.get("ended") != "interrupted"]
+        t = (ran or sample)[-1]
         parts.append(f"sample-code trial #{t.number}: " + (f"{t.value:.4f}" if t.state == TrialState.COMPLETE
                                                             else t.user_attrs.get("ended", t.state.name.lower())))
     speakers = resolved_configs(best)[0].get("n_classes")
@@ -316,11 +323,15 @@ def space_text(profile: str, as_json: bool = False) -> str:
 def report_text(study_name: str, storage: str | None, out: Path) -> str:
     """``search report``: write the HTML page (search/report.py); the text is its summary of the best
     trials, the figures it could not draw and where the page is."""
-    from search.files import check_writable
+    from search.files import check_out, check_writable
     from search.report import summary_lines, write_report
-    from search.study import load_study
+    from search.storage import default_url
+    from search.study import StudySettings, load_study
 
     study = load_study(study_name, storage, read_only=True)
+    settings = StudySettings.from_attrs(study.user_attrs)
+    check_out(out, "--out", storage or default_url(study_name),
+              settings.data if settings and settings.data != "embedded" else None)
     check_writable(out, "--out")
     sections = write_report(study, out)
     skipped = [s for s in sections if s.figure is None]

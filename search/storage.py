@@ -62,8 +62,9 @@ def _seconds_from_env(name: str, default: int) -> int:
     text = os.environ.get(name, "").strip()
     if not text:
         return default
-    if not (text.isascii() and text.isdigit()) or int(text) <= 0:
-        raise UserError(f"{name}={text}: expected a positive whole number of seconds")
+    # bounded above too, as every number a user types (search/commands/base.py Bounded): a day
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) <= 86_400:
+        raise UserError(f"{name}={text}: expected a whole number of seconds from 1 to 86,400")
     return int(text)
 
 

@@ -246,6 +246,31 @@ def open_study(name: str, url: str, requested: StudySettings, warm_start: bool =
     return study, settings, created
 
 
+def requeue_interrupted_warm_starts(study: optuna.Study) -> list[tuple[str, int]]:
+    """Queue again each warm-start trial that was interrupted (Ctrl-C, SIGTERM, a worker whose parent was killed:
+    FAIL with ``ended: interrupted``) and has no other trial of its label that ran or will run; returns (label,
+    interrupted trial number) of each.
+
+    Warm starts are enqueued once, by the process that creates the study: an interrupted one was never run
+    again, so the study lost its strongest CPU configuration and the sample-code reference read ``interrupted``
+    for good. The copy has the same parameters (those it was enqueued with) and the ``warm_start`` label, and
+    ``retry_of`` the interrupted trial's number."""
+    trials = study.get_trials(deepcopy=False)
+    alive = {t.user_attrs.get("warm_start") for t in trials
+             if t.user_attrs.get("warm_start") and not (t.state == TrialState.FAIL
+                                                         and t.user_attrs.get("ended") == "interrupted")}
+    requeued = []
+    for t in trials:
+        label = t.user_attrs.get("warm_start")
+        if (label and label not in alive and t.state == TrialState.FAIL
+                and t.user_attrs.get("ended") == "interrupted"):
+            params = t.system_attrs.get("fixed_params") or t.params
+            study.enqueue_trial(params, user_attrs={"warm_start": label, "retry_of": t.number})
+            alive.add(label)
+            requeued.append((label, t.number))
+    return requeued
+
+
 class TrialSeededTPESampler(optuna.samplers.TPESampler):
     """Optuna's TPE sampler whose random draws for trial N are seeded by (study seed, N), not by one seed per
     process.
