@@ -43,7 +43,7 @@ import torch
 from search.errors import UserError
 from search.files import artifact_folder, check_writable, final_folder, replaced, write_text
 from search.finalize import (FinalizeRequest, _checkpoint_step, echo_eval, echo_results, final_configs, setup,
-                             outputs_begin, study_seed, training_run, write_labels)
+                             outputs_begin, study_seed, test_names, training_run, write_labels)
 from search.notes import write_study_note
 from search.objective import trial_seed
 from search.queries import best_trials, pick_trial
@@ -246,7 +246,7 @@ def finalize_ensemble(study: optuna.Study, members: list[Member], task: Task, st
 
     ``on_eval(member_index, phase, step, total, metrics)`` gets each evaluation (phase ``valid`` or
     ``all-data``); ``say`` the lines that tell which member is where."""
-    answers = answer_key(task.source)  # a broken answer key fails now, before any training or folder
+    answers = answer_key(task.source, test_names(task))  # a broken or foreign key fails now, before any training
     check_writable(out, "--out")
     home = folder / label
     check_writable(home / "config.json", "study folder")

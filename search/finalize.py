@@ -74,7 +74,7 @@ def write_labels(task: Task, labels: list[int], out: Path) -> None:
 def finalize(study: optuna.Study, trial: optuna.trial.FrozenTrial, task: Task, steps: int, out: Path,
              folder: Path, seed: int, on_eval: Callable[[int, dict], None] | None = None,
              checkpoint_every: int = 1000) -> FinalResult:
-    answers = answer_key(task.source)  # a broken answer key fails now, before any training or folder
+    answers = answer_key(task.source, test_names(task))  # a broken or foreign key fails now, before any training
     check_writable(out, "--out")
     check_writable(folder / "model.pt", "study folder")
     model_cfg, train_cfg = final_configs(trial.params, task, steps, trial_seed(seed, trial.number))
@@ -111,6 +111,11 @@ def finalize(study: optuna.Study, trial: optuna.trial.FrozenTrial, task: Task, s
     return FinalResult(trial.number, result.best_accuracy, result.best_step, model_path, out, result.steps_per_second,
                        artifacts, resumed_from_step=resumed, test_accuracy=test_accuracy, test_utterances=test_n,
                        answers=answers)
+
+
+def test_names(task: Task) -> list[str]:
+    """testdata.json's utterance Ids, in its order: the Ids of the predictions CSV and of an answer key."""
+    return [task.bank.names[i] for i in range(task.bank.n_train, len(task.bank.names))]
 
 
 def final_configs(params: dict, task: Task, steps: int, seed: int):
@@ -245,6 +250,7 @@ def run_finalize(request: FinalizeRequest) -> None:
         raise UserError(f"{'--k' if request.k is not None else '--seeds'} goes with `search finalize top`, "
                         f"not {which!r}")
     study = load_study(request.study_name, request.storage)
+    check_ours(study, request.storage)
     if request.steps is None:
         from search.task import resolve_device
 
@@ -279,6 +285,21 @@ def run_finalize(request: FinalizeRequest) -> None:
     if late is not None:
         echo(f"{_signal_name(late)} came while the outputs were being written: they were all written first, and "
              "the finalize is complete")
+
+
+def check_ours(study: optuna.Study, storage: str | None) -> None:
+    """Refuse, before any data is prepared, a study with complete trials that `search run` did not create (plain
+    Optuna's, say): its trials' parameters are not configurations of our space, and retraining one would fail after
+    the data was prepared (a KeyError on the first parameter it lacks). As `search run` refuses to add to it."""
+    from search.queries import complete_trials
+    from search.storage import default_url, redact
+    from search.study import StudySettings
+
+    if StudySettings.from_attrs(study.user_attrs) is None and complete_trials(study):
+        url = redact(storage or default_url(study.study_name))
+        raise UserError(f"--study {study.study_name}: the study in {url} was not created by `search run` (it has "
+                        "no search settings: budget, data, seed, space), so its trials are not configurations "
+                        "`search finalize` can retrain")
 
 
 def _finalize_with(study: optuna.Study, request: FinalizeRequest) -> None:

@@ -113,14 +113,24 @@ def score_files(predictions_path: Path, answers_path: Path, speakers: Iterable[s
     return score_rows(predictions, answers, str(predictions_path), speakers)
 
 
-def answer_key(data_folder: str | Path | None) -> Path | None:
-    """The answer key of a data folder (``answers.csv``), validated, or None when the folder has none."""
+def answer_key(data_folder: str | Path | None, test_ids: Iterable[str] | None = None) -> Path | None:
+    """The answer key of a data folder (``answers.csv``), validated, or None when the folder has none.
+
+    With ``test_ids`` (testdata.json's utterances, in order), its Ids must be exactly those: a key of another
+    dataset would otherwise be refused only after training, when the predictions are scored against it."""
     if data_folder is None:
         return None
     path = Path(data_folder) / ANSWERS_NAME
     if not path.exists():
         return None
-    read_rows(path)  # a broken key fails now, not after hours of training
+    rows = read_rows(path)  # a broken key fails now, not after hours of training
+    if test_ids is not None:
+        test_ids = list(test_ids)
+        expected = set(test_ids)
+        _refuse_any(f"{path}", [u for u in test_ids if u not in rows],
+                    f"of testdata.json's {len(test_ids)} Ids are not in the answer key")
+        _refuse_any(f"{path}", [u for u in rows if u not in expected], "Id is not in testdata.json",
+                    "Ids are not in testdata.json")
     return path
 
 

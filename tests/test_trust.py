@@ -1,0 +1,59 @@
+"""Issue 23 ("Trust"): failures that must be clear, early and one line, each provoked for real.
+
+Refusals come before any work they would waste (preparing data, training); a message shows what a user's file
+holds with its control characters escaped; a damaged study file or a stale temporary file left by a killed
+process is named or cleaned up, not a dead end.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tests.helpers import SAMPLE, invoke, new_study, one_error_line
+
+
+@pytest.fixture
+def trained_study(dataset_copy, workdir) -> optuna.Study:
+    """Study ``t`` in studies/t.db on a private copy of the tiny dataset, one complete sample-code trial."""
+    import torch
+
+    from search.study import StudySettings, run_trials
+    from search.task import load_task
+
+    study = new_study(dataset_copy, "sqlite:///studies/t.db", "t")
+    study.enqueue_trial(SAMPLE)
+    run_trials(study, StudySettings.from_attrs(study.user_attrs), load_task(dataset_copy, 0, torch.device("cpu")), 1)
+    assert study.trials[0].state == TrialState.COMPLETE
+    return study
+
+
+# --- 1. finalize of a study plain Optuna made ---------------------------------------------------------------
+
+def test_finalize_refuses_a_plain_optuna_study_before_preparing_data(workdir):
+    (workdir / "studies").mkdir()
+    study = optuna.create_study(study_name="plain", storage="sqlite:///studies/plain.db", direction="maximize")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    line = one_error_line(invoke("finalize", "best", "--study", "plain", "--device", "cpu"), alone=True)
+    assert "--study plain: the study in sqlite:///studies/plain.db was not created by `search run`" in line, line
+    assert not (workdir / "studies" / ".cache").exists()  # the embedded data was not prepared
+    assert not (workdir / "studies" / "plain").exists()
+
+
+# --- 2. an answer key of other utterances ---------------------------------------------------------------
+
+def test_an_answer_key_of_other_ids_is_refused_before_training(trained_study, dataset_copy, workdir):
+    key = dataset_copy / "answers.csv"
+    rows = list(csv.reader(key.open()))
+    rows[1][0] = "uttr-not-in-testdata.pt"  # one Id of another dataset
+    with key.open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    result = invoke("finalize", "best", "--study", "t", "--steps", "16", "--device", "cpu", "--out", "p.csv")
+    line = one_error_line(result)
+    assert f"{key}: 1 of testdata.json's {len(rows) - 1} Ids are not in the answer key" in line, line
+    assert not any(line.startswith("step ") for line in result.output.splitlines())  # no evaluation: no training
+    assert not (workdir / "p.csv").exists() and not (workdir / "studies" / "t" / "final" / "model.pt").exists()
