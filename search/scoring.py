@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 from typing import Iterable
 
+from data.errors import printable
 from data.hw04 import path_problem
 from search.errors import UserError
 
@@ -29,7 +30,7 @@ def _refuse_any(where: str, items: list[str], one: str, many: str | None = None)
     """One UserError when ``items`` is not empty: ``where``, how many (``one`` or ``many`` says what they are)
     and the first three: ``predictions.csv: 2 duplicate Ids: a, b``."""
     if items:
-        shown = ", ".join(items[:3]) + (", ..." if len(items) > 3 else "")
+        shown = ", ".join(printable(item) for item in items[:3]) + (", ..." if len(items) > 3 else "")
         raise UserError(f"{where}: {len(items)} {one if len(items) == 1 else many or one}: {shown}")
 
 

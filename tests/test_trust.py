@@ -57,3 +57,29 @@ def test_an_answer_key_of_other_ids_is_refused_before_training(trained_study, da
     assert f"{key}: 1 of testdata.json's {len(rows) - 1} Ids are not in the answer key" in line, line
     assert not any(line.startswith("step ") for line in result.output.splitlines())  # no evaluation: no training
     assert not (workdir / "p.csv").exists() and not (workdir / "studies" / "t" / "final" / "model.pt").exists()
+
+
+# --- 3. control bytes in a user's file ---------------------------------------------------------------------
+
+def test_control_bytes_of_a_csv_are_escaped_in_the_message(tmp_path):
+    """An Id that clears the screen (ESC [2J) and one with a carriage return: shown escaped, on one line."""
+    (tmp_path / "answers.csv").write_text("Id,Category\nuttr-a.pt,id00001\n")
+    (tmp_path / "p.csv").write_text("Id,Category\nuttr-a.pt,id00001\n\x1b[2Juttr-b.pt,id00001\n"
+                                    "\"uttr-\rc.pt\",id00001\n", newline="")
+    result = invoke("score", str(tmp_path / "p.csv"), "--answers", str(tmp_path / "answers.csv"))
+    line = one_error_line(result, alone=True)
+    assert line.endswith("2 Ids are not in the answer key: \\x1b[2Juttr-b.pt, uttr-\\rc.pt"), line
+    assert "\x1b" not in result.output and "\r" not in result.output
+
+
+def test_control_bytes_of_a_dataset_are_escaped_in_data_check(dataset_copy):
+    """A feature_path with a control byte, listed twice in testdata.json (data/hw04.py): escaped too."""
+    import json
+
+    test = json.loads((dataset_copy / "testdata.json").read_text())
+    test["utterances"][0]["feature_path"] = test["utterances"][1]["feature_path"] = "uttr-\x1b]0;owned\x07.pt"
+    (dataset_copy / "testdata.json").write_text(json.dumps(test))
+    result = invoke("data", "check", str(dataset_copy))
+    line = one_error_line(result, alone=True)
+    assert line.endswith("uttr-\\x1b]0;owned\\x07.pt is listed twice"), line
+    assert "\x1b" not in result.output and "\x07" not in result.output
