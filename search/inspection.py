@@ -236,10 +236,34 @@ def trials_csv(rows: list[dict]) -> str:
 
 # --- the read-only commands, each one call from the CLI: the text it prints ------------------------------
 
-def studies_text(storage: str | None, as_json: bool = False) -> str:
-    """``search studies``: the studies of ``storage`` (None: every ``studies/*.db``), a table or JSON."""
-    rows = [row for url in ([storage] if storage else default_storages()) for row in study_rows(url)]
+def studies_text(storage: str | None, as_json: bool = False, skipped: list[str] | None = None) -> str:
+    """``search studies``: the studies of ``storage`` (None: every ``studies/*.db``), a table or JSON.
+
+    Without ``storage``, a file among ``studies/*.db`` that cannot be read (damaged, not SQLite) does not hide
+    the others: it is left out and named, one line each, in ``skipped`` (the command prints them as warnings).
+    Without ``skipped``, or with an explicit ``storage``, it is the command's error, as before."""
+    if storage or skipped is None:
+        rows = [row for url in ([storage] if storage else default_storages()) for row in study_rows(url)]
+    else:
+        rows = []
+        for url in default_storages():
+            try:
+                rows += study_rows(url)
+            except Exception as err:  # noqa: BLE001 - any reason a file is unreadable: named, the rest listed
+                skipped.append(f"{url.removeprefix('sqlite:///')}: left out, it cannot be read as a study storage ("
+                               + _reason(err) + ")")
     return json.dumps(rows, indent=2) if as_json else "\n".join(studies_lines(rows))
+
+
+def _reason(err: Exception) -> str:
+    """Why a storage could not be read, short: open_storage's own reason, else the exception's first line."""
+    from data.errors import printable
+
+    text = str(getattr(err, "orig", None) or err).strip()
+    inner = text.rsplit("cannot open the storage (", 1)  # open_storage's UserError: only its reason
+    text = inner[1].removesuffix(")") if isinstance(err, UserError) and len(inner) == 2 else text
+    return printable(type(err).__name__ + ": " + text.splitlines()[0][:200] if not isinstance(err, UserError)
+                     else text)
 
 
 def show_text(study_name: str, storage: str | None, number: int | None, as_json: bool = False) -> str:

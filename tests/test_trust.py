@@ -83,3 +83,22 @@ def test_control_bytes_of_a_dataset_are_escaped_in_data_check(dataset_copy):
     line = one_error_line(result, alone=True)
     assert line.endswith("uttr-\\x1b]0;owned\\x07.pt is listed twice"), line
     assert "\x1b" not in result.output and "\x07" not in result.output
+
+
+# --- 4. a damaged file among studies/*.db -------------------------------------------------------------------
+
+@pytest.mark.parametrize("damage", ["truncated", "not-sqlite"])
+def test_studies_lists_the_others_and_names_a_damaged_file(damage, workdir):
+    (workdir / "studies").mkdir()
+    for name in ("a", "c"):
+        study = optuna.create_study(study_name=name, storage=f"sqlite:///studies/{name}.db", direction="maximize")
+        study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    bad = workdir / "studies" / "b.db"  # sorted between them: listing must go on after it
+    bad.write_bytes((workdir / "studies" / "c.db").read_bytes()[:3000] if damage == "truncated" else b"garbage")
+    result = invoke("studies")
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    lines = result.output.splitlines()
+    assert [line.split()[0] for line in lines if "sqlite:///" in line] == ["a", "c"], result.output
+    [warning] = [line for line in lines if "b.db" in line]
+    assert warning.startswith("warning: studies/b.db: left out, it cannot be read as a study storage ("), warning
+    assert bad.read_bytes()[:7] in (b"garbage", b"SQLite ")  # left as it was
