@@ -102,3 +102,44 @@ def test_studies_lists_the_others_and_names_a_damaged_file(damage, workdir):
     [warning] = [line for line in lines if "b.db" in line]
     assert warning.startswith("warning: studies/b.db: left out, it cannot be read as a study storage ("), warning
     assert bad.read_bytes()[:7] in (b"garbage", b"SQLite ")  # left as it was
+
+
+# --- 5. a dashboard that other machines reach -------------------------------------------------------------
+
+def _dashboard_lines(folder: Path, host: str) -> list[str]:
+    """What `search dashboard --host HOST` prints up to its URL line, in a real process (stopped then)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    repo = Path(__file__).resolve().parents[1]
+    process = subprocess.Popen([sys.executable, "-m", "search.cli", "dashboard", "--study", "d", "--host", host,
+                                "--port", str(port)], cwd=folder, env={**os.environ, "PYTHONPATH": str(repo)},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        for line in process.stdout:
+            lines.append(line.rstrip("\n"))
+            if line.startswith("optuna-dashboard for study") or line.startswith("Error"):
+                break
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    return lines
+
+
+def test_a_dashboard_reachable_from_other_machines_warns(workdir):
+    (workdir / "studies").mkdir()
+    optuna.create_study(study_name="d", storage="sqlite:///studies/d.db", direction="maximize")
+    lines = _dashboard_lines(workdir, "0.0.0.0")
+    warnings = [line for line in lines if line.startswith("warning:")]
+    assert len(warnings) == 1 and lines[-1].startswith("optuna-dashboard for study 'd'"), lines
+    assert warnings[0].startswith("warning: --host 0.0.0.0: the dashboard is reachable from other machines"), lines
+    assert "edit notes and delete studies" in warnings[0]
+    for host in ("127.0.0.1", "localhost"):  # this machine only: nothing to warn about
+        lines = _dashboard_lines(workdir, host)
+        assert lines[-1].startswith("optuna-dashboard for study 'd'") and not any("warning" in x for x in lines), lines
