@@ -8,7 +8,8 @@ SQLite URL is.
 
 A file a command produces (a checkpoint, the final model, a CSV, the report) is written to a temporary
 file beside it and renamed into place (``replaced``): a kill, a full disk or an exception leaves either
-the old file or the new one, never a truncated one, and no temporary file.
+the old file or the new one, never a truncated one, and no temporary file (one a SIGKILL left is removed by the
+next write in that folder: data/tempfiles.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from data.tempfiles import remove_stale, temp_name
 from search.errors import UserError
 
 STUDIES = Path("studies")
@@ -46,7 +48,10 @@ def predictions_path(study_name: str) -> Path:
 def replaced(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` to write; when the block ends it is renamed onto ``path``
     (atomic on one filesystem); if the block fails the temporary file is removed and the error goes on."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    # A process killed meanwhile (SIGKILL runs no clean-up) left its temporary file beside ours: remove such files
+    # of dead processes now (a checkpoint's can be gigabytes), or they would stay forever (data/tempfiles.py).
+    remove_stale(path.parent if str(path.parent) else Path("."), f".{path.name}")
+    tmp = path.with_name(temp_name(f".{path.name}"))
     try:
         yield tmp
         os.replace(tmp, path)

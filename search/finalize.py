@@ -31,6 +31,7 @@ from typing import Callable, Iterator
 import optuna
 import torch
 
+from data.tempfiles import remove_stale
 from search import schedule, space as search_space
 from search.errors import Stopped, UserError
 from search.guard import held_signals, interrupts, raise_pending, signal_of
@@ -346,6 +347,9 @@ def setup(study: optuna.Study, request: FinalizeRequest):
     settings = StudySettings.from_attrs(study.user_attrs)
     out = request.out or predictions_path(study.study_name)
     check_writable(out, "--out")
+    # final/ is ours alone: every temporary file a killed finalize left there (a checkpoint's, of any step count
+    # or ensemble member; data/tempfiles.py) goes, not only those of the files this finalize writes
+    remove_stale(final_folder(study.study_name), recursive=True)
     echo = request.console or open_console(study.study_name, request.quiet)
     data_dir = request.data_dir
     if settings and data_dir is None and settings.data != "embedded":

@@ -143,3 +143,65 @@ def test_a_dashboard_reachable_from_other_machines_warns(workdir):
     for host in ("127.0.0.1", "localhost"):  # this machine only: nothing to warn about
         lines = _dashboard_lines(workdir, host)
         assert lines[-1].startswith("optuna-dashboard for study 'd'") and not any("warning" in x for x in lines), lines
+
+
+# --- 6. temporary files of a process killed while writing --------------------------------------------------
+
+def _killed_while_writing(code: str) -> None:
+    """Run ``code`` in a fresh Python process that SIGKILLs itself where the code says ``die()``."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    prelude = "import os, signal\ndef die(*_):\n    os.kill(os.getpid(), signal.SIGKILL)\n"
+    result = subprocess.run([sys.executable, "-c", prelude + code], env={**os.environ, "PYTHONPATH": str(repo)},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == -9, result.stderr
+
+
+def test_a_checkpoint_write_killed_leaves_no_temporary_file_for_good(trained_study, workdir):
+    import subprocess
+
+    final = workdir / "studies" / "t" / "final"
+    # a finalize killed with SIGKILL in the middle of writing its checkpoint (search/train.py _save_atomically)
+    # (torch.save is made to die as it writes the file's last record: the temporary file is there, half-written)
+    _killed_while_writing(
+        "import torch\nfrom pathlib import Path\nfrom search.train import _save_atomically\n"
+        "class Dies:\n    def __reduce__(self):\n        die()\n"
+        f"_save_atomically({{'step': 500, 'weights': torch.zeros(1000), 'last': Dies()}}, "
+        f"Path({str(final / 'checkpoint-trial0-steps999.pt')!r}))\n")
+    [left] = final.glob(".checkpoint-trial0-steps999.pt.tmp*")
+    dead = subprocess.Popen(["true"])  # its PID: a process that has ended
+    dead.wait()
+    old_style = final / f".checkpoint-trial0-steps16.pt.tmp{dead.pid}"  # the name before the host was added
+    old_style.write_bytes(b"half")
+    alive = subprocess.Popen(["sleep", "60"])  # a process still writing: its file is left alone
+    try:
+        busy = final / f".config.json.tmp{alive.pid}"
+        busy.write_text("{")
+        result = invoke("finalize", "best", "--study", "t", "--steps", "16", "--device", "cpu", "--out", "p.csv")
+        assert result.exit_code == 0, result.output
+        assert not left.exists() and not old_style.exists() and busy.exists()
+    finally:
+        alive.kill()
+        alive.wait()
+    # the next write of the same file removes its leftovers too, wherever it is (search/files.py replaced)
+    from search.files import write_text
+
+    stale = workdir / f".out.txt.tmp{dead.pid}"
+    stale.write_text("half")
+    write_text(workdir / "out.txt", "whole")
+    assert not stale.exists() and (workdir / "out.txt").read_text() == "whole"
+    assert [p.name for p in workdir.glob(".*.tmp*")] == []
+
+
+def test_a_feature_bank_pack_killed_leaves_no_folder_for_good(dataset_copy):
+    from data.bank import open_bank
+
+    _killed_while_writing(f"from data.bank import open_bank\nopen_bank({str(dataset_copy)!r}, progress=die)\n")
+    [left] = dataset_copy.glob(".bank.tmp*")  # the half-packed bank, as big as the bank will be
+    assert left.is_dir()
+    open_bank(dataset_copy)
+    assert not left.exists() and (dataset_copy / ".bank").is_dir()
+    assert list(dataset_copy.glob("*.tmp*")) == list(dataset_copy.glob(".*.tmp*")) == []
