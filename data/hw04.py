@@ -72,7 +72,9 @@ def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        value = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicate_keys)
+        # utf-8-sig: a byte-order mark (Windows editors, spreadsheet exports) is accepted, as in the CSVs
+        # (search/scoring.py); json.loads refuses one ("Unexpected UTF-8 BOM")
+        value = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=_no_duplicate_keys)
     except _DuplicateKey as err:
         raise DataError(f"{path}: the key {str(err)[:80]} appears twice in one object") from None
     except RecursionError:

@@ -80,7 +80,7 @@ def known_speakers(answers_path: Path, answers: dict[str, str]) -> set[str]:
     mapping = Path(answers_path).parent / "mapping.json"
     if mapping.is_file():
         try:
-            speakers = json.loads(mapping.read_text()).get("speaker2id")
+            speakers = json.loads(mapping.read_text(encoding="utf-8-sig")).get("speaker2id")  # a BOM, as data/hw04.py
             if isinstance(speakers, dict) and speakers:
                 return set(speakers) | set(answers.values())
         except (OSError, ValueError, AttributeError):

@@ -205,3 +205,16 @@ def test_a_feature_bank_pack_killed_leaves_no_folder_for_good(dataset_copy):
     open_bank(dataset_copy)
     assert not left.exists() and (dataset_copy / ".bank").is_dir()
     assert list(dataset_copy.glob("*.tmp*")) == list(dataset_copy.glob(".*.tmp*")) == []
+
+
+# --- 7. a byte-order mark ---------------------------------------------------------------------------------
+
+def test_a_byte_order_mark_is_accepted_in_every_file_of_a_dataset(dataset_copy, tmp_path):
+    """As a Windows editor saves them: the json files and the answer key each start with a UTF-8 BOM."""
+    for name in ("metadata.json", "mapping.json", "testdata.json", "answers.csv"):
+        path = dataset_copy / name
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    result = invoke("data", "check", str(dataset_copy))
+    assert result.exit_code == 0 and "Error" not in result.output, result.output
+    scored = invoke("score", str(dataset_copy / "answers.csv"), "--answers", str(dataset_copy / "answers.csv"))
+    assert scored.exit_code == 0 and scored.output.startswith("accuracy 1.0000 on "), scored.output
