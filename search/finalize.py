@@ -35,7 +35,8 @@ from data.tempfiles import remove_stale
 from search import schedule, space as search_space
 from search.errors import Stopped, UserError
 from search.guard import held_signals, interrupts, raise_pending, signal_of
-from search.files import artifact_folder, check_writable, final_folder, predictions_path, replaced, write_text
+from search.files import (artifact_folder, check_writable, final_folder, predictions_path, replaced, save_torch,
+                          write_text)
 from search.notes import write_study_note
 from search.objective import trial_seed
 from search.queries import pick_trial
@@ -88,9 +89,8 @@ def finalize(study: optuna.Study, trial: optuna.trial.FrozenTrial, task: Task, s
     labels = predict(result.model, task.bank, task.bank.test_ids()).cpu().tolist()
     model_path = folder / "model.pt"
     outputs_begin()  # from here on a signal waits: model, CSV, config and artifacts are written whole
-    with replaced(model_path) as tmp:
-        torch.save({"model_config": model_cfg.to_dict(), "state_dict": result.model.state_dict(),
-                    "id2speaker": task.bank.id2speaker}, tmp)
+    save_torch({"model_config": model_cfg.to_dict(), "state_dict": result.model.state_dict(),
+                "id2speaker": task.bank.id2speaker}, model_path)
     write_labels(task, labels, out)
     test_accuracy, test_n = score_files(out, answers, task.bank.id2speaker) if answers else (None, None)
     config_path = folder / "config.json"

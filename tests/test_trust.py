@@ -218,3 +218,45 @@ def test_a_byte_order_mark_is_accepted_in_every_file_of_a_dataset(dataset_copy, 
     assert result.exit_code == 0 and "Error" not in result.output, result.output
     scored = invoke("score", str(dataset_copy / "answers.csv"), "--answers", str(dataset_copy / "answers.csv"))
     assert scored.exit_code == 0 and scored.output.startswith("accuracy 1.0000 on "), scored.output
+
+
+# --- 8. a full disk while a checkpoint or the model is written -------------------------------------------
+
+def test_a_full_disk_names_the_file_and_says_so(trained_study, workdir):
+    """final/ on a 64 kB tmpfs (tests run as root here; elsewhere the mount is refused and the test skips):
+    the first checkpoint or model file fills it. The message was torch's "[enforce fail at
+    inline_container.cc:672] ... unexpected pos"."""
+    import subprocess
+
+    final = workdir / "studies" / "t" / "final"
+    final.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(final)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        result = invoke("finalize", "best", "--study", "t", "--steps", "16", "--device", "cpu", "--out", "p.csv")
+        line = one_error_line(result)
+        assert line.startswith("Error: studies/t/final/") and ".pt: cannot write it: no space left on device (" in line, line
+        assert "enforce fail" not in result.output
+        assert list(final.iterdir()) == []  # no half-written file: the space is free again
+    finally:
+        subprocess.run(["umount", "--lazy", str(final)])  # lazy: a file the failed write left open must not keep it
+
+
+def test_a_file_size_limit_names_the_file(workdir):
+    """The same through a file-size limit (RLIMIT_FSIZE, what a non-root CI can do): EFBIG, one line."""
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    code = ("import torch\nfrom pathlib import Path\nfrom search.train import _save_atomically\n"
+            "_save_atomically({'weights': torch.zeros(100_000)}, Path('final/checkpoint.pt'))\n")
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", code], cwd=workdir, env={**os.environ, "PYTHONPATH": str(repo)},
+                            capture_output=True, text=True, timeout=120,
+                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000)))
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("search.errors.UserError: final/checkpoint.pt: cannot write it: file too large"), last
+    assert list((workdir / "final").iterdir()) == []
