@@ -260,3 +260,25 @@ def test_a_file_size_limit_names_the_file(workdir):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("search.errors.UserError: final/checkpoint.pt: cannot write it: file too large"), last
     assert list((workdir / "final").iterdir()) == []
+
+
+# --- 9. a damaged journal file --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("damage, problem", [
+    (b"\xff\xfe\x00garbage\n", "not UTF-8 text"),
+    (b'{"op_code": 99, "worker_id": "w"}\n', "not an operation Optuna knows"),
+    (b"hello\n", "not a JSON record"),
+], ids=["not-utf8", "unknown-operation", "not-json"])
+def test_a_damaged_journal_file_is_one_line(damage, problem, workdir):
+    """Optuna's replay said `UnicodeDecodeError: 'utf-16-le' codec ...` or `AssertionError: Should not reach.`"""
+    from search.storage import open_storage
+
+    study = optuna.create_study(study_name="j", storage=open_storage("journal://j.log"), direction="maximize")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    lines = (workdir / "j.log").read_bytes().splitlines(keepends=True)
+    (workdir / "j.log").write_bytes(b"".join(lines[:3]) + damage + b"".join(lines[3:]))  # a line 4 Optuna can't read
+    for args in (["show", "--study", "j"], ["trials", "--study", "j"], ["studies"]):
+        line = one_error_line(invoke(*args, "--storage", "journal://j.log"), alone=True)
+        assert line == (f"Error: --storage journal://{workdir}/j.log: the journal file {workdir}/j.log is damaged "
+                        f"(line 4: {problem}); Optuna cannot read it: restore it from a copy, or remove the damaged "
+                        "lines"), line
