@@ -8,6 +8,7 @@ process is named or cleaned up, not a dead end.
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import optuna
@@ -282,3 +283,48 @@ def test_a_damaged_journal_file_is_one_line(damage, problem, workdir):
         assert line == (f"Error: --storage journal://{workdir}/j.log: the journal file {workdir}/j.log is damaged "
                         f"(line 4: {problem}); Optuna cannot read it: restore it from a copy, or remove the damaged "
                         "lines"), line
+
+
+# --- load: the tables of a big study, read from the database itself -----------------------------------------
+
+def test_the_trials_table_reads_the_same_from_the_database_as_through_optuna(workdir):
+    """`search trials` / `studies` on SQLite ask the tables for what they show (search/queries.py trial_fields);
+    the same study copied to a journal file goes Optuna's way (every trial whole): the output is the same."""
+    from bench.load import STUDY, build
+
+    build(workdir, 60)
+    optuna.copy_study(from_study_name=STUDY, from_storage=f"sqlite:///{workdir}/studies/{STUDY}.db",
+                      to_storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
+                          str(workdir / "j.log"))))
+    for args in (["--json"], ["--sort", "value", "--csv"], ["--sort", "duration"], ["--state", "complete", "--json"],
+                 ["--state", "pruned", "--state", "fail"]):
+        rdb = invoke("trials", "--study", STUDY, *args)
+        journal = invoke("trials", "--study", STUDY, "--storage", "journal://j.log", *args)
+        assert rdb.exit_code == 0 and rdb.output == journal.output, (args, rdb.output[-500:], journal.output[-500:])
+    assert len(json.loads(invoke("trials", "--study", STUDY, "--json").output)) == 60
+    counts = [line.split()[1:7] for line in invoke("studies").output.splitlines()[1:]]
+    journal = [line.split()[1:7] for line in invoke("studies", "--storage", "journal://j.log").output.splitlines()[1:]]
+    assert counts == journal and counts[0][0] == "60", (counts, journal)
+    for args in (["--trial", "7"], [], ["--trial", "7", "--json"]):
+        assert invoke("show", "--study", STUDY, *args).output == \
+            invoke("show", "--study", STUDY, "--storage", "journal://j.log", *args).output
+
+
+def test_trials_and_studies_do_not_import_torch(workdir):
+    """torch's import is about a second of each command's start: the commands that only read a study skip it."""
+    import os
+    import subprocess
+    import sys
+
+    (workdir / "studies").mkdir()
+    study = optuna.create_study(study_name="s", storage="sqlite:///studies/s.db", direction="maximize")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    code = ("import sys\nfrom search.cli import main\n"
+            "for args in (['trials', '--study', 's'], ['studies']):\n"
+            "    try:\n        main(args)\n    except SystemExit as done:\n        assert not done.code, done\n"
+            "print('torch imported' if 'torch' in sys.modules else 'no torch')\n")
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", code.replace("main(args)", "main(args, standalone_mode=False)")],
+                            cwd=workdir, env={**os.environ, "PYTHONPATH": str(repo)}, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and result.stdout.strip().endswith("no torch"), result.stdout + result.stderr
