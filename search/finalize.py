@@ -43,7 +43,7 @@ from search.queries import pick_trial
 from search.scoring import answer_key, score_files
 from search.task import Task
 from search.logs import Console, open_console
-from search.study import Progress
+from search.study import CPU_FINALIZE_STEPS, GPU_FINALIZE_STEPS, Progress
 from search.train import TrainResult, predict, report_progress, train
 
 
@@ -209,11 +209,6 @@ def _take_pending() -> KeyboardInterrupt | None:
     return None
 
 
-GPU_FINALIZE_STEPS = 70_000  # the sample code's total_steps
-# On a CPU 70,000 steps take hours. 2,000 steps (the quick start's) take 2-3 minutes for the `cpu` profile's models
-# on this project's 2-core machine (measured quiet on 2026-11-26: the sample model ~14 steps/s, the CPU warm start
-# ~20 in a trial, a one-layer Conformer ~7); --steps says otherwise.
-CPU_FINALIZE_STEPS = 2_000
 
 
 def default_steps(device) -> int:

@@ -7,8 +7,7 @@ from pathlib import Path
 import click
 
 from search.commands.base import SEED_MAX, data_option, device_option, main, quiet_option, storage_option, study_option
-from search.finalize import CPU_FINALIZE_STEPS, GPU_FINALIZE_STEPS
-from search.study import CPU_BUDGET, GPU_BUDGET
+from search.study import CPU_BUDGET, CPU_FINALIZE_STEPS, GPU_BUDGET, GPU_FINALIZE_STEPS  # no torch: see study.py
 
 
 @main.command()
