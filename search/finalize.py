@@ -98,7 +98,8 @@ def finalize(study: optuna.Study, trial: optuna.trial.FrozenTrial, task: Task, s
         "study": study.study_name, "trial": trial.number, "params": trial.params,
         "model_config": model_cfg.to_dict(), "train_config": asdict(train_cfg),
         "valid_accuracy": result.best_accuracy, "best_step": result.best_step, "history": result.history,
-        "resumed_from_step": resumed, "test_accuracy": test_accuracy, "test_utterances": test_n,
+        "resumed_from_step": _recorded_resume(config_path, trial.number, steps, resumed),
+        "test_accuracy": test_accuracy, "test_utterances": test_n,
         "answers": str(answers) if answers else None,
     }, indent=2))
     from search.artifacts import upload_final  # into studies/<study>/artifacts, served by `search dashboard`
@@ -127,6 +128,22 @@ def final_configs(params: dict, task: Task, steps: int, seed: int):
     train_cfg.recover_collapse = True  # a long run: roll back a collapse (search/train.py CollapseGuard)
     train_cfg.precision = "tf32"  # bf16 diverged in 70,000-step runs where fp32 did not (TrainConfig.precision)
     return model_cfg, train_cfg
+
+
+def _recorded_resume(config_path: Path, trial: int, steps: int, resumed: int | None) -> int | None:
+    """``resumed_from_step`` for config.json. A finalize run again after one that finished finds the finished run's
+    checkpoint, trains nothing and writes that run's model and predictions again: it records what that run recorded
+    (the config.json it replaces), so that its files are the same bytes and search/artifacts.py reuses that run's
+    artifact set instead of storing a duplicate (the step it "resumed" from differed, and made a new set each time)."""
+    if resumed != steps or not config_path.is_file():
+        return resumed
+    try:
+        earlier = json.loads(config_path.read_text(encoding="utf-8"))
+        if earlier.get("trial") == trial and earlier.get("train_config", {}).get("steps") == steps:
+            return earlier.get("resumed_from_step")
+    except (OSError, ValueError, AttributeError):
+        pass  # unreadable: this run's own record
+    return resumed
 
 
 def _checkpoint_step(path: Path) -> int | None:

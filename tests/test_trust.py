@@ -328,3 +328,23 @@ def test_trials_and_studies_do_not_import_torch(workdir):
                             cwd=workdir, env={**os.environ, "PYTHONPATH": str(repo)}, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0 and result.stdout.strip().endswith("no torch"), result.stdout + result.stderr
+
+
+# --- 11. the same trial finalized twice -----------------------------------------------------------------
+
+def test_finalizing_a_trial_again_reuses_its_artifact_set(trained_study, workdir):
+    """The second finalize finds the first one's finished checkpoint, trains nothing and writes the same model and
+    predictions; it stored a second set of artifacts all the same (config.json said where it "resumed")."""
+    args = ("finalize", "best", "--study", "t", "--steps", "16", "--device", "cpu", "--out", "p.csv")
+    first = invoke(*args)
+    assert first.exit_code == 0, first.output
+    second = invoke(*args)
+    assert second.exit_code == 0 and "resumed from the checkpoint at step 16" in second.output, second.output
+    stored = sorted(p.name for p in (workdir / "studies" / "t" / "artifacts").iterdir() if not p.name.startswith("."))
+    assert len(stored) == 3, stored  # model, config, predictions: once
+    [first_names, second_names] = [[line for line in r.output.splitlines() if line.startswith("artifacts")]
+                                   for r in (first, second)]
+    assert first_names == second_names, (first_names, second_names)
+    study = optuna.load_study(study_name="t", storage="sqlite:///studies/t.db")
+    assert sorted(study.user_attrs["final"]["artifacts"]) == sorted(first_names[0].split(": ", 1)[1].split(
+        " in ")[0].split(", "))
