@@ -31,6 +31,7 @@ import torch
 
 from data.errors import DataError
 from data.hw04 import PAD_VALUE, Layout, load_features, read_layout
+from data.tempfiles import remove_stale, temp_name
 
 BANK_VERSION = 3  # 3: index.npz holds a checksum of frames.npy; 2: the fingerprint samples each file's content
 CHECKSUM_CHUNK = 1 << 24  # bytes per zlib.crc32 call
@@ -187,7 +188,9 @@ def pack(layout: Layout, folder: Path, progress: Callable[[int, int], None] | No
                             f"{layout.n_mels} float32 values")
     lengths = np.array([u.mel_len for u in utterances], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    # the half-packed folder of a killed pack (SIGKILL, OOM) is as big as the bank: removed here (data/tempfiles.py)
+    remove_stale(folder.parent, folder.name)
+    tmp = folder.with_name(temp_name(folder.name))
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:

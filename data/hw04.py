@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.errors import DataError
+from data.errors import DataError, printable
 
 SILENCE = math.log(1e-9)  # -20.72: HW04 clamps power at 1e-9 before the log
 PAD_VALUE = -20.0  # the sample code pads with -20 (about silence); masks make the value irrelevant
@@ -72,7 +72,9 @@ def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        value = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicate_keys)
+        # utf-8-sig: a byte-order mark (Windows editors, spreadsheet exports) is accepted, as in the CSVs
+        # (search/scoring.py); json.loads refuses one ("Unexpected UTF-8 BOM")
+        value = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=_no_duplicate_keys)
     except _DuplicateKey as err:
         raise DataError(f"{path}: the key {str(err)[:80]} appears twice in one object") from None
     except RecursionError:
@@ -95,7 +97,7 @@ def _entry(path: Path, where: str, item: object) -> tuple[str, int]:
         raise DataError(f"{path}: {where} has an invalid feature_path {name!r}")
     if isinstance(mel_len, bool) or not isinstance(mel_len, int) or mel_len <= 0 or mel_len > MAX_MEL_LEN:
         shown = repr(mel_len) if len(repr(mel_len)) <= 40 else repr(mel_len)[:40] + "..."
-        raise DataError(f"{path}: {where} ({name}) has an invalid mel_len {shown} (expected 1..{MAX_MEL_LEN:,})")
+        raise DataError(f"{path}: {where} ({printable(name)}) has an invalid mel_len {shown} (expected 1..{MAX_MEL_LEN:,})")
     return name, mel_len
 
 
@@ -169,13 +171,13 @@ def read_layout(root: str | Path) -> Layout:
     seen: set[str] = set()
     for utt in train + test:
         if utt.feature_path in seen:
-            raise DataError(f"{root}: {utt.feature_path} is listed twice")
+            raise DataError(f"{root}: {printable(utt.feature_path)} is listed twice")
         seen.add(utt.feature_path)
     present = {p.name: p for p in root.iterdir()}
     missing = [u.feature_path for u in train + test if u.feature_path not in present]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise DataError(f"{root / missing[0]}: feature file not found{more}")
+        raise DataError(f"{printable(root / missing[0])}: feature file not found{more}")
     inside = root.resolve()
     for utt in train + test:  # a symlink may point anywhere: only inside the data folder, like the names
         path = present[utt.feature_path]

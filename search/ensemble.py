@@ -41,9 +41,9 @@ import optuna
 import torch
 
 from search.errors import UserError
-from search.files import artifact_folder, check_writable, final_folder, replaced, write_text
+from search.files import artifact_folder, check_writable, final_folder, save_torch, write_text
 from search.finalize import (FinalizeRequest, _checkpoint_step, echo_eval, echo_results, final_configs, setup,
-                             outputs_begin, publish, study_seed, training_run, write_labels)
+                             outputs_begin, publish, study_seed, test_names, training_run, write_labels)
 from search.notes import write_study_note
 from search.objective import trial_seed
 from search.queries import best_trials, pick_trial
@@ -246,7 +246,7 @@ def finalize_ensemble(study: optuna.Study, members: list[Member], task: Task, st
 
     ``on_eval(member_index, phase, step, total, metrics)`` gets each evaluation (phase ``valid`` or
     ``all-data``); ``say`` the lines that tell which member is where."""
-    answers = answer_key(task.source)  # a broken answer key fails now, before any training or folder
+    answers = answer_key(task.source, test_names(task))  # a broken or foreign key fails now, before any training
     check_writable(out, "--out")
     home = folder / label
     check_writable(home / "config.json", "study folder")
@@ -292,9 +292,8 @@ def finalize_ensemble(study: optuna.Study, members: list[Member], task: Task, st
             configs["all_data_train_config"] = asdict(all_cfg)
         test_probs.append(predict_proba(model, bank, test_ids, train_cfg.eval_max_frames).cpu())
         model_file = home / f"member{i + 1}-{member.name}.pt"
-        with replaced(model_file) as tmp:
-            torch.save({**configs, "state_dict": model.state_dict(), "id2speaker": bank.id2speaker,
-                        "trial": trial.number, "seed": member.seed, "all_data_steps": mr.all_data_steps}, tmp)
+        save_torch({**configs, "state_dict": model.state_dict(), "id2speaker": bank.id2speaker,
+                    "trial": trial.number, "seed": member.seed, "all_data_steps": mr.all_data_steps}, model_file)
         mr.model_file = str(model_file)
         if answer_rows is not None:
             own = {bank.names[u]: bank.id2speaker[c] for u, c in zip(test_ids.tolist(), test_probs[-1].argmax(-1).tolist())}

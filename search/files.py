@@ -8,16 +8,19 @@ SQLite URL is.
 
 A file a command produces (a checkpoint, the final model, a CSV, the report) is written to a temporary
 file beside it and renamed into place (``replaced``): a kill, a full disk or an exception leaves either
-the old file or the new one, never a truncated one, and no temporary file.
+the old file or the new one, never a truncated one, and no temporary file (one a SIGKILL left is removed by the
+next write in that folder: data/tempfiles.py).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from data.tempfiles import remove_stale, temp_name
 from search.errors import UserError
 
 STUDIES = Path("studies")
@@ -52,16 +55,61 @@ def result_predictions_path(study_name: str, name: str) -> Path:
 def replaced(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` to write; when the block ends it is renamed onto ``path``
     (atomic on one filesystem); if the block fails the temporary file is removed and the error goes on."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    # A process killed meanwhile (SIGKILL runs no clean-up) left its temporary file beside ours: remove such files
+    # of dead processes now (a checkpoint's can be gigabytes), or they would stay forever (data/tempfiles.py).
+    remove_stale(path.parent if str(path.parent) else Path("."), f".{path.name}")
+    tmp = path.with_name(temp_name(f".{path.name}"))
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         try:
             tmp.unlink(missing_ok=True)
         except OSError:
             pass
+        full = _full(err)
+        if full is not None:  # the space it took is free again: say how much
+            raise UserError(f"{path}: cannot write it: {_FULL[full]} ({_free(path.parent)} free there)") from None
         raise
+
+
+# A write that fails for want of room: one line naming the file (an OSError of a write often has no file name,
+# and torch.save to a path says only "[enforce fail at inline_container.cc:672]": see save_torch)
+_FULL = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+         errno.EFBIG: "file too large (over the file-size limit, ulimit -f)"}
+
+
+def _full(err: BaseException) -> int | None:
+    """The errno of ``_FULL`` behind ``err``: itself, or its cause or context (torch.save to a file object raises
+    either the OSError or its own RuntimeError with the OSError as context); None for any other failure."""
+    for _ in range(5):
+        if isinstance(err, OSError) and err.errno in _FULL:
+            return err.errno
+        err = err.__cause__ or err.__context__
+        if err is None:
+            return None
+    return None
+
+
+def _free(folder: Path) -> str:
+    try:
+        stat = os.statvfs(folder if str(folder) else ".")
+    except OSError:
+        return "unknown"
+    free = stat.f_bavail * stat.f_frsize
+    return next(f"{free / 1024 ** i:.1f} {unit}" for i, unit in ((3, "GB"), (2, "MB"), (1, "kB"), (0, "bytes"))
+                if free >= 1024 ** i or i == 0)
+
+
+def save_torch(obj: object, path: Path) -> None:
+    """``torch.save(obj, path)``, atomically (see ``replaced``). Through a Python file object, not the path: then a
+    failed write raises an OSError with its errno (no space left on device, file too large), which ``replaced``
+    turns into one line naming ``path``; torch writing to a path itself fails with only "[enforce fail at
+    inline_container.cc:672] ... unexpected pos", which says neither what nor where."""
+    import torch
+
+    with replaced(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def write_text(path: Path, text: str) -> None:

@@ -32,11 +32,12 @@ from typing import Callable, Iterator
 import optuna
 import torch
 
+from data.tempfiles import remove_stale
 from search import schedule, space as search_space
 from search.errors import Stopped, UserError
 from search.guard import held_signals, interrupt_once, raise_pending, signal_of
 from search.files import (artifact_folder, check_out, check_writable, final_folder, predictions_path, replaced,
-                          result_predictions_path, write_text)
+                          result_predictions_path, save_torch, write_text)
 from search.notes import write_study_note
 from search.objective import trial_seed
 from search.queries import pick_trial
@@ -44,7 +45,7 @@ from search.scoring import ANSWERS_NAME, answer_key, score_files
 from search.storage import default_url
 from search.task import Task
 from search.logs import Console, open_console
-from search.study import Progress
+from search.study import CPU_FINALIZE_STEPS, GPU_FINALIZE_STEPS, Progress
 from search.train import TrainResult, predict, report_progress, train
 
 
@@ -77,7 +78,7 @@ def write_labels(task: Task, labels: list[int], out: Path) -> None:
 def finalize(study: optuna.Study, trial: optuna.trial.FrozenTrial, task: Task, steps: int, out: Path,
              folder: Path, seed: int, on_eval: Callable[[int, dict], None] | None = None,
              checkpoint_every: int = 1000) -> FinalResult:
-    answers = answer_key(task.source)  # a broken answer key fails now, before any training or folder
+    answers = answer_key(task.source, test_names(task))  # a broken or foreign key fails now, before any training
     check_writable(out, "--out")
     check_writable(folder / "model.pt", "study folder")
     model_cfg, train_cfg = final_configs(trial.params, task, steps, trial_seed(seed, trial.number))
@@ -90,9 +91,8 @@ def finalize(study: optuna.Study, trial: optuna.trial.FrozenTrial, task: Task, s
     labels = predict(result.model, task.bank, task.bank.test_ids()).cpu().tolist()
     model_path = folder / "model.pt"
     outputs_begin()  # from here on a signal waits: model, CSV, config and artifacts are written whole
-    with replaced(model_path) as tmp:
-        torch.save({"model_config": model_cfg.to_dict(), "state_dict": result.model.state_dict(),
-                    "id2speaker": task.bank.id2speaker}, tmp)
+    save_torch({"model_config": model_cfg.to_dict(), "state_dict": result.model.state_dict(),
+                "id2speaker": task.bank.id2speaker}, model_path)
     write_labels(task, labels, out)
     test_accuracy, test_n = score_files(out, answers, task.bank.id2speaker) if answers else (None, None)
     config_path = folder / "config.json"
@@ -100,7 +100,8 @@ def finalize(study: optuna.Study, trial: optuna.trial.FrozenTrial, task: Task, s
         "study": study.study_name, "trial": trial.number, "params": trial.params,
         "model_config": model_cfg.to_dict(), "train_config": asdict(train_cfg),
         "valid_accuracy": result.best_accuracy, "best_step": result.best_step, "history": result.history,
-        "resumed_from_step": resumed, "test_accuracy": test_accuracy, "test_utterances": test_n,
+        "resumed_from_step": _recorded_resume(config_path, trial.number, steps, resumed),
+        "test_accuracy": test_accuracy, "test_utterances": test_n,
         "answers": str(answers) if answers else None,
     }, indent=2))
     from search.artifacts import upload_final  # into studies/<study>/artifacts, served by `search dashboard`
@@ -116,6 +117,11 @@ def finalize(study: optuna.Study, trial: optuna.trial.FrozenTrial, task: Task, s
                        answers=answers)
 
 
+def test_names(task: Task) -> list[str]:
+    """testdata.json's utterance Ids, in its order: the Ids of the predictions CSV and of an answer key."""
+    return [task.bank.names[i] for i in range(task.bank.n_train, len(task.bank.names))]
+
+
 def final_configs(params: dict, task: Task, steps: int, seed: int):
     """The model and training configurations of a finalize run of ``steps`` steps: evaluations every steps/8,
     at most every 2,000 (periodic, unlike a trial's: collapse detection compares them; search/schedule.py)."""
@@ -124,6 +130,22 @@ def final_configs(params: dict, task: Task, steps: int, seed: int):
     train_cfg.recover_collapse = True  # a long run: roll back a collapse (search/train.py CollapseGuard)
     train_cfg.precision = "tf32"  # bf16 diverged in 70,000-step runs where fp32 did not (TrainConfig.precision)
     return model_cfg, train_cfg
+
+
+def _recorded_resume(config_path: Path, trial: int, steps: int, resumed: int | None) -> int | None:
+    """``resumed_from_step`` for config.json. A finalize run again after one that finished finds the finished run's
+    checkpoint, trains nothing and writes that run's model and predictions again: it records what that run recorded
+    (the config.json it replaces), so that its files are the same bytes and search/artifacts.py reuses that run's
+    artifact set instead of storing a duplicate (the step it "resumed" from differed, and made a new set each time)."""
+    if resumed != steps or not config_path.is_file():
+        return resumed
+    try:
+        earlier = json.loads(config_path.read_text(encoding="utf-8"))
+        if earlier.get("trial") == trial and earlier.get("train_config", {}).get("steps") == steps:
+            return earlier.get("resumed_from_step")
+    except (OSError, ValueError, AttributeError):
+        pass  # unreadable: this run's own record
+    return resumed
 
 
 def _checkpoint_step(path: Path, fingerprint: str = "") -> int | None:
@@ -210,11 +232,6 @@ def _take_pending() -> KeyboardInterrupt | None:
     return None
 
 
-GPU_FINALIZE_STEPS = 70_000  # the sample code's total_steps
-# On a CPU 70,000 steps take hours. 2,000 steps (the quick start's) take 2-3 minutes for the `cpu` profile's models
-# on this project's 2-core machine (measured quiet on 2026-11-26: the sample model ~14 steps/s, the CPU warm start
-# ~20 in a trial, a one-layer Conformer ~7); --steps says otherwise.
-CPU_FINALIZE_STEPS = 2_000
 
 
 def default_steps(device) -> int:
@@ -252,6 +269,7 @@ def run_finalize(request: FinalizeRequest) -> None:
         raise UserError(f"{'--k' if request.k is not None else '--seeds'} goes with `search finalize top`, "
                         f"not {which!r}")
     study = load_study(request.study_name, request.storage)
+    check_ours(study, request.storage)
     if request.steps is None:
         from search.task import resolve_device
 
@@ -329,6 +347,21 @@ def _ignore_signals() -> None:
 _IGNORE_AT_EXIT = False
 
 
+def check_ours(study: optuna.Study, storage: str | None) -> None:
+    """Refuse, before any data is prepared, a study with complete trials that `search run` did not create (plain
+    Optuna's, say): its trials' parameters are not configurations of our space, and retraining one would fail after
+    the data was prepared (a KeyError on the first parameter it lacks). As `search run` refuses to add to it."""
+    from search.queries import complete_trials
+    from search.storage import default_url, redact
+    from search.study import StudySettings
+
+    if StudySettings.from_attrs(study.user_attrs) is None and complete_trials(study):
+        url = redact(storage or default_url(study.study_name))
+        raise UserError(f"--study {study.study_name}: the study in {url} was not created by `search run` (it has "
+                        "no search settings: budget, data, seed, space), so its trials are not configurations "
+                        "`search finalize` can retrain")
+
+
 def _finalize_with(study: optuna.Study, request: FinalizeRequest) -> None:
     which = request.which
     if which == "top" or request.all_data:
@@ -376,6 +409,9 @@ def setup(study: optuna.Study, request: FinalizeRequest, name: str):
     settings = StudySettings.from_attrs(study.user_attrs)
     out = request.out or result_predictions_path(study.study_name, name)
     check_writable(out, "--out")
+    # final/ is ours alone: every temporary file a killed finalize left there (a checkpoint's, of any step count
+    # or ensemble member; data/tempfiles.py) goes, not only those of the files this finalize writes
+    remove_stale(final_folder(study.study_name), recursive=True)
     echo = request.console or open_console(study.study_name, request.quiet)
     data_dir = request.data_dir
     if settings and data_dir is None and settings.data != "embedded":

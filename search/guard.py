@@ -26,7 +26,7 @@ from typing import Callable, Iterator
 
 import click
 
-from data.errors import DataError
+from data.errors import DataError, printable
 from search.errors import Stopped, Terminated, UserError
 
 # Let through as they are: click's own errors and exits (usage errors keep their usage line), and
@@ -41,19 +41,21 @@ def _guarded(ctx: click.Context, call):
     study's log file (``studies/<study>/search.log``, or ``studies/search.log`` without a study)."""
     from search.storage import scrub
 
+    # Every error line through printable(): whatever user text a message quotes (a CSV's Id, a path, a database's
+    # reason) reaches the terminal escaped, never as control bytes it would obey.
     try:
         return call(ctx)
     except Stopped as err:  # `search run` stopped by a signal, after its summary: 128 + the signal
-        raise _exit(str(err), err.exit_code) from None
+        raise _exit(printable(str(err)), err.exit_code) from None
     except Terminated:
         raise _exit(f"search {ctx.info_name if ctx.parent else 'run'}: stopped by SIGTERM (a running trial ended "
                     "FAIL, ended: interrupted)", 128 + signal.SIGTERM) from None
     except _PASS_THROUGH:
         raise
     except (UserError, DataError) as err:
-        raise click.ClickException(scrub(str(err))) from None
+        raise click.ClickException(printable(scrub(str(err)))) from None
     except Exception as err:  # noqa: BLE001 - the point: no traceback on the console, ever
-        raise click.ClickException(_unexpected(ctx, err)) from None
+        raise click.ClickException(printable(_unexpected(ctx, err))) from None
 
 
 def _exit(message: str, code: int) -> click.ClickException:
@@ -247,6 +249,6 @@ def friendly_errors(command):
         try:
             return command(*args, **kwargs)
         except (UserError, DataError) as err:
-            raise click.ClickException(scrub(str(err))) from None
+            raise click.ClickException(printable(scrub(str(err)))) from None
 
     return wrapper

@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 from typing import Iterable
 
+from data.errors import printable
 from data.hw04 import path_problem
 from search.errors import UserError
 
@@ -29,7 +30,7 @@ def _refuse_any(where: str, items: list[str], one: str, many: str | None = None)
     """One UserError when ``items`` is not empty: ``where``, how many (``one`` or ``many`` says what they are)
     and the first three: ``predictions.csv: 2 duplicate Ids: a, b``."""
     if items:
-        shown = ", ".join(items[:3]) + (", ..." if len(items) > 3 else "")
+        shown = ", ".join(printable(item) for item in items[:3]) + (", ..." if len(items) > 3 else "")
         raise UserError(f"{where}: {len(items)} {one if len(items) == 1 else many or one}: {shown}")
 
 
@@ -79,7 +80,7 @@ def known_speakers(answers_path: Path, answers: dict[str, str]) -> set[str]:
     mapping = Path(answers_path).parent / "mapping.json"
     if mapping.is_file():
         try:
-            speakers = json.loads(mapping.read_text()).get("speaker2id")
+            speakers = json.loads(mapping.read_text(encoding="utf-8-sig")).get("speaker2id")  # a BOM, as data/hw04.py
             if isinstance(speakers, dict) and speakers:
                 return set(speakers) | set(answers.values())
         except (OSError, ValueError, AttributeError):
@@ -113,14 +114,24 @@ def score_files(predictions_path: Path, answers_path: Path, speakers: Iterable[s
     return score_rows(predictions, answers, str(predictions_path), speakers)
 
 
-def answer_key(data_folder: str | Path | None) -> Path | None:
-    """The answer key of a data folder (``answers.csv``), validated, or None when the folder has none."""
+def answer_key(data_folder: str | Path | None, test_ids: Iterable[str] | None = None) -> Path | None:
+    """The answer key of a data folder (``answers.csv``), validated, or None when the folder has none.
+
+    With ``test_ids`` (testdata.json's utterances, in order), its Ids must be exactly those: a key of another
+    dataset would otherwise be refused only after training, when the predictions are scored against it."""
     if data_folder is None:
         return None
     path = Path(data_folder) / ANSWERS_NAME
     if not path.exists():
         return None
-    read_rows(path)  # a broken key fails now, not after hours of training
+    rows = read_rows(path)  # a broken key fails now, not after hours of training
+    if test_ids is not None:
+        test_ids = list(test_ids)
+        expected = set(test_ids)
+        _refuse_any(f"{path}", [u for u in test_ids if u not in rows],
+                    f"of testdata.json's {len(test_ids)} Ids are not in the answer key")
+        _refuse_any(f"{path}", [u for u in rows if u not in expected], "Id is not in testdata.json",
+                    "Ids are not in testdata.json")
     return path
 
 

@@ -389,6 +389,31 @@ def check_url(url: str) -> None:
                         "resumed, and is lost at exit; use a file, e.g. sqlite:///studies/hw04.db")
 
 
+def _journal_problem(path: Path, err: Exception) -> str:
+    """The first line of a journal file that Optuna cannot replay, and why (for the message of a damaged file)."""
+    import json
+
+    from optuna.storages.journal._storage import JournalOperation
+
+    known = {op.value for op in JournalOperation}
+    try:
+        with open(path, "rb") as f:
+            for number, raw in enumerate(f, 1):
+                try:
+                    entry = json.loads(raw.decode("utf-8"))
+                except UnicodeDecodeError:
+                    return f"line {number}: not UTF-8 text"
+                except ValueError:
+                    if raw.endswith(b"\n"):  # Optuna skips a last line without its newline (a write in progress)
+                        return f"line {number}: not a JSON record"
+                    continue
+                if not isinstance(entry, dict) or entry.get("op_code") not in known:
+                    return f"line {number}: not an operation Optuna knows"
+    except OSError as read_err:
+        return read_err.strerror or str(read_err)
+    return f"{type(err).__name__}: {str(err)[:120]}"
+
+
 def open_storage(url: str, heartbeat_interval: int | None = -1, grace_period: int | None = -1,
                  create: bool = True, read_only: bool = False) -> optuna.storages.BaseStorage:
     """Open (creating if needed) the storage at ``url``; a one-line UserError if that fails.
@@ -413,9 +438,15 @@ def open_storage(url: str, heartbeat_interval: int | None = -1, grace_period: in
             raise UserError(f"{option_text(url)}: no such file {path}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            return JournalStorage(JournalFileBackend(str(path)))
+            return JournalStorage(JournalFileBackend(str(path)))  # reads (replays) the whole file
         except OSError as err:
             raise UserError(f"{option_text(url)}: cannot open the journal file ({err.strerror})") from None
+        except (UnicodeDecodeError, ValueError, AssertionError, KeyError, TypeError, AttributeError) as err:
+            # A damaged file (bytes that are not UTF-8, a line of another program, an operation Optuna does not
+            # know) fails deep inside Optuna's replay with UnicodeDecodeError or "AssertionError: Should not
+            # reach.": say which file and which line instead.
+            raise UserError(f"{option_text(url)}: the journal file {path} is damaged ({_journal_problem(path, err)}); "
+                            "Optuna cannot read it: restore it from a copy, or remove the damaged lines") from None
     if is_grpc(url):
         return _grpc_storage(url)
     parsed = sqlalchemy.engine.make_url(url)

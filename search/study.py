@@ -12,26 +12,35 @@ import gc
 import time
 from dataclasses import MISSING, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import optuna
 from optuna.trial import TrialState
 
-from search import schedule, space as search_space
+from search import schedule
 from search.errors import UserError
 from search.guard import held_signals, raise_pending
-from search.objective import Objective
 from search.pruners import SecondLookPruner
-from search.notes import with_notes
-from search.queries import best_or_none, counts
+from search.queries import best_or_none, counts, has_trials
 from search.storage import check_study_name, default_url, open_storage, redact_url
-from search.task import Task
+
+# Training (torch, the model, the space built from its registries) is imported where a run needs it, not here:
+# `search trials`, `show`, `studies` load studies through this module and print in a second without torch.
+if TYPE_CHECKING:
+    from search.task import Task
 
 # The smallest budget (search/schedule.py GRID): a trial's first rung is budget/8 steps. Where a trial validates:
 # schedule.trial_steps, from this study's pruner.
 EVALUATIONS_PER_TRIAL = schedule.GRID
 CPU_BUDGET = 500  # a new study's steps per trial on a CPU (see make_pruner)
 GPU_BUDGET = 2000  # a new study's steps per trial on a GPU
+# `search finalize --steps` by default (search/finalize.py default_steps); here, not there, so that the command
+# line's help reads them without importing torch
+GPU_FINALIZE_STEPS = 70_000  # the sample code's total_steps
+# On a CPU 70,000 steps take hours. 2,000 steps (the quick start's) take 2-3 minutes for the `cpu` profile's models
+# on this project's 2-core machine (measured quiet on 2026-11-26: the sample model ~14 steps/s, the CPU warm start
+# ~20 in a trial, a one-layer Conformer ~7); --steps says otherwise.
+CPU_FINALIZE_STEPS = 2_000
 
 
 class TrialFailed(UserError):
@@ -149,10 +158,10 @@ def load_study(name: str, url: str | None, any_direction: bool = False, read_onl
     try:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+        names = [s.study_name for s in storage.get_all_studies()]  # not get_all_study_summaries: it reads every trial
         known = f"; studies there: {', '.join(names)}" if names else "; it holds no study"
         raise UserError(f"--study {name}: no such study in {redact_url(url)}{known}") from None
-    if not any_direction and study.get_trials(deepcopy=False):
+    if not any_direction and has_trials(study):  # a count, not every trial read (a study may hold thousands)
         _check_direction(study, url)
     return study
 
@@ -232,6 +241,8 @@ def open_study(name: str, url: str, requested: StudySettings, warm_start: bool =
         for key, value in sorted(vars(settings).items(), key=lambda kv: kv[0] not in optional):
             study.set_user_attr(key, value)
         if warm_start:  # only the process that created the study enqueues them: each runs once
+            from search import space as search_space
+
             space = search_space.build_space(settings.profile)
             queued = {t.user_attrs.get("warm_start") for t in study.get_trials(deepcopy=False)}
             for label, params in search_space.warm_start_configs(space).items():
@@ -342,6 +353,10 @@ def run_trials(study: optuna.Study, settings: StudySettings, task: Task, n_trial
     ``gate`` (the workers' shared target, search.workers.SharedTarget) is called instead of each
     ``study.ask()`` with the study and the real ask; it returns the trial, or raises TargetReached, which
     ends the run here quietly."""
+    from search import space as search_space
+    from search.notes import with_notes
+    from search.objective import Objective
+
     objective = Objective(task, settings.budget, search_space.build_space(settings.profile), settings.seed)
     # gc_after_trial collects after every trial (a pruned trial's model, optimizer and graph pool can sit in
     # reference cycles, holding GPU memory the next trial needs). A full collection walks every tracked object:

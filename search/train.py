@@ -41,7 +41,7 @@ from model import Classifier, ModelConfig, build_model, count_parameters
 from search.checkpoints import other_data, set_aside, usable_checkpoint
 from search import schedule
 from search.errors import TrainingDiverged
-from search.files import replaced
+from search.files import save_torch
 from search.task import Task
 
 
@@ -226,8 +226,7 @@ def evaluate(model: Classifier, bank: FeatureBank, ids: torch.Tensor, max_frames
 def _save_atomically(state: dict, path: Path) -> None:
     """Write to a temporary file and rename, so a kill never leaves a half-written checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with replaced(path) as tmp:
-        torch.save(state, tmp)
+    save_torch(state, path)  # a full disk: one line naming the checkpoint (search/files.py)
 
 
 class TrainStep:

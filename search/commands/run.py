@@ -8,8 +8,7 @@ import click
 
 from search.commands.base import (MAX_BUDGET, MAX_PROCESSES, MAX_SECONDS, MAX_STEPS, MAX_TRIALS, Bounded, count,
                                   data_option, device_option, main, quiet_option, seed_type, storage_option, study_option)
-from search.finalize import CPU_FINALIZE_STEPS, GPU_FINALIZE_STEPS
-from search.study import CPU_BUDGET, GPU_BUDGET
+from search.study import CPU_BUDGET, CPU_FINALIZE_STEPS, GPU_BUDGET, GPU_FINALIZE_STEPS  # no torch: see study.py
 
 
 @main.command()

@@ -24,7 +24,10 @@ def studies(storage, as_json):
     """
     from search.inspection import studies_text
 
-    click.echo(studies_text(storage, as_json))
+    skipped: list[str] = []  # damaged files among studies/*.db: the others are listed, these named
+    click.echo(studies_text(storage, as_json, skipped))
+    for line in skipped:
+        click.echo(f"warning: {line}", err=True)  # stderr: --json output stays JSON
 
 
 @main.command()
