@@ -9,11 +9,13 @@ stop the run (pruning). Events of all workers are handled in time order, so asyn
 the results that would have finished by then, and a strategy's own computing time (TPE, a GP, a forest) is not on
 the clock (the real search's sampler time is small against minutes of training; a GP's is not always: noted).
 
-The score. A training that reaches the full budget is a candidate; each strategy picks its incumbent by what it
-observed (ours: the trial's value as ``search run`` records it, the best validation accuracy of its evaluations,
-search/objective.py; peers: the accuracy at the end of the budget), and the curve plotted is the incumbent's
-*noise-free* final accuracy (the surrogate's mean): seed luck picks incumbents but is not scored, and the regret
-against the table's best recorded configuration is >= 0 by construction (see surrogate.py).
+The score. A training that reaches the full budget is a candidate, scored by its configuration's *noise-free*
+final accuracy (the surrogate's mean): the anytime curve is the best such score among the candidates finished so
+far (the best configuration found, without seed luck: monotone, and its regret against the table's best recorded
+configuration is >= 0 by construction, see surrogate.py). What a user would actually keep is the strategy's own
+pick, chosen on what it observed (ours: the trial's value as ``search run`` records it, the best validation
+accuracy of its evaluations, search/objective.py; peers: the accuracy at the end of the budget), which seed luck
+can mislead: its regret is the table's second regret column ("pick").
 
 Strategies. Ours run through Optuna's ask/tell with the search's own objects: ``default`` is the study exactly
 as ``search run`` opens it (search/study.py ``open_study``: its sampler, its ``make_pruner``, the warm starts of
@@ -90,14 +92,16 @@ class Trace:
     workers: int
     seed: int
     horizon: float
-    trials: list[dict] = field(default_factory=list)  # {start, end, params, state, last_step, value, score}
-    incumbent: list[tuple[float, float]] = field(default_factory=list)  # (time, noise-free final accuracy)
+    trials: list[dict] = field(default_factory=list)  # {asked, start, end, params, state, last_step, value, score}
+    incumbent: list[tuple[float, float]] = field(default_factory=list)  # (time, best noise-free score so far)
+    picked: list[tuple[float, float]] = field(default_factory=list)  # (time, score of the strategy's own pick)
     wall_seconds: float = 0.0  # real seconds the replay took (the strategy's own computing)
 
-    def best_at(self, t: float) -> float:
-        """The incumbent's score at time ``t`` (nan before the first complete training)."""
+    def best_at(self, t: float, series: str = "incumbent") -> float:
+        """The best score found by time ``t`` (``series`` "picked": the strategy's own pick's); nan before the
+        first complete training."""
         score = math.nan
-        for when, s in self.incumbent:
+        for when, s in getattr(self, series):
             if when > t:
                 break
             score = s
@@ -113,7 +117,7 @@ def replay(strategy: Strategy, surrogate: bench_surrogate.Surrogate, horizon: fl
     events: list[tuple] = []  # (time, sequence, worker): the worker's next validation or failure
     running: dict[int, dict] = {}
     sequence = 0
-    best_value = -math.inf
+    best_value, best_score = -math.inf, -math.inf
     started = time.perf_counter()
     asked = 0
 
@@ -139,21 +143,25 @@ def replay(strategy: Strategy, surrogate: bench_surrogate.Surrogate, horizon: fl
         job = strategy.ask()
         outcome = surrogate.sample(job.params, rng)
         running[w] = {"job": job, "outcome": outcome, "next": 0, "t": t + outcome.overhead, "start": t,
-                      "failing": False}
+                      "failing": False, "asked": asked - 1}
         schedule(w)
 
     def end(w: int, t: float, state: str) -> None:
-        nonlocal best_value
+        nonlocal best_value, best_score
         run = running.pop(w)
         job, outcome = run["job"], run["outcome"]
         value = strategy.finish(job, state, t - run["start"])
         last_step = job.steps[run["next"]] if state != "failed" else outcome.fail_step
         score = float(outcome.mean_curve[-1])
-        trace.trials.append({"start": run["start"], "end": t, "params": job.params, "state": state,
+        trace.trials.append({"asked": run["asked"], "start": run["start"], "end": t, "params": job.params, "state": state,
                              "last_step": last_step, "value": value, "score": score})
-        if state == "complete" and last_step >= surrogate.budget and value is not None and value > best_value:
-            best_value = value
-            trace.incumbent.append((t, score))
+        if state == "complete" and last_step >= surrogate.budget and value is not None:
+            if score > best_score:
+                best_score = score
+                trace.incumbent.append((t, score))
+            if value > best_value:
+                best_value = value
+                trace.picked.append((t, score))
         start(w, t)
 
     for w in range(workers):
@@ -435,6 +443,7 @@ class DEHBStrategy(Strategy):
         from loguru import logger
 
         logger.remove()  # DEHB logs every job through loguru to stderr
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="dehb")  # ConfigSpace 1.x names
         logging.getLogger("distributed").setLevel(logging.ERROR)
         self.space = surrogate.space
         low, high = _fidelities(surrogate)
@@ -519,6 +528,7 @@ def summarize(traces: list[Trace], budget: float, best: float, grid_points: int 
             for j, n in enumerate(names):
                 ranks[n].append(r[j].mean())
         finals = {n: curves[n][:, -1] for n in names}
+        picks = {n: np.array([t.best_at(budget, "picked") for t in group if t.strategy == n]) for n in names}
         rows = {}
         for n in names:
             c = curves[n]
@@ -540,6 +550,7 @@ def summarize(traces: list[Trace], budget: float, best: float, grid_points: int 
                 reach[m] = float(np.median(times))
             rows[n] = {"mean_rank": float(np.mean(ranks[n])), "regret_mean": float(regret.mean()),
                        "regret_half": float(1.96 * regret.std() / math.sqrt(len(regret))),
+                       "pick_regret_mean": float((best - np.nan_to_num(picks[n], nan=0.0)).mean()),
                        "final_mean": float(np.nanmean(finals[n])) if np.isfinite(finals[n]).any() else math.nan,
                        "grid": grid.tolist(), "mean": mean.tolist(), "low": (mean - half).tolist(),
                        "high": (mean + half).tolist(), "reach": reach,
@@ -553,14 +564,17 @@ def format_table(summary: dict, budget: float, peers: list[str]) -> str:
     lines = []
     for k, rows in summary.items():
         targets = [m for m in ["default", *peers] if m in rows]
-        head = f"{'strategy':24s} {'rank':>5s} {'regret':>15s} {'final':>7s} {'trainings':>9s}" + "".join(
+        head = f"{'strategy':24s} {'rank':>5s} {'regret':>15s} {'pick':>7s} {'final':>7s} {'trainings':>9s}" + "".join(
             f" {('reach ' + m)[:14]:>14s}" for m in targets)
         lines += [f"budget {budget:.0f} s, K={k} workers (rank: mean over time and seeds, 1 = best; regret: against "
-                  f"the table's best, mean ± 95%; reach X: median simulated seconds to X's mean final score)", head]
+                  f"the table's best, mean ± 95%; pick: the strategy's own pick's mean regret; final: mean best score; "
+                  f"trainings: started and ended in the budget; reach X: median simulated seconds to X's mean final "
+                  f"score)", head]
         for n, r in sorted(rows.items(), key=lambda kv: kv[1]["mean_rank"]):
             reach = "".join(f" {r['reach'][m]:14.0f}" if math.isfinite(r["reach"][m]) else
                             f" {'never' if r['reach'][m] == math.inf else '-':>14s}" for m in targets)
             lines.append(f"{n:24s} {r['mean_rank']:5.2f} {r['regret_mean']:7.4f} ± {r['regret_half']:.4f} "
+                         f"{r['pick_regret_mean']:7.4f} "
                          f"{r['final_mean']:7.4f} {r['trainings']:9.1f}{reach}")
         lines.append("")
     return "\n".join(lines)
@@ -592,19 +606,65 @@ def write_html(summaries: dict, path: Path, title: str) -> None:
                     f"<h1>{title}</h1>" + "\n".join(parts) + "</body></html>", encoding="utf-8")
 
 
+@dataclass
+class Evaluation:
+    """What ``evaluate`` produced: the traces, the summary per budget, and what they were measured on."""
+
+    surrogate: bench_surrogate.Surrogate
+    table: bench_table.Table
+    best: float  # the table's best recorded final accuracy (regret's zero)
+    budgets: list[float]
+    peers: list[str]  # the peers that ran
+    skipped: dict[str, str]  # peers not run, and why
+    traces: list[Trace]
+    summaries: dict
+
+
+def evaluate(tables: list[Path], budgets: list[float], seeds: int, workers: list[int],
+             strategies: list[str] | None = None, trees: int = 100, smoke: bool = False,
+             log: Callable[[str], None] = print) -> Evaluation:
+    """Replay ``strategies`` (default: all of ours and every peer that imports) on the table; ``smoke``: the
+    fixture table's time scale (budgets of about 3 and 10 full trainings when ``budgets`` is empty) and at most
+    SMOKE_MAX_TRIALS trainings a replay."""
+    import tempfile
+
+    tbl = bench_table.load(*tables)
+    surrogate = bench_surrogate.Surrogate(tbl, n_estimators=trees)
+    best = bench_surrogate.table_best(tbl.runs)
+    budgets = budgets or smoke_budgets(surrogate)
+    status = peer_status()
+    skipped = {n: why for n, why in status.items() if why is not None}
+    peers = [n for n, why in status.items() if why is None]
+    strategies = strategies or [*OURS, *peers]
+    for name in strategies:
+        if name in skipped:
+            raise SystemExit(f"peer {name} cannot run here: {skipped[name]}")
+    log(f"table {' '.join(map(str, tables))}: {len(tbl.runs)} runs, profile {tbl.profile}, {tbl.budget} steps, "
+        f"card {surrogate.card}; best recorded final accuracy {best:.4f}; budgets {budgets}, workers {workers}, "
+        f"{seeds} seeds")
+    with tempfile.TemporaryDirectory(prefix="hw04bench-replay-") as tmp:
+        traces = run_all(surrogate, strategies, seeds, workers, max(budgets), Path(tmp),
+                         max_trials=SMOKE_MAX_TRIALS if smoke else None, log=log)
+    with warnings.catch_warnings():  # a strategy with no complete training yet: nan means, on purpose
+        warnings.simplefilter("ignore", RuntimeWarning)
+        summaries = {b: summarize(traces, b, best) for b in budgets}
+    return Evaluation(surrogate, tbl, best, budgets, [p for p in peers if p in strategies], skipped, traces,
+                      summaries)
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
-    import tempfile
 
     parser = argparse.ArgumentParser(prog="python -m bench.hw04bench.replay", description=__doc__.split("\n\n")[0])
     parser.add_argument("--table", nargs="+", type=Path, help="the table's files (default with --smoke: the fixture)")
-    parser.add_argument("--budgets", default="600,3600,14400", help="simulated seconds, comma-separated")
+    parser.add_argument("--budgets", help="simulated seconds, comma-separated (default 600,3600,14400; with "
+                        "--smoke: about 3 and 10 of the fixture's full trainings)")
     parser.add_argument("--seeds", type=int, default=30)
     parser.add_argument("--workers", default="1,4")
     parser.add_argument("--strategies", help="comma-separated (default: all of ours and every installed peer)")
     parser.add_argument("--out", type=Path, default=Path("report.html"))
     parser.add_argument("--trees", type=int, default=100, help="the surrogate's forest size")
-    parser.add_argument("--smoke", action="store_true", help="every strategy on the tiny fixture table, quickly")
+    parser.add_argument("--smoke", action="store_true", help="every strategy on the tiny fixture table, 2 seeds")
     args = parser.parse_args(argv)
 
     if args.smoke:
@@ -612,31 +672,16 @@ def main(argv: list[str] | None = None) -> int:
         args.seeds, args.trees = min(args.seeds, 2), min(args.trees, 20)
     if not args.table:
         parser.error("--table is required (or --smoke)")
-    tbl = bench_table.load(*args.table)
-    surrogate = bench_surrogate.Surrogate(tbl, n_estimators=args.trees)
-    best = bench_surrogate.table_best(tbl.runs)
-    budgets = [float(b) for b in args.budgets.split(",")]
-    if args.smoke and args.budgets == parser.get_default("budgets"):
-        budgets = smoke_budgets(surrogate)
-    workers = [int(k) for k in args.workers.split(",")]
-    status = peer_status()
-    for name, why in status.items():
+    budgets = [float(b) for b in args.budgets.split(",")] if args.budgets else ([] if args.smoke else
+                                                                               [600.0, 3600.0, 14400.0])
+    for name, why in peer_status().items():
         if why:
             print(f"peer {name}: not run ({why})")
-    peers = [n for n, why in status.items() if why is None]
-    strategies = args.strategies.split(",") if args.strategies else [*OURS, *peers]
-    print(f"table {' '.join(map(str, args.table))}: {len(tbl.runs)} runs, profile {tbl.profile}, {tbl.budget} steps, "
-          f"card {surrogate.card}; best recorded final accuracy {best:.4f}; budgets {budgets}, workers {workers}, "
-          f"{args.seeds} seeds")
-    with tempfile.TemporaryDirectory(prefix="hw04bench-replay-") as tmp:
-        traces = run_all(surrogate, strategies, args.seeds, workers, max(budgets), Path(tmp),
-                         max_trials=SMOKE_MAX_TRIALS if args.smoke else None)
-    with warnings.catch_warnings():  # a strategy with no complete training yet: nan means, on purpose
-        warnings.simplefilter("ignore", RuntimeWarning)
-        summaries = {b: summarize(traces, b, best) for b in budgets}
-    for b in budgets:
-        print(format_table(summaries[b], b, [p for p in peers if p in strategies]))
-    write_html(summaries, args.out, f"HW04-Bench replay ({tbl.profile}, {surrogate.card})")
+    result = evaluate(args.table, budgets, args.seeds, [int(k) for k in args.workers.split(",")],
+                      args.strategies.split(",") if args.strategies else None, args.trees, args.smoke)
+    for b in result.budgets:
+        print(format_table(result.summaries[b], b, result.peers))
+    write_html(result.summaries, args.out, f"HW04-Bench replay ({result.table.profile}, {result.surrogate.card})")
     print(f"wrote {args.out}")
     return 0
 
