@@ -463,9 +463,52 @@ class DEHBStrategy(Strategy):
         return value if state == "complete" else None
 
 
+class SMACStrategy(Strategy):
+    """SMAC3 through its ask/tell interface: ``MultiFidelityFacade`` (random-forest BO + Hyperband) or
+    ``HyperbandFacade`` (random configurations + Hyperband), budgets from the study's first rung to its budget,
+    eta 3; the warm starts are the initial design's ``additional_configs`` (asked first). Each job trains from
+    scratch to its budget with one validation at the end; cost = 1 - accuracy. ``n_trials`` is set far above
+    what a replay can reach: the clock, not SMAC, ends the search."""
+
+    def __init__(self, surrogate, seed: int, workers: int, output: Path, facade: str = "multi-fidelity") -> None:
+        import logging
+
+        from ConfigSpace import Configuration
+        from smac import HyperbandFacade, MultiFidelityFacade, Scenario
+
+        logging.getLogger("smac").setLevel(logging.ERROR)
+        self.name = "smac-mf" if facade == "multi-fidelity" else "smac-hb"
+        self.space = surrogate.space
+        cs = configspace(self.space, seed)
+        low, high = _fidelities(surrogate)
+        scenario = Scenario(cs, name=f"{self.name}-{seed}", output_directory=output, deterministic=False,
+                            n_trials=10**6, min_budget=low, max_budget=high, seed=seed, n_workers=1)
+        facade_cls = MultiFidelityFacade if facade == "multi-fidelity" else HyperbandFacade
+        warm = [Configuration(cs, values=to_configspace(self.space, p)) for p in _warm_starts(surrogate)]
+        self.smac = facade_cls(scenario, lambda config, seed=0, budget=None: 0.0, overwrite=True, logging_level=40,
+                               intensifier=facade_cls.get_intensifier(scenario, eta=3),
+                               initial_design=facade_cls.get_initial_design(scenario, additional_configs=warm))
+
+    def ask(self) -> Job:
+        info = self.smac.ask()
+        return Job(from_configspace(self.space, info.config), [int(round(info.budget))], info)
+
+    def finish(self, job: Job, state: str, seconds: float) -> float | None:
+        from smac.runhistory import StatusType, TrialValue
+
+        if state == "complete":
+            value = job.observed[-1]
+            self.smac.tell(job.handle, TrialValue(cost=1.0 - value, time=seconds), save=False)
+            return value
+        self.smac.tell(job.handle, TrialValue(cost=1.0, time=seconds, status=StatusType.CRASHED), save=False)
+        return None
+
+
 PEERS: dict[str, tuple[str, Callable]] = {
     # name: (the module that must import, a constructor(surrogate, seed, workers, output))
     "dehb": ("dehb", lambda s, seed, workers, out: DEHBStrategy(s, seed, workers, out)),
+    "smac-mf": ("smac", lambda s, seed, workers, out: SMACStrategy(s, seed, workers, out, "multi-fidelity")),
+    "smac-hb": ("smac", lambda s, seed, workers, out: SMACStrategy(s, seed, workers, out, "hyperband")),
 }
 
 
