@@ -504,11 +504,89 @@ class SMACStrategy(Strategy):
         return None
 
 
+def synetune_space(space, seed: int = 0) -> dict:
+    """The ConfigSpace translation (``configspace``) as a Syne Tune config space: Syne Tune's domains are flat
+    (no conditions), so every parameter is always drawn and ``from_configspace`` drops the ones whose condition
+    does not hold, as a conditional space would not have drawn them."""
+    import ConfigSpace as CS
+    from syne_tune import config_space as st
+
+    out: dict = {}
+    for hp in configspace(space, seed).values():
+        if isinstance(hp, CS.Constant):
+            out[hp.name] = hp.value
+        elif isinstance(hp, CS.CategoricalHyperparameter):
+            out[hp.name] = st.choice(list(hp.choices))
+        elif isinstance(hp, CS.UniformIntegerHyperparameter):
+            out[hp.name] = (st.lograndint if hp.log else st.randint)(int(hp.lower), int(hp.upper))
+        else:
+            out[hp.name] = (st.loguniform if hp.log else st.uniform)(float(hp.lower), float(hp.upper))
+    return out
+
+
+class SyneTuneStrategy(Strategy):
+    """Syne Tune's ASHA (random search) or BOHB (ASHA with a KDE searcher), driven as its Tuner drives a scheduler
+    (suggest, on_trial_add, on_trial_result at each validation: STOP or CONTINUE, on_trial_complete): stopping-type
+    asynchronous successive halving from the study's first rung to its budget, reduction factor 3; a training
+    validates at the rung levels and at the end. The warm starts are ``points_to_evaluate`` (suggested first)."""
+
+    def __init__(self, surrogate, seed: int, workers: int, output: Path, kind: str = "asha") -> None:
+        import logging
+
+        from syne_tune.optimizer.baselines import ASHA, BOHB
+
+        logging.getLogger("syne_tune").setLevel(logging.ERROR)
+        self.name = f"synetune-{kind}"
+        self.space = surrogate.space
+        self.st_space = synetune_space(self.space, seed)
+        low, high = _fidelities(surrogate)
+        flat = [{k: v for k, v in to_configspace(self.space, p).items()} for p in _warm_starts(surrogate)]
+        # a warm start lacks the parameters whose condition does not hold: Syne Tune wants every key
+        warm = [{**{k: (v.sample(random_state=np.random.RandomState(seed)) if hasattr(v, "sample") else v)
+                    for k, v in self.st_space.items()}, **w} for w in flat]
+        cls = ASHA if kind == "asha" else BOHB
+        self.scheduler = cls(self.st_space, metric="accuracy", time_attr="step", max_t=high, do_minimize=False,
+                             random_seed=seed, grace_period=low, reduction_factor=3, points_to_evaluate=warm)
+        rungs = self.scheduler.brackets[0].rungs
+        self.steps = sorted({int(m) for m, _ in rungs if m < high} | {high})
+        self.count = 0
+
+    def ask(self) -> Job:
+        import datetime as dt
+
+        from syne_tune.backend.trial_status import Trial
+
+        suggestion = self.scheduler.suggest()
+        trial = Trial(trial_id=self.count, config=suggestion.config, creation_time=dt.datetime.now())
+        self.count += 1
+        self.scheduler.on_trial_add(trial)
+        return Job(from_configspace(self.space, suggestion.config), list(self.steps), trial)
+
+    def report(self, job: Job, step: int, accuracy: float) -> bool:
+        from syne_tune.optimizer.scheduler import SchedulerDecision
+
+        if step == job.steps[-1]:
+            return False  # the end: on_trial_complete reports it
+        return self.scheduler.on_trial_result(job.handle, {"accuracy": accuracy, "step": step}) == \
+            SchedulerDecision.STOP
+
+    def finish(self, job: Job, state: str, seconds: float) -> float | None:
+        if state == "complete":
+            value = job.observed[-1]
+            self.scheduler.on_trial_complete(job.handle, {"accuracy": value, "step": job.steps[-1]})
+            return value
+        if state == "failed":
+            self.scheduler.on_trial_error(job.handle)
+        return None
+
+
 PEERS: dict[str, tuple[str, Callable]] = {
     # name: (the module that must import, a constructor(surrogate, seed, workers, output))
     "dehb": ("dehb", lambda s, seed, workers, out: DEHBStrategy(s, seed, workers, out)),
     "smac-mf": ("smac", lambda s, seed, workers, out: SMACStrategy(s, seed, workers, out, "multi-fidelity")),
     "smac-hb": ("smac", lambda s, seed, workers, out: SMACStrategy(s, seed, workers, out, "hyperband")),
+    "synetune-asha": ("syne_tune", lambda s, seed, workers, out: SyneTuneStrategy(s, seed, workers, out, "asha")),
+    "synetune-bohb": ("syne_tune", lambda s, seed, workers, out: SyneTuneStrategy(s, seed, workers, out, "bohb")),
 }
 
 
@@ -607,15 +685,16 @@ def format_table(summary: dict, budget: float, peers: list[str]) -> str:
     lines = []
     for k, rows in summary.items():
         targets = [m for m in ["default", *peers] if m in rows]
+        width = {m: max(8, len("reach " + m)) for m in targets}
         head = f"{'strategy':24s} {'rank':>5s} {'regret':>15s} {'pick':>7s} {'final':>7s} {'trainings':>9s}" + "".join(
-            f" {('reach ' + m)[:14]:>14s}" for m in targets)
+            f" {'reach ' + m:>{width[m]}s}" for m in targets)
         lines += [f"budget {budget:.0f} s, K={k} workers (rank: mean over time and seeds, 1 = best; regret: against "
                   f"the table's best, mean ± 95%; pick: the strategy's own pick's mean regret; final: mean best score; "
                   f"trainings: started and ended in the budget; reach X: median simulated seconds to X's mean final "
                   f"score)", head]
         for n, r in sorted(rows.items(), key=lambda kv: kv[1]["mean_rank"]):
-            reach = "".join(f" {r['reach'][m]:14.0f}" if math.isfinite(r["reach"][m]) else
-                            f" {'never' if r['reach'][m] == math.inf else '-':>14s}" for m in targets)
+            reach = "".join(f" {r['reach'][m]:{width[m]}.0f}" if math.isfinite(r["reach"][m]) else
+                            f" {'never' if r['reach'][m] == math.inf else '-':>{width[m]}s}" for m in targets)
             lines.append(f"{n:24s} {r['mean_rank']:5.2f} {r['regret_mean']:7.4f} ± {r['regret_half']:.4f} "
                          f"{r['pick_regret_mean']:7.4f} "
                          f"{r['final_mean']:7.4f} {r['trainings']:9.1f}{reach}")
