@@ -580,6 +580,71 @@ class SyneTuneStrategy(Strategy):
         return None
 
 
+def neps_python() -> Path:
+    """The Python of NePS's own virtual environment: $HW04BENCH_NEPS_PYTHON, else venv-neps beside the checkout."""
+    import os
+
+    return Path(os.environ.get("HW04BENCH_NEPS_PYTHON", Path(__file__).resolve().parents[3] / "venv-neps" / "bin" /
+                               "python"))
+
+
+class NePSStrategy(Strategy):
+    """NePS PriorBand (Hyperband base, eta 3, fidelity from the study's first rung to its budget), run in its own
+    virtual environment by bench/hw04bench/neps_driver.py over a JSON-lines pipe. The prior is the best-ranked
+    warm start (search/space.py orders them by published score, best first), at "medium" confidence; parameters
+    it lacks (a condition that does not hold there) have no prior. The space is the ConfigSpace translation,
+    flat (NePS's classic space has no conditions; ``from_configspace`` drops what does not apply)."""
+
+    name = "neps-priorband"
+
+    def __init__(self, surrogate, seed: int, workers: int, output: Path) -> None:
+        import json
+        import subprocess
+
+        import ConfigSpace as CS
+
+        self.space = surrogate.space
+        spec = []
+        for hp in configspace(self.space, seed).values():
+            if isinstance(hp, CS.Constant):
+                spec.append({"name": hp.name, "type": "constant", "value": hp.value})
+            elif isinstance(hp, CS.CategoricalHyperparameter):
+                spec.append({"name": hp.name, "type": "categorical", "choices": list(hp.choices)})
+            else:
+                spec.append({"name": hp.name, "type": "int" if isinstance(hp, CS.UniformIntegerHyperparameter)
+                             else "float", "lower": hp.lower, "upper": hp.upper, "log": bool(hp.log)})
+        constants = {d["name"] for d in spec if d["type"] == "constant"}
+        prior = {k: v for k, v in to_configspace(self.space, _warm_starts(surrogate)[0]).items() if k not in constants}
+        low, high = _fidelities(surrogate)
+        self.process = subprocess.Popen([str(neps_python()), str(Path(__file__).with_name("neps_driver.py"))],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self._json = json
+        self._call({"space": spec, "prior": prior, "fidelity": [low, high], "eta": 3, "seed": seed})
+
+    def _call(self, message: dict) -> dict:
+        self.process.stdin.write(self._json.dumps(message) + "\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the NePS driver ended (exit status {self.process.wait()}); see its stderr")
+        return self._json.loads(line)
+
+    def ask(self) -> Job:
+        reply = self._call({"op": "ask"})
+        return Job(from_configspace(self.space, reply["config"]), [reply["steps"]], reply["id"])
+
+    def finish(self, job: Job, state: str, seconds: float) -> float | None:
+        value = job.observed[-1] if state == "complete" else None
+        self._call({"op": "tell", "id": job.handle, "accuracy": value})
+        return value
+
+    def __del__(self) -> None:
+        process = getattr(self, "process", None)
+        if process is not None and process.poll() is None:
+            process.stdin.close()
+            process.wait(timeout=30)
+
+
 PEERS: dict[str, tuple[str, Callable]] = {
     # name: (the module that must import, a constructor(surrogate, seed, workers, output))
     "dehb": ("dehb", lambda s, seed, workers, out: DEHBStrategy(s, seed, workers, out)),
@@ -587,6 +652,7 @@ PEERS: dict[str, tuple[str, Callable]] = {
     "smac-hb": ("smac", lambda s, seed, workers, out: SMACStrategy(s, seed, workers, out, "hyperband")),
     "synetune-asha": ("syne_tune", lambda s, seed, workers, out: SyneTuneStrategy(s, seed, workers, out, "asha")),
     "synetune-bohb": ("syne_tune", lambda s, seed, workers, out: SyneTuneStrategy(s, seed, workers, out, "bohb")),
+    "neps-priorband": ("<venv-neps>", lambda s, seed, workers, out: NePSStrategy(s, seed, workers, out)),
 }
 
 
@@ -596,12 +662,25 @@ def peer_status() -> dict[str, str | None]:
 
     status = {}
     for name, (module, _) in PEERS.items():
+        if module == "<venv-neps>":  # NePS runs in its own environment: ask that one
+            status[name] = _neps_status()
+            continue
         try:
             importlib.import_module(module)
             status[name] = None
         except Exception as err:  # noqa: BLE001 - any import failure is a reason to report
             status[name] = f"{type(err).__name__}: {err}"
     return status
+
+
+def _neps_status() -> str | None:
+    import subprocess
+
+    python = neps_python()
+    if not python.exists():
+        return f"no NePS environment at {python} (set HW04BENCH_NEPS_PYTHON; bench/hw04bench/neps_driver.py says how)"
+    done = subprocess.run([str(python), "-c", "import neps"], capture_output=True, text=True)
+    return None if done.returncode == 0 else done.stderr.strip().splitlines()[-1]
 
 
 def make_strategy(name: str, surrogate, seed: int, workers: int, output: Path) -> Strategy:
