@@ -37,7 +37,7 @@ import time
 import zlib
 from pathlib import Path
 
-SESSION_FIELDS = ("profile", "budget", "data", "workers", "seed")
+OUT_OF_MEMORY = "out of GPU memory"
 
 
 def eval_steps(budget: int, profile: str) -> list[int]:
@@ -87,11 +87,15 @@ def run_one(task, job: dict, budget: int, steps: list[int]) -> dict:
     except TrainingDiverged as err:
         failed = str(err)
     except torch.OutOfMemoryError:
-        failed = "out of GPU memory"
-        torch.cuda.empty_cache()
+        failed = OUT_OF_MEMORY  # table.done() does not count it: retried by the next call (see table.py)
     except Exception as err:  # noqa: BLE001 - recorded: a configuration the table cannot train is a fact too
         failed = f"{type(err).__name__}: {err}"[:300]
     wall = time.perf_counter() - started
+    if device.type == "cuda":
+        # Give the cached blocks back: the workers share one card, and memory one worker's allocator keeps after a
+        # large run is memory the others cannot have (a call of 8 workers lost 10 of its 24 runs to
+        # OOM at their first steps without this; the others' cached blocks are the likely cause, not verified).
+        torch.cuda.empty_cache()
     last = curve[-1] if curve else None
     return {
         "kind": "run", **job, "curve": curve, "parameters": parameters,
@@ -170,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     from search.task import prepare_bank
 
+    prepared = time.monotonic()
     prepare_bank(args.data)  # generated (embedded) and packed once here, not raced by the workers
+    print(f"data ready in {time.monotonic() - prepared:.0f} s", flush=True)
     with gpu_sharing([device] * args.workers if device.startswith("cuda") else [], enabled=not args.no_mps) as mps, \
             open(args.out, "a", encoding="utf-8") as out:
         session = {"kind": "session", "session": session_id, "command": " ".join(sys.argv),
@@ -199,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 jobs.put(None)  # this worker stops
 
+        print(f"{mps or 'MPS: off (one worker)'}; {args.workers} workers starting at {time.monotonic() - started:.0f} s",
+              flush=True)
         for _ in workers:
             hand_out()
         while in_flight:

@@ -45,7 +45,13 @@ class Table:
         return self.sessions[0]["profile"]
 
     def done(self) -> set[tuple[str, int]]:
-        return {(r["config"], r["repeat"]) for r in self.runs}
+        """The (config, repeat) runs recorded. A run that ran out of GPU memory is not done: with several workers
+        on one card, that says more about what the others held at the time than about the configuration."""
+        return {(r["config"], r["repeat"]) for r in self.runs if r.get("failed") != "out of GPU memory"}
+
+    def results(self) -> list[dict]:
+        """The runs a replay can use: every recorded run but those that ran out of GPU memory (see ``done``)."""
+        return [r for r in self.runs if r.get("failed") != "out of GPU memory"]
 
 
 def load(*paths: Path) -> Table:
@@ -57,9 +63,29 @@ def load(*paths: Path) -> Table:
     return table
 
 
-def compress(source: Path, target: Path) -> None:
-    """``source`` (.jsonl) as ``target`` (.jsonl.gz), written whole then renamed."""
+def merge(target: Path, *sources: Path) -> int:
+    """Append the complete lines of ``sources`` (each call's .jsonl) to the table ``target`` (.jsonl.gz), written
+    whole then renamed; a line already there is not added twice. Returns the number of lines added."""
+    target = Path(target)
+    lines = [json.dumps(r) for r in read_lines(target)]
+    seen = set(lines)
+    added = 0
+    for source in sources:
+        for record in read_lines(Path(source)):
+            line = json.dumps(record)
+            if line not in seen:
+                lines.append(line)
+                seen.add(line)
+                added += 1
     tmp = target.with_name(target.name + ".tmp")
-    with open(source, "rb") as f, gzip.open(tmp, "wb", compresslevel=9) as g:
-        g.write(f.read())
+    with gzip.open(tmp, "wt", encoding="utf-8", compresslevel=9) as g:
+        g.writelines(line + "\n" for line in lines)
     tmp.replace(target)
+    return added
+
+
+if __name__ == "__main__":
+    import sys
+
+    # python -m bench.hw04bench.table TABLE.jsonl.gz CALL.jsonl...: a device call's runs into the committed table
+    print(f"{merge(Path(sys.argv[1]), *map(Path, sys.argv[2:]))} lines added to {sys.argv[1]}")
