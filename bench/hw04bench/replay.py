@@ -831,7 +831,7 @@ def evaluate(tables: list[Path], budgets: list[float], seeds: int, workers: list
 
     tbl = bench_table.load(*tables)
     surrogate = bench_surrogate.Surrogate(tbl, n_estimators=trees)
-    best = bench_surrogate.table_best(tbl.runs)
+    best = bench_surrogate.table_best(tbl.results())
     budgets = budgets or smoke_budgets(surrogate)
     status = peer_status()
     skipped = {n: why for n, why in status.items() if why is not None}
@@ -840,7 +840,7 @@ def evaluate(tables: list[Path], budgets: list[float], seeds: int, workers: list
     for name in strategies:
         if name in skipped:
             raise SystemExit(f"peer {name} cannot run here: {skipped[name]}")
-    log(f"table {' '.join(map(str, tables))}: {len(tbl.runs)} runs, profile {tbl.profile}, {tbl.budget} steps, "
+    log(f"table {' '.join(map(str, tables))}: {len(tbl.results())} runs, profile {tbl.profile}, {tbl.budget} steps, "
         f"card {surrogate.card}; best recorded final accuracy {best:.4f}; budgets {budgets}, workers {workers}, "
         f"{seeds} seeds")
     with tempfile.TemporaryDirectory(prefix="hw04bench-replay-") as tmp:

@@ -109,7 +109,7 @@ class Surrogate:
         self.encoder = Encoder(self.space)
         self.steps = np.asarray(tbl.sessions[0]["eval_steps"], dtype=int)
         self.card = next((r["card"] for r in tbl.runs if r.get("card")), "unknown")
-        runs = tbl.runs if runs is None else runs
+        runs = tbl.results() if runs is None else runs  # out-of-memory runs say more about the card's sharing
         complete = [r for r in runs if not r["failed"] and len(r["curve"]) == len(self.steps)]
         if not complete:
             raise ValueError("the table holds no complete run to learn curves from")
@@ -215,14 +215,15 @@ def check(tbl: bench_table.Table, folds: int = 5, n_estimators: int = 100, seed:
     complete repeats against the noise-free prediction; time: the predicted time of the recorded run (its
     training steps, its validations, the overhead) against its ``wall_seconds``. A nearest-neighbour predictor
     (the closest other configuration's final accuracy) is the baseline a forest must beat."""
-    configs = sorted({r["config"] for r in tbl.runs})
+    usable = tbl.results()  # not the runs that ran out of GPU memory under sharing (table.py)
+    configs = sorted({r["config"] for r in usable})
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(configs))
     fold_of = {configs[i]: k % folds for k, i in enumerate(order)}
     predicted, recorded, rel_errors, nn_predicted = [], [], [], []
     for k in range(folds):
-        train = [r for r in tbl.runs if fold_of[r["config"]] != k]
-        test = [r for r in tbl.runs if fold_of[r["config"]] == k]
+        train = [r for r in usable if fold_of[r["config"]] != k]
+        test = [r for r in usable if fold_of[r["config"]] == k]
         if not test or not train:
             continue
         model = Surrogate(tbl, n_estimators=n_estimators, seed=seed, runs=train)
@@ -244,13 +245,14 @@ def check(tbl: bench_table.Table, folds: int = 5, n_estimators: int = 100, seed:
                 time = step * costs[0, 0] + len(r["curve"]) * costs[0, 1] + costs[0, 2]
                 rel_errors.append(abs(time - r["wall_seconds"]) / r["wall_seconds"])
     return {
-        "configurations": len(configs), "runs": len(tbl.runs), "folds": folds,
+        "configurations": len(configs), "runs": len(usable), "folds": folds,
         "spearman_final_accuracy": _spearman(predicted, recorded),
         "spearman_nearest_neighbour": _spearman(nn_predicted, recorded),
         "median_relative_time_error": float(np.median(rel_errors)),
         "seed_spread_final": Surrogate(tbl, n_estimators=10, seed=seed).seed_spread(),
         "pairs": int(len(Surrogate(tbl, n_estimators=10, seed=seed).noise)),
-        "failed_runs": sum(bool(r["failed"]) for r in tbl.runs),
+        "failed_runs": sum(bool(r["failed"]) for r in usable),
+        "out_of_memory_runs": len(tbl.runs) - len(usable),
     }
 
 
@@ -268,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     result = check(tbl, args.folds, args.trees, args.seed)
     card = next((r["card"] for r in tbl.runs if r.get("card")), "?")
     print(f"table {' '.join(args.table)}: {result['runs']} runs of {result['configurations']} configurations, "
-          f"profile {tbl.profile}, {tbl.budget} steps, card {card}; {result['failed_runs']} failed; "
+          f"profile {tbl.profile}, {tbl.budget} steps, card {card}; {result['failed_runs']} failed "
+          f"({result['out_of_memory_runs']} more ran out of GPU memory under sharing: left out); "
           f"{result['pairs']} second-seed pairs (one run's spread at the end: {result['seed_spread_final']:.4f})")
     ok = lambda good: "ok" if good else "BELOW TARGET"  # noqa: E731
     print(f"{result['folds']}-fold over configurations: Spearman(predicted, recorded final accuracy) "
