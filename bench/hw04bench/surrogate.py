@@ -38,6 +38,7 @@ import numpy as np
 from bench.hw04bench import table as bench_table
 from search import space as search_space
 
+BOOTSTRAP = False
 NUMERIC_ABSENT = 0.5  # the middle of a [0, 1] range: a conditional number that does not apply
 
 
@@ -115,8 +116,11 @@ class Surrogate:
             raise ValueError("the table holds no complete run to learn curves from")
         x = self.encoder.encode_many([r["params"] for r in complete])
         curves = np.asarray([[c[1] for c in r["curve"]] for r in complete])
+        # bootstrap off: every tree sees every run, so a recorded configuration gets back its recorded curve (the
+        # mean of its repeats) instead of one smoothed toward its neighbours; the feature subsampling keeps the
+        # trees different, and predictions away from the table are still averages of recorded curves.
         self.curve_model = RandomForestRegressor(n_estimators=n_estimators, min_samples_leaf=1, max_features=0.5,
-                                                 random_state=seed, n_jobs=1).fit(x, curves)
+                                                 bootstrap=BOOTSTRAP, random_state=seed, n_jobs=1).fit(x, curves)
         costs = np.log(np.asarray([self._costs(r) for r in complete]))
         self.cost_model = RandomForestRegressor(n_estimators=n_estimators, min_samples_leaf=1, max_features=0.5,
                                                 random_state=seed, n_jobs=1).fit(x, costs)
