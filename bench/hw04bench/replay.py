@@ -153,7 +153,8 @@ def replay(strategy: Strategy, surrogate: bench_surrogate.Surrogate, horizon: fl
         value = strategy.finish(job, state, t - run["start"])
         last_step = job.steps[run["next"]] if state != "failed" else outcome.fail_step
         score = float(outcome.mean_curve[-1])
-        trace.trials.append({"asked": run["asked"], "start": run["start"], "end": t, "params": job.params, "state": state,
+        trace.trials.append({"asked": run["asked"], "start": run["start"], "end": t, "params": job.params,
+                             "state": state,
                              "last_step": last_step, "value": value, "score": score})
         if state == "complete" and last_step >= surrogate.budget and value is not None:
             if score > best_score:
@@ -732,7 +733,7 @@ def summarize(traces: list[Trace], budget: float, best: float, grid_points: int 
         rows = {}
         for n in names:
             c = curves[n]
-            mean = np.nanmean(np.where(np.isnan(c), np.nan, c), axis=0) if np.isfinite(c).any() else np.full(len(grid), np.nan)
+            mean = np.nanmean(c, axis=0) if np.isfinite(c).any() else np.full(len(grid), np.nan)
             n_ok = np.isfinite(c).sum(axis=0)
             sd = np.nanstd(c, axis=0) if np.isfinite(c).any() else np.full(len(grid), np.nan)
             half = 1.96 * sd / np.sqrt(np.maximum(n_ok, 1))
