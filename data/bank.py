@@ -7,7 +7,8 @@ cuts its training crops and validation batches from it with one gather, with no 
 On disk (a folder ``.bank/`` beside the data, or a cache folder when the data folder is read-only)::
 
     frames.npy   float16, shape (total_frames, n_mels), utterances back to back
-    index.npz    offsets, lengths, labels (-1 for test), names, id2speaker, n_mels, n_train, fingerprint
+    index.npz    offsets, lengths, labels (-1 for test), names, id2speaker, n_mels, n_train, fingerprint,
+                 frames_crc32 (``frames_checksum``: checked at every open)
 
 Packing streams one utterance at a time into a memory-mapped file, so the host never holds the data
 as float32. The fingerprint covers the json files and every feature file's size and mtime: when the
@@ -20,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -30,7 +32,8 @@ import torch
 from data.errors import DataError
 from data.hw04 import PAD_VALUE, Layout, load_features, read_layout
 
-BANK_VERSION = 2  # 2: the fingerprint samples each file's content (1: size and mtime only)
+BANK_VERSION = 3  # 3: index.npz holds a checksum of frames.npy; 2: the fingerprint samples each file's content
+CHECKSUM_CHUNK = 1 << 24  # bytes per zlib.crc32 call
 SAMPLE_BYTES = 4096  # read at each sampled place of a feature file
 SAMPLES = 4  # places sampled besides the head and the tail
 
@@ -51,6 +54,20 @@ def _content_sample(path: Path) -> bytes:
             f.seek((size - SAMPLE_BYTES) * i // (SAMPLES + 1))
             parts.append(f.read(SAMPLE_BYTES))
         return b"".join(parts)
+
+
+def frames_checksum(frames: np.ndarray) -> int:
+    """CRC-32 of the frames' bytes, in chunks (no copy): written at packing, checked at every open.
+
+    A bank of the right size whose frames were damaged (NaN written into frames.npy, a bad disk block) was
+    trained on as it was: every trial failed with a NaN loss. CRC-32 is a damage check, not a security one,
+    and cheap: the array is read into memory at open anyway, and zlib.crc32 runs at several GB/s (the embedded
+    set's 26 MB: about 10 ms here; HW04's 3 GB: about a second)."""
+    data = memoryview(np.ascontiguousarray(frames)).cast("B")
+    crc = 0
+    for start in range(0, len(data), CHECKSUM_CHUNK):
+        crc = zlib.crc32(data[start:start + CHECKSUM_CHUNK], crc)
+    return crc
 
 
 def fingerprint(layout: Layout) -> str:
@@ -87,6 +104,7 @@ class FeatureBank:
     n_mels: int
     n_train: int  # utterances [0, n_train) are training data, the rest test data
     source: str  # the folder the bank was packed from
+    fingerprint: str = ""  # of the data it was packed from (``fingerprint``): checkpoints and studies keep it
 
     @property
     def device(self) -> torch.device:
@@ -108,7 +126,7 @@ class FeatureBank:
             frames = self.frames.pin_memory()  # gathers then copy only the batch across
         move = lambda t: t.to(device)  # noqa: E731 - the small index tensors always fit
         return FeatureBank(frames, move(self.offsets), move(self.lengths), move(self.labels), self.names,
-                           self.id2speaker, self.n_mels, self.n_train, self.source)
+                           self.id2speaker, self.n_mels, self.n_train, self.source, self.fingerprint)
 
     def gather(self, ids: torch.Tensor, starts: torch.Tensor, length: int, out_device=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Cut ``length`` frames of each utterance ``ids[i]`` from ``starts[i]``.
@@ -181,11 +199,13 @@ def pack(layout: Layout, folder: Path, progress: Callable[[int, int], None] | No
             if progress and (i % 500 == 0 or i == len(utterances) - 1):
                 progress(i + 1, len(utterances))
         frames.flush()
+        checksum = frames_checksum(np.asarray(frames))
         del frames
         np.savez(tmp / "index.npz", offsets=offsets, lengths=lengths,
                  labels=np.array([u.label for u in utterances], dtype=np.int64),
                  names=np.array([u.feature_path for u in utterances]), id2speaker=np.array(layout.id2speaker),
-                 n_mels=layout.n_mels, n_train=len(layout.train), fingerprint=fingerprint(layout))
+                 n_mels=layout.n_mels, n_train=len(layout.train), fingerprint=fingerprint(layout),
+                 frames_crc32=np.int64(checksum))
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)
     finally:
@@ -231,6 +251,7 @@ def _load_packed(folder: Path, layout: Layout, want: str) -> tuple[FeatureBank |
         with np.load(index_path, allow_pickle=False) as npz:
             index = {k: npz[k] for k in ("offsets", "lengths", "labels", "names", "id2speaker", "n_mels", "n_train",
                                          "fingerprint")}
+            index["frames_crc32"] = npz["frames_crc32"] if "frames_crc32" in npz.files else None  # older: stale
         if str(index["fingerprint"]) != want:
             return None, None
         n_mels, n = int(index["n_mels"]), len(layout.train) + len(layout.test)
@@ -241,12 +262,15 @@ def _load_packed(folder: Path, layout: Layout, want: str) -> tuple[FeatureBank |
         frames = np.load(folder / "frames.npy", mmap_mode="r", allow_pickle=False)
         if frames.dtype != np.float16 or frames.shape != (int(lengths.sum()), n_mels):
             return None, f"frames.npy has shape {frames.shape} {frames.dtype}"
+        frames = np.array(frames)  # one read of the file into memory
+        if index["frames_crc32"] is None or frames_checksum(frames) != int(index["frames_crc32"]):
+            return None, "frames.npy does not match its checksum: damaged since it was written"
         return FeatureBank(
-            frames=torch.from_numpy(np.array(frames)),  # one read of the file into memory
+            frames=torch.from_numpy(frames),
             offsets=torch.from_numpy(offsets), lengths=torch.from_numpy(lengths),
             labels=torch.from_numpy(index["labels"]), names=[str(x) for x in index["names"]],
             id2speaker=[str(s) for s in index["id2speaker"]], n_mels=n_mels,
-            n_train=int(index["n_train"]), source=str(layout.root)), None
+            n_train=int(index["n_train"]), source=str(layout.root), fingerprint=str(index["fingerprint"])), None
     except MemoryError:
         raise
     except Exception as err:  # noqa: BLE001 - whatever the damage (BadZipFile, KeyError, ValueError, OSError...)

@@ -514,8 +514,8 @@ def synthesize(out_dir, *, speakers: int = DEFAULT_SPEAKERS,
     """
     if speakers < 1 or speakers > 100_000 or utterances_per_speaker < 1:
         raise ValueError("need 1..100000 speakers and at least 1 utterance per speaker")
-    if length_scale <= 0:
-        raise ValueError(f"length_scale must be positive, got {length_scale}")
+    if not 0 < length_scale <= 10:  # nan and inf too: they overflowed or rendered forever
+        raise ValueError(f"length_scale must be in (0, 10], got {length_scale}")
     if seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed}")
     if test_utterances is None:

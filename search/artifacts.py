@@ -97,19 +97,19 @@ def upload_files(study: optuna.Study, label: str, files: list[Path], folder: Pat
     metas = study_artifacts(study)
     _repair_mimetypes(study, metas)
     existing = {m["filename"]: m["artifact_id"] for m in metas}
-    digests = {path.name: _file_digest(path) for path in files}
+    digests = {_artifact_name(path): _file_digest(path) for path in files}
     earlier = _same_set(store, existing, label, steps, digests)
     if earlier is not None:
         return earlier
     stamp = f"steps{steps}-{version_stamp(when)}"
     version, n = stamp, 1
-    while any(f"{label}-{version}-{path.name}" in existing for path in files):
+    while any(f"{label}-{version}-{_artifact_name(path)}" in existing for path in files):
         n += 1
         version = f"{stamp}-{n}"
     uploaded: dict[str, str] = {}
     with tempfile.TemporaryDirectory(dir=folder, prefix=".upload-") as tmp:
         for path in files:
-            name = f"{label}-{version}-{path.name}"
+            name = f"{label}-{version}-{_artifact_name(path)}"
             named = Path(tmp) / name
             try:
                 os.link(path, named)  # no copy of a large model where the filesystem allows
@@ -118,6 +118,14 @@ def upload_files(study: optuna.Study, label: str, files: list[Path], folder: Pat
             uploaded[name] = upload_artifact(artifact_store=store, file_path=str(named), study_or_trial=study,
                                              storage=study._storage, mimetype=MIMETYPES.get(path.suffix))
     return uploaded
+
+
+def _artifact_name(path: Path) -> str:
+    """A file's name in a set: a result's own CSV (``predictions-trial4-steps2000.csv``, search/files.py) is the
+    set's ``predictions.csv``: the set's label and steps already say whose it is."""
+    if path.name.startswith("predictions-") and path.suffix == ".csv":
+        return "predictions.csv"
+    return path.name
 
 
 def _file_digest(path: Path) -> str:

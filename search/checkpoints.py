@@ -13,6 +13,23 @@ import torch
 REQUIRED = ("step", "model", "model_config", "train_config")
 
 
+def other_data(state: dict, fingerprint: str) -> str | None:
+    """The data fingerprint a checkpoint was trained on when it is not ``fingerprint`` (the data now), else None.
+
+    A finalize resumed from a checkpoint of other data (the folder regenerated with another seed, or --data
+    pointing at another folder with the same speakers) went on training the old data's model and predicted
+    with it, saying only "resumed". Checkpoints written before they carried a fingerprint are taken as they are."""
+    saved = state.get("data_fingerprint") if isinstance(state, dict) else None
+    return saved if saved and fingerprint and saved != fingerprint else None
+
+
+def set_aside(path: Path, tag: str) -> Path:
+    """Rename ``path`` to ``<name>.<tag>-<time>`` (kept for a look, never read again); where it went."""
+    aside = path.with_name(f"{path.name}.{tag}-{time.strftime('%Y%m%d-%H%M%S')}")
+    path.replace(aside)
+    return aside
+
+
 def usable_checkpoint(path: Path) -> bool:
     """True if ``path`` exists and holds a training checkpoint; an unusable file is renamed to
     ``<name>.unusable-<time>`` (kept for a look, never read again) and False is returned."""

@@ -43,7 +43,7 @@ import torch
 from search.errors import UserError
 from search.files import artifact_folder, check_writable, final_folder, replaced, write_text
 from search.finalize import (FinalizeRequest, _checkpoint_step, echo_eval, echo_results, final_configs, setup,
-                             outputs_begin, study_seed, training_run, write_labels)
+                             outputs_begin, publish, study_seed, training_run, write_labels)
 from search.notes import write_study_note
 from search.objective import trial_seed
 from search.queries import best_trials, pick_trial
@@ -224,7 +224,7 @@ def _train_member(model_cfg, train_cfg, task: Task, checkpoint: Path, on_eval, c
     ``done_line`` if its checkpoint was at the last step, ``resumed_line`` (its ``{}``: the step) if training
     went on from a checkpoint. ``what`` names the run in the line a signal stops it with (``after_others``:
     runs trained before it are kept)."""
-    done_step = _checkpoint_step(checkpoint)
+    done_step = _checkpoint_step(checkpoint, task.bank.fingerprint)
     try:
         with training_run(what, checkpoint, train_cfg.steps, after_others):
             result = train(model_cfg, train_cfg, task, on_eval=on_eval, checkpoint=checkpoint,
@@ -374,7 +374,8 @@ def finalize_members(study: optuna.Study, request: FinalizeRequest) -> None:
     else:
         members = single(pick_trial(study, request.which), settings_seed)
         label, what = f"trial{members[0].trial.number}-all-data", f"trial #{members[0].trial.number}"
-    out, echo, task = setup(study, request)
+    name = f"{label}-steps{steps}"
+    out, echo, task = setup(study, request, name)
     echo(f"finalizing {what} of {study.study_name!r}: {steps} steps each on {task.device}"
          + ("; then each again on train + validation for its best step count" if all_data else ""))
 
@@ -389,3 +390,4 @@ def finalize_members(study: optuna.Study, request: FinalizeRequest) -> None:
         echo("--all-data: the predictions come from models trained on train + validation for the step count "
              "their validation run chose; the validation split no longer scores them (valid above: the validation runs)")
     echo_results(echo, result, study.study_name, f"members and config saved in {result.folder}")
+    publish(study, request, name, result.predictions_path, result.valid_accuracy, result.test_accuracy, echo)

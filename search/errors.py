@@ -5,6 +5,11 @@ class UserError(Exception):
     """Bad input or a state the user must fix: the message names the option or file and the problem."""
 
 
+class NoStudyStorage(UserError):
+    """A storage asked for a study that holds none: no Optuna tables (another program's database, an empty file
+    or database). A read-only command says so and creates nothing there."""
+
+
 class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite; the trial ends as failed with this reason."""
 

@@ -39,7 +39,13 @@ def artifact_folder(study_name: str) -> Path:
 
 
 def predictions_path(study_name: str) -> Path:
+    """The study's ``predictions.csv``: a copy of the best finalized result's CSV (by validation accuracy)."""
     return study_folder(study_name) / "predictions.csv"
+
+
+def result_predictions_path(study_name: str, name: str) -> Path:
+    """The CSV of one finalized result (``trial4-steps2000``, ``top3-steps2000``): each finalize its own file."""
+    return study_folder(study_name) / f"predictions-{name}.csv"
 
 
 @contextmanager
@@ -84,3 +90,56 @@ def check_writable(path: Path, option: str) -> None:
         raise UserError(f"{option} {path}: cannot create folder {folder} ({err.strerror})") from None
     if read_only_part(path) is not None or path.is_dir():
         raise UserError(f"{option} {path}: not writable")
+
+
+SQLITE_MAGIC = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
+
+
+def is_sqlite_file(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
+    except OSError:
+        return False
+
+
+def _storage_files(url: str | None) -> list[Path]:
+    """The files of a storage URL (a SQLite database with its -wal, -shm and -journal files, or a journal file),
+    absolute; none for a server."""
+    from search.storage import is_journal, journal_path
+    from search.study import _sqlite_file
+
+    if not url:
+        return []
+    if is_journal(url):
+        return [journal_path(url)]
+    database = _sqlite_file(url)
+    if database is None:
+        return []
+    database = database.resolve()
+    return [database, *(database.with_name(database.name + end) for end in ("-wal", "-shm", "-journal"))]
+
+
+def check_out(path: Path, option: str, storage: str | None = None, data: str | Path | None = None,
+              answers: Path | None = None) -> None:
+    """An output file must not be one of the command's own inputs: ``search report --out studies/vic.db`` replaced
+    the study's database with HTML, ``finalize --out DATA/answers.csv`` replaced the answer key and then scored
+    its own output (test accuracy 1.0000), ``--out DATA/metadata.json`` broke the data folder. Refused: a file of
+    the storage in use, any existing SQLite database (some study's storage), anything inside the data folder, the
+    answer key. One line naming the option, the file and what it is."""
+    from search.storage import redact
+
+    target = path.resolve()
+    if target in _storage_files(storage):
+        raise UserError(f"{option} {path}: is the study's storage ({redact(storage)}); writing there would replace "
+                        "the study: choose another file")
+    if target.is_file() and is_sqlite_file(target):
+        raise UserError(f"{option} {path}: is an SQLite database (a study's storage?); writing there would replace "
+                        "it: choose another file")
+    if answers is not None and target == Path(answers).resolve():
+        raise UserError(f"{option} {path}: is the answer key that scores the predictions: choose another file")
+    if data is not None:
+        folder = Path(data).resolve()
+        if target == folder or folder in target.parents:
+            raise UserError(f"{option} {path}: is inside the data folder {data}, which the command reads: choose a "
+                            "file outside it")

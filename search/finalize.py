@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import json
 import signal
+import threading
 from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field, replace
@@ -33,12 +34,14 @@ import torch
 
 from search import schedule, space as search_space
 from search.errors import Stopped, UserError
-from search.guard import held_signals, interrupts, raise_pending, signal_of
-from search.files import artifact_folder, check_writable, final_folder, predictions_path, replaced, write_text
+from search.guard import held_signals, interrupt_once, raise_pending, signal_of
+from search.files import (artifact_folder, check_out, check_writable, final_folder, predictions_path, replaced,
+                          result_predictions_path, write_text)
 from search.notes import write_study_note
 from search.objective import trial_seed
 from search.queries import pick_trial
-from search.scoring import answer_key, score_files
+from search.scoring import ANSWERS_NAME, answer_key, score_files
+from search.storage import default_url
 from search.task import Task
 from search.logs import Console, open_console
 from search.study import Progress
@@ -79,7 +82,7 @@ def finalize(study: optuna.Study, trial: optuna.trial.FrozenTrial, task: Task, s
     check_writable(folder / "model.pt", "study folder")
     model_cfg, train_cfg = final_configs(trial.params, task, steps, trial_seed(seed, trial.number))
     checkpoint = folder / f"checkpoint-trial{trial.number}-steps{steps}.pt"
-    resumed = _checkpoint_step(checkpoint)
+    resumed = _checkpoint_step(checkpoint, task.bank.fingerprint)
     with training_run(f"trial #{trial.number}", checkpoint, steps):
         result: TrainResult = train(model_cfg, train_cfg, task, on_eval=on_eval, checkpoint=checkpoint,
                                     checkpoint_every=checkpoint_every)
@@ -123,12 +126,16 @@ def final_configs(params: dict, task: Task, steps: int, seed: int):
     return model_cfg, train_cfg
 
 
-def _checkpoint_step(path: Path) -> int | None:
-    """The step a checkpoint left by an earlier (killed) finalize holds, or None without one."""
+def _checkpoint_step(path: Path, fingerprint: str = "") -> int | None:
+    """The step a checkpoint left by an earlier (killed) finalize holds, or None without one (or, given the data's
+    ``fingerprint``, with one trained on other data: train() moves it aside and starts over, saying so)."""
+    from search.checkpoints import other_data
+
     if not path.exists():
         return None
     try:
-        return int(torch.load(path, map_location="cpu", weights_only=True)["step"])
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return None if other_data(state, fingerprint) else int(state["step"])
     except Exception:  # noqa: BLE001 - train() reports an unusable checkpoint itself
         return None
 
@@ -259,26 +266,67 @@ def run_finalize(request: FinalizeRequest) -> None:
     # stops, so no clean-up is cut short): one Error line naming where it stopped and the checkpoint kept, exit
     # 128 + the signal (the CLI's guard turns Stopped into that). Once the outputs are being written, it waits.
     stop = _Stop()
+    complete = False
     token = _STOP.set(stop)
+    undo = interrupt_once()
     try:
-        with interrupts():
-            late = None
-            try:
-                with ExitStack() as stop.holding, report_progress(line, progress_interval()):
-                    _finalize_with(study, request)
-            except KeyboardInterrupt as interrupt:
-                if not stop.writing:
-                    message = stop.message(interrupt)  # here: a second signal is still ignored while it reads
-                    echo.logger.info(message)  # the log file says why the finalize ended too
-                    raise Stopped(message, 128 + signal_of(interrupt)) from None
-                late = interrupt  # after the hold ended: everything was written already
-            finally:
-                late = _take_pending() or late  # also after a failure: no signal is left pending
+        late = None
+        try:
+            with ExitStack() as stop.holding, report_progress(line, progress_interval()):
+                _finalize_with(study, request)
+                complete = complete_from_here(echo)  # the outputs are complete: no signal ends the command now
+        except KeyboardInterrupt as interrupt:
+            if not stop.writing:
+                message = stop.message(interrupt)  # here: a second signal is still ignored while it reads
+                echo.logger.info(message)  # the log file says why the finalize ended too
+                raise Stopped(message, 128 + signal_of(interrupt)) from None
+            late = interrupt  # after the hold ended: everything was written already
+        finally:
+            late = _take_pending() or late  # also after a failure: no signal is left pending
     finally:
+        undo(signals=not complete)
         _STOP.reset(token)
     if late is not None:
         echo(f"{_signal_name(late)} came while the outputs were being written: they were all written first, and "
              "the finalize is complete")
+
+
+def complete_from_here(echo) -> bool:
+    """Once a finalize's outputs are complete, SIGINT and SIGTERM only say so, until the process ends (exit 0);
+    True where it could (the main thread). Before, interrupts() put the default handlers back at the end and a
+    signal in the command's last moments (closing the log, click's exit) ended it with 130 or 143 and no line:
+    a script took a finished finalize for a failed one. At exit they are ignored (Python puts the default
+    handlers back while it shuts down)."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+
+    def complete(signum, _frame) -> None:
+        try:
+            echo(f"{'Ctrl-C' if signum == signal.SIGINT else 'SIGTERM'} came after the finalize was complete: its "
+                 "outputs are all written")
+        except Exception:  # noqa: BLE001 - the console may be closed already: the exit code says it
+            pass
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, complete)
+    global _IGNORE_AT_EXIT
+    if not _IGNORE_AT_EXIT:
+        import atexit
+
+        atexit.register(_ignore_signals)
+        _IGNORE_AT_EXIT = True
+    return True
+
+
+def _ignore_signals() -> None:
+    # Main thread: run the handlers of signals already caught (pthread_sigmask checks for them), then ignore
+    # both; a blocked signal stays pending and is dropped once ignored.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
+_IGNORE_AT_EXIT = False
 
 
 def _finalize_with(study: optuna.Study, request: FinalizeRequest) -> None:
@@ -288,7 +336,8 @@ def _finalize_with(study: optuna.Study, request: FinalizeRequest) -> None:
 
         return finalize_members(study, request)
     trial = pick_trial(study, which)
-    out, echo, task = setup(study, request)
+    name = f"trial{trial.number}-steps{request.steps}"
+    out, echo, task = setup(study, request, name)
     steps = request.steps
     echo(f"finalizing trial #{trial.number} of {study.study_name!r} (valid accuracy {trial.value:.4f} in the "
          f"search): {steps} steps on {task.device}")
@@ -305,6 +354,7 @@ def _finalize_with(study: optuna.Study, request: FinalizeRequest) -> None:
         echo(f"resumed from the checkpoint at step {result.resumed_from_step} of an earlier finalize")
     echo(f"valid accuracy {result.valid_accuracy:.4f} (best at step {result.best_step})")
     echo_results(echo, result, study.study_name, f"model saved to {result.model_path}")
+    publish(study, request, name, result.predictions_path, result.valid_accuracy, result.test_accuracy, echo)
 
 
 def study_seed(study: optuna.Study) -> int:
@@ -315,15 +365,16 @@ def study_seed(study: optuna.Study) -> int:
     return settings.seed if settings else 0
 
 
-def setup(study: optuna.Study, request: FinalizeRequest):
-    """What every finalize needs: (the checked output CSV, the console (it prints and appends to
-    studies/<study>/search.log), the data on the device: the study's own unless --data says otherwise)."""
+def setup(study: optuna.Study, request: FinalizeRequest, name: str):
+    """What every finalize needs: (the checked output CSV: ``--out``, else this result's own file,
+    ``studies/<study>/predictions-<name>.csv``; the console (it prints and appends to studies/<study>/search.log);
+    the data on the device: the study's own unless --data says otherwise)."""
     from search.logs import open_console
     from search.study import StudySettings
     from search.task import load_task, resolve_device
 
     settings = StudySettings.from_attrs(study.user_attrs)
-    out = request.out or predictions_path(study.study_name)
+    out = request.out or result_predictions_path(study.study_name, name)
     check_writable(out, "--out")
     echo = request.console or open_console(study.study_name, request.quiet)
     data_dir = request.data_dir
@@ -331,6 +382,9 @@ def setup(study: optuna.Study, request: FinalizeRequest):
         data_dir = Path(settings.data)
     task = load_task(data_dir, study_seed(study), resolve_device(request.device),
                      progress=echo.data_progress("preparing data"))
+    # before any training: the CSV must not replace the storage, the data or its answer key (search/files.py)
+    check_out(out, "--out", request.storage or default_url(study.study_name), task.source,
+              Path(task.source) / ANSWERS_NAME)
     return out, echo, task
 
 
@@ -362,3 +416,56 @@ def echo_results(echo, result, study_name: str, saved: str) -> None:
     if result.artifacts:
         echo(f"artifacts (served by `search dashboard --study {study_name}`, study page): "
              + ", ".join(result.artifacts) + f" in {artifact_folder(study_name)}")
+
+
+RESULTS = "final_results"  # study user attribute: every finalized result by name: its CSV and accuracies
+PREDICTIONS = "predictions"  # study user attribute: which result studies/<study>/predictions.csv holds
+
+
+def _result_text(name: str, result: dict) -> str:
+    text = f"{name} (valid accuracy {result.get('valid_accuracy', 0):.4f}"
+    if result.get("test_accuracy") is not None:
+        text += f", test accuracy {result['test_accuracy']:.4f}"
+    return text + ")"
+
+
+def publish(study: optuna.Study, request: FinalizeRequest, name: str, csv_path: Path, valid_accuracy: float,
+            test_accuracy: float | None, echo) -> None:
+    """Record a finalized result and keep ``predictions.csv`` a copy of the best one by validation accuracy.
+
+    Every finalize wrote ``predictions.csv`` itself: ``finalize top`` (test 0.3364) replaced ``finalize best``'s
+    better file (0.4885) without a word, and nothing said which result the file held. Now each result has its
+    own file (``predictions-<name>.csv``), ``predictions.csv`` is a copy of the best of those still on disk
+    (validation accuracy: the test answer key only scores), the study's attribute ``predictions`` says which
+    (``search show``, the report and the dashboard note print it), and a line says what it holds and what it
+    replaced. With ``--out`` the CSV goes where it was asked, and the line says whether it replaced a file."""
+    if request.out is not None:
+        echo(f"--out {request.out}: written with {_result_text(name, {'valid_accuracy': valid_accuracy, 'test_accuracy': test_accuracy})}; "
+             f"{predictions_path(study.study_name)} is left as it was")
+        return
+    results = dict(study.user_attrs.get(RESULTS) or {})
+    results[name] = {"file": str(csv_path), "valid_accuracy": valid_accuracy, "test_accuracy": test_accuracy}
+    study.set_user_attr(RESULTS, results)
+    held = study.user_attrs.get(PREDICTIONS) if isinstance(study.user_attrs.get(PREDICTIONS), dict) else None
+    held_name = held.get("name") if held else None
+    pointer = predictions_path(study.study_name)
+    unrecorded = held_name is None and pointer.is_file()  # written by a finalize before results were recorded
+    on_disk = {n: r for n, r in results.items() if isinstance(r, dict) and Path(r.get("file", "")).is_file()}
+    # the best on validation; on a tie the file already held stays (no churn), then the newest result
+    order = list(on_disk)
+    best = max(order, key=lambda n: (on_disk[n].get("valid_accuracy") or 0.0, n == held_name, n == name))
+    with replaced(pointer) as tmp:
+        tmp.write_bytes(Path(on_disk[best]["file"]).read_bytes())
+    study.set_user_attr(PREDICTIONS, {"name": best, **on_disk[best]})
+    count = f"the best by validation accuracy of {len(on_disk)} finalized result{'s' if len(on_disk) > 1 else ''}"
+    write_study_note(study)  # the dashboard's study note says which result the file holds
+    if best != name:
+        echo(f"{pointer} holds {_result_text(best, on_disk[best])}, {count}; this result is in {csv_path}")
+        return
+    if held_name is None or held_name == name:
+        replaced_text = ("; it replaced an earlier predictions.csv (of a result not recorded)" if unrecorded else
+                         "" if held_name is None else "; it replaced this result's earlier file")
+    else:
+        replaced_text = "; it replaced " + (_result_text(held_name, held) if held else held_name)
+    echo(f"{pointer} holds {_result_text(best, on_disk[best])}, {count}{replaced_text}")
+

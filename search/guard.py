@@ -155,8 +155,10 @@ def interrupt_once() -> Callable[[], None]:
         previous = {sig: signal.signal(sig, once) for sig in (signal.SIGINT, signal.SIGTERM)}
     undo_log = interrupted_trial_one_line()
 
-    def undo() -> None:
-        for sig, handler in previous.items():
+    def undo(signals: bool = True) -> None:
+        """Put back the earlier handlers (``signals``: False leaves the ones installed since, e.g. a finalize's
+        once it is complete) and Optuna's log as it was."""
+        for sig, handler in previous.items() if signals else ():
             signal.signal(sig, handler)
         undo_log()
 

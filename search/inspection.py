@@ -14,10 +14,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.attrs import resolved_configs
-from search.errors import UserError
+from search.errors import NoStudyStorage, UserError
 from search.files import STUDIES
 from search.queries import best_or_none, counts, pick_trial
-from search.storage import open_storage, redact
+from search.storage import open_storage, redact_url
 
 STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)
 
@@ -36,16 +36,23 @@ def study_rows(url: str) -> list[dict]:
         database = sqlalchemy.engine.make_url(url).database
         if database and database != ":memory:" and not Path(database).exists():
             raise UserError(f"--storage {url}: no such file {database}")
-    storage = open_storage(url, heartbeat_interval=None)
+    storage = open_storage(url, read_only=True)
     rows = []
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         by_state, best = counts(study), best_or_none(study)
-        row = {"storage": redact(url), "study": summary.study_name, "trials": sum(by_state.values()),
+        row = {"storage": redact_url(url), "study": summary.study_name, "trials": sum(by_state.values()),
                **{s.name.lower(): by_state[s.name.lower()] for s in STATES},
                "best_value": best.value if best else None, "best_trial": best.number if best else None}
         rows.append(row)
     return rows
+
+
+def _rows_or_none(url: str) -> list[dict]:
+    try:
+        return study_rows(url)
+    except NoStudyStorage:
+        return []
 
 
 def studies_lines(rows: list[dict]) -> list[str]:
@@ -96,6 +103,11 @@ def trial_lines(study: optuna.Study, trial: FrozenTrial) -> list[str]:
                      f"artifacts in {final.get('artifact_dir')}:")
         lines += [f"  {name}  (id {artifact_id})" for name, artifact_id in final.get("artifacts", {}).items()]
     lines += _ensemble_lines(study.user_attrs.get("final_ensemble"), trial.number)
+    from search.notes import predictions_text
+
+    held = predictions_text(study)
+    if held is not None:
+        lines.append(f"predictions.csv holds {held}")
     return lines
 
 
@@ -142,7 +154,9 @@ def reference_note(study: optuna.Study, best: FrozenTrial) -> str:
     parts = []
     sample = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("warm_start") == "sample-code"]
     if sample:
-        t = sample[0]
+        # the last that ran to an end of its own: an interrupted one is queued again (search/study.py)
+        ran = [t for t in sample if t.state.is_finished() and t.user_attrs.get("ended") != "interrupted"]
+        t = (ran or sample)[-1]
         parts.append(f"sample-code trial #{t.number}: " + (f"{t.value:.4f}" if t.state == TrialState.COMPLETE
                                                             else t.user_attrs.get("ended", t.state.name.lower())))
     speakers = resolved_configs(best)[0].get("n_classes")
@@ -236,19 +250,41 @@ def trials_csv(rows: list[dict]) -> str:
 
 # --- the read-only commands, each one call from the CLI: the text it prints ------------------------------
 
+def json_text(value) -> str:
+    """``value`` as JSON that any parser reads: a value that is not finite (a diverged trial's NaN training
+    loss, an infinite intermediate value) is written as ``null``, since JSON has no NaN or Infinity (Python's
+    ``json.dumps`` writes the bare words, which JavaScript's ``JSON.parse``, ``jq`` and most parsers refuse).
+    Objects JSON has no type for (a datetime) as their text."""
+    import math
+
+    def finite(v):
+        if isinstance(v, float):
+            return v if math.isfinite(v) else None
+        if isinstance(v, dict):
+            return {k: finite(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [finite(x) for x in v]
+        return v
+
+    return json.dumps(finite(value), indent=2, default=str, allow_nan=False)
+
+
 def studies_text(storage: str | None, as_json: bool = False) -> str:
     """``search studies``: the studies of ``storage`` (None: every ``studies/*.db``), a table or JSON."""
-    rows = [row for url in ([storage] if storage else default_storages()) for row in study_rows(url)]
-    return json.dumps(rows, indent=2) if as_json else "\n".join(studies_lines(rows))
+    if storage:
+        rows = study_rows(storage)
+    else:  # every studies/*.db: a file there that holds no study (not made by `search run`) is none of them
+        rows = [row for url in default_storages() for row in _rows_or_none(url)]
+    return json_text(rows) if as_json else "\n".join(studies_lines(rows))
 
 
 def show_text(study_name: str, storage: str | None, number: int | None, as_json: bool = False) -> str:
     """``search show``: trial ``number`` (None: the best complete one) in full, as text or JSON."""
     from search.study import load_study
 
-    study = load_study(study_name, storage)
+    study = load_study(study_name, storage, read_only=True)
     trial = pick_any_trial(study, number)
-    return json.dumps(trial_json(trial), indent=2, default=str) if as_json else "\n".join(trial_lines(study, trial))
+    return json_text(trial_json(trial)) if as_json else "\n".join(trial_lines(study, trial))
 
 
 def trials_text(study_name: str, storage: str | None, sort: str = "number", states: tuple[str, ...] = (),
@@ -259,10 +295,10 @@ def trials_text(study_name: str, storage: str | None, sort: str = "number", stat
     if as_json and as_csv:
         raise UserError("--json and --csv: give one of them")
     states = tuple(dict.fromkeys(s.lower() for s in states))
-    study = load_study(study_name, storage, any_direction=True)
+    study = load_study(study_name, storage, any_direction=True, read_only=True)
     rows = trial_rows(study, sort.lower(), states)
     if as_json:
-        return json.dumps(rows, indent=2)
+        return json_text(rows)
     return trials_csv(rows).rstrip("\n") if as_csv else "\n".join(trials_lines(rows, study_name, states))
 
 
@@ -287,11 +323,15 @@ def space_text(profile: str, as_json: bool = False) -> str:
 def report_text(study_name: str, storage: str | None, out: Path) -> str:
     """``search report``: write the HTML page (search/report.py); the text is its summary of the best
     trials, the figures it could not draw and where the page is."""
-    from search.files import check_writable
+    from search.files import check_out, check_writable
     from search.report import summary_lines, write_report
-    from search.study import load_study
+    from search.storage import default_url
+    from search.study import StudySettings, load_study
 
-    study = load_study(study_name, storage)
+    study = load_study(study_name, storage, read_only=True)
+    settings = StudySettings.from_attrs(study.user_attrs)
+    check_out(out, "--out", storage or default_url(study_name),
+              settings.data if settings and settings.data != "embedded" else None)
     check_writable(out, "--out")
     sections = write_report(study, out)
     skipped = [s for s in sections if s.figure is None]

@@ -173,10 +173,25 @@ def _accuracy(value) -> str:
     return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
 
 
+def predictions_text(study: optuna.Study) -> str | None:
+    """Which finalized result ``studies/<study>/predictions.csv`` holds (the study attribute ``predictions``,
+    search/finalize.py ``publish``), or None before a finalize recorded one."""
+    held = study.user_attrs.get("predictions")
+    if not isinstance(held, dict) or not held.get("name"):
+        return None
+    text = f"{held['name']} (valid accuracy {_accuracy(held.get('valid_accuracy'))}"
+    if held.get("test_accuracy") is not None:
+        text += f", test accuracy {_accuracy(held['test_accuracy'])}"
+    return text + f"), a copy of {held.get('file')}: the best finalized result by validation accuracy"
+
+
 def finalized_rows(study: optuna.Study) -> list[tuple[str, str]]:
-    """What ``search finalize`` recorded (the study attributes ``final`` and ``final_ensemble``), as
-    (what, text) rows; none before a finalize."""
+    """What ``search finalize`` recorded (the study attributes ``final`` and ``final_ensemble``, and which result
+    predictions.csv holds), as (what, text) rows; none before a finalize."""
     rows = []
+    held = predictions_text(study)
+    if held is not None:
+        rows.append(("predictions.csv holds", held))
     final = study.user_attrs.get("final")
     if isinstance(final, dict):
         text = f"trial #{final.get('trial')} retrained for {final.get('steps')} steps: validation accuracy " \

@@ -24,7 +24,7 @@ from typing import Callable
 import optuna
 
 from search.errors import UserError
-from search.storage import (PROXY_PORT, check_url, is_grpc, is_journal, open_storage, redact, require_grpc,
+from search.storage import (PROXY_PORT, check_url, is_grpc, is_journal, open_storage, redact_url, require_grpc,
                             option_text)
 
 DEFAULT_HOST = "127.0.0.1"  # this machine only; --host 0.0.0.0 serves other machines
@@ -86,7 +86,7 @@ def serve(url: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
     check_listen(host, port)  # first: a busy port creates no storage
     # No heartbeats here: workers record them through their own storage, and GrpcStorageProxy has none.
     storage = optuna.storages.get_storage(open_storage(url, heartbeat_interval=None))  # + Optuna's cache
-    echo(f"search proxy: serving {redact(url)} on {host}:{port}; workers: search run --storage "
+    echo(f"search proxy: serving {redact_url(url)} on {host}:{port}; workers: search run --storage "
          f"{worker_url(host, port)} ...; Ctrl-C stops it")
 
     def stop(signum, _frame):

@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 
 from search.errors import Stopped, UserError
 from search.guard import interrupts, signal_of
-from search.storage import check_url, default_url, redact
-from search.study import EVALUATIONS_PER_TRIAL, Progress, RequestedSettings, open_study, stored_settings
+from search.storage import check_url, default_url, redact_url
+from search.study import (EVALUATIONS_PER_TRIAL, Progress, RequestedSettings, open_study,
+                          requeue_interrupted_warm_starts, stored_settings)
 
 
 def progress_interval() -> float:
@@ -40,8 +41,9 @@ def progress_interval() -> float:
     except ValueError:
         raise UserError(f"SEARCH_PROGRESS_INTERVAL={os.environ['SEARCH_PROGRESS_INTERVAL']!r}: not a number of "
                         "seconds") from None
-    if not seconds > 0:
-        raise UserError(f"SEARCH_PROGRESS_INTERVAL={os.environ['SEARCH_PROGRESS_INTERVAL']!r}: must be above 0")
+    if not 0 < seconds <= 86_400:  # nan and inf too (bounded, as every number a user types)
+        raise UserError(f"SEARCH_PROGRESS_INTERVAL={os.environ['SEARCH_PROGRESS_INTERVAL']!r}: must be above 0 and at "
+                        "most 86,400 seconds")
     return seconds
 
 
@@ -100,15 +102,19 @@ def run_search(request: RunRequest) -> None:
             settings = request.settings.resolve(name, stored_settings(name, url), torch_device.type)
             jobs = [WorkerJob(i, name, url, settings, device, timeout=timeout, fail_fast=request.fail_fast)
                     for i, device in enumerate(devices)]
-            _prepare_data(jobs, echo.data_progress("preparing data"))
+            fingerprint = _prepare_data(jobs, echo.data_progress("preparing data"))
             study, settings, created = open_study(name, url, settings, request.warm_start)
             state["study"] = study
+            check_same_data(study, settings, fingerprint)
+            retried = [] if created else requeue_interrupted_warm_starts(study)
             before = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
-            echo(f"{'created' if created else 'resuming'} study {name!r} in {redact(url)} "
+            echo(f"{'created' if created else 'resuming'} study {name!r} in {redact_url(url)} "
                  f"({_plural(before, 'finished trial')} so far); {_plural(trials, 'trial') if trials else 'trials'} of "
                  f"{settings.budget} steps{'' if trials or timeout is None else f' until {timeout:g}s have passed'} on "
                  f"{', '.join(dict.fromkeys(devices))}, space {settings.profile}, data {settings.data}"
                  + ("" if settings.pruning else ", pruning off"))
+            for label, number in retried:
+                echo(f"warm start {label!r} (trial #{number}) was interrupted: queued again")
             state["started"] = time.monotonic()
             progress.start()
             report = _run_jobs(study, jobs, trials, echo, progress, request.mps, request.total_trials)
@@ -128,9 +134,25 @@ def _prepare_data(jobs, progress) -> None:
 
     job = jobs[0]
     if len(jobs) == 1:
-        load_task(job.data_dir, job.settings.seed, use_device(job.device), progress=progress)
-    else:
-        prepare_bank(job.data_dir, progress=progress)
+        return load_task(job.data_dir, job.settings.seed, use_device(job.device), progress=progress).bank.fingerprint
+    return prepare_bank(job.data_dir, progress=progress).fingerprint
+
+
+DATA_FINGERPRINT = "data_fingerprint"  # the study's user attribute: the fingerprint of the data its trials saw
+
+
+def check_same_data(study, settings, fingerprint: str) -> None:
+    """A study remembers the fingerprint of its data (data/bank.py ``fingerprint``: the json files and a sample of
+    every feature file); a run on data that changed since (the folder regenerated, other files in its place) is
+    refused: its trials would be ranked against trials of other data, without a word. A study made before
+    fingerprints were kept takes the data's now."""
+    saved = study.user_attrs.get(DATA_FINGERPRINT)
+    if saved is None:
+        study.set_user_attr(DATA_FINGERPRINT, fingerprint)
+    elif fingerprint and saved != fingerprint:
+        raise UserError(f"data {settings.data}: changed since study {study.study_name!r} ran on it (fingerprint "
+                        f"{saved}, now {fingerprint}): its trials were trained on other data; run on a new study "
+                        f"(--study {study.study_name}-2, say) or put the study's data back")
 
 
 def _run_jobs(study, jobs, trials, echo, progress, mps: bool = True, total_trials: int | None = None):
@@ -184,11 +206,20 @@ def _summary(study, url: str, request: RunRequest) -> list[str]:
         note = reference_note(study, best)
         lines = [f"best trial #{best.number}: valid accuracy {best.value:.4f}" + (f" ({note})" if note else ""),
                  "  " + json.dumps(best.params)]
-    flags = f" --study {study.study_name}" + (f" --storage '{redact(url)}'" if request.storage else "")
+    for t in study.get_trials(deepcopy=False):  # warm starts run again after an interrupt: which, and how it went
+        if t.user_attrs.get("warm_start") and t.user_attrs.get("retry_of") is not None:
+            how = (f"valid accuracy {t.value:.4f}" if t.value is not None and t.state.name == "COMPLETE"
+                   else t.user_attrs.get("ended", t.state.name.lower()))
+            lines.append(f"warm start {t.user_attrs['warm_start']!r}: trial #{t.number}, the retry of interrupted "
+                         f"trial #{t.user_attrs['retry_of']}: {how}")
+    # Shell words, quoted as the resume line is (shlex): a study name or data path with a space, a quote or a
+    # ';' is pasted back as one word, never run as a second command.
+    words = ["--study", study.study_name] + (["--storage", redact_url(url)] if request.storage else [])
+    flags = " " + shlex.join(words)
     data = request.settings.data
-    return lines + [f"study stored in {redact(url)}",
+    return lines + [f"study stored in {redact_url(url)}",
                     f"next: search dashboard{flags}    |    search finalize best{flags}"
-                    + (f" --data {data}" if data else "")]
+                    + (f" --data {shlex.quote(str(data))}" if data else "")]
 
 
 def _stopped(request: RunRequest, url: str, interrupt: KeyboardInterrupt, progress: Progress, state: dict,
@@ -220,7 +251,7 @@ def resume_command(request: RunRequest, study_exists: bool, done: int, elapsed: 
     options the study does not remember (all of them, if the study was not created yet)."""
     words = ["search", "run", "--study", request.study_name]
     if request.storage:
-        words += ["--storage", redact(request.storage)]
+        words += ["--storage", redact_url(request.storage)]
     if request.trials is not None:
         words += ["--trials", str(max(1, request.trials - done))]
     if request.total_trials is not None:  # study-wide: the same cap

@@ -43,7 +43,7 @@ import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-from search.errors import UserError
+from search.errors import NoStudyStorage, UserError
 
 HEARTBEAT_INTERVAL = 10  # seconds between a running trial's heartbeats
 GRACE_PERIOD = 30  # seconds without a heartbeat before a trial counts as dead
@@ -62,8 +62,9 @@ def _seconds_from_env(name: str, default: int) -> int:
     text = os.environ.get(name, "").strip()
     if not text:
         return default
-    if not (text.isascii() and text.isdigit()) or int(text) <= 0:
-        raise UserError(f"{name}={text}: expected a positive whole number of seconds")
+    # bounded above too, as every number a user types (search/commands/base.py Bounded): a day
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) <= 86_400:
+        raise UserError(f"{name}={text}: expected a whole number of seconds from 1 to 86,400")
     return int(text)
 
 
@@ -118,7 +119,7 @@ def option_text(url: str) -> str:
     ``$SEARCH_STORAGE``, saying so (a user who set it long ago and gave no --storage sees why)."""
     text = os.environ.get(STORAGE_ENV, "").strip()
     from_env = bool(text) and (text == url or (is_journal(text) and _resolved_or_none(text) == url))
-    return f"--storage {redact(url)}" + (f" (from {STORAGE_ENV})" if from_env else "")
+    return f"--storage {redact_url(url)}" + (f" (from {STORAGE_ENV})" if from_env else "")
 
 
 def _resolved_or_none(url: str) -> str | None:
@@ -150,7 +151,11 @@ def journal_path(url: str) -> Path:
 
 def resolve_url(url: str) -> str:
     """``url`` as commands use and print it: a journal path made absolute (``journal:///abs/path.log``),
-    so that every process, and the printed resume command, name the same file; other URLs as given."""
+    so that every process, and the printed resume command, name the same file; other URLs as given.
+
+    Every storage URL given to a command passes here first (``--storage``, ``$SEARCH_STORAGE``): its password
+    is registered now (``redact_url``), so that no message or log line shows it, in whatever form."""
+    redact_url(url)
     if is_journal(url):
         return "journal://" + journal_path(url).as_posix()
     return url
@@ -176,57 +181,133 @@ def grpc_address(url: str) -> tuple[str, int]:
 
 # Query-string keys that carry a password (libpq's ``password``, ``sslpassword``; others' ``passwd``, ``pwd``).
 _SECRET_KEYS = re.compile(r"(?i)^(password|passwd|pwd|sslpassword|pass|secret|token|api_key)$")
+# A URL inside free text (a driver's message, a traceback). It stops at quotes and whitespace, so it cannot
+# see where a password holding them ends: such a password is hidden by ``scrub`` (it was registered when its
+# storage URL was first seen, by ``redact_url``), not found by this.
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>]*")
+# The password as typed in a URL, read as SQLAlchemy's make_url reads it: the user name has no ':' or '/',
+# the password runs to the first '@'.
+_TYPED_PASSWORD = re.compile(r"^[\w+.\-]+://[^:/]*:([^@]*)@", re.DOTALL)
 _SECRETS: set[str] = set()  # every password seen in a URL by this process: scrubbed from any message
+# Shorter passwords are hidden where a URL is parsed, but not replaced in free text: replacing every "pw"
+# would mangle every message. (Four characters is also where ``scrub`` is sure to end: "***" is shorter.)
+SCRUB_MIN = 4
+_HIDDEN = "***"
 
 
 def _remember(secret: str | None) -> None:
-    if secret:
-        from urllib.parse import quote, unquote
+    """Register ``secret`` and every form in which it may be printed: as typed, URL-decoded, URL-encoded
+    (fully, as a form, as SQLAlchemy renders it), and escaped by ``repr`` and JSON (a traceback, a log)."""
+    if not secret:
+        return
+    import json
+    from urllib.parse import quote, quote_plus, unquote
 
-        _SECRETS.update({secret, unquote(secret), quote(secret, safe="")} - {""})
+    forms = set()
+    for text in {secret, unquote(secret)}:
+        forms |= {text, quote(text, safe=""), quote(text, safe=" +"), quote_plus(text), repr(text)[1:-1],
+                  json.dumps(text)[1:-1], json.dumps(text, ensure_ascii=False)[1:-1]}
+    _SECRETS.update(f for f in forms if len(f) >= SCRUB_MIN)
 
 
-def _redact_url(url: str) -> str:
-    """One URL with its password hidden: the user-info password, and password-like query parameters.
+def redact_url(url: str) -> str:
+    """A storage URL as messages and logs show it: its password (the user-info's, and password-like query
+    parameters) replaced by ``***``, and registered (``_remember``) so that no later message shows it in any
+    form. A URL without a password comes back exactly as given.
 
-    The user-info part ends at the *last* ``@`` before the query, so a password with an unescaped ``@``
-    (which SQLAlchemy's ``make_url`` reads as part of the host) is hidden whole.
+    The URL is parsed as SQLAlchemy parses it (``make_url``), so quotes, spaces, '<', '>', '?' or '&' in a
+    password are part of it. A password with an unescaped ``@`` (which make_url reads as part of the host)
+    is hidden whole, up to the last ``@`` of the host. A URL make_url cannot parse (a port that is not a
+    number) is cut by hand: the user-info ends at the last ``@``.
     """
+    url = str(url)
+    typed = _TYPED_PASSWORD.match(url)
+    if typed:
+        _remember(typed.group(1))
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+        parsed.port  # noqa: B018 - an unparsable port raises here, not in make_url
+    except (sqlalchemy.exc.ArgumentError, ValueError, TypeError):
+        return scrub(_redact_unparsed(url))
+    if parsed.host and "@" in parsed.host:  # a password with an unescaped '@': all of it up to the host
+        hidden, _, host = parsed.host.rpartition("@")
+        _remember(f"{parsed.password or ''}@{hidden}")
+        _remember(hidden)  # what a driver would take for the host name
+        parsed = parsed.set(host=host, password=parsed.password or _HIDDEN)
+    _remember(parsed.password)
+    secret_keys = [key for key in parsed.query if _SECRET_KEYS.match(key)]
+    for key in secret_keys:
+        values = parsed.query[key]
+        for value in (values,) if isinstance(values, str) else values:
+            _remember(value)
+    if not parsed.password and not secret_keys and not (typed and typed.group(1)):
+        return scrub(url)
+    if secret_keys:
+        parsed = parsed.update_query_dict({key: _HIDDEN for key in secret_keys})
+    return scrub(parsed.render_as_string(hide_password=True).replace("%2A%2A%2A", _HIDDEN))
+
+
+def _redact_unparsed(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url
-    head, qmark, query = rest.partition("?")
-    at = head.rfind("@")
-    if at >= 0:
-        userinfo, host = head[:at], head[at + 1:]
-        user, colon, password = userinfo.partition(":")
-        if colon:
-            _remember(password)
-            head = f"{user}:***@{host}"
-    if qmark:
-        parts = []
-        for item in query.split("&"):
-            key, eq, value = item.partition("=")
-            if eq and _SECRET_KEYS.match(key):
-                _remember(value)
-                item = f"{key}=***"
-            parts.append(item)
-        query = "&".join(parts)
-    return f"{scheme}://{head}{qmark}{query}"
+    at = rest.rfind("@")
+    user, colon, password = rest[:max(at, 0)].partition(":")
+    if at >= 0 and colon and "/" not in user:
+        _remember(password)
+        rest = f"{user}:{_HIDDEN}@{rest[at + 1:]}"
+    return _hide_query(f"{scheme}://{rest}")
+
+
+def _hide_query(url: str) -> str:
+    """``url`` with the values of password-like query parameters (after the user-info) hidden, as written."""
+    start = url.rfind("@") + 1  # the query is after the user-info, whose password may hold a '?'
+    head, qmark, query = url[start:].partition("?")
+    head = url[:start] + head
+    if not qmark:
+        return url
+    items = []
+    for item in query.split("&"):
+        key, eq, value = item.partition("=")
+        if eq and _SECRET_KEYS.match(key):
+            _remember(value)
+            item = f"{key}={_HIDDEN}"
+        items.append(item)
+    return f"{head}?{'&'.join(items)}"
+
+
+def _redact_found(url: str) -> str:
+    """A URL found in free text, its passwords hidden where they are written: not re-rendered, since the text
+    around it may have run into it (a trailing ':' or ')' would be read as part of the database name)."""
+    redact_url(url)  # registers its passwords, in every form
+    url = scrub(url)
+    typed = _TYPED_PASSWORD.match(url)
+    if typed and typed.group(1) and typed.group(1) != _HIDDEN:  # one too short for scrub to replace
+        url = url[:typed.start(1)] + _HIDDEN + url[typed.end(1):]
+    return _hide_query(url)
 
 
 def redact(text: str) -> str:
-    """``text`` (a URL, or a message holding URLs) with every password hidden, for messages and logs;
-    passwords seen earlier in this process (e.g. echoed back by a database driver) are hidden too."""
-    text = _URL_IN_TEXT.sub(lambda m: _redact_url(m.group(0)), str(text))
+    """``text`` (a message that may hold URLs) with every password hidden, for messages and logs: URLs found
+    in it (``_redact_found``), and every password registered earlier in this process (``scrub``), in any
+    form, wherever it appears (a driver echoing it, a password with quotes or spaces the URL finder cannot
+    delimit). For a storage URL itself, ``redact_url``."""
+    text = _URL_IN_TEXT.sub(lambda m: _redact_found(m.group(0)), str(text))
     return scrub(text)
 
 
 def scrub(text: str) -> str:
-    """``text`` with every password this process has seen in a storage URL replaced by ``***``."""
-    for secret in sorted(_SECRETS, key=len, reverse=True):
-        text = text.replace(secret, "***")
+    """``text`` with every password this process has seen in a storage URL replaced by ``***``.
+
+    Replaced until none is left: a ``***`` put in can complete another password ("*@12" in ":***@127"); it
+    ends, since every registered form is longer than ``***``."""
+    secrets = sorted(_SECRETS, key=len, reverse=True)
+    for _ in range(100):
+        found = [s for s in secrets if s in text]
+        if not found:
+            break
+        for secret in found:
+            text = text.replace(secret, _HIDDEN)
     return text
 
 
@@ -288,7 +369,7 @@ def _missing_driver(url: str, parsed: sqlalchemy.engine.URL | None) -> UserError
 
 def check_url(url: str) -> None:
     """Refuse a malformed URL before any work is done (reachability is checked when it is opened)."""
-    redact(url)  # remembers the password, so that no later message shows it
+    redact_url(url)  # remembers the password, so that no later message shows it
     if is_journal(url):
         journal_path(url)
         return
@@ -308,15 +389,23 @@ def check_url(url: str) -> None:
                         "resumed, and is lost at exit; use a file, e.g. sqlite:///studies/hw04.db")
 
 
-def open_storage(url: str, heartbeat_interval: int | None = -1,
-                 grace_period: int | None = -1, create: bool = True) -> optuna.storages.BaseStorage:
+def open_storage(url: str, heartbeat_interval: int | None = -1, grace_period: int | None = -1,
+                 create: bool = True, read_only: bool = False) -> optuna.storages.BaseStorage:
     """Open (creating if needed) the storage at ``url``; a one-line UserError if that fails.
 
     Heartbeat interval and grace period default to ``heartbeat_settings()``; ``heartbeat_interval=None``
     turns heartbeats off. Journal storages and storage proxies have no heartbeat in Optuna 5: a trial of
     a killed worker stays RUNNING there (use an RDB storage where workers may be killed). ``create=False``
-    (read-only commands) refuses a SQLite or journal file that does not exist instead of creating it.
+    (commands that only use an existing study) refuses a SQLite or journal file that does not exist instead
+    of creating it, and a database that holds no Optuna tables (``NoStudyStorage``) instead of creating them:
+    another program's database, an empty file or database, is not ours to change. ``read_only`` (commands
+    that write nothing: studies, show, trials, report; implies ``create=False``) opens a SQLite file
+    read-only (``_sqlite_read_only``): no WAL switch, no write lock, and no sidecar file where the file or its
+    folder is read-only.
     """
+    create = create and not read_only
+    if read_only:  # a heartbeat is a write, and a reader has no trial to keep alive
+        heartbeat_interval = None
     check_url(url)
     if is_journal(url):
         path = journal_path(url)  # absolute: journal:///tmp/j.log is /tmp/j.log, journal://j.log ./j.log
@@ -341,7 +430,10 @@ def open_storage(url: str, heartbeat_interval: int | None = -1,
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
             except OSError as err:
                 raise UserError(f"{option_text(url)}: cannot create {Path(database).parent} ({err.strerror})") from None
-        engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT}
+        if read_only:
+            engine_kwargs["creator"] = _sqlite_read_only(Path(database))
+        else:
+            engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT}
     elif backend in ("postgresql", "mysql", "mariadb"):
         parsed = _with_installed_driver(parsed)
         engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
@@ -352,7 +444,11 @@ def open_storage(url: str, heartbeat_interval: int | None = -1,
         grace_period = default_grace if grace_period == -1 else grace_period
     for attempt in range(SCHEMA_RETRIES + 1):
         try:
-            return _rdb_storage(parsed, backend, engine_kwargs, heartbeat_interval, grace_period)
+            if not create and not _has_optuna_tables(parsed, engine_kwargs):
+                raise NoStudyStorage(f"{option_text(url)}: holds no study (no Optuna tables there; this command "
+                                     "creates none: `search run` makes a study)")
+            return _rdb_storage(parsed, backend, engine_kwargs, heartbeat_interval, grace_period,
+                                create=create, read_only=read_only)
         except ImportError:  # Optuna's "Failed to import DB access module": the driver is not installed
             raise _missing_driver(url, parsed) from None
         except (sqlalchemy.exc.SQLAlchemyError, ValueError, TypeError) as err:
@@ -402,15 +498,57 @@ def _schema_race(reason: str) -> bool:
                                      "deadlock", "table alembic_version"))
 
 
-def _rdb_storage(parsed, backend: str, engine_kwargs: dict, heartbeat_interval, grace_period) -> RDBStorage:
+# Optuna's own tables (Optuna 5's schema has more): a storage without them holds no study
+OPTUNA_TABLES = frozenset({"studies", "trials", "version_info", "alembic_version"})
+
+
+def _has_optuna_tables(parsed, engine_kwargs: dict) -> bool:
+    """Whether the database holds Optuna's tables, asked without changing anything (SQLAlchemy's inspector)."""
+    engine = sqlalchemy.create_engine(parsed, **engine_kwargs)
+    try:
+        return OPTUNA_TABLES <= set(sqlalchemy.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def _sqlite_read_only(path: Path):
+    """A connection factory that opens the SQLite file read-only (a URI: ``mode=ro``), for commands that write
+    nothing: the file is not switched to WAL and no write lock is taken.
+
+    Where the file or its folder is read-only (no write permission bit, or not writable by this user: chattr +i
+    too) and no -wal file holds commits beside it, with ``immutable=1``: SQLite then reads the file as it is,
+    without the -wal and -shm files it cannot create there (a WAL file read with ``mode=ro`` needs them).
+    Nobody can be writing a read-only file, which is what ``immutable`` assumes. Permission bits are asked
+    too, not only access(2): root may write anything. With commits in a -wal file (a writer has it open, or
+    was killed), ``immutable`` would not read them: ``mode=ro`` then, which reads them.
+    """
+    import sqlite3
+
+    absolute = path.resolve()
+
+    def writable(p: Path) -> bool:
+        try:
+            return bool(p.stat().st_mode & 0o222) and os.access(p, os.W_OK)
+        except OSError:
+            return False
+
+    wal = absolute.with_name(absolute.name + "-wal")
+    pending = wal.is_file() and wal.stat().st_size > 0
+    immutable = not pending and not (writable(absolute) and writable(absolute.parent))
+    uri = absolute.as_uri() + ("?immutable=1" if immutable else "?mode=ro")
+    return lambda: sqlite3.connect(uri, uri=True, timeout=SQLITE_BUSY_TIMEOUT, check_same_thread=False)
+
+
+def _rdb_storage(parsed, backend: str, engine_kwargs: dict, heartbeat_interval, grace_period,
+                 create: bool = True, read_only: bool = False) -> RDBStorage:
     with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5: used knowingly, tested
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY) if heartbeat_interval else None
         storage = RDBStorage(parsed.render_as_string(hide_password=False), engine_kwargs=engine_kwargs,
                              heartbeat_interval=heartbeat_interval or None,
                              grace_period=grace_period if heartbeat_interval else None,
-                             heartbeat_stale_trial_callback=retry)
-    if backend == "sqlite":
+                             heartbeat_stale_trial_callback=retry, skip_table_creation=not create)
+    if backend == "sqlite" and not read_only:
         sqlalchemy.event.listen(storage.engine, "connect", _sqlite_pragmas)
         sqlalchemy.event.listen(storage.engine, "begin", _sqlite_begin)
         storage.engine.dispose()  # the connection opened while creating the tables predates the listeners

@@ -24,7 +24,7 @@ from search.objective import Objective
 from search.pruners import SecondLookPruner
 from search.notes import with_notes
 from search.queries import best_or_none, counts
-from search.storage import check_study_name, default_url, open_storage, redact
+from search.storage import check_study_name, default_url, open_storage, redact_url
 from search.task import Task
 
 # The smallest budget (search/schedule.py GRID): a trial's first rung is budget/8 steps. Where a trial validates:
@@ -130,10 +130,12 @@ def make_pruner(settings: StudySettings) -> optuna.pruners.BasePruner:
     return SecondLookPruner(hyperband, second_look) if cpu and second_look < settings.budget else hyperband
 
 
-def load_study(name: str, url: str | None, any_direction: bool = False) -> optuna.Study:
+def load_study(name: str, url: str | None, any_direction: bool = False, read_only: bool = False) -> optuna.Study:
     """An existing study, or a one-line UserError listing the studies that do exist. Never creates
-    anything: a SQLite or journal file that is not there is an error, not a new empty storage.
-    ``url`` None: the study's default storage, ``studies/<name>.db``.
+    anything: a SQLite or journal file that is not there is an error, not a new empty storage, and a database
+    without Optuna's tables (another program's, an empty one) is one line, not a new schema.
+    ``url`` None: the study's default storage, ``studies/<name>.db``. ``read_only``: for commands that write
+    nothing (show, trials, report), a SQLite file is opened read-only (``open_storage``).
 
     A study that minimizes (or has several objectives) and holds trials is refused unless
     ``any_direction``: its "best" trial would be the one with the lowest accuracy.
@@ -143,13 +145,13 @@ def load_study(name: str, url: str | None, any_direction: bool = False) -> optun
     sqlite_file = _sqlite_file(url)
     if sqlite_file is not None and not sqlite_file.is_file():
         raise UserError(f"--study {name}: no such study ({sqlite_file} does not exist)")
-    storage = open_storage(url, create=False)
+    storage = open_storage(url, create=False, read_only=read_only)
     try:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
         known = f"; studies there: {', '.join(names)}" if names else "; it holds no study"
-        raise UserError(f"--study {name}: no such study in {redact(url)}{known}") from None
+        raise UserError(f"--study {name}: no such study in {redact_url(url)}{known}") from None
     if not any_direction and study.get_trials(deepcopy=False):
         _check_direction(study, url)
     return study
@@ -175,14 +177,14 @@ def _check_writable_sqlite(url: str) -> None:
     path = _sqlite_file(url)
     what = read_only_part(path) if path is not None and path.exists() else None
     if what is not None:
-        raise UserError(f"--storage {redact(url)}: {what} is read-only; a search writes its trials there "
+        raise UserError(f"--storage {redact_url(url)}: {what} is read-only; a search writes its trials there "
                         "(make it writable, or use another --study or --storage)")
 
 
 def _check_direction(study: optuna.Study, url: str) -> None:
     directions = [d.name.lower() for d in study.directions]
     if directions != ["maximize"]:
-        raise UserError(f"--study {study.study_name}: the study in {redact(url)} has direction "
+        raise UserError(f"--study {study.study_name}: the study in {redact_url(url)} has direction "
                         f"{', '.join(directions)}; a search study maximizes validation accuracy (this one was "
                         "not created by `search run`: use another --study)")
 
@@ -244,6 +246,31 @@ def open_study(name: str, url: str, requested: StudySettings, warm_start: bool =
     return study, settings, created
 
 
+def requeue_interrupted_warm_starts(study: optuna.Study) -> list[tuple[str, int]]:
+    """Queue again each warm-start trial that was interrupted (Ctrl-C, SIGTERM, a worker whose parent was killed:
+    FAIL with ``ended: interrupted``) and has no other trial of its label that ran or will run; returns (label,
+    interrupted trial number) of each.
+
+    Warm starts are enqueued once, by the process that creates the study: an interrupted one was never run
+    again, so the study lost its strongest CPU configuration and the sample-code reference read ``interrupted``
+    for good. The copy has the same parameters (those it was enqueued with) and the ``warm_start`` label, and
+    ``retry_of`` the interrupted trial's number."""
+    trials = study.get_trials(deepcopy=False)
+    alive = {t.user_attrs.get("warm_start") for t in trials
+             if t.user_attrs.get("warm_start") and not (t.state == TrialState.FAIL
+                                                         and t.user_attrs.get("ended") == "interrupted")}
+    requeued = []
+    for t in trials:
+        label = t.user_attrs.get("warm_start")
+        if (label and label not in alive and t.state == TrialState.FAIL
+                and t.user_attrs.get("ended") == "interrupted"):
+            params = t.system_attrs.get("fixed_params") or t.params
+            study.enqueue_trial(params, user_attrs={"warm_start": label, "retry_of": t.number})
+            alive.add(label)
+            requeued.append((label, t.number))
+    return requeued
+
+
 class TrialSeededTPESampler(optuna.samplers.TPESampler):
     """Optuna's TPE sampler whose random draws for trial N are seeded by (study seed, N), not by one seed per
     process.
@@ -298,7 +325,7 @@ def _wait_for_settings(study: optuna.Study, name: str, url: str) -> StudySetting
             return settings
         trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
         if any(t.state != TrialState.WAITING for t in trials):
-            raise UserError(f"--study {name}: the study in {redact(url)} was not created by `search run` (its trials "
+            raise UserError(f"--study {name}: the study in {redact_url(url)} was not created by `search run` (its trials "
                             "ran without search settings: budget, data, seed, space); use another --study")
         if trials or time.monotonic() > deadline:
             return None

@@ -80,8 +80,13 @@ _TASKS: dict[tuple, Task] = {}
 
 
 def load_task(data_dir: str | Path | None, seed: int, device: torch.device, progress=None) -> Task:
+    from data.bank import fingerprint
+    from data.hw04 import read_layout
+
     folder = data_folder(data_dir, progress)
-    key = (str(folder.resolve()), seed, str(device))
+    # the data's fingerprint is part of the key: a folder whose data changed since (regenerated, replaced) is
+    # loaded again, not served from memory to a later command of the same process
+    key = (str(folder.resolve()), seed, str(device), fingerprint(read_layout(folder)))
     if key not in _TASKS:
         bank = prepare_bank(folder, progress=progress)
         labels = bank.labels[: bank.n_train].numpy()

@@ -25,6 +25,7 @@ What it does differently from the HW04 sample code, and why:
 from __future__ import annotations
 
 import math
+import sys
 import time
 import warnings
 from contextlib import contextmanager
@@ -37,7 +38,7 @@ import torch
 
 from data.bank import FeatureBank
 from model import Classifier, ModelConfig, build_model, count_parameters
-from search.checkpoints import usable_checkpoint
+from search.checkpoints import other_data, set_aside, usable_checkpoint
 from search import schedule
 from search.errors import TrainingDiverged
 from search.files import replaced
@@ -507,8 +508,16 @@ def train(
     guard = CollapseGuard(cfg, model_cfg.loss != "ce", len(task.valid_ids)) if cfg.recover_collapse else None
 
     step, best_accuracy, best_step, best_state, history = 0, -1.0, 0, None, []
+    state = None
     if checkpoint is not None and usable_checkpoint(checkpoint):  # an unusable one is moved aside, saying so
         state = torch.load(checkpoint, map_location=device, weights_only=True)
+        if (old := other_data(state, task.bank.fingerprint)) is not None:
+            # trained on other data: resuming would finish (and predict with) the old data's model
+            aside = set_aside(checkpoint, "other-data")
+            print(f"warning: {checkpoint}: trained on other data (fingerprint {old}, the data now "
+                  f"{task.bank.fingerprint}); moved to {aside}, training starts over", file=sys.stderr)
+            state = None
+    if state is not None:
         saved_cfg = {**asdict(TrainConfig()), **state["train_config"]}  # fields added since: their defaults
         if state["model_config"] != model_cfg.to_dict() or saved_cfg != asdict(cfg):
             raise ValueError(f"{checkpoint}: written for another configuration; remove it to start over")
@@ -525,6 +534,7 @@ def train(
         if checkpoint is not None:
             _save_atomically({
                 "model_config": model_cfg.to_dict(), "train_config": asdict(cfg), "step": step,
+                "data_fingerprint": task.bank.fingerprint,
                 "model": model.state_dict(), "optimizer": train_step.state_dict(),
                 "generator": generator.get_state(),
                 "torch_rng": torch.get_rng_state(), "best_accuracy": best_accuracy, "best_step": best_step,

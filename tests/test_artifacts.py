@@ -84,8 +84,9 @@ def test_each_finalize_adds_a_set_named_by_steps_and_time_and_final_marks_the_cu
     from search.artifacts import artifact_store
 
     store = artifact_store(folder / "studies" / STUDY / "artifacts")
+    own = f"studies/{STUDY}/predictions-trial{finals[2]['trial']}-steps16.csv"  # that finalize's own CSV
     for name, original in zip(names[2], [f"studies/{STUDY}/final/config.json", f"studies/{STUDY}/final/model.pt",
-                                         f"studies/{STUDY}/predictions.csv"]):
+                                         own]):
         copy = folder / "download" / name
         copy.parent.mkdir(exist_ok=True)
         download_artifact(artifact_store=store, artifact_id=finals[2]["artifacts"][name], file_path=str(copy))
@@ -104,7 +105,7 @@ def test_identical_files_reuse_the_set_already_stored(finalized, monkeypatch):
     study = load()
     before = len(stored_metas(study))
     files = [Path(f"studies/{STUDY}/final/model.pt"), Path(f"studies/{STUDY}/final/config.json"),
-             Path(f"studies/{STUDY}/predictions.csv")]
+             Path(f"studies/{STUDY}/predictions-trial{finals[2]['trial']}-steps16.csv")]
     again = upload_final(study, finals[2]["trial"], files, Path(f"studies/{STUDY}/artifacts"), {"steps": 16})
     assert again == finals[2]["artifacts"]
     assert len(stored_metas(load())) == before
@@ -145,7 +146,8 @@ def test_search_dashboard_serves_pt_files_as_octet_stream(finalized, monkeypatch
         for name, artifact_id in finals[2]["artifacts"].items():
             kind, body = fetch(f"{base}/artifacts/{study_id}/{artifact_id}")
             original = {"model.pt": f"studies/{STUDY}/final/model.pt", "config.json": f"studies/{STUDY}/final/config.json",
-                        "predictions.csv": f"studies/{STUDY}/predictions.csv"}[name.rsplit("-", 1)[1]]
+                        "predictions.csv": f"studies/{STUDY}/predictions-trial{finals[2]['trial']}-steps16.csv"}[
+                            name.rsplit("-", 1)[1]]
             assert body == (folder / original).read_bytes(), name
             expected = {".pt": "application/octet-stream", ".json": "application/json", ".csv": "text/csv"}
             assert kind.split(";")[0] == expected[Path(name).suffix], (name, kind)

@@ -124,3 +124,55 @@ def test_workers_with_only_a_timeout_each_run_until_it(tiny_dataset, workdir):
     study = optuna.load_study(study_name="w", storage="sqlite:///studies/w.db")
     assert study.trials and all(t.state.is_finished() for t in study.trials)
     assert len({t.user_attrs["worker"] for t in study.trials}) == 2  # both workers ran trials
+
+
+# Enough for each command to get past its own checks quickly if a number were let through (so that the old code
+# fails fast instead of running): a data folder that does not exist, a study that does not exist, a tiny synth.
+_BASE_ARGS = {("run",): ["--trials", "1", "--data", "no-such-folder", "--device", "cpu"],
+              ("finalize",): ["best", "--study", "none"], ("show",): ["--study", "none"],
+              ("data", "synth"): ["out", "--speakers", "2", "--utterances-per-speaker", "2", "--length-scale", "0.05"]}
+
+
+def numeric_options():
+    for path, command in commands(main):
+        for param in command.params:
+            if isinstance(param, click.Option) and param.type.name.replace(" range", "") in ("integer", "float"):
+                yield path, param.opts[-1], param.type.name
+
+
+@pytest.mark.parametrize("path, option, kind", list(numeric_options()),
+                         ids=lambda v: " ".join(v) if isinstance(v, tuple) else str(v))
+def test_every_number_a_user_types_is_bounded(path, option, kind, workdir):
+    """nan, inf and huge values were accepted (`--timeout nan` ran trials that never stopped, `--budget` of 20
+    digits never ended, `data synth --length-scale 1e6` hung, nan/inf there raised a raw ValueError and left an
+    empty folder): each is one line naming the option and its range, and nothing is created."""
+    values = ["nan", "inf", "-inf", "1e20"] if kind.startswith("float") else [str(10**20), "-" + str(10**20)]
+    for value in values:
+        result = invoke(*path, *_BASE_ARGS.get(path, []), option, value)
+        assert result.exit_code == 2, (path, option, value, result.output)
+        line = one_error_line(result)
+        assert line.startswith(f"Error: Invalid value for '{option}': {value} is not in the range "), line
+        assert list(workdir.iterdir()) == [], (path, option, value)  # no study, no half-made dataset
+
+
+def test_the_bounds_leave_ordinary_values_alone(workdir):
+    from search.commands.base import Bounded
+
+    timeout = Bounded(float, 0, 60, "seconds", low_open=True)
+    assert timeout.convert("0.5", None, None) == 0.5 and timeout.convert(60, None, None) == 60
+    with pytest.raises(click.BadParameter, match=r"0 is not in the range above 0 to 60 \(seconds\)"):
+        timeout.convert("0", None, None)
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "1e9"])
+def test_the_numbers_in_the_environment_are_bounded_too(value, workdir, monkeypatch):
+    line = one_error_line(invoke("run", "--trials", "1", "--device", "cpu", env={"SEARCH_PROGRESS_INTERVAL": value}),
+                          alone=True)
+    assert line == (f"Error: SEARCH_PROGRESS_INTERVAL={value!r}: must be above 0 and at most 86,400 seconds"), line
+    assert list(workdir.iterdir()) == []
+    from search.errors import UserError
+    from search.storage import heartbeat_settings
+
+    monkeypatch.setenv("SEARCH_HEARTBEAT_INTERVAL", "9" * 20)
+    with pytest.raises(UserError, match="SEARCH_HEARTBEAT_INTERVAL=9+: expected a whole number of seconds from 1 to"):
+        heartbeat_settings()

@@ -175,35 +175,36 @@ def test_killed_finalize_resumes_from_its_checkpoint(finished_study, workdir):
 
 # --- passwords in storage URLs ------------------------------------------------------------------------
 
-POSTGRES_WITH_PASSWORD = "postgresql://postgres:Sup3rSecretPw@127.0.0.1:5432/test"  # trust auth ignores it
-
-
-def test_storage_password_is_never_shown_or_stored(tiny_dataset, workdir, capfd):
-    why = reachable(POSTGRES_WITH_PASSWORD)
+# Trust auth ignores the password. The second holds what URL finders stop at (quotes, '<', '>', a space) and
+# what looks like a query ('?', '&', '='), typed raw: a run that connects printed it three times, and its log four.
+@pytest.mark.parametrize("password", ["Sup3rSecretPw", "ab'cd\"e<f>g h?x=1&Sup3rSecretPw"], ids=["plain", "url-syntax"])
+def test_storage_password_is_never_shown_or_stored(password, tiny_dataset, workdir, capfd):
+    url = f"postgresql://postgres:{password}@127.0.0.1:5432/test"
+    why = reachable(url)
     if why:
         pytest.skip(why.replace("Sup3rSecretPw", "***"))
     name = f"test-secret-{uuid.uuid4().hex[:12]}"
     try:
         result = invoke("run", "--trials", "2", "--workers", "2", "--study", name, "--storage",
-                        POSTGRES_WITH_PASSWORD, "--data", str(tiny_dataset), "--budget", "8", "--device", "cpu")
+                        url, "--data", str(tiny_dataset), "--budget", "8", "--device", "cpu")
         assert result.exit_code == 0, result.output.replace("Sup3rSecretPw", "<LEAKED>")
         assert "postgres:***@127.0.0.1" in result.output
-        missing = invoke("finalize", "best", "--study", name + "-nope", "--storage", POSTGRES_WITH_PASSWORD)
-        unreachable = invoke("run", "--trials", "1", "--storage", POSTGRES_WITH_PASSWORD.replace("5432", "1"),
+        missing = invoke("finalize", "best", "--study", name + "-nope", "--storage", url)
+        unreachable = invoke("run", "--trials", "1", "--storage", url.replace("5432", "1"),
                              "--data", str(tiny_dataset))
         assert "no such study" in one_error_line(missing) and "cannot open" in one_error_line(unreachable)
         captured = capfd.readouterr()  # what the workers and Optuna's logger wrote
         for text in (result.output, missing.output, unreachable.output, captured.out, captured.err):
-            assert "Sup3rSecretPw" not in text
+            assert "Sup3rSecretPw" not in text and password not in text
         for path in workdir.rglob("*"):  # logs and anything else written under studies/
             assert not path.is_file() or b"Sup3rSecretPw" not in path.read_bytes(), path
-        study = optuna.load_study(study_name=name, storage=open_storage(POSTGRES_WITH_PASSWORD))
+        study = optuna.load_study(study_name=name, storage=open_storage(url))
         stored = json.dumps([study.user_attrs, study._storage.get_study_system_attrs(study._study_id)]
                             + [[t.user_attrs, t.system_attrs, t.params] for t in study.trials], default=str)
         assert "Sup3rSecretPw" not in stored
     finally:
         try:
-            optuna.delete_study(study_name=name, storage=open_storage(POSTGRES_WITH_PASSWORD))
+            optuna.delete_study(study_name=name, storage=open_storage(url))
         except KeyError:
             pass
 

@@ -167,3 +167,32 @@ def test_sorting_by_value_puts_the_best_first_in_the_studys_direction():
     rows = trial_rows(study, "number", ("fail", "running"))
     assert [(r["number"], r["state"]) for r in rows] == [(3, "fail"), (4, "running")]
     assert trials_lines([], "s", ("pruned",)) == ["study 's' has no trial in state pruned"]
+
+
+def test_json_output_is_json_even_where_a_value_is_not_finite(workdir):
+    """A diverged trial's NaN training loss, an infinite value or intermediate value: ``--json`` writes them as
+    null (JSON has no NaN or Infinity), so that strict parsers (JavaScript's JSON.parse, jq) read the output."""
+    import json
+
+    from tests.helpers import invoke
+
+    workdir.joinpath("studies").mkdir()
+    study = optuna.create_study(study_name="nan", storage="sqlite:///studies/nan.db", direction="maximize")
+    add(study, TrialState.COMPLETE, float("inf"), train_loss=float("nan"), steps_per_second=float("inf"),
+        wall_seconds=float("-inf"), curve={8: float("nan"), 16: float("-inf")})
+
+    def refuse(word: str):
+        raise ValueError(f"not JSON: {word}")
+
+    for args in (["trials", "--study", "nan", "--json"], ["show", "--study", "nan", "--trial", "0", "--json"],
+                 ["studies", "--json"]):
+        result = invoke(*args)
+        assert result.exit_code == 0, result.output
+        parsed = json.loads(result.output, parse_constant=refuse)
+        assert parsed, args
+    trial = json.loads(invoke("show", "--study", "nan", "--trial", "0", "--json").output)
+    assert trial["value"] is None and trial["user_attrs"]["train_loss"] is None
+    assert trial["intermediate_values"] == {"8": None, "16": None}
+    row = json.loads(invoke("trials", "--study", "nan", "--json").output)[0]
+    assert row["value"] is None and row["steps_per_second"] is None and row["wall_seconds"] is None
+    assert json.loads(invoke("studies", "--json").output)[0]["best_value"] is None

@@ -84,3 +84,27 @@ def test_ctrl_c_ends_the_trial_prints_the_summary_and_the_command_that_resumes(t
 
     params = main.get_command(None, "run").make_context("run", shlex.split(resume)[3:]).params
     assert params["study_name"] == "c" and params["trials"] == 3 and params["data_dir"] is None
+
+
+def test_the_next_line_pastes_into_a_shell_as_the_commands_it_names(tiny_dataset, workdir, tmp_path):
+    """The ``next:`` line after a run, pasted into a shell: a study name with a space and a ';', and a data folder
+    with spaces, are each one word, and nothing else runs (as with the ``resume:`` line)."""
+    import subprocess
+
+    name = "a b;echo INJECTED"
+    data = tmp_path / "my data 'set'"
+    shutil.copytree(tiny_dataset, data, ignore=shutil.ignore_patterns(".bank"))
+    result = invoke("run", "--trials", "1", "--study", name, "--data", str(data), "--budget", "8", "--device", "cpu",
+                    "--no-warm-start", "--storage", "sqlite:///studies/x y.db")
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.output.splitlines() if line.startswith("next: "))
+    for command in line.removeprefix("next: ").split("    |    "):
+        # `search` here prints its arguments, one a line: what the user's shell would have given it
+        shell = subprocess.run(["bash", "-c", "search() { printf '%s\\n' \"$@\"; }; " + command],
+                               capture_output=True, text=True, timeout=30)
+        assert shell.returncode == 0 and "INJECTED" not in shell.stdout.replace(name, ""), (command, shell)
+        words = shell.stdout.splitlines()
+        assert words[words.index("--study") + 1] == name and words[words.index("--storage") + 1] == \
+            "sqlite:///studies/x y.db", (command, words)
+        assert words[0] in ("dashboard", "finalize")
+    assert words[words.index("--data") + 1] == str(data.resolve()), words  # finalize's half names the data

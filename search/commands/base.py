@@ -6,6 +6,7 @@ one ``Error:`` line and a non-zero exit, never a traceback.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
@@ -15,6 +16,61 @@ from search.guard import SafeGroup
 
 DEFAULT_STUDY = "hw04"
 SEED_MAX = 2**32 - 1  # numpy's and Optuna's samplers take seeds in 0 .. 2**32-1
+# The upper ends of the numbers users type (Bounded, below): far above any real use (HW04's sample code trains
+# 70,000 steps; a study of 100,000 trials is months of GPU time), low enough that a typo ends with a line
+# instead of a run that never stops.
+MAX_TRIALS = 1_000_000
+MAX_STEPS = 10_000_000  # --steps, --checkpoint-every (a finalize)
+MAX_BUDGET = 1_000_000  # --budget: the steps of one trial
+MAX_SECONDS = 30 * 24 * 3600  # --timeout: 30 days
+MAX_PROCESSES = 1024  # --workers (a process each)
+MAX_TRIAL_NUMBER = 2**31 - 1  # the storages keep trial numbers as 32-bit integers
+
+
+class Bounded(click.ParamType):
+    """A number the user types, with both ends bounded and the range said when it is refused.
+
+    click's IntRange/FloatRange let ``nan`` through (every comparison with it is False) and, open above,
+    ``inf`` and 1e20: ``--timeout nan`` ran trials that never stopped, ``--budget 1e20`` never ended and
+    ``data synth --length-scale 1e6`` hung. Every numeric option of every command takes this type, so each one
+    refuses a non-finite or out-of-range value with one line naming the option and its range, before any work."""
+
+    def __init__(self, kind: type, low: float, high: float, what: str, low_open: bool = False) -> None:
+        self.kind, self.low, self.high, self.what, self.low_open = kind, low, high, what, low_open
+        self.name = "integer" if kind is int else "float"
+
+    def range_text(self) -> str:
+        def text(x) -> str:
+            return f"{int(x):,}" if float(x).is_integer() else f"{x:g}"
+
+        low, high = text(self.low), text(self.high)
+        return f"{'above ' + low if self.low_open else 'from ' + low} to {high}"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, self.kind) and not isinstance(value, bool):
+            number = value
+        else:
+            text = str(value).strip()
+            try:
+                number = self.kind(text)
+            except (ValueError, OverflowError):
+                number = None
+        below = number is not None and (number <= self.low if self.low_open else number < self.low)
+        if number is None or not math.isfinite(number) or below or number > self.high:
+            self.fail(f"{value} is not in the range {self.range_text()} ({self.what})", param, ctx)
+        return number
+
+    def __repr__(self) -> str:
+        return f"Bounded({self.kind.__name__}, {self.low}, {self.high})"
+
+
+def count(high: int, what: str, low: int = 1) -> Bounded:
+    """A whole number from ``low`` to ``high`` (trials, workers, steps...)."""
+    return Bounded(int, low, high, what)
+
+
+def seed_type() -> Bounded:
+    return count(SEED_MAX, "a seed", low=0)
 
 
 def _check_study(_ctx, _param, value: str) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from search.commands.base import SEED_MAX, main
+from search.commands.base import MAX_PROCESSES, Bounded, count, main, seed_type
 
 
 def _echo_progress(label: str):
@@ -26,14 +26,14 @@ def data() -> None:
 
 @data.command()
 @click.argument("out_dir", type=click.Path(path_type=Path))
-@click.option("--speakers", type=click.IntRange(min=2), default=600, show_default=True, help="Speakers (HW04: 600).")
-@click.option("--utterances-per-speaker", type=click.IntRange(min=2), default=94, show_default=True,
+@click.option("--speakers", type=count(100_000, "speakers", low=2), default=600, show_default=True, help="Speakers (HW04: 600).")
+@click.option("--utterances-per-speaker", type=count(10_000, "utterances", low=2), default=94, show_default=True,
               help="Training utterances each, on average (HW04: 94).")
-@click.option("--length-scale", type=click.FloatRange(min=0.05), default=1.0, show_default=True,
+@click.option("--length-scale", type=Bounded(float, 0.05, 10, "times HW04's lengths, which reach 7,193 frames"), default=1.0, show_default=True,
               help="Utterance lengths relative to HW04's (the embedded set uses 0.4).")
-@click.option("--seed", type=click.IntRange(0, SEED_MAX), default=0, show_default=True,
+@click.option("--seed", type=seed_type(), default=0, show_default=True,
               help="Seeds the speakers, utterances and test answer key (same seed, same files).")
-@click.option("--workers", type=click.IntRange(min=1), default=os.cpu_count() or 1,
+@click.option("--workers", type=count(MAX_PROCESSES, "processes"), default=min(os.cpu_count() or 1, MAX_PROCESSES),
               help="Processes rendering in parallel [default: all cores]; the files do not depend on it.")
 def synth(out_dir, speakers, utterances_per_speaker, length_scale, seed, workers):
     """Write a synthetic speech-like dataset in the HW04 layout.

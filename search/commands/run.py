@@ -6,27 +6,28 @@ from pathlib import Path
 
 import click
 
-from search.commands.base import SEED_MAX, data_option, device_option, main, quiet_option, storage_option, study_option
+from search.commands.base import (MAX_BUDGET, MAX_PROCESSES, MAX_SECONDS, MAX_STEPS, MAX_TRIALS, Bounded, count,
+                                  data_option, device_option, main, quiet_option, seed_type, storage_option, study_option)
 from search.finalize import CPU_FINALIZE_STEPS, GPU_FINALIZE_STEPS
 from search.study import CPU_BUDGET, GPU_BUDGET
 
 
 @main.command()
-@click.option("--trials", type=click.IntRange(min=1), default=None,
+@click.option("--trials", type=count(MAX_TRIALS, "trials"), default=None,
               help="Trials to add to the study; optional with --timeout (then: as many as start before it).")
-@click.option("--total-trials", type=click.IntRange(min=1), default=None,
+@click.option("--total-trials", type=count(MAX_TRIALS, "trials"), default=None,
               help="Study-wide cap for runs on many machines: stop taking trials once the study holds this many "
                    "(complete, pruned, failed or running; each machine's run stops there).")
 @study_option
 @storage_option
 @data_option
-@click.option("--budget", type=int, default=None,
+@click.option("--budget", type=count(MAX_BUDGET, "training steps of a trial"), default=None,
               help=f"Training steps of a full trial [default: {GPU_BUDGET} on GPU, {CPU_BUDGET} on CPU; "
                    "a resumed study keeps its own].")
 @device_option
-@click.option("--seed", type=click.IntRange(0, SEED_MAX), default=None,
+@click.option("--seed", type=seed_type(), default=None,
               help="Seeds the split, the sampler and training [default: 0; a resumed study keeps its own].")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--timeout", type=Bounded(float, 0, MAX_SECONDS, "seconds", low_open=True), default=None,
               help="Stop starting new trials after this many seconds (without --trials: run until then).")
 @click.option("--space", "profile", type=click.Choice(["auto", "full", "cpu"]), default="auto", show_default=True,
               help="Search-space profile: full (GPU) or cpu (small models); auto: a resumed study keeps its own, "
@@ -37,13 +38,13 @@ from search.study import CPU_BUDGET, GPU_BUDGET
               help="Let Hyperband stop unpromising trials early (a new study's default: on; a study keeps its "
                    "choice). --no-pruning runs every trial to its full budget.")
 @click.option("--fail-fast", is_flag=True, help="Stop at the first failed trial instead of recording it.")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--workers", type=count(MAX_PROCESSES, "worker processes"), default=1, show_default=True,
               help="Worker processes on this machine, sharing the trials (more machines: run the same command "
                    "there with a postgresql:// or mysql+pymysql:// --storage).")
 @click.option("--gpus", default=None, is_flag=False, flag_value="all", metavar="all|LIST",
               help="One worker process per GPU: --gpus alone takes every visible GPU, --gpus 0,2 those CUDA "
                    "indices.")
-@click.option("--workers-per-gpu", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--workers-per-gpu", type=count(64, "worker processes per GPU"), default=1, show_default=True,
               help="Worker processes on each GPU (of --gpus, or of --device without it): several trials at once "
                    "on one GPU.")
 @click.option("--mps/--no-mps", default=True, show_default=True,
@@ -79,15 +80,15 @@ def run(trials, total_trials, study_name, storage, data_dir, budget, device, see
 @study_option
 @storage_option
 @data_option
-@click.option("--steps", type=click.IntRange(min=1), default=None,
+@click.option("--steps", type=count(MAX_STEPS, "training steps"), default=None,
               help=f"Training steps [default: {GPU_FINALIZE_STEPS:,} (the sample code's) on a GPU, "
                    f"{CPU_FINALIZE_STEPS:,} on a CPU: a few minutes there; 70,000 would take hours].")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Predictions CSV [default: studies/<study>/predictions.csv].")
+              help="Predictions CSV [default: studies/<study>/predictions-<result>.csv, and studies/<study>/predictions.csv becomes a copy of the best finalized result by validation accuracy].")
 @device_option
-@click.option("--checkpoint-every", type=click.IntRange(min=1), default=1000, show_default=True,
+@click.option("--checkpoint-every", type=count(MAX_STEPS, "training steps"), default=1000, show_default=True,
               help="Steps between checkpoints; a killed finalize resumes from the last one.")
-@click.option("--k", "k", type=click.IntRange(min=1), default=None,
+@click.option("--k", "k", type=count(100, "ensemble members"), default=None,
               help="With `top`: how many members [default: 3], the K best distinct configurations.")
 @click.option("--seeds", is_flag=True, help="With `top`: the best configuration trained with K seeds instead.")
 @click.option("--all-data", is_flag=True,

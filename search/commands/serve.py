@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from search.commands.base import _resolve_storage, main, storage_option, study_option
+from search.commands.base import _resolve_storage, count, main, storage_option, study_option
 from search.guard import friendly_errors
 
 
@@ -16,7 +16,7 @@ from search.guard import friendly_errors
 @study_option
 @storage_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (127.0.0.1: this machine only).")
-@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True,
+@click.option("--port", type=count(65535, "a TCP port"), default=8080, show_default=True,
               help="Port to listen on.")
 def dashboard(study_name, storage, host, port):
     """Start optuna-dashboard on a study's storage.
@@ -36,7 +36,7 @@ def dashboard(study_name, storage, host, port):
               help="The database to serve: postgresql://, mysql+pymysql:// or sqlite:/// [default: $SEARCH_STORAGE].")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; 0.0.0.0 serves other machines (an unencrypted port: trusted networks only).")
-@click.option("--port", type=click.IntRange(1, 65535), default=13000, show_default=True,
+@click.option("--port", type=count(65535, "a TCP port"), default=13000, show_default=True,
               help="Port to listen on (workers: --storage grpc://HOST:PORT).")
 @friendly_errors
 def proxy(storage, host, port):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from search.commands.base import _resolve_storage, main, storage_option, study_option
+from search.commands.base import MAX_TRIAL_NUMBER, _resolve_storage, count, main, storage_option, study_option
 
 
 @main.command()
@@ -30,7 +30,7 @@ def studies(storage, as_json):
 @main.command()
 @study_option
 @storage_option
-@click.option("--trial", "number", type=click.IntRange(min=0), default=None,
+@click.option("--trial", "number", type=count(MAX_TRIAL_NUMBER, "a trial number", low=0), default=None,
               help="Trial number [default: the best complete trial].")
 @click.option("--json", "as_json", is_flag=True, help="Print the trial as JSON.")
 def show(study_name, storage, number, as_json):

@@ -1,0 +1,65 @@
+"""HW04-Bench's recorder (bench/hw04bench): what a table promises its replays and the device calls that fill it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.hw04bench import configs, table
+from bench.hw04bench.record import eval_steps, train_seed
+from search import space as search_space
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_plan_is_the_warm_starts_then_points_of_the_space_fixed_by_the_seed():
+    runs = configs.plan("full", 16, seed=0)
+    space = search_space.build_space("full")
+    warm = list(search_space.warm_start_configs(space))
+    assert [r.config for r in runs[:len(warm)]] == [f"warm:{name}" for name in warm]
+    sobol = [r for r in runs if r.config.startswith("sobol:")]
+    assert all(search_space.contains(space, r.params) for r in sobol)  # conditions respected, values in range
+    assert {r.params["encoder"] for r in sobol} == {"transformer", "conformer"}
+    assert [r.key for r in sobol if r.repeat == 1] == [("sobol:0", 1), ("sobol:8", 1)]  # every 8th, twice
+    assert [r.params for r in configs.plan("full", 16, seed=0)] == [r.params for r in runs]
+    assert [r.params for r in configs.plan("full", 16, seed=1)] != [r.params for r in runs]
+
+
+def test_runs_validate_where_any_compared_pruner_can_look():
+    assert eval_steps(2000, "full") == list(range(125, 2001, 125))  # Hyperband's rungs 250 and 750 among them
+    assert {62, 186, 500} <= set(eval_steps(500, "cpu"))  # the cpu profile's two looks and the end
+    assert train_seed("sobol:3", 0) != train_seed("sobol:3", 1) and train_seed("sobol:3", 0) == train_seed("sobol:3", 0)
+
+
+def test_a_recorder_stopped_part_way_goes_on_where_it_stopped(tiny_dataset, tmp_path):
+    out = tmp_path / "table.jsonl"
+    command = [sys.executable, "-m", "bench.hw04bench.record", "--profile", "cpu", "--budget", "8", "--configs", "4",
+               "--data", str(tiny_dataset), "--out", str(out), "--workers", "1", "--threads", "1"]
+    for _ in range(2):  # two calls of two runs each, as two device calls cut short by their limit
+        done = subprocess.run([*command, "--limit", "2"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+    recorded = table.load(out)
+    planned = [r.key for r in configs.plan("cpu", 4)]
+    assert [(r["config"], r["repeat"]) for r in recorded.runs] == planned[:4]  # no run twice, none skipped
+    assert len(recorded.sessions) == 2 and recorded.budget == 8
+    for run in recorded.runs:
+        steps = [point[0] for point in run["curve"]]
+        assert steps == eval_steps(8, "cpu") and run["failed"] is None
+        assert all(0.0 <= point[1] <= 1.0 and point[3] > 0 and point[4] >= 0 for point in run["curve"])
+        assert run["parameters"] > 0 and run["card"] == "cpu"
+    # a line cut off by a kill is skipped, and the runs before it stay done
+    with open(out, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"kind": "run", "config": "sobol:9"})[:20])
+    assert table.load(out).done() == recorded.done()
+
+
+def test_a_run_that_ran_out_of_gpu_memory_is_retried_not_done(tmp_path):
+    out = tmp_path / "t.jsonl"
+    out.write_text(json.dumps({"kind": "run", "config": "sobol:1", "repeat": 0, "failed": "out of GPU memory"}) + "\n"
+                   + json.dumps({"kind": "run", "config": "sobol:2", "repeat": 0, "failed": None}) + "\n")
+    loaded = table.load(out)
+    assert loaded.done() == {("sobol:2", 0)} and [r["config"] for r in loaded.results()] == ["sobol:2"]
+    merged = tmp_path / "t.jsonl.gz"
+    assert table.merge(merged, out) == 2 and table.merge(merged, out) == 0  # merging a call twice adds nothing
