@@ -1,0 +1,290 @@
+"""A surrogate of a HW04-Bench table: for any point of the search space, its learning curve, its costs and its
+chance to fail, learned from the table's recorded runs, so that a replay can put a strategy's configurations
+that the table never trained (a sampler proposes new points) on the same footing as the ones it did.
+
+- Curve: a random forest (scikit-learn, multi-output) from the encoded parameters to the validation accuracy at
+  every step the table validated at (``Surrogate.steps``). A forest predicts averages of recorded values, so its
+  noise-free curve never rises above the table's best: regret against the table's best is >= 0 by construction.
+- Cost: a second forest to log(seconds per training step), log(seconds per validation) and log(seconds of a
+  run's fixed overhead: model build, CUDA-graph capture, what ``wall_seconds`` holds beyond training and
+  validation), on the card the table was recorded on. Logs: costs span orders of magnitude and a relative
+  error is what matters for a simulated clock.
+- Failure: a forest classifier on ``failed`` (0 where the table holds no failure); a failing run fails at a
+  share of its budget drawn from the recorded failures (half-way where there are none).
+- Seed noise: what a second training seed changes. The table trains every 8th Sobol point twice (``repeat``
+  0 and 1); one run's deviation from the mean is drawn as a recorded pair's difference curve divided by sqrt(2),
+  with a random sign: the measured spread, with its shape over the steps (a seed that is ahead early tends to
+  stay ahead), rather than an assumed distribution.
+
+Parameters are encoded as a forest (and a nearest-neighbour check) can compare them: categorical one-hot, numbers
+scaled to [0, 1] (on a log scale where the space samples on one), and a conditional parameter that does not apply
+(the conformer kernel of a Transformer) as the middle of its range with its one-hot all zero: neutral, while the
+parent's one-hot already tells the forest which branch it is in.
+
+    python -m bench.hw04bench.surrogate --table bench/results/hw04bench-cpu.jsonl.gz --folds 5
+
+prints the held-out check (k-fold over configurations, both repeats of a configuration in the same fold):
+Spearman between predicted and recorded final accuracy (target >= 0.8) and the median relative error of the
+predicted run time (training + validations + overhead, against the recorded ``wall_seconds``; target <= 20%).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from bench.hw04bench import table as bench_table
+from search import space as search_space
+
+BOOTSTRAP = False
+NUMERIC_ABSENT = 0.5  # the middle of a [0, 1] range: a conditional number that does not apply
+
+
+class Encoder:
+    """Parameters (a dict of one configuration) to a fixed-length vector of floats, for one space."""
+
+    def __init__(self, space: list[search_space.Param]) -> None:
+        self.space = space
+        self.columns: list[str] = []
+        for p in space:
+            if p.kind == "categorical":
+                self.columns += [f"{p.name}={c}" for c in p.choices]
+            else:
+                self.columns.append(p.name)
+
+    def _unit(self, p: search_space.Param, value) -> float:
+        low, high = float(p.low), float(p.high)
+        if high == low:
+            return NUMERIC_ABSENT
+        if p.log:
+            return (math.log(value) - math.log(low)) / (math.log(high) - math.log(low))
+        return (float(value) - low) / (high - low)
+
+    def encode(self, params: dict) -> np.ndarray:
+        row: list[float] = []
+        for p in self.space:
+            if p.kind == "categorical":
+                # ``==`` on the choices, not ``in``: True == 1 in Python, and norm_first (a bool) is a choice list
+                row += [1.0 if p.name in params and params[p.name] == c and type(params[p.name]) is type(c) else 0.0
+                        for c in p.choices]
+            else:
+                row.append(self._unit(p, params[p.name]) if p.name in params else NUMERIC_ABSENT)
+        return np.asarray(row, dtype=float)
+
+    def encode_many(self, params_list: list[dict]) -> np.ndarray:
+        return np.stack([self.encode(p) for p in params_list]) if params_list else np.zeros((0, len(self.columns)))
+
+
+def params_key(params: dict) -> str:
+    """A hashable key of a configuration (for caches): sorted, floats rounded far below any effect."""
+    return repr(sorted((k, round(v, 12) if isinstance(v, float) else v) for k, v in params.items()))
+
+
+@dataclass
+class Outcome:
+    """One simulated training of one configuration: what the replay's clock and the strategy see."""
+
+    curve: np.ndarray  # observed validation accuracy at ``Surrogate.steps`` (mean + one seed's deviation)
+    mean_curve: np.ndarray  # the noise-free curve (a score that seed luck does not move)
+    seconds_per_step: float
+    seconds_per_eval: float
+    overhead: float  # seconds before the first training step (model build, graph capture)
+    fail_step: int | None  # the training fails at this step (NaN loss, out of memory), or never
+
+    def accuracy(self, steps: np.ndarray, step: int) -> float:
+        return float(np.interp(step, steps, self.curve))
+
+
+class Surrogate:
+    """Curve, cost and failure model of one table (see the module docstring)."""
+
+    def __init__(self, tbl: bench_table.Table, n_estimators: int = 100, seed: int = 0,
+                 runs: list[dict] | None = None) -> None:
+        from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
+
+        self.budget = tbl.budget
+        self.profile = tbl.profile
+        self.space = search_space.build_space(self.profile)
+        self.encoder = Encoder(self.space)
+        self.steps = np.asarray(tbl.sessions[0]["eval_steps"], dtype=int)
+        self.card = next((r["card"] for r in tbl.runs if r.get("card")), "unknown")
+        runs = tbl.results() if runs is None else runs  # out-of-memory runs say more about the card's sharing
+        complete = [r for r in runs if not r["failed"] and len(r["curve"]) == len(self.steps)]
+        if not complete:
+            raise ValueError("the table holds no complete run to learn curves from")
+        x = self.encoder.encode_many([r["params"] for r in complete])
+        curves = np.asarray([[c[1] for c in r["curve"]] for r in complete])
+        # bootstrap off: every tree sees every run, so a recorded configuration gets back its recorded curve (the
+        # mean of its repeats) instead of one smoothed toward its neighbours; the feature subsampling keeps the
+        # trees different, and predictions away from the table are still averages of recorded curves.
+        self.curve_model = RandomForestRegressor(n_estimators=n_estimators, min_samples_leaf=1, max_features=0.5,
+                                                 bootstrap=BOOTSTRAP, random_state=seed, n_jobs=1).fit(x, curves)
+        costs = np.log(np.asarray([self._costs(r) for r in complete]))
+        self.cost_model = RandomForestRegressor(n_estimators=n_estimators, min_samples_leaf=1, max_features=0.5,
+                                                random_state=seed, n_jobs=1).fit(x, costs)
+        failed = np.asarray([bool(r["failed"]) for r in runs])
+        self.fail_model = None
+        if failed.any() and not failed.all():
+            self.fail_model = RandomForestClassifier(n_estimators=n_estimators, min_samples_leaf=2, random_state=seed,
+                                                     n_jobs=1).fit(self.encoder.encode_many([r["params"] for r in runs]),
+                                                                   failed)
+        self.base_fail = float(failed.mean()) if failed.all() else 0.0
+        # where recorded failures happened, as a share of the budget (the step after the last validation)
+        self.fail_shares = [((r["curve"][-1][0] if r["curve"] else 0) + 1) / self.budget for r in runs if r["failed"]]
+        self.noise = self._pair_differences(runs)
+        self._cache: dict[str, tuple] = {}
+
+    @staticmethod
+    def _costs(run: dict) -> tuple[float, float, float]:
+        """(seconds per training step, seconds per validation, overhead seconds) of a recorded run."""
+        step, _, _, train_s, eval_s = run["curve"][-1]
+        per_step = max(train_s / step, 1e-6)
+        per_eval = max(eval_s / len(run["curve"]), 1e-6)
+        overhead = max(run["wall_seconds"] - train_s - eval_s, 1e-3)
+        return per_step, per_eval, overhead
+
+    def _pair_differences(self, runs: list[dict]) -> np.ndarray:
+        """Curve differences (repeat 0 minus repeat 1) of the configurations recorded twice, both complete."""
+        by_config: dict[str, dict[int, list]] = {}
+        for r in runs:
+            if not r["failed"] and len(r["curve"]) == len(self.steps):
+                by_config.setdefault(r["config"], {})[r["repeat"]] = [c[1] for c in r["curve"]]
+        diffs = [np.subtract(c[0], c[1]) for c in by_config.values() if 0 in c and 1 in c]
+        return np.asarray(diffs) if diffs else np.zeros((0, len(self.steps)))
+
+    def seed_spread(self) -> float:
+        """One run's standard deviation at the last step, from the pairs (0 without pairs)."""
+        return float(np.std(self.noise[:, -1]) / math.sqrt(2)) if len(self.noise) > 1 else \
+            float(np.abs(self.noise[:, -1]).mean() / math.sqrt(2)) if len(self.noise) else 0.0
+
+    def predict(self, params_list: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(mean curves [n, steps], costs [n, 3] in seconds: per step, per validation, overhead; failure chance [n])."""
+        x = self.encoder.encode_many(params_list)
+        curves = np.clip(self.curve_model.predict(x).reshape(len(x), len(self.steps)), 0.0, 1.0)
+        costs = np.exp(self.cost_model.predict(x).reshape(len(x), 3))
+        if self.fail_model is not None:
+            classes = list(self.fail_model.classes_)
+            fail = self.fail_model.predict_proba(x)[:, classes.index(True)]
+        else:
+            fail = np.full(len(x), self.base_fail)
+        return curves, costs, fail
+
+    def _predict_one(self, params: dict) -> tuple:
+        key = params_key(params)
+        if key not in self._cache:  # a forest's predict costs milliseconds; strategies ask points again
+            curves, costs, fail = self.predict([params])
+            self._cache[key] = (curves[0], costs[0], float(fail[0]))
+        return self._cache[key]
+
+    def sample(self, params: dict, rng: np.random.Generator) -> Outcome:
+        """One training of ``params`` with a fresh seed: the mean curve plus one recorded seed deviation."""
+        mean, costs, fail = self._predict_one(params)
+        curve = mean
+        if len(self.noise):
+            curve = np.clip(mean + rng.choice([-1.0, 1.0]) * self.noise[rng.integers(len(self.noise))] / math.sqrt(2),
+                            0.0, 1.0)
+        fail_step = None
+        if rng.random() < fail:
+            share = rng.choice(self.fail_shares) if self.fail_shares else 0.5
+            fail_step = max(1, min(self.budget, int(round(share * self.budget))))
+        return Outcome(curve, mean, float(costs[0]), float(costs[1]), float(costs[2]), fail_step)
+
+
+def table_best(runs: list[dict]) -> float:
+    """The best final validation accuracy of the table's configurations (the mean of a configuration's complete
+    repeats): what a strategy that found the table's best configuration would score, without seed luck."""
+    finals: dict[str, list[float]] = {}
+    for r in runs:
+        if not r["failed"] and r["curve"]:
+            finals.setdefault(r["config"], []).append(r["curve"][-1][1])
+    return max(float(np.mean(v)) for v in finals.values())
+
+
+def load(path, n_estimators: int = 100, seed: int = 0) -> tuple[Surrogate, bench_table.Table]:
+    tbl = bench_table.load(path)
+    return Surrogate(tbl, n_estimators=n_estimators, seed=seed), tbl
+
+
+def _spearman(a, b) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic)
+
+
+def check(tbl: bench_table.Table, folds: int = 5, n_estimators: int = 100, seed: int = 0) -> dict:
+    """The held-out check: k-fold over configurations (a configuration's repeats stay together), each fold's runs
+    predicted by a surrogate trained on the other folds. Final accuracy: the recorded mean of a configuration's
+    complete repeats against the noise-free prediction; time: the predicted time of the recorded run (its
+    training steps, its validations, the overhead) against its ``wall_seconds``. A nearest-neighbour predictor
+    (the closest other configuration's final accuracy) is the baseline a forest must beat."""
+    usable = tbl.results()  # not the runs that ran out of GPU memory under sharing (table.py)
+    configs = sorted({r["config"] for r in usable})
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(configs))
+    fold_of = {configs[i]: k % folds for k, i in enumerate(order)}
+    predicted, recorded, rel_errors, nn_predicted = [], [], [], []
+    for k in range(folds):
+        train = [r for r in usable if fold_of[r["config"]] != k]
+        test = [r for r in usable if fold_of[r["config"]] == k]
+        if not test or not train:
+            continue
+        model = Surrogate(tbl, n_estimators=n_estimators, seed=seed, runs=train)
+        complete_train = [r for r in train if not r["failed"] and r["curve"]]
+        train_x = model.encoder.encode_many([r["params"] for r in complete_train])
+        by_config: dict[str, list[dict]] = {}
+        for r in test:
+            by_config.setdefault(r["config"], []).append(r)
+        for config, runs in by_config.items():
+            curves, costs, _ = model.predict([runs[0]["params"]])
+            complete = [r for r in runs if not r["failed"] and len(r["curve"]) == len(model.steps)]
+            if complete:
+                predicted.append(curves[0, -1])
+                recorded.append(float(np.mean([r["curve"][-1][1] for r in complete])))
+                distance = np.abs(train_x - model.encoder.encode(runs[0]["params"])).sum(axis=1)
+                nn_predicted.append(complete_train[int(np.argmin(distance))]["curve"][-1][1])
+            for r in complete:
+                step = r["curve"][-1][0]
+                time = step * costs[0, 0] + len(r["curve"]) * costs[0, 1] + costs[0, 2]
+                rel_errors.append(abs(time - r["wall_seconds"]) / r["wall_seconds"])
+    return {
+        "configurations": len(configs), "runs": len(usable), "folds": folds,
+        "spearman_final_accuracy": _spearman(predicted, recorded),
+        "spearman_nearest_neighbour": _spearman(nn_predicted, recorded),
+        "median_relative_time_error": float(np.median(rel_errors)),
+        "seed_spread_final": Surrogate(tbl, n_estimators=10, seed=seed).seed_spread(),
+        "pairs": int(len(Surrogate(tbl, n_estimators=10, seed=seed).noise)),
+        "failed_runs": sum(bool(r["failed"]) for r in usable),
+        "out_of_memory_runs": len(tbl.runs) - len(usable),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bench.hw04bench.surrogate",
+                                     description="the surrogate's held-out check on a HW04-Bench table")
+    parser.add_argument("--table", required=True, nargs="+", help="the table's .jsonl or .jsonl.gz files")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--trees", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    tbl = bench_table.load(*args.table)
+    result = check(tbl, args.folds, args.trees, args.seed)
+    card = next((r["card"] for r in tbl.runs if r.get("card")), "?")
+    print(f"table {' '.join(args.table)}: {result['runs']} runs of {result['configurations']} configurations, "
+          f"profile {tbl.profile}, {tbl.budget} steps, card {card}; {result['failed_runs']} failed "
+          f"({result['out_of_memory_runs']} more ran out of GPU memory under sharing: left out); "
+          f"{result['pairs']} second-seed pairs (one run's spread at the end: {result['seed_spread_final']:.4f})")
+    ok = lambda good: "ok" if good else "BELOW TARGET"  # noqa: E731
+    print(f"{result['folds']}-fold over configurations: Spearman(predicted, recorded final accuracy) "
+          f"{result['spearman_final_accuracy']:.3f} [target >= 0.8: {ok(result['spearman_final_accuracy'] >= 0.8)}] "
+          f"(nearest neighbour: {result['spearman_nearest_neighbour']:.3f})")
+    print(f"median relative error of the predicted run time: {result['median_relative_time_error']:.1%} "
+          f"[target <= 20%: {ok(result['median_relative_time_error'] <= 0.2)}]")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,90 @@
+"""HW04-Bench's replay in its smoke mode (bench/hw04bench/replay.py) on the tiny fixture table: what a user of the
+report would notice if it broke. Ours always run (scikit-learn is in the test extra); a peer is tested only where
+its library is installed."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+pytest.importorskip("sklearn", reason="the surrogate needs scikit-learn (pip install -e '.[test]')")
+
+from bench.hw04bench import replay, surrogate as bench_surrogate  # noqa: E402
+from search import space as search_space  # noqa: E402
+
+
+def _check(result: replay.Evaluation, names: list[str]) -> None:
+    horizon = max(result.budgets)
+    for k in (1, 4):
+        for name in names:
+            traces = [t for t in result.traces if t.strategy == name and t.workers == k]
+            assert traces, f"{name} K={k} made no replay"
+            for trace in traces:
+                # every strategy ends with a curve: a full training finished inside the largest budget
+                assert trace.incumbent, f"{name} K={k} seed {trace.seed}: no full training in {horizon:.0f} s"
+                times = [t for t, _ in trace.incumbent]
+                scores = [s for _, s in trace.incumbent]
+                assert times == sorted(times) and all(0 <= t <= horizon for t in times)
+                assert scores == sorted(scores), f"{name}: the best-so-far went down"
+                assert all(result.best - s >= -1e-9 for s in scores), f"{name}: regret < 0"
+                assert all(tr["end"] >= tr["start"] for tr in trace.trials)
+            for budget in result.budgets:
+                row = result.summaries[budget][k][name]
+                assert row["regret_mean"] >= -1e-9 and row["pick_regret_mean"] >= -1e-9
+                assert math.isfinite(row["mean_rank"])
+            assert math.isfinite(result.summaries[horizon][k][name]["final_mean"])
+
+
+def test_smoke_ours(tmp_path):
+    names = list(replay.OURS)
+    result = replay.evaluate([replay.FIXTURE], [], seeds=1, workers=[1, 4], strategies=names, trees=10, smoke=True,
+                             log=lambda line: None)
+    _check(result, names)
+    # the default strategy starts as `search run` does: the warm starts, in their order, before anything sampled
+    warm = list(search_space.warm_start_configs(result.surrogate.space).values())
+    for k in (1, 4):
+        default = next(t for t in result.traces if t.strategy == "default" and t.workers == k)
+        started = sorted(default.trials, key=lambda tr: tr["asked"])  # they end in any order with K=4
+        assert [tr["params"] for tr in started[:len(warm)]] == warm
+        no_warm = next(t for t in result.traces if t.strategy == "no-warm-start" and t.workers == k)
+        assert no_warm.trials[0]["params"] not in warm
+    # the report: one self-contained page with a curve per strategy
+    out = tmp_path / "report.html"
+    replay.write_html(result.summaries, out, "smoke")
+    page = out.read_text(encoding="utf-8")
+    assert page.count("<script") >= 1 and all(f'"name":"{n}"' in page for n in names)
+    assert "default" in replay.format_table(result.summaries[result.budgets[0]], result.budgets[0], [])
+
+
+@pytest.mark.parametrize("peer", list(replay.PEERS))
+def test_smoke_peer(peer):
+    module = replay.PEERS[peer][0]
+    if module == "<venv-neps>":  # NePS runs in its own virtual environment (bench/hw04bench/neps_driver.py)
+        why = replay.peer_status()[peer]
+        if why:
+            pytest.skip(f"NePS: {why}")
+    else:
+        pytest.importorskip(module)
+    result = replay.evaluate([replay.FIXTURE], [], seeds=1, workers=[1, 4], strategies=[peer], trees=10,
+                             smoke=True, log=lambda line: None)
+    _check(result, [peer])
+
+
+def test_configspace_round_trip():
+    pytest.importorskip("ConfigSpace")
+    for profile in search_space.PROFILES:
+        space = search_space.build_space(profile)
+        cs = replay.configspace(space, seed=0)
+        for config in cs.sample_configuration(50):
+            assert search_space.contains(space, replay.from_configspace(space, config))
+        for params in search_space.warm_start_configs(space).values():
+            assert replay.from_configspace(space, replay.to_configspace(space, params)) == params
+
+
+def test_surrogate_check_on_fixture():
+    from bench.hw04bench import table
+
+    result = bench_surrogate.check(table.load(replay.FIXTURE), folds=3, n_estimators=10)
+    assert -1 <= result["spearman_final_accuracy"] <= 1 and result["median_relative_time_error"] >= 0
+    assert result["pairs"] >= 1
