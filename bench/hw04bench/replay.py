@@ -663,8 +663,12 @@ def peer_status() -> dict[str, str | None]:
 
     status = {}
     for name, (module, _) in PEERS.items():
-        if module == "<venv-neps>":  # NePS runs in its own environment: ask that one
-            status[name] = _neps_status()
+        if module == "<venv-neps>":  # NePS runs in its own environment: ask that one (the space is still built here)
+            try:
+                importlib.import_module("ConfigSpace")
+                status[name] = _neps_status()
+            except Exception as err:  # noqa: BLE001 - any import failure is a reason to report
+                status[name] = f"{type(err).__name__}: {err}"
             continue
         try:
             importlib.import_module(module)
