@@ -8,6 +8,7 @@ history, the curves (validation accuracy and training loss at each validation, o
 trial, pruned and failed ones included), parameter importances (from 2 complete trials on, marked
 unreliable below IMPORTANCE_RELIABLE), parallel coordinates, slices, a comparison of encoders /
 poolings / losses (accuracy of the complete trials, by choice), and a timeline of the trials' states.
+A study of thousands of trials gets summaries instead of one line or bar per trial (CURVES_DRAWN, TIMELINE_DRAWN).
 A figure that cannot be drawn for this study is replaced by a note saying why. The best trials are
 also printed in the terminal.
 """
@@ -43,6 +44,12 @@ MIN_TRIALS_FOR_IMPORTANCE = 2
 # good, which only makes this harder.
 IMPORTANCE_RELIABLE = 30
 STATE_DASH = {"COMPLETE": "solid", "PRUNED": "dot", "FAIL": "dashdot"}
+# A study of thousands of trials (many workers, hours of pruned CPU trials) drew one pair of lines per trial and
+# one timeline bar per trial: 21 MB and most of a minute for 5,004 trials (bench/load.py). Past these counts the
+# curves figure draws the best CURVES_DRAWN trials one by one and every trial as a median with a 10-90% band, and
+# the timeline becomes a histogram of when trials ended, by state.
+CURVES_DRAWN = 60
+TIMELINE_DRAWN = 600
 
 
 @dataclass
@@ -122,9 +129,47 @@ def _comparison_figure(trials: list[FrozenTrial]):
     return fig
 
 
+def _drawn_one_by_one(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The trials whose curves are drawn one by one: all, or past CURVES_DRAWN the best by their last reported
+    validation accuracy (a complete trial's value; a pruned one's score where it stopped)."""
+    if len(trials) <= CURVES_DRAWN:
+        return trials
+
+    def last_score(t: FrozenTrial) -> float:
+        return t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else float("-inf")
+
+    return sorted(trials, key=last_score, reverse=True)[:CURVES_DRAWN]
+
+
+def _band_traces(points: list[tuple[int, float]], name: str, row: int, col: int):
+    """The median and the 10-90% band of ``points`` (step, value) at each step: three traces (low, high
+    filled to low, median) for ``fig.add_traces(..., rows, cols)``."""
+    import numpy as np
+    import plotly.graph_objects as go
+
+    by_step: dict[int, list[float]] = {}
+    for step, value in points:
+        if np.isfinite(value):
+            by_step.setdefault(step, []).append(value)
+    steps = sorted(by_step)
+    low, mid, high = (np.array([np.percentile(by_step[s], q) for s in steps]) for q in (10, 50, 90))
+    counts = [len(by_step[s]) for s in steps]
+    grey = "rgba(90,90,90,{})"
+    common = {"x": steps, "legendgroup": "all", "hoverinfo": "skip"}
+    return [
+        go.Scatter(y=low, mode="lines", line={"width": 0}, showlegend=False, **common),
+        go.Scatter(y=high, mode="lines", line={"width": 0}, fill="tonexty", fillcolor=grey.format(0.18),
+                   showlegend=False, **common),
+        go.Scatter(x=steps, y=mid, mode="lines", line={"color": grey.format(0.9), "width": 2}, name=name,
+                   legendgroup="all", showlegend=col == 1, customdata=counts,
+                   hovertemplate="all trials at step %{x}<br>median %{y:.4g} of %{customdata} trials<extra></extra>"),
+    ], [row] * 3, [col] * 3
+
+
 def _curves_figure(study: optuna.Study, trials: list[FrozenTrial]):
     """Validation accuracy (left) and training loss (right) at each validation, one colour and one legend
-    entry per trial (clicking it hides the trial in both panels); line style by state, the best one thicker."""
+    entry per trial (clicking it hides the trial in both panels); line style by state, the best one thicker.
+    Past CURVES_DRAWN trials, only the best are drawn one by one, and every trial as a median and a band."""
     import plotly.graph_objects as go
     from plotly.colors import qualitative
     from plotly.subplots import make_subplots
@@ -135,7 +180,16 @@ def _curves_figure(study: optuna.Study, trials: list[FrozenTrial]):
         "validation accuracy", "training loss (mean over the steps since the previous validation)"))
     palette = qualitative.Plotly
     any_loss = False
-    for i, t in enumerate(sorted(trials, key=lambda t: t.number)):
+    drawn = _drawn_one_by_one(trials)
+    summarised = len(drawn) < len(trials)
+    if summarised:
+        label = f"all {len(trials):,} trials: median, 10-90%"
+        for panel, points in ((1, [(s, v) for t in trials for s, v in t.intermediate_values.items()]),
+                              (2, [p for t in trials for p in train_loss_points(t)])):
+            if points:
+                fig.add_traces(*_band_traces(points, label, 1, panel))
+    traces, rows, cols = [], [], []
+    for i, t in enumerate(sorted(drawn, key=lambda t: t.number)):
         result = f"{t.value:.4f}" if t.state == TrialState.COMPLETE else outcome(t)[:60]
         name = f"#{t.number} {result}" + (" (best)" if t.number == best_number else "")
         line = {"color": palette[i % len(palette)], "dash": STATE_DASH.get(t.state.name, "solid"),
@@ -143,22 +197,55 @@ def _curves_figure(study: optuna.Study, trials: list[FrozenTrial]):
         steps = sorted(t.intermediate_values)
         common = {"mode": "lines+markers", "line": line, "legendgroup": str(t.number), "name": name}
         hover = f"trial #{t.number}<br>step %{{x}}<br>"
-        fig.add_trace(go.Scatter(x=steps, y=[t.intermediate_values[s] for s in steps], **common,
-                                 hovertemplate=hover + "accuracy %{y:.4f}<extra></extra>"), row=1, col=1)
+        traces.append(go.Scatter(x=steps, y=[t.intermediate_values[s] for s in steps], **common,
+                                 hovertemplate=hover + "accuracy %{y:.4f}<extra></extra>"))
+        rows.append(1)
+        cols.append(1)
         losses = train_loss_points(t)
         if losses:
             any_loss = True
-            fig.add_trace(go.Scatter(x=[s for s, _ in losses], y=[v for _, v in losses], showlegend=False, **common,
-                                     hovertemplate=hover + "loss %{y:.4g}<extra></extra>"), row=1, col=2)
+            traces.append(go.Scatter(x=[s for s, _ in losses], y=[v for _, v in losses], showlegend=False, **common,
+                                     hovertemplate=hover + "loss %{y:.4g}<extra></extra>"))
+            rows.append(1)
+            cols.append(2)
+    fig.add_traces(traces, rows=rows, cols=cols)  # at once: add_trace one by one is quadratic in plotly
     if not any_loss:
         fig.add_annotation(text="no training loss recorded (trials run before it was)", showarrow=False,
                            xref="x2 domain", yref="y2 domain", x=0.5, y=0.5)
     fig.update_xaxes(title_text="training step")
     fig.update_yaxes(title_text="validation accuracy", row=1, col=1)
     fig.update_yaxes(title_text="training loss", row=1, col=2)
-    fig.update_layout(height=520, showlegend=True, legend={"title": {"text": "trial: outcome"}},
-                      title="Curves (solid: complete, dotted: pruned, dash-dot: failed; the best is thicker)")
+    title = "Curves (solid: complete, dotted: pruned, dash-dot: failed; the best is thicker)"
+    if summarised:
+        title = (f"Curves of the {len(drawn)} best of {len(trials):,} trials, and all of them as a median with a "
+                 "10-90% band (solid: complete, dotted: pruned, dash-dot: failed)")
+    fig.update_layout(height=520, showlegend=True, legend={"title": {"text": "trial: outcome"}}, title=title)
     return fig
+
+
+def _timeline_figure(study: optuna.Study, finished: list[FrozenTrial]):
+    """Optuna's timeline (one bar per trial) up to TIMELINE_DRAWN trials; past that, how many trials ended in
+    each interval, by state (stacked), which is what a timeline of thousands of bars shows anyway."""
+    import optuna.visualization as vis
+    import plotly.graph_objects as go
+
+    if len(finished) <= TIMELINE_DRAWN:
+        return vis.plot_timeline(study)
+    fig = go.Figure()
+    for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
+        ended = [t.datetime_complete for t in finished if t.state == state and t.datetime_complete]
+        if ended:
+            fig.add_trace(go.Histogram(x=ended, name=state.name.lower(), nbinsx=60))
+    fig.update_layout(barmode="stack", height=380, xaxis_title="when the trial ended", yaxis_title="trials",
+                      title=f"Trials ended over time, by state ({len(finished):,} trials: too many for one bar each)")
+    return fig
+
+
+def _in_memory(study: optuna.Study, trials: list[FrozenTrial]) -> optuna.Study:
+    """A study in memory holding ``trials`` (same name and direction), for Optuna's figures to read cheaply."""
+    copy = optuna.create_study(study_name=study.study_name, directions=study.directions)
+    copy.add_trials(trials)
+    return copy
 
 
 def build_sections(study: optuna.Study) -> list[Section]:
@@ -179,13 +266,18 @@ def build_sections(study: optuna.Study) -> list[Section]:
             sections.append(Section(title, note=f"not drawn: {type(err).__name__}: {err}"))
 
     no_complete = "needs a complete trial; none yet" if not complete else None
-    add("Optimisation history", lambda: vis.plot_optimization_history(study, target_name="validation accuracy"),
+    # Optuna's figures below read complete trials only, but read them through study.get_trials(), a full copy of
+    # every trial each time: the importances' hover text alone does it once per parameter (89 of 116 s for a
+    # study of 5,004 trials, 508 complete, in bench/load.py). They get an in-memory study of the complete trials.
+    study_of_complete = _in_memory(study, complete) if complete else study
+    add("Optimisation history", lambda: vis.plot_optimization_history(study_of_complete,
+                                                                      target_name="validation accuracy"),
         no_complete)
     add("Intermediate values: validation accuracy and training loss during training",
         lambda: _curves_figure(study, with_curves),
         None if with_curves else "no trial reported a validation accuracy yet")
     importance_params = _params_in_all(complete)
-    add("Parameter importances", lambda: vis.plot_param_importances(study, params=importance_params,
+    add("Parameter importances", lambda: vis.plot_param_importances(study_of_complete, params=importance_params,
                                                                      target_name="validation accuracy"),
         None if len(complete) >= MIN_TRIALS_FOR_IMPORTANCE else
         f"needs at least {MIN_TRIALS_FOR_IMPORTANCE} complete trials; this study has {len(complete)}")
@@ -195,12 +287,12 @@ def build_sections(study: optuna.Study) -> list[Section]:
                              "the parameter ranked first was often the wrong one in a measured test "
                              "(bench/importance_reliability.py): read this as a hint, not a finding.")
     add("Parallel coordinates", lambda: vis.plot_parallel_coordinate(
-        study, params=_params_in_all(complete, KEY_PARAMS), target_name="validation accuracy"), no_complete)
+        study_of_complete, params=_params_in_all(complete, KEY_PARAMS), target_name="validation accuracy"), no_complete)
     add("Slices (accuracy against each numeric parameter)", lambda: vis.plot_slice(
-        study, params=[p for p in SLICED if any(p in t.params for t in complete)], target_name="validation accuracy"
+        study_of_complete, params=[p for p in SLICED if any(p in t.params for t in complete)], target_name="validation accuracy"
     ).update_layout(width=None, autosize=True), no_complete)
     add("Encoders, poolings and losses compared", lambda: _comparison_figure(complete), no_complete)
-    add("Timeline", lambda: vis.plot_timeline(study), None if finished else "no finished trial yet")
+    add("Timeline", lambda: _timeline_figure(study, finished), None if finished else "no finished trial yet")
     return sections
 
 
@@ -300,8 +392,13 @@ def write_report(study: optuna.Study, out: Path) -> list[Section]:
     """Write the page to ``out`` atomically (a temporary file renamed into place); returns its sections."""
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
         raise UserError(f"study {study.study_name!r} has no finished trial yet: run `search run` first")
-    sections = build_sections(study)
-    page = render(study, sections)
+    # Every part of the page reads the trials (counts, best, failures, each figure): from storage that is one
+    # query of every trial each time (7 for this page, most of its time at 5,004 trials), from memory a copy.
+    snapshot = _in_memory(study, study.get_trials(deepcopy=False))
+    for key, value in study.user_attrs.items():
+        snapshot.set_user_attr(key, value)
+    sections = build_sections(snapshot)
+    page = render(snapshot, sections)
     try:
         write_text(out, page)
     except OSError as err:

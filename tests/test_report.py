@@ -409,3 +409,36 @@ def test_every_commands_help_says_what_it_does_with_an_example():
         assert result.exit_code == 0, path
         help_text = result.output.split("Options:")[0]
         assert re.search(r"Example[^:]*:\s+search\s+" + r"\s+".join(path), help_text), (path, help_text)
+
+
+def test_a_study_of_many_trials_gets_summaries_not_a_line_per_trial(workdir, monkeypatch):
+    """Issue 23 (load): past CURVES_DRAWN trials the curves figure draws the best ones and a band for all, and past
+    TIMELINE_DRAWN the timeline is a histogram; small limits here stand for the real ones."""
+    import search.report as report
+
+    monkeypatch.setattr(report, "CURVES_DRAWN", 4)
+    monkeypatch.setattr(report, "TIMELINE_DRAWN", 10)
+    study = optuna.create_study(study_name="many", storage="sqlite:///many.db", direction="maximize")
+
+    def objective(trial):
+        score = trial.suggest_float("lr", 0.0, 1.0)
+        for step in (1, 2, 3):
+            trial.report(score * step / 3, step)
+        return score
+
+    study.optimize(objective, n_trials=12)
+    sections = build_sections(study)
+    curves = next(s.figure for s in sections if s.title.startswith("Intermediate values"))
+    one_by_one = {t.legendgroup for t in curves.data if t.legendgroup != "all"}
+    best_four = sorted(study.trials, key=lambda t: t.value, reverse=True)[:4]
+    assert one_by_one == {str(t.number) for t in best_four}
+    median = next(t for t in curves.data if t.legendgroup == "all" and t.name)
+    assert median.name == "all 12 trials: median, 10-90%" and list(median.customdata) == [12, 12, 12]
+    assert list(median.y) == pytest.approx([sorted(t.intermediate_values[s] for t in study.trials)[5:7][0] * 0.5
+                                            + sorted(t.intermediate_values[s] for t in study.trials)[5:7][1] * 0.5
+                                            for s in (1, 2, 3)])
+    timeline = next(s.figure for s in sections if s.title == "Timeline")
+    assert [t.type for t in timeline.data] == ["histogram"] and sum(len(t.x) for t in timeline.data) == 12
+    monkeypatch.setattr(report, "TIMELINE_DRAWN", 12)  # at the limit: Optuna's own timeline, a bar per trial
+    timeline = next(s.figure for s in build_sections(study) if s.title == "Timeline")
+    assert all(t.type == "bar" for t in timeline.data)
