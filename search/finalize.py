@@ -35,7 +35,7 @@ import torch
 from data.tempfiles import remove_stale
 from search import schedule, space as search_space
 from search.errors import Stopped, UserError
-from search.guard import held_signals, interrupt_once, raise_pending, signal_of
+from search.guard import held_signals, interrupt_once, owns_process, raise_pending, signal_of
 from search.files import (artifact_folder, check_out, check_writable, final_folder, predictions_path, replaced,
                           result_predictions_path, save_torch, write_text)
 from search.notes import write_study_note
@@ -315,7 +315,9 @@ def complete_from_here(echo) -> bool:
     signal in the command's last moments (closing the log, click's exit) ended it with 130 or 143 and no line:
     a script took a finished finalize for a failed one. At exit they are ignored (Python puts the default
     handlers back while it shuts down)."""
-    if threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread() or not owns_process():
+        # In-process (CliRunner, a notebook): the command puts the caller's handlers back as it returns, as every
+        # command does; replacing them for the rest of the caller's process would swallow its later Ctrl-C.
         return False
 
     def complete(signum, _frame) -> None:

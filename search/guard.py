@@ -252,3 +252,17 @@ def friendly_errors(command):
             raise click.ClickException(printable(scrub(str(err)))) from None
 
     return wrapper
+
+
+_OWNS_PROCESS = False  # set by the ``search`` program itself (search/cli.py run), never by an in-process caller
+
+
+def own_process() -> None:
+    """Say that this process is the ``search`` program: a command may then change process-wide signal handling
+    for the rest of the process's life (finalize, once its outputs are complete)."""
+    global _OWNS_PROCESS
+    _OWNS_PROCESS = True
+
+
+def owns_process() -> bool:
+    return _OWNS_PROCESS

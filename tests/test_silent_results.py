@@ -221,3 +221,15 @@ def test_signals_after_a_finalize_wrote_its_outputs_do_not_fail_it(tiny_dataset,
     assert process.returncode == 0, (process.returncode, output)
     assert "the finalize is complete" in output or "after the finalize was complete" in output, output
     assert "Traceback" not in output and "Error:" not in output, output
+
+
+def test_an_in_process_finalize_gives_the_callers_signal_handlers_back(tiny_dataset, workdir):
+    """Only the `search` program itself ignores signals once a finalize's outputs are complete; a caller in the same
+    process (a notebook, bench/, CliRunner) gets its own handlers back: its next Ctrl-C must still stop it."""
+    import signal
+
+    run_configs(tiny_dataset, "inproc", [SAMPLE])
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    result = invoke("finalize", "best", "--study", "inproc", "--steps", "8", "--device", "cpu", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)} == before
