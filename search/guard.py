@@ -43,6 +43,8 @@ def _guarded(ctx: click.Context, call):
 
     # Every error line through printable(): whatever user text a message quotes (a CSV's Id, a path, a database's
     # reason) reaches the terminal escaped, never as control bytes it would obey.
+    previous_hook = threading.excepthook
+    threading.excepthook = _thread_failed  # Optuna's heartbeat thread, say, on a full disk: one line, no traceback
     try:
         return call(ctx)
     except Stopped as err:  # `search run` stopped by a signal, after its summary: 128 + the signal
@@ -56,6 +58,26 @@ def _guarded(ctx: click.Context, call):
         raise click.ClickException(printable(scrub(str(err)))) from None
     except Exception as err:  # noqa: BLE001 - the point: no traceback on the console, ever
         raise click.ClickException(printable(_unexpected(ctx, err))) from None
+    finally:
+        threading.excepthook = previous_hook
+
+
+def _thread_failed(args) -> None:
+    """``threading.excepthook`` while a command runs: a background thread that dies (Optuna's heartbeat thread
+    when the disk is full or the database went away) is one warning line on the console, its traceback in the
+    study's log file (through the ``search`` logger), instead of Python's traceback on the terminal. The command
+    itself then fails or goes on as its main thread decides."""
+    from search.storage import redact
+
+    if args.exc_type is SystemExit:
+        return
+    name = getattr(args.thread, "name", None) or "a background thread"
+    line = f"warning: {name} stopped: {_describe(args.exc_value)}"
+    try:
+        click.echo(printable(redact(line)), err=True)
+        logging.getLogger("search").warning(redact(line), exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+    except Exception:  # noqa: BLE001 - the console or the log may be what failed: nothing more to say then
+        pass
 
 
 def _exit(message: str, code: int) -> click.ClickException:

@@ -533,3 +533,36 @@ def test_sigterm_fails_the_running_trial_of_a_single_process_run(tiny_dataset, w
     assert "Traceback" not in output
     [trial] = optuna.load_study(study_name="t", storage=URL.replace("f.db", "t.db")).trials
     assert trial.state == TrialState.FAIL and trial.user_attrs["ended"] == "interrupted"
+
+
+def test_a_background_thread_that_dies_is_one_warning_line_not_a_traceback():
+    """Optuna's heartbeat thread died on a full disk with Python's thread traceback on the terminal (seen in the
+    suite: test_a_full_disk_is_one_line, when the file-size limit struck in that thread first)."""
+    import threading
+
+    import click
+    from click.testing import CliRunner
+
+    from search.guard import SafeGroup
+
+    @click.group(cls=SafeGroup)
+    def group():
+        pass
+
+    @group.command()
+    def work():
+        def beat():
+            raise OSError(28, "No space left on device")
+
+        thread = threading.Thread(target=beat, name="Thread-1 (_record_heartbeat)")
+        thread.start()
+        thread.join()
+        click.echo("the command went on")
+
+    hook = threading.excepthook
+    result = CliRunner().invoke(group, ["work"])
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output, result.output
+    assert "warning: Thread-1 (_record_heartbeat) stopped: OSError: No space left on device" in result.output
+    assert "the command went on" in result.output
+    assert threading.excepthook is hook  # the caller's hook is back after the command
