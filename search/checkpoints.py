@@ -42,10 +42,8 @@ def usable_checkpoint(path: Path) -> bool:
         return True
     except Exception as err:  # noqa: BLE001 - EOFError, UnpicklingError, RuntimeError, BadZipFile...
         reason = (str(err).strip().splitlines() or [""])[0][:120]
-        aside = path.with_name(f"{path.name}.unusable-{time.strftime('%Y%m%d-%H%M%S')}")
         try:
-            path.replace(aside)
-            moved = f"moved to {aside}"
+            moved = f"moved to {set_aside(path, 'unusable')}"
         except OSError as move_err:
             raise ValueError(f"{path}: unusable checkpoint ({type(err).__name__}: {reason}) and it cannot be moved "
                              f"aside ({move_err.strerror}); delete it to start over") from None
