@@ -17,13 +17,7 @@ if [ ! -d /tmp/site/optuna ]; then
 fi
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HW04BENCH_COMMIT=${HW04BENCH_COMMIT:-unknown}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-# A call whose reply was lost (the machine stayed warm) left its tables in its own $OUT: bring them back with this
-# call's files, and skip their runs.
-mkdir -p "$out/prev"
-find / -xdev \( -name 'gpu-*.jsonl' -o -name 'cpu-*.jsonl' \) 2>/dev/null \
-  | grep -v -e "^$out/" -e "^$PWD/" | while read -r f; do cp "$f" "$out/prev/$(basename "$(dirname "$f")")-$(basename "$f")"; done || true
-ls -la "$out/prev"
-done_files() { ls .gpuwork/$1-*.jsonl "$out"/prev/*$1-*.jsonl bench/results/hw04bench-$1*.jsonl.gz 2>/dev/null || true; }
+done_files() { ls .gpuwork/$1-*.jsonl bench/results/hw04bench-$1*.jsonl.gz 2>/dev/null || true; }
 left() { echo $(( limit - ($(date +%s) - start) )); }
 
 # The CPU table needs only the embedded data: it starts at once.
