@@ -9,8 +9,8 @@ config, base -> registry -> components -> classifier.
 from model import encoders, heads, losses, pooling  # noqa: F401  (registers the components)
 from model.base import Encoder, Head, Loss, Pooling
 from model.classifier import Classifier, build_model, count_parameters, validate
-from model.config import ModelConfig
+from model.config import ModelConfig, TrainConfig
 from model.registry import ENCODERS, HEADS, LOSSES, POOLINGS
 
-__all__ = ["ModelConfig", "Classifier", "build_model", "count_parameters", "validate", "Encoder", "Pooling",
+__all__ = ["ModelConfig", "TrainConfig", "Classifier", "build_model", "count_parameters", "validate", "Encoder", "Pooling",
            "Head", "Loss", "ENCODERS", "POOLINGS", "HEADS", "LOSSES"]

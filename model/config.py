@@ -1,6 +1,7 @@
-"""The model configuration: one plain dataclass, defaults equal to the HW04 sample code's model.
+"""The model and training configurations: plain dataclasses, defaults equal to the HW04 sample code's.
 
-Plain data that knows no component: ``model.build_model`` checks it against the registries.
+Plain data that knows no component: ``model.build_model`` checks a ``ModelConfig`` against the registries, and
+the training loop (search/train.py) reads a ``TrainConfig``.
 """
 
 from __future__ import annotations
@@ -51,3 +52,33 @@ class ModelConfig:
         """Build from a dict, ignoring keys this version does not know (older or newer studies)."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 70_000  # optimiser steps (the sample code: 70,000)
+    batch_size: int = 32
+    segment: int = 128  # training crop length in frames
+    lr: float = 1e-3  # peak learning rate, after warm-up
+    weight_decay: float = 0.01
+    warmup_steps: int = 1000  # linear warm-up, then cosine decay to 0
+    eval_every: int = 2000  # steps between full-length validations (and one at the end), unless eval_steps
+    # The steps to validate at, instead of every eval_every (search trials: search/schedule.py trial_steps)
+    eval_steps: tuple[int, ...] = ()
+    margin_warmup: float = 0.2  # share of training over which margin losses ramp their margin from 0
+    seed: int = 0  # model init, dropout and crop sampling
+    eval_max_frames: int = 1 << 16  # padded frames per evaluation batch
+    cuda_graph: bool = True  # replay the training step as a CUDA graph on GPUs (ignored on CPU)
+    # Clip the global L2 norm of the gradients to this (0: off): a safety bound against the rare spike that AdamW
+    # would turn into a full-size step in a bad direction, set above the norms of ordinary training so that it
+    # seldom clips (lower values slowed learning: BENCHMARKS.md, "Gradient clipping"). Fixed, not searched.
+    grad_clip: float = 20.0
+    # Detect a collapse and roll back (search/collapse.py). Off by default, i.e. in search trials: a trial's
+    # collapse is information for the sampler and pruner, and its runs are too short to collapse; finalize
+    # turns it on, where hours of training would otherwise end with the weights of before the collapse.
+    recover_collapse: bool = False
+    # On CUDA: "bf16" autocast (search trials: fastest, and short runs are stable in it); "tf32": fp32 weights and
+    # activations with TF32 tensor-core matmuls (finalize: long runs that diverged in bf16 trained through in fp32,
+    # BENCHMARKS.md "Finalize over 70,000 steps"); "fp32": no tensor-core rounding at all (slowest). The CPU
+    # always trains in fp32.
+    precision: str = "bf16"

@@ -24,7 +24,7 @@ from dataclasses import fields
 from optuna.trial import FrozenTrial
 
 from model import ModelConfig
-from search.train import TrainConfig
+from model import TrainConfig
 
 GROUPS = (("model", ModelConfig), ("train", TrainConfig))
 

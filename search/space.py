@@ -22,7 +22,7 @@ import optuna
 
 from model import ENCODERS, HEADS, LOSSES, POOLINGS, ModelConfig
 from search import schedule
-from search.train import TrainConfig
+from model import TrainConfig
 
 PROFILES = ("full", "cpu")
 
