@@ -11,9 +11,9 @@ On disk (a folder ``.bank/`` beside the data, or a cache folder when the data fo
                  frames_crc32 (``frames_checksum``: checked at every open)
 
 Packing streams one utterance at a time into a memory-mapped file, so the host never holds the data
-as float32. The fingerprint covers the json files and every feature file's size and mtime: when the
-source changes the bank is rebuilt. float16 keeps ~3 significant digits, far finer than the spread of
-log-mel values (silence -20.7 .. peaks ~9), and halves memory (HW04: 37M frames -> 3.0 GB).
+as float32. The fingerprint (``fingerprint``) covers the json files and a sample of every feature file's
+content: when the source changes the bank is rebuilt. float16 keeps ~3 significant digits, far finer than
+the spread of log-mel values (from the silence floor, ln(1e-9), to the peaks), and halves the memory.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def _content_sample(path: Path) -> bytes:
 
     A ``torch.save`` file is a zip archive whose directory, at the tail, holds the CRC-32 of every member,
     the tensor's bytes included: a tensor replaced by another one changes the tail even when the size and
-    the mtime are kept. A few KB per file: HW04's 64k files are read in about a second.
+    the mtime are kept. A few KB per file, so that fingerprinting a large dataset stays quick.
     """
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
@@ -62,8 +62,7 @@ def frames_checksum(frames: np.ndarray) -> int:
 
     A bank of the right size whose frames were damaged (NaN written into frames.npy, a bad disk block) was
     trained on as it was: every trial failed with a NaN loss. CRC-32 is a damage check, not a security one,
-    and cheap: the array is read into memory at open anyway, and zlib.crc32 runs at several GB/s (the embedded
-    set's 26 MB: about 10 ms here; HW04's 3 GB: about a second)."""
+    and cheap: the array is read into memory at open anyway, and zlib.crc32 is fast beside that read."""
     data = memoryview(np.ascontiguousarray(frames)).cast("B")
     crc = 0
     for start in range(0, len(data), CHECKSUM_CHUNK):
@@ -150,20 +149,6 @@ class FeatureBank:
         room = (self.lengths[ids] - segment + 1).clamp(min=1)
         starts = (torch.rand(ids.shape, device=ids.device, generator=generator) * room).long()
         return self.gather(ids, starts, segment)
-
-    def length_batches(self, ids: torch.Tensor, max_frames: int = 1 << 16) -> list[torch.Tensor]:
-        """Group utterances ``ids`` (a host tensor) into batches of similar length for full-length
-        evaluation, each padded to at most ``max_frames`` frames in all; sorted so padding is small."""
-        ids = ids.cpu()
-        lengths = self.lengths.cpu()[ids]
-        order = torch.argsort(lengths, descending=True, stable=True)
-        batches, start = [], 0
-        while start < len(order):
-            longest = int(lengths[order[start]])
-            size = max(1, max_frames // longest)
-            batches.append(ids[order[start:start + size]])
-            start += size
-        return batches
 
 
 def cache_folder(layout: Layout, cache_root: Path | None, readonly_cache: Path | None = None) -> Path:

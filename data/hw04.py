@@ -119,70 +119,87 @@ def path_problem(path: Path, kind: str, name: str | None = None) -> str | None:
     return None
 
 
+def _read_mapping(path: Path) -> tuple[dict, list[str]]:
+    """mapping.json: (speaker2id, id2speaker as a list by label)."""
+    mapping = _read_json(path)
+    speaker2id = mapping.get("speaker2id")
+    if not isinstance(speaker2id, dict) or not speaker2id:
+        raise DataError(f"{path}: 'speaker2id' must be a non-empty object")
+    ids = sorted(speaker2id.values(), key=lambda v: (not isinstance(v, int), v if isinstance(v, int) else 0))
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in ids) or ids != list(range(len(ids))):
+        raise DataError(f"{path}: speaker2id values must be the integers 0..{len(speaker2id) - 1}, each once")
+    id2speaker = [""] * len(speaker2id)
+    for name, label in speaker2id.items():
+        id2speaker[label] = name
+    id2 = mapping.get("id2speaker")
+    if id2 is not None and (not isinstance(id2, dict) or any(id2.get(str(i)) != s for i, s in enumerate(id2speaker))):
+        raise DataError(f"{path}: 'id2speaker' disagrees with 'speaker2id'")
+    return speaker2id, id2speaker
+
+
+def _read_train(path: Path, speaker2id: dict) -> tuple[int, list[Utterance]]:
+    """metadata.json: (n_mels, the training utterances, labelled)."""
+    meta = _read_json(path)
+    n_mels = _n_mels(path, meta)
+    speakers = meta.get("speakers")
+    if not isinstance(speakers, dict) or not speakers:
+        raise DataError(f"{path}: 'speakers' must be a non-empty object of speaker -> utterances")
+    if all(isinstance(items, list) and len(items) == 1 for items in speakers.values()):
+        raise DataError(f"{path}: every speaker has a single utterance: nothing is left for the validation "
+                        "split (a speaker needs at least 2)")
+    train: list[Utterance] = []
+    for speaker, items in speakers.items():
+        if speaker not in speaker2id:
+            raise DataError(f"{path}: speaker {speaker!r} is not in mapping.json")
+        if not isinstance(items, list) or not items:
+            raise DataError(f"{path}: speaker {speaker!r} has no utterances")
+        for i, item in enumerate(items):
+            name, mel_len = _entry(path, f"speakers[{speaker!r}][{i}]", item)
+            train.append(Utterance(name, mel_len, speaker2id[speaker]))
+    return n_mels, train
+
+
+def _read_test(path: Path, n_mels: int) -> list[Utterance]:
+    """testdata.json: the test utterances (label -1), with the training data's n_mels."""
+    test_doc = _read_json(path)
+    test_n_mels = _n_mels(path, test_doc)
+    if test_n_mels != n_mels:
+        raise DataError(f"{path}: n_mels {test_n_mels} disagrees with metadata.json's {n_mels}")
+    items = test_doc.get("utterances")
+    if not isinstance(items, list) or not items:
+        raise DataError(f"{path}: 'utterances' must be a non-empty list")
+    return [Utterance(*_entry(path, f"utterances[{i}]", item), -1) for i, item in enumerate(items)]
+
+
+def _check_files(root: Path, utterances: list[Utterance]) -> None:
+    """Each feature file listed once, present, and inside the data folder."""
+    seen: set[str] = set()
+    for utt in utterances:
+        if utt.feature_path in seen:
+            raise DataError(f"{root}: {printable(utt.feature_path)} is listed twice")
+        seen.add(utt.feature_path)
+    present = {p.name: p for p in root.iterdir()}
+    missing = [u.feature_path for u in utterances if u.feature_path not in present]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise DataError(f"{printable(root / missing[0])}: feature file not found{more}")
+    inside = root.resolve()
+    for utt in utterances:  # a symlink may point anywhere: only inside the data folder, like the names
+        path = present[utt.feature_path]
+        if path.is_symlink() and not path.resolve().is_relative_to(inside):
+            raise DataError(f"{path}: a symbolic link to {path.resolve()}, outside the data folder {inside}")
+
+
 def read_layout(root: str | Path) -> Layout:
     """Read and validate the json files of an HW04 folder; raise DataError naming the problem."""
     root = Path(root)
     problem = path_problem(root, "folder", "data folder")
     if problem is not None:
         raise DataError(f"{root}: {problem}")
-
-    mapping_path, meta_path, test_path = root / "mapping.json", root / "metadata.json", root / "testdata.json"
-    mapping = _read_json(mapping_path)
-    speaker2id = mapping.get("speaker2id")
-    if not isinstance(speaker2id, dict) or not speaker2id:
-        raise DataError(f"{mapping_path}: 'speaker2id' must be a non-empty object")
-    ids = sorted(speaker2id.values(), key=lambda v: (not isinstance(v, int), v if isinstance(v, int) else 0))
-    if any(isinstance(v, bool) or not isinstance(v, int) for v in ids) or ids != list(range(len(ids))):
-        raise DataError(f"{mapping_path}: speaker2id values must be the integers 0..{len(speaker2id) - 1}, each once")
-    id2speaker = [""] * len(speaker2id)
-    for name, label in speaker2id.items():
-        id2speaker[label] = name
-    id2 = mapping.get("id2speaker")
-    if id2 is not None and (not isinstance(id2, dict) or any(id2.get(str(i)) != s for i, s in enumerate(id2speaker))):
-        raise DataError(f"{mapping_path}: 'id2speaker' disagrees with 'speaker2id'")
-
-    meta = _read_json(meta_path)
-    n_mels = _n_mels(meta_path, meta)
-    speakers = meta.get("speakers")
-    if not isinstance(speakers, dict) or not speakers:
-        raise DataError(f"{meta_path}: 'speakers' must be a non-empty object of speaker -> utterances")
-    if all(isinstance(items, list) and len(items) == 1 for items in speakers.values()):
-        raise DataError(f"{meta_path}: every speaker has a single utterance: nothing is left for the validation "
-                        "split (a speaker needs at least 2)")
-    train: list[Utterance] = []
-    for speaker, items in speakers.items():
-        if speaker not in speaker2id:
-            raise DataError(f"{meta_path}: speaker {speaker!r} is not in mapping.json")
-        if not isinstance(items, list) or not items:
-            raise DataError(f"{meta_path}: speaker {speaker!r} has no utterances")
-        for i, item in enumerate(items):
-            name, mel_len = _entry(meta_path, f"speakers[{speaker!r}][{i}]", item)
-            train.append(Utterance(name, mel_len, speaker2id[speaker]))
-
-    test_doc = _read_json(test_path)
-    test_n_mels = _n_mels(test_path, test_doc)
-    if test_n_mels != n_mels:
-        raise DataError(f"{test_path}: n_mels {test_n_mels} disagrees with metadata.json's {n_mels}")
-    items = test_doc.get("utterances")
-    if not isinstance(items, list) or not items:
-        raise DataError(f"{test_path}: 'utterances' must be a non-empty list")
-    test = [Utterance(*_entry(test_path, f"utterances[{i}]", item), -1) for i, item in enumerate(items)]
-
-    seen: set[str] = set()
-    for utt in train + test:
-        if utt.feature_path in seen:
-            raise DataError(f"{root}: {printable(utt.feature_path)} is listed twice")
-        seen.add(utt.feature_path)
-    present = {p.name: p for p in root.iterdir()}
-    missing = [u.feature_path for u in train + test if u.feature_path not in present]
-    if missing:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise DataError(f"{printable(root / missing[0])}: feature file not found{more}")
-    inside = root.resolve()
-    for utt in train + test:  # a symlink may point anywhere: only inside the data folder, like the names
-        path = present[utt.feature_path]
-        if path.is_symlink() and not path.resolve().is_relative_to(inside):
-            raise DataError(f"{path}: a symbolic link to {path.resolve()}, outside the data folder {inside}")
+    speaker2id, id2speaker = _read_mapping(root / "mapping.json")
+    n_mels, train = _read_train(root / "metadata.json", speaker2id)
+    test = _read_test(root / "testdata.json", n_mels)
+    _check_files(root, train + test)
     return Layout(root, n_mels, id2speaker, train, test)
 
 

@@ -83,10 +83,10 @@ def build_space(profile: str = "full") -> Space:
     return Space([
         Param("encoder", "categorical", ENCODERS.names()),
         Param("d_model", "categorical", [32, 48, 64, 80] if cpu else [80, 128, 160, 256, 384, 512]),
-        # On a CPU the cost of a trial is mostly attention and convolution per layer: a 2-layer Conformer or 8
-        # heads of 4-10 dimensions run 2-5 steps/s on 2 cores against the sample model's ~14, and one of them
-        # promoted to its whole budget took ~230 s, most of a 5-minute study (bench/default_study.sh,
-        # 2026-11-26). The cpu profile keeps one layer and up to 4 heads.
+        # On a CPU the cost of a trial is mostly attention and convolution per layer: deeper models and many
+        # small heads run several times slower than the sample model, and one of them promoted to its whole
+        # budget took most of a default study (BENCHMARKS.md, "Search space profiles"). The cpu profile keeps
+        # one layer and up to 4 heads.
         Param("nhead", "categorical", [1, 2, 4] if cpu else [1, 2, 4, 8, 16]),
         Param("layers", "int", low=1, high=1 if cpu else 6),
         Param("ffn", "categorical", [128, 256] if cpu else [256, 512, 1024, 2048]),
@@ -111,8 +111,8 @@ def build_space(profile: str = "full") -> Space:
         Param("time_mask_width", "int", low=5, high=40, when=lambda p: p["time_masks"] > 0, condition="time_masks > 0"),
         Param("freq_masks", "int", low=0, high=2),
         Param("freq_mask_width", "int", low=2, high=10, when=lambda p: p["freq_masks"] > 0, condition="freq_masks > 0"),
-        # A CPU trial is a few hundred steps, where a small learning rate leaves a model near chance (the sample
-        # code at 1e-3: 0.25 after 400 steps on the embedded data): the cpu profile keeps the upper part of the range.
+        # A CPU trial is a few hundred steps, where a small learning rate leaves a model near chance (README, "How
+        # hard it is"): the cpu profile keeps the upper part of the range.
         Param("lr", "float", low=5e-4 if cpu else 1e-4, high=3e-3, log=True),
         Param("weight_decay", "float", low=1e-4, high=0.1, log=True),
         Param("batch_size", "categorical", [32] if cpu else [32, 64, 128]),
@@ -155,46 +155,42 @@ def _in_range(p: Param, value) -> bool:
 
 
 # Known configurations from ../shared/HW04.md ("What scores what"), run first in a new study (warm start),
-# in the order of their published HW04 scores, best first: a search cut short has tried the strongest
-# known points first (bench/efficiency.py: with the sample code first, the default search needed 14 s of
-# its 100 s to pass the hand grid's best; the one-block Conformer alone gets there in one trial). The
-# sample code runs last: its score is the reference every study prints beside its best. Where a write-up
+# in the order of their published HW04 scores there, best first: a search cut short has tried the strongest
+# known points first (BENCHMARKS.md, "Search space profiles"). The sample code runs last: its score is the reference every study prints beside its best. Where a write-up
 # leaves a setting open (the d160 Conformer's heads and kernel), the space's middle value stands in.
 _COMMON = dict(dropout=0.1, loss="ce", label_smoothing=0.0, time_masks=0, freq_masks=0, lr=1e-3,
                weight_decay=0.01, batch_size=32, segment=128)
 KNOWN_CONFIGS = {
-    # ymc039: torchaudio-style Conformer, d 512, 16 heads, ffn 2048, 1 layer, mean pool, linear head: 0.961
+    # ymc039: torchaudio-style Conformer, d 512, 16 heads, ffn 2048, 1 layer, mean pool, linear head
     "conformer-d512-h16-linear": dict(encoder="conformer", d_model=512, nhead=16, layers=1, ffn=2048,
                                       conformer_kernel=31, subsampling=False, pooling="mean", head="linear",
                                       **_COMMON),
-    # lordleeber: Conformer d 160, 2 layers, + self-attention pooling: 0.953 (full-length validation)
+    # lordleeber: Conformer d 160, 2 layers, + self-attention pooling
     "conformer-d160-2layer-sap": dict(encoder="conformer", d_model=160, nhead=4, layers=2, ffn=512,
                                       conformer_kernel=15, subsampling=False, pooling="sap", head="linear",
                                       **_COMMON),
-    # Hoper-J: one Conformer block (d 512, 8 heads, kernel 31) with a single linear head: 0.951-0.955
+    # Hoper-J: one Conformer block (d 512, 8 heads, kernel 31) with a single linear head
     "conformer-1block-linear": dict(encoder="conformer", d_model=512, nhead=8, layers=1, ffn=2048,
                                     conformer_kernel=31, subsampling=False, pooling="mean", head="linear", **_COMMON),
-    # lordleeber: post-norm d 256 x 3 layers diverges at lr 1e-3; pre-norm fixes it: 0.95
+    # lordleeber: post-norm d 256 x 3 layers diverges at lr 1e-3; pre-norm fixes it
     "prenorm-d256-3layer": dict(encoder="transformer", d_model=256, nhead=4, layers=3, ffn=1024, norm_first=True,
                                 pooling="mean", head="linear", **_COMMON),
-    # Hoper-J: the partial grid's best, d_model 512, nhead 16, head 512-1024-600: 0.833
+    # Hoper-J: the partial grid's best, d_model 512, nhead 16, head 512-1024-600
     "medium-d512-h16": dict(encoder="transformer", d_model=512, nhead=16, layers=1, ffn=2048, norm_first=False,
                             pooling="mean", head="mlp", head_hidden=1024, **_COMMON),
-    # the HW04 sample code as given: 0.657
+    # the HW04 sample code as given
     "sample-code": dict(encoder="transformer", d_model=80, nhead=2, layers=1, ffn=256, norm_first=False,
                         pooling="mean", head="mlp", head_hidden=80, **_COMMON),
 }
 
 
 # The CPU's own warm start, run first in a study of the cpu profile only (a GPU study's warm start is the table
-# above). A CPU trial is a few hundred steps, where the published configurations have barely started to learn (the
-# sample code: 0.25 validation accuracy after 400 steps on the embedded data, README "How hard it is"). What does
-# learn that fast is what a linear classifier on each utterance's mean and standard deviation of log-mel uses
-# (0.61 on the same data): the sample code with attentive statistics pooling (a weighted mean and standard
-# deviation of its frames) and a linear head is that classifier on learned frames. At the top of the cpu profile's
-# learning-rate range and without dropout (a 500-step run has little to regularise) it reached 0.705 and 0.744
-# validation accuracy as trial #0 of `search run --seed 0` / `--seed 1` (500 steps; one run each; with the sample
-# code's dropout 0.1: 0.66 at seed 0; in 400 steps: 0.59-0.62). It runs first: the trial that starts a bracket is
+# above). A CPU trial is a few hundred steps, where the published configurations have barely started to learn
+# (README, "How hard it is"). What does learn that fast is what a linear classifier on each utterance's mean and
+# standard deviation of log-mel uses: the sample code with attentive statistics pooling (a weighted mean and
+# standard deviation of its frames) and a linear head is that classifier on learned frames, here at the top of the
+# cpu profile's learning-rate range and without dropout (a short run has little to regularise); how it scored:
+# BENCHMARKS.md, "Search space profiles". It runs first: the trial that starts a bracket is
 # never pruned, so a new CPU study's best is at least its score.
 CPU_CONFIGS = {
     "cpu-sample-code-stats-pooling": {**{k: v for k, v in KNOWN_CONFIGS["sample-code"].items() if k != "head_hidden"},

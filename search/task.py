@@ -7,7 +7,6 @@ With no data folder, the embedded synthetic dataset is generated once into the c
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,12 +56,10 @@ def embedded_data_dir(cache: Path = CACHE, progress=None) -> Path:
     """The embedded default dataset, generated deterministically on first use."""
     from data import synth
 
-    # v2: the mel projection no longer goes through BLAS (same data up to float32 rounding)
+    # the version in the name changes whenever the generator's bytes do: a cache of other data is never used
     folder = cache / f"embedded-synth-v2-s{EMBEDDED_SEED}"
     if not (folder / "metadata.json").exists():  # metadata.json is written last: its presence = complete
         synth.synthesize(folder, seed=EMBEDDED_SEED, progress=progress)
-    elif not (folder / "answers.csv").exists() and (folder / "test_labels.csv").exists():
-        os.replace(folder / "test_labels.csv", folder / "answers.csv")  # the answer key's name before answers.csv
     return folder
 
 
