@@ -76,6 +76,7 @@ def margin_scale(step: int, cfg: TrainConfig) -> float:
     ramp = cfg.margin_warmup * cfg.steps
     return 1.0 if ramp <= 0 else min(1.0, step / ramp)
 
+
 def evaluation_steps(cfg: TrainConfig) -> list[int]:
     """The steps at which validation runs (and the pruner may be asked); always the last one."""
     if cfg.eval_steps:
