@@ -94,8 +94,8 @@ def _inventory() -> Inventory:
 INVENTORY = _inventory()
 
 # ---------------------------------------------------------------------------------------------------
-# Difficulty knobs (calibrated against simple classifiers: BENCHMARKS.md, "The synthetic set"). Spreads between speakers make the task
-# easy; within-speaker variation and channels make it hard.
+# Difficulty knobs (calibrated against simple classifiers: BENCHMARKS.md, "The synthetic set"). Spreads
+# between speakers make the task easy; within-speaker variation and channels make it hard.
 
 F0_LOG_SD = 0.22  # log-sd of mean pitch within each sex (0.22: about 3.8 semitones)
 VT_SD = 0.06  # sd of the vocal-tract scale within each sex

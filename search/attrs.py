@@ -1,7 +1,8 @@
 """The user attributes a trial carries, in the shape users read them in: short and flat.
 
 optuna-dashboard shows each user attribute as one line, ``key value``, in a box that neither wraps nor
-widens: a nested dict (the resolved model configuration, hundreds of characters of JSON) ran off the trial page.
+widens: a nested dict (the resolved model configuration, hundreds of characters of JSON) ran off the trial
+page.
 So a trial's resolved configuration is stored one value per attribute, ``model.<field>`` and
 ``train.<field>``, and only where the sampled parameters do not already hold it (the dashboard shows those
 in its Parameter box right above; Optuna stores them anyway): the data's sizes (``model.n_mels``,

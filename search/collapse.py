@@ -16,8 +16,8 @@ class CollapseGuard:
       the lowest of the last RECENT good evaluations' losses (a reference of at least LOSS_FLOOR nats, so that
       a memorised training set's tiny loss doubling is no collapse). A collapse sends the loss towards chance
       (ln of the number of speakers), far above its level in training, while the window means of a healthy run
-      move little. A margin loss's own warm-up raises its loss several-fold (the margin grows from 0), so for margin losses only
-      windows after the ramp count, as loss and as reference;
+      move little. A margin loss's own warm-up raises its loss several-fold (the margin grows from 0), so for
+      margin losses only windows after the ramp count, as loss and as reference;
     - validation accuracy below ACCURACY_DROP x the best for the second evaluation in a row, and by more than
       3 standard errors of the validation split (a 6-utterance split never fires on one utterance);
     - a non-finite training loss.

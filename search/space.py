@@ -156,8 +156,9 @@ def _in_range(p: Param, value) -> bool:
 
 # Known configurations from ../shared/HW04.md ("What scores what"), run first in a new study (warm start),
 # in the order of their published HW04 scores there, best first: a search cut short has tried the strongest
-# known points first (BENCHMARKS.md, "Search space profiles"). The sample code runs last: its score is the reference every study prints beside its best. Where a write-up
-# leaves a setting open (the d160 Conformer's heads and kernel), the space's middle value stands in.
+# known points first (BENCHMARKS.md, "Search space profiles"). The sample code runs last: its score is the
+# reference every study prints beside its best. Where a write-up leaves a setting open (the d160 Conformer's
+# heads and kernel), the space's middle value stands in.
 _COMMON = dict(dropout=0.1, loss="ce", label_smoothing=0.0, time_masks=0, freq_masks=0, lr=1e-3,
                weight_decay=0.01, batch_size=32, segment=128)
 KNOWN_CONFIGS = {
