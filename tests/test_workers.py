@@ -25,8 +25,8 @@ import pytest
 from optuna.trial import TrialState
 
 from search.storage import open_storage
-from search.study import StudySettings
-from search.workers import run_target, trial_count
+from search.settings import StudySettings
+from search.target import run_target, trial_count
 from tests.helpers import MARIADB, POSTGRES, SAMPLE, invoke, new_study, reachable
 
 REPO = Path(__file__).resolve().parents[1]
@@ -168,10 +168,10 @@ def test_journal_storage_with_two_workers(micro_dataset, workdir):
 def _brackets(url: str, name: str, budget: int) -> tuple:
     """In a fresh process: the pruner a worker builds, initialised on the study as that process sees it."""
     study = optuna.load_study(study_name=name, storage=open_storage(url))
-    from search.study import make_pruner
+    from search.sampler import make_pruner
 
     pruner = make_pruner(StudySettings.from_attrs(study.user_attrs))
-    pruner = getattr(pruner, "hyperband", pruner)  # a cpu study's second look wraps it (search/pruners.py)
+    pruner = getattr(pruner, "hyperband", pruner)  # a cpu study's second look wraps it (search/sampler.py)
     pruner._try_initialization(study)  # what its first prune() call does
     fake = [optuna.trial.FrozenTrial(number=n, state=TrialState.RUNNING, value=None, datetime_start=None,
                                      datetime_complete=None, params={}, distributions={}, user_attrs={},
@@ -372,16 +372,16 @@ def test_a_killed_workers_remaining_trials_are_run_by_the_other(micro_dataset, w
 def test_a_trial_killed_before_its_first_heartbeat_is_failed_and_re_queued(workdir):
     """Optuna's fail_stale_trials never fails a RUNNING trial without any heartbeat (a worker killed
     right after asking for it): the shared count's waiting workers would wait for it forever."""
-    from search.workers import _fail_stale_trials
+    from search.runner import fail_stale_trials
 
     storage = open_storage("sqlite:///studies/nobeat.db", heartbeat_interval=1, grace_period=2)
     study = optuna.create_study(study_name="nobeat", storage=storage)
     dead = study.ask()  # RUNNING, no heartbeat recorded (the worker died before its heartbeat thread ran)
     study.tell(study.ask(), 1.0)
-    _fail_stale_trials(study)
+    fail_stale_trials(study)
     assert study._storage.get_trial(dead._trial_id).state == TrialState.RUNNING  # within the grace period
     time.sleep(2.5)
-    _fail_stale_trials(study)
+    fail_stale_trials(study)
     assert study._storage.get_trial(dead._trial_id).state == TrialState.FAIL
     assert trial_count(study) == (1, 0)  # its re-queued copy waits; the killed attempt does not count
     assert [t.system_attrs["failed_trial"] for t in study.get_trials(states=(TrialState.WAITING,))] == [dead.number]
