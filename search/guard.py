@@ -34,7 +34,7 @@ def _guarded(ctx: click.Context, call):
     """Run a command so that *any* exception reaches the user as one ``Error:`` line and a non-zero exit:
     our own errors as they are, anything unexpected as what failed, with its traceback appended to the
     study's log file (``studies/<study>/search.log``, or ``studies/search.log`` without a study)."""
-    from search.storage import scrub
+    from search.redaction import scrub
 
     # Every error line through printable(): whatever user text a message quotes (a CSV's Id, a path, a database's
     # reason) reaches the terminal escaped, never as control bytes it would obey.
@@ -148,7 +148,7 @@ def friendly_errors(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        from search.storage import scrub
+        from search.redaction import scrub
 
         try:
             return command(*args, **kwargs)
