@@ -106,18 +106,18 @@ def held() -> Iterator[None]:
 
 def raise_pending() -> None:
     """Raise the interrupt that came during ``held()``, if one did (and no hold is left)."""
-    if SIGNALS.pending is not None and not SIGNALS.holding:
-        signum, SIGNALS.pending = SIGNALS.pending, None
-        raise _interrupt(signum)
+    late = take_pending()
+    if late is not None:
+        raise late
 
 
 def take_pending() -> KeyboardInterrupt | None:
-    """The interrupt held since ``held()`` began, taken (none is left for later code), or None."""
-    try:
-        raise_pending()
-    except KeyboardInterrupt as late:
-        return late
-    return None
+    """The interrupt that came during ``held()``, taken (none is left for later code), or None (also while a
+    hold is left)."""
+    if SIGNALS.pending is None or SIGNALS.holding:
+        return None
+    signum, SIGNALS.pending = SIGNALS.pending, None
+    return _interrupt(signum)
 
 
 def own_process() -> None:
