@@ -11,6 +11,9 @@ too; ``--quiet`` is the one switch that silences them. Every line, printed or no
 study's log file with a timestamp and the process id (several workers may share one file), as are
 Optuna's own warnings; on the console those are one line each (a failed trial's traceback goes to the
 log file only: a diverged trial is an ordinary outcome of a search, not a crash).
+
+``Progress`` writes a run's progress lines: one per finished trial, with an ETA, and one every
+``progress_interval()`` seconds while a trial trains.
 """
 
 from __future__ import annotations

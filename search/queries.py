@@ -68,7 +68,7 @@ def pick_trial(study: optuna.Study, which: str | int | None, option: str = "TRIA
 # --- big studies: what a table needs, asked of the database itself ------------------------------------------
 # Optuna's get_trials reads every trial whole (every parameter, user attribute and intermediate value) and builds
 # a FrozenTrial of each, which on a big study is slow for `search trials` / `studies`, which print a dozen values a
-# trial (BENCHMARKS.md, "Big studies"). On an RDB storage (SQLite, PostgreSQL, MySQL) these ask the tables for
+# trial (BENCHMARKS.md, "Read-only commands on a study of 5,004 trials"). On an RDB storage (SQLite, PostgreSQL, MySQL) these ask the tables for
 # only those values; other storages (journal, gRPC proxy) go Optuna's way.
 
 def state_counts(study: optuna.Study) -> dict[str, int]:

@@ -65,7 +65,8 @@ class SecondLookPruner(optuna.pruners.BasePruner):
 
     For the cpu profile (``make_pruner``): Hyperband decides once, at budget/8, where the scores are a few right
     answers above chance; a second look at 3/8 of the budget stops a trial that got through by luck before it
-    trains its whole budget. It never adds training, only a validation. BENCHMARKS.md has the runs that chose it.
+    trains its whole budget. It never adds training, only a validation. BENCHMARKS.md ("`search run --trials 20`
+    on the embedded data (CPU)") has the runs that chose it.
     """
 
     def __init__(self, hyperband: StudyHyperband, step: int) -> None:

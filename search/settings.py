@@ -22,8 +22,8 @@ CPU_BUDGET = 500  # a new study's steps per trial on a CPU (see search/sampler.p
 GPU_BUDGET = 2000  # a new study's steps per trial on a GPU
 # `search finalize --steps` by default (search/finalize.py default_steps)
 GPU_FINALIZE_STEPS = 70_000  # the sample code's total_steps
-# A CPU finalize of the sample code's length would take hours; this one takes minutes (BENCHMARKS.md has the
-# CPU speeds). --steps says otherwise.
+# A CPU finalize of the sample code's length would take hours; this one takes minutes (BENCHMARKS.md, "Figures
+# from code comments"). --steps says otherwise.
 CPU_FINALIZE_STEPS = 2_000
 
 
