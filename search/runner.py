@@ -10,9 +10,9 @@ the running trial as FAIL (``ended: interrupted``) and stops the run.
 
 from __future__ import annotations
 
-import copy
 import datetime
 import gc
+import logging
 import sys
 import warnings
 from typing import TYPE_CHECKING, Callable
@@ -84,7 +84,7 @@ def _loop(study: optuna.Study, func, n_trials: int | None, timeout: float | None
             frozen = _run_trial(study, trial, func, catch)
         finally:
             gc.collect()
-        on_trial(study, copy.deepcopy(frozen))
+        on_trial(study, frozen)  # tell's own copy, read back from the storage
 
 
 def _ask(study: optuna.Study, gate: Gate | None) -> optuna.Trial:
@@ -132,7 +132,7 @@ def _log_end(study: optuna.Study, frozen: optuna.trial.FrozenTrial, error, exc_i
     """The lines Optuna's optimize logs for a trial that ended; an interrupted one is a single short line."""
     number, params = frozen.number, frozen.params
     if frozen.state == TrialState.COMPLETE:
-        if _log.isEnabledFor(20):  # INFO: the best trial is read only for a line that is shown
+        if _log.isEnabledFor(logging.INFO):  # the best trial is read only for a line that is shown
             best = study.best_trial
             _log.info(f"Trial {number} finished with value: {frozen.value} and parameters: {params}. "
                       f"Best is trial {best.number} with value: {best.value}.")

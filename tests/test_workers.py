@@ -287,7 +287,7 @@ def test_killed_workers_trials_are_failed_and_rerun(tiny_dataset, workdir, monke
 
 
 # ---------------------------------------------------------------------------------------------------
-# No idle workers: the workers take trials from one study-wide count (search.workers.SharedTarget)
+# No idle workers: the workers take trials from one study-wide count (search.target.SharedTarget)
 # until the study holds the run's --trials new ones, instead of a fixed share each.
 
 def _new_trials(study: optuna.Study, before: set[int]) -> dict[int, optuna.trial.FrozenTrial]:
