@@ -70,7 +70,9 @@ def _thread_failed(args) -> None:
     line = f"warning: {name} stopped: {_describe(args.exc_value)}"
     try:
         click.echo(printable(redact(line)), err=True)
-        logging.getLogger("search").warning(redact(line), exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+        logger = logging.getLogger("search")
+        if logger.hasHandlers():  # else logging's last resort would print the traceback on the terminal
+            logger.warning(redact(line), exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
     except Exception:  # noqa: BLE001 - the console or the log may be what failed: nothing more to say then
         pass
 
