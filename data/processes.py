@@ -14,13 +14,13 @@ import psutil
 def alive(pid: int) -> bool:
     """Whether process ``pid`` exists and is not a zombie (an ended child not yet reaped). Another user's process
     counts as alive; so does a number that cannot be a process id (leave what it names alone)."""
-    if pid == os.getpid():
+    if pid == os.getpid() or not 0 < pid < 2**31:
         return True
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return False
-    except (psutil.AccessDenied, OverflowError, ValueError):
+    except psutil.AccessDenied:
         return True
 
 
