@@ -247,7 +247,8 @@ def evaluation_share(task, trial_steps: int, schedules: list[str], repeats: int,
     end, the new evaluation), ``curve`` one of an unpruned study (what the trials/hour part runs).
     """
     from search.space import KNOWN_CONFIGS, build_configs
-    from search.study import StudySettings, make_pruner
+    from search.sampler import make_pruner
+    from search.settings import StudySettings
 
     device = task.device
     model_cfg, cfg = build_configs(KNOWN_CONFIGS["sample-code"], task.bank.n_mels, task.bank.n_speakers, trial_steps,

@@ -58,7 +58,8 @@ from search.errors import TrainingDiverged  # noqa: E402
 from search.finalize import final_configs  # noqa: E402
 from search.objective import Objective, trial_seed  # noqa: E402
 from search.scoring import answer_key, read_rows  # noqa: E402
-from search.study import StudySettings, open_study  # noqa: E402
+from search.settings import StudySettings  # noqa: E402
+from search.study import open_study  # noqa: E402
 from search.task import Task, load_task  # noqa: E402
 from search.train import TrainConfig, evaluate, predict, train  # noqa: E402
 

@@ -38,7 +38,7 @@ def build(folder: Path, n: int, seed: int = 0) -> float:
 
     from search.attrs import config_attrs, rounded
     from search.space import build_configs, build_space, suggest
-    from search.study import StudySettings
+    from search.settings import StudySettings
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started = time.perf_counter()

@@ -8,8 +8,7 @@ gigabytes (a checkpoint, a feature bank), and nothing would ever remove it. The 
 removes the temporary files of it whose process is gone, and ``search finalize`` all of them in ``final/`` (its
 own folder: a checkpoint of another step count is written under another name). The host in the name keeps a folder shared by several
 machines (a data folder on NFS) safe from a machine that cannot see the others' processes; a name without a host
-(written before the host was added) is taken as this machine's. Standard library only: data/ is the lowest
-layer, and search/ uses it too.
+is taken as this machine's. data/ is the lowest layer: search/ uses it too.
 """
 
 from __future__ import annotations
@@ -20,6 +19,8 @@ import shutil
 import socket
 from pathlib import Path
 
+from data.processes import alive
+
 HOST = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:60] or "host"
 _TEMP = re.compile(r"^(?P<target>.+)\.tmp(?P<pid>\d+)(?:-(?P<host>[A-Za-z0-9._-]+))?$")
 
@@ -27,18 +28,6 @@ _TEMP = re.compile(r"^(?P<target>.+)\.tmp(?P<pid>\d+)(?:-(?P<host>[A-Za-z0-9._-]
 def temp_name(name: str) -> str:
     """The name this process writes ``name`` under before renaming it into place."""
     return f"{name}.tmp{os.getpid()}-{HOST}"
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):  # another user's process (alive); or not a PID: leave it alone
-        return True
-    return True
 
 
 def remove_stale(folder: Path, target: str | None = None, recursive: bool = False) -> list[Path]:
@@ -58,7 +47,7 @@ def remove_stale(folder: Path, target: str | None = None, recursive: bool = Fals
             removed += remove_stale(Path(entry.path), recursive=True)
         if match is None or (target is not None and match["target"] != target):
             continue
-        if match["host"] not in (None, HOST) or _alive(int(match["pid"])):
+        if match["host"] not in (None, HOST) or alive(int(match["pid"])):
             continue
         path = Path(entry.path)
         try:

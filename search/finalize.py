@@ -45,7 +45,8 @@ from search.scoring import ANSWERS_NAME, answer_key, score_files
 from search.storage import default_url
 from search.task import Task
 from search.logs import Console, open_console
-from search.study import CPU_FINALIZE_STEPS, GPU_FINALIZE_STEPS, Progress
+from search.logs import Progress
+from search.settings import CPU_FINALIZE_STEPS, GPU_FINALIZE_STEPS
 from search.train import TrainResult, predict, report_progress, train
 
 
@@ -261,7 +262,7 @@ class FinalizeRequest:
 def run_finalize(request: FinalizeRequest) -> None:
     """``search finalize``: retrain one trial (here) or an ensemble / ``--all-data`` (search/ensemble.py),
     printing progress and the results."""
-    from search.run import progress_interval
+    from search.logs import progress_interval
     from search.study import load_study
 
     which = request.which
@@ -355,7 +356,7 @@ def check_ours(study: optuna.Study, storage: str | None) -> None:
     the data was prepared (a KeyError on the first parameter it lacks). As `search run` refuses to add to it."""
     from search.queries import complete_trials
     from search.storage import default_url, redact
-    from search.study import StudySettings
+    from search.settings import StudySettings
 
     if StudySettings.from_attrs(study.user_attrs) is None and complete_trials(study):
         url = redact(storage or default_url(study.study_name))
@@ -394,7 +395,7 @@ def _finalize_with(study: optuna.Study, request: FinalizeRequest) -> None:
 
 def study_seed(study: optuna.Study) -> int:
     """The seed the study's trials were trained with (0 for a study ``search run`` did not create)."""
-    from search.study import StudySettings
+    from search.settings import StudySettings
 
     settings = StudySettings.from_attrs(study.user_attrs)
     return settings.seed if settings else 0
@@ -405,7 +406,7 @@ def setup(study: optuna.Study, request: FinalizeRequest, name: str):
     ``studies/<study>/predictions-<name>.csv``; the console (it prints and appends to studies/<study>/search.log);
     the data on the device: the study's own unless --data says otherwise)."""
     from search.logs import open_console
-    from search.study import StudySettings
+    from search.settings import StudySettings
     from search.task import load_task, resolve_device
 
     settings = StudySettings.from_attrs(study.user_attrs)

@@ -1,33 +1,28 @@
 """The CLI's guard: whatever goes wrong, the user gets one ``Error:`` line and a non-zero exit, never a
-traceback; and how a signal stops ``search run``.
+traceback.
 
 ``SafeGroup`` makes every command of ``search`` (whoever adds it) a ``SafeCommand``, whose exceptions
 become one line: our own errors (``UserError``, ``DataError``) as they are, anything unexpected as what
 failed, with its traceback appended to the study's log file. Click's own errors and exits keep their
 behaviour (usage errors their usage line, Ctrl-C click's "Aborted!").
-
-``interrupts()`` is what ``search run`` holds while it works (its workers: ``interrupt_once()`` for their
-whole life): the first SIGINT (Ctrl-C) raises KeyboardInterrupt, the first SIGTERM ``Terminated`` (a
-KeyboardInterrupt too); Optuna then records the running trial as FAIL (the objective adds ``ended:
-interrupted``), and a second signal cannot break that clean-up.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import re
 import signal
 import threading
 import time
 import traceback
-from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import click
 
 from data.errors import DataError, printable
 from search.errors import Stopped, Terminated, UserError
+# The signal functions' old names here, for search/finalize.py and search/cli.py until they import search.signals.
+from search.signals import held as held_signals  # noqa: F401
+from search.signals import interrupt_once, own_process, owns_process, raise_pending, signal_of  # noqa: F401
 
 # Let through as they are: click's own errors and exits (usage errors keep their usage line), and
 # Ctrl-C (click prints "Aborted!").
@@ -39,7 +34,7 @@ def _guarded(ctx: click.Context, call):
     """Run a command so that *any* exception reaches the user as one ``Error:`` line and a non-zero exit:
     our own errors as they are, anything unexpected as what failed, with its traceback appended to the
     study's log file (``studies/<study>/search.log``, or ``studies/search.log`` without a study)."""
-    from search.storage import scrub
+    from search.redaction import scrub
 
     # Every error line through printable(): whatever user text a message quotes (a CSV's Id, a path, a database's
     # reason) reaches the terminal escaped, never as control bytes it would obey.
@@ -75,7 +70,9 @@ def _thread_failed(args) -> None:
     line = f"warning: {name} stopped: {_describe(args.exc_value)}"
     try:
         click.echo(printable(redact(line)), err=True)
-        logging.getLogger("search").warning(redact(line), exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+        logger = logging.getLogger("search")
+        if logger.hasHandlers():  # else logging's last resort would print the traceback on the terminal
+            logger.warning(redact(line), exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
     except Exception:  # noqa: BLE001 - the console or the log may be what failed: nothing more to say then
         pass
 
@@ -147,126 +144,13 @@ class SafeGroup(click.Group):
         return _guarded(ctx, super().invoke)
 
 
-def signal_of(interrupt: KeyboardInterrupt) -> signal.Signals:
-    """Which signal an interrupt came from: SIGTERM (``Terminated``) or SIGINT (Ctrl-C)."""
-    return signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT
-
-
-def _ignore(_signum, _frame) -> None:
-    """The handler of SIGINT and SIGTERM after the first of them (``interrupt_once``)."""
-
-
-def interrupt_once() -> Callable[[], None]:
-    """From now on (main thread only), the first SIGINT raises KeyboardInterrupt and the first SIGTERM
-    ``Terminated``; after either, both are ignored, so that the clean-up (Optuna recording the running trial
-    as FAIL, workers stopping, the summary) is not cut short by a second Ctrl-C or a signal sent to the
-    whole process group twice. Optuna's warning for the interrupted trial (its whole parameter dict) becomes
-    one short line. Returns the undo."""
-    def once(signum, _frame):
-        global _pending
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            # A handler that does nothing, not SIG_IGN: the other signal may already be pending (Ctrl-C and a
-            # SIGTERM together), and CPython reports a pending signal whose handler became SIG_IGN with a
-            # traceback ("Signal 15 ignored due to race condition").
-            signal.signal(sig, _ignore)
-        if _holding:  # inside held_signals(): raised later by raise_pending()
-            _pending = signum
-            return
-        raise _interrupt(signum)
-
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        previous = {sig: signal.signal(sig, once) for sig in (signal.SIGINT, signal.SIGTERM)}
-    undo_log = interrupted_trial_one_line()
-
-    def undo(signals: bool = True) -> None:
-        """Put back the earlier handlers (``signals``: False leaves the ones installed since, e.g. a finalize's
-        once it is complete) and Optuna's log as it was."""
-        for sig, handler in previous.items() if signals else ():
-            signal.signal(sig, handler)
-        undo_log()
-
-    return undo
-
-
-_holding = 0  # depth of held_signals() blocks (signals reach the main thread only)
-_pending: int | None = None  # a signal that came while held, not raised yet
-
-
-def _interrupt(signum: int) -> KeyboardInterrupt:
-    return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
-
-
-@contextmanager
-def held_signals() -> Iterator[None]:
-    """Inside, an ``interrupt_once`` signal is remembered instead of raised; ``raise_pending`` raises it.
-
-    For ``study.ask()``: the trial is RUNNING in the storage as soon as it is created, before ask returns
-    it and Optuna's guard around the objective begins. An interrupt raised in between would leave the trial
-    RUNNING for good (Optuna never records it as FAIL); held, it is raised by the objective's first line,
-    where Optuna records the trial FAIL (``ended: interrupted``)."""
-    global _holding
-    _holding += 1
-    try:
-        yield
-    finally:
-        _holding -= 1
-
-
-def raise_pending() -> None:
-    """Raise the interrupt that came during ``held_signals()``, if one did."""
-    global _pending
-    if _pending is not None and not _holding:
-        signum, _pending = _pending, None
-        raise _interrupt(signum)
-
-
-@contextmanager
-def interrupts() -> Iterator[None]:
-    """``interrupt_once`` while the block runs."""
-    undo = interrupt_once()
-    try:
-        yield
-    finally:
-        undo()
-
-
-class _InterruptedTrialLine(logging.Filter):
-    """Optuna logs an interrupted trial as "Trial N failed with parameters: {...} because of the following
-    error: KeyboardInterrupt()" with its traceback; an interrupt is the user's doing, not a failure to
-    explain: say which trial it was and how it was recorded, in one line."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.interrupted: set[str] = set()  # their numbers: Optuna's next line ("failed with value None") goes too
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        number = re.match(r"Trial (\d+) failed", str(record.msg))
-        exc = record.exc_info
-        if exc and exc[0] is not None and issubclass(exc[0], KeyboardInterrupt):
-            if number:
-                self.interrupted.add(number.group(1))
-            record.msg = (f"trial #{number.group(1)} " if number else "the running trial ") + \
-                "interrupted: recorded as FAIL (ended: interrupted)"
-            record.args, record.exc_info, record.exc_text = None, None, None
-            return True
-        return not (number and number.group(1) in self.interrupted and "failed with value" in str(record.msg))
-
-
-def interrupted_trial_one_line():
-    """Install ``_InterruptedTrialLine`` on Optuna's optimize logger; returns the undo."""
-    logger, line = logging.getLogger("optuna.study._optimize"), _InterruptedTrialLine()
-    logger.addFilter(line)
-    return lambda: logger.removeFilter(line)
-
-
 def friendly_errors(command):
     """Show our errors (and the storage's) as one line, never a traceback: for a command outside a
     SafeGroup (every command of ``search`` is guarded already)."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        from search.storage import scrub
+        from search.redaction import scrub
 
         try:
             return command(*args, **kwargs)
@@ -274,17 +158,3 @@ def friendly_errors(command):
             raise click.ClickException(printable(scrub(str(err)))) from None
 
     return wrapper
-
-
-_OWNS_PROCESS = False  # set by the ``search`` program itself (search/cli.py run), never by an in-process caller
-
-
-def own_process() -> None:
-    """Say that this process is the ``search`` program: a command may then change process-wide signal handling
-    for the rest of the process's life (finalize, once its outputs are complete)."""
-    global _OWNS_PROCESS
-    _OWNS_PROCESS = True
-
-
-def owns_process() -> bool:
-    return _OWNS_PROCESS

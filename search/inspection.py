@@ -359,7 +359,8 @@ def report_text(study_name: str, storage: str | None, out: Path) -> str:
     from search.files import check_out, check_writable
     from search.report import summary_lines, write_report
     from search.storage import default_url
-    from search.study import StudySettings, load_study
+    from search.settings import StudySettings
+    from search.study import load_study
 
     study = load_study(study_name, storage, read_only=True)
     settings = StudySettings.from_attrs(study.user_attrs)

@@ -11,15 +11,22 @@ too; ``--quiet`` is the one switch that silences them. Every line, printed or no
 study's log file with a timestamp and the process id (several workers may share one file), as are
 Optuna's own warnings; on the console those are one line each (a failed trial's traceback goes to the
 log file only: a diverged trial is an ordinary outcome of a search, not a crash).
+
+``Progress`` writes a run's progress lines: one per finished trial, with an ETA, and one every
+``progress_interval()`` seconds while a trial trains.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import time
 from pathlib import Path
 from typing import Callable
 
 import click
+
+from search.errors import UserError
 
 LOGGER = "search"
 FORMAT = "%(asctime)s %(process)d %(levelname)s %(message)s"
@@ -200,3 +207,93 @@ def _words(ctx: click.Context) -> list[str]:
         else:
             words += [param.opts[0], str(value)]
     return words
+
+
+def progress_interval() -> float:
+    """Seconds between the progress lines printed while a trial or a finalize trains (none for a shorter one):
+    10, or ``$SEARCH_PROGRESS_INTERVAL``."""
+    try:
+        seconds = float(os.environ.get("SEARCH_PROGRESS_INTERVAL", "10"))
+    except ValueError:
+        raise UserError(f"SEARCH_PROGRESS_INTERVAL={os.environ['SEARCH_PROGRESS_INTERVAL']!r}: not a number of "
+                        "seconds") from None
+    if not 0 < seconds <= 86_400:  # nan and inf too (bounded, as every number a user types)
+        raise UserError(f"SEARCH_PROGRESS_INTERVAL={os.environ['SEARCH_PROGRESS_INTERVAL']!r}: must be above 0 and at "
+                        "most 86,400 seconds")
+    return seconds
+
+
+class Progress:
+    """Prints one line per finished trial (n/N, state, value, best so far, elapsed time, ETA) and, through
+    ``in_trial``, a line every ~10 s while a trial trains (search/train.py ``report_progress``).
+
+    The ETA is the study's pace in this run: the mean seconds per finished trial since the trials started
+    (``start``) times the trials left; with ``timeout``, the time left until then (the smaller of the two
+    when both are given). With worker processes the pace is the run's, all workers together."""
+
+    def __init__(self, total: int | None, echo: Callable[[str], None], timeout: float | None = None) -> None:
+        self.total, self.echo, self.timeout, self.done = total, echo, timeout, 0  # total None: until the timeout
+        self.started = self.trials_started = time.perf_counter()
+
+    def start(self) -> None:
+        """The trials start now (the data is ready): the pace and the timeout count from here."""
+        self.trials_started = time.perf_counter()
+
+    def eta(self) -> float | None:
+        """Seconds until the run is done, or None before a trial finished (no pace yet) without a timeout."""
+        elapsed = time.perf_counter() - self.trials_started
+        left = []
+        if self.total is not None and self.done:
+            left.append(elapsed / self.done * max(0, self.total - self.done))
+        if self.timeout is not None:
+            left.append(max(0.0, self.timeout - elapsed))
+        return min(left) if left else None
+
+    def __call__(self, study, trial, worker: int | None = None) -> None:
+        """The line for ``trial`` (a FrozenTrial of ``study``) that just ended."""
+        from search.queries import best_or_none, counts
+
+        self.done += 1
+        c = counts(study)
+        best = best_or_none(study)
+        if trial.state.name == "COMPLETE":
+            value = f"acc {trial.value:.4f}"
+        else:
+            value = trial.user_attrs.get("ended", "")
+        best_text = f"best {best.value:.4f} (#{best.number})" if best else "no complete trial yet"
+        eta = self.eta()
+        self.echo(f"trial {self.done}{'' if self.total is None else f'/{self.total}'}  #{trial.number} {trial.state.name.lower():8s} {value}  |  "
+                  f"{best_text}  |  complete {c['complete']} pruned {c['pruned']} failed {c['fail']}  |  "
+                  f"{time.perf_counter() - self.started:.0f}s" + ("" if eta is None else f", ETA {self.format_seconds(eta)}")
+                  + (f"  |  worker {worker}" if worker is not None else ""))
+
+    def in_trial(self, info: dict, worker: int | None = None) -> None:
+        """A line while a trial trains: its step of the total, speed, best validation accuracy so far, and
+        the time the trial has left at that speed (search/train.py ``report_progress`` gives ``info``)."""
+        left = self.format_seconds(self.training_left(info))
+        self.echo(f"  training: {self.training_text(info)}  |  trial ends in ~{left}"
+                  + (f"  |  worker {worker}" if worker is not None else ""))
+
+    @staticmethod
+    def training_text(info: dict) -> str:
+        """``step 1200/2000  850.3 steps/s  valid acc so far 0.4213`` (or ``no validation yet``): how a training
+        stands, from search/train.py ``report_progress``'s ``info`` (trials' lines here, finalize's too)."""
+        accuracy = info.get("valid_accuracy")
+        return (f"step {info['step']}/{info['steps']}  {info['steps_per_second']:.1f} steps/s  "
+                + ("no validation yet" if accuracy is None else f"valid acc so far {accuracy:.4f}"))
+
+    @staticmethod
+    def training_left(info: dict) -> float:
+        """Seconds the training of ``info`` has left at its pace so far (0 before it has one)."""
+        rate = info["steps_per_second"]
+        return (info["steps"] - info["step"]) / rate if rate > 0 else 0.0
+
+    @staticmethod
+    def format_seconds(seconds: float) -> str:
+        """``42s``, ``3m05s``, ``2h07m``: an ETA at a glance."""
+        seconds = max(0, round(seconds))
+        if seconds < 60:
+            return f"{seconds}s"
+        if seconds < 3600:
+            return f"{seconds // 60}m{seconds % 60:02d}s"
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

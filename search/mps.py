@@ -1,8 +1,8 @@
 """NVIDIA's Multi-Process Service (MPS) for worker processes that share a GPU.
 
 Processes on one GPU are time-sliced: one runs while the others wait. Under MPS their kernels run side by
-side on one shared context; issue 12 measured (NVIDIA H200, 2,000-step sample-model trials) 4 workers on one
-GPU at 3,041 trials/h without MPS and 5,969 with it. ``gpu_sharing`` wraps a run whose workers share GPUs:
+side on one shared context (BENCHMARKS.md, "Trials per GPU-hour", has what that gives). ``gpu_sharing`` wraps a
+run whose workers share GPUs:
 
 - a control daemon already running (the system's, at /tmp/nvidia-mps or at ``CUDA_MPS_PIPE_DIRECTORY``) is used
   as it is, and left running;
@@ -30,7 +30,6 @@ running)", "MPS: off (nvidia-cuda-mps-control not found)", ...
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import subprocess
@@ -42,7 +41,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+import psutil
+from filelock import FileLock
+
 from data.environment import restore_environment
+from data.processes import alive, started
 
 CONTROL = "nvidia-cuda-mps-control"
 DEFAULT_PIPE = Path("/tmp/nvidia-mps")  # where the CUDA driver looks without CUDA_MPS_PIPE_DIRECTORY
@@ -147,33 +150,22 @@ def running_daemon() -> Path | None:
 
 def daemons() -> dict[int, Path | None]:
     """Live MPS control daemons: process id -> the pipe folder it serves (None where its environment cannot be
-    read: another user's process). Found in /proc by command line (``pgrep`` would match the server too: the
-    kernel keeps only 15 characters of a process name, "nvidia-cuda-mps" for both)."""
+    read: another user's process). Found by command line (``pgrep`` would match the server too: the kernel keeps
+    only 15 characters of a process name, "nvidia-cuda-mps" for both)."""
     found: dict[int, Path | None] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+    for process in psutil.process_iter(["cmdline", "status"]):
+        argv = process.info["cmdline"] or []
+        if not any(os.path.basename(a) == CONTROL for a in argv[:2]):  # the binary, or a script's interpreter
+            continue
+        if process.info["status"] == psutil.STATUS_ZOMBIE:
             continue
         try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
+            found[process.pid] = Path(process.environ().get(ENV_PIPE, str(DEFAULT_PIPE)))
+        except psutil.NoSuchProcess:  # ended meanwhile
             continue
-        if not any(os.path.basename(a) == CONTROL.encode() for a in argv[:2]):  # the binary, or a script's interpreter
-            continue
-        if (entry / "stat").exists() and _zombie(entry):
-            continue
-        try:
-            env = dict(v.split(b"=", 1) for v in (entry / "environ").read_bytes().split(b"\0") if b"=" in v)
-            found[int(entry.name)] = Path(env.get(ENV_PIPE.encode(), str(DEFAULT_PIPE).encode()).decode())
-        except OSError:
-            found[int(entry.name)] = None
+        except psutil.Error:
+            found[process.pid] = None
     return found
-
-
-def _zombie(entry: Path) -> bool:
-    try:
-        return (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def run_probe(gpus: Sequence[int], env: dict) -> str | None:
@@ -232,8 +224,7 @@ class _Session:
     @contextmanager
     def _locked(self):
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with open(self.root / "lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        with FileLock(self.root / "lock"):  # released by the OS if this process dies
             yield
 
     def _daemon(self) -> int | None:
@@ -246,7 +237,7 @@ class _Session:
             if entry == self.me:
                 continue
             try:  # the process's start time too: a process id can be reused after a run is killed
-                same = entry.name.isdigit() and entry.read_text() == _started(int(entry.name))
+                same = entry.name.isdigit() and entry.read_text() == started(int(entry.name))
             except OSError:
                 same = False
             if same:
@@ -279,7 +270,7 @@ class _Session:
 
     def _register(self) -> None:
         self.runs.mkdir(exist_ok=True)
-        self.me.write_text(_started(os.getpid()))
+        self.me.write_text(started(os.getpid()))
 
     def _start(self) -> str | None:
         output = self.log / "start.out"  # a file, not a pipe: a daemon that keeps its parent's stdout open
@@ -313,9 +304,9 @@ class _Session:
             pass
         for sig in (15, 9):
             deadline = time.monotonic() + STOP_TIMEOUT
-            while _alive(pid) and pid in daemons() and time.monotonic() < deadline:
+            while alive(pid) and pid in daemons() and time.monotonic() < deadline:
                 time.sleep(0.1)
-            if not _alive(pid) or pid not in daemons():
+            if not alive(pid) or pid not in daemons():
                 return
             try:
                 os.kill(pid, sig)
@@ -332,21 +323,3 @@ class _Session:
             if daemon is not None:
                 self._stop(daemon)
             shutil.rmtree(self.pipe, ignore_errors=True)
-
-
-def _started(pid: int) -> str:
-    """A process's start time (clock ticks since boot, /proc/<pid>/stat field 22); "" for no such process."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return ""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return not _zombie(Path(f"/proc/{pid}"))

@@ -21,7 +21,6 @@ from model import build_model, count_parameters
 from search import schedule, space as search_space
 from search.attrs import config_attrs, rounded
 from search.errors import TrainingDiverged
-from search.guard import raise_pending
 from search.task import Task
 from search.train import train
 
@@ -39,19 +38,14 @@ class Objective:
         self.space = space
         self.seed = seed
         self.report_steps = report_steps  # steps a user wants validated besides the pruner's rungs and the end
-        self.current_trial_id: int | None = None  # the trial being run (or last run) by this process
 
     def __call__(self, trial: optuna.Trial) -> float:
-        self.current_trial_id = trial._trial_id  # run_trials fails it if an interrupt escapes Optuna's guard
+        """The trial's best validation accuracy; an interrupt is the runner's to record (search/runner.py)."""
         try:
-            raise_pending()  # a Ctrl-C / SIGTERM that came while study.ask() created this trial (search/guard.py)
             # Which machine and process ran the trial: the one to look at if it ends FAIL by heartbeat.
             trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
             return self._run(trial)
         except optuna.TrialPruned:
-            raise
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: Optuna records the trial FAIL; say why
-            trial.set_user_attr("ended", "interrupted")
             raise
         except Exception as err:  # e.g. a configuration the model refuses (an enqueued out-of-space one)
             if "ended" not in trial.user_attrs:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from search import optuna_internals as internals
 from search.errors import UserError
 
 
@@ -65,32 +66,23 @@ def pick_trial(study: optuna.Study, which: str | int | None, option: str = "TRIA
 
 
 # --- big studies: what a table needs, asked of the database itself ------------------------------------------
-# Optuna's get_trials reads every trial whole (every parameter, user attribute and intermediate value: ~40 user
-# attributes a trial here) and builds a FrozenTrial of each: at 5,000 trials, 10-80 s and 700 MB for `search
-# trials` / `studies`, which print a dozen values a trial. On an RDB storage (SQLite, PostgreSQL, MySQL) these
-# ask the tables for only those values; other storages (journal, gRPC proxy) go Optuna's way.
-
-def _rdb(study: optuna.Study):
-    """Optuna's RDBStorage under the study (its cache wraps it), or None for another storage."""
-    from optuna.storages import RDBStorage
-
-    storage = getattr(study, "_storage", None)
-    backend = getattr(storage, "_backend", storage)
-    return backend if isinstance(backend, RDBStorage) else None
-
+# Optuna's get_trials reads every trial whole (every parameter, user attribute and intermediate value) and builds
+# a FrozenTrial of each, which on a big study is slow for `search trials` / `studies`, which print a dozen values a
+# trial (BENCHMARKS.md, "Read-only commands on a study of 5,004 trials"). On an RDB storage (SQLite, PostgreSQL, MySQL) these ask the tables for
+# only those values; other storages (journal, gRPC proxy) go Optuna's way.
 
 def state_counts(study: optuna.Study) -> dict[str, int]:
     """``counts`` with one GROUP BY query on an RDB storage."""
-    rdb = _rdb(study)
+    rdb = internals.rdb_storage(study)
     if rdb is None:
         return counts(study)
     import sqlalchemy
-    from optuna.storages._rdb import models
 
+    trials = internals.rdb_models().TrialModel
     with rdb.engine.connect() as connection:
         found = dict(connection.execute(
-            sqlalchemy.select(models.TrialModel.state, sqlalchemy.func.count())
-            .where(models.TrialModel.study_id == study._study_id).group_by(models.TrialModel.state)).all())
+            sqlalchemy.select(trials.state, sqlalchemy.func.count())
+            .where(trials.study_id == internals.study_id(study)).group_by(trials.state)).all())
     return {state.name.lower(): found.get(state, 0) for state in TrialState}
 
 
@@ -100,11 +92,12 @@ def has_trials(study: optuna.Study) -> bool:
 
 def trial_by_number(study: optuna.Study, number: int) -> FrozenTrial | None:
     """Trial ``number`` alone (None if the study has none such), not every trial to pick one."""
+    storage = internals.storage_of(study)
     try:
-        trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(internals.study_id(study), number)
     except KeyError:
         return None
-    return study._storage.get_trial(trial_id)
+    return storage.get_trial(trial_id)
 
 
 class TrialFields:
@@ -130,29 +123,30 @@ def trial_fields(study: optuna.Study, states: tuple[TrialState, ...] | None, par
                  user_attrs: tuple[str, ...]) -> list:
     """Each trial (in ``states``; all for None) with only the ``params`` and ``user_attrs`` named: three queries
     on an RDB storage (trials with their value, those parameters, those attributes), FrozenTrials otherwise."""
-    rdb = _rdb(study)
+    rdb = internals.rdb_storage(study)
     if rdb is None:
         return study.get_trials(deepcopy=False, states=states)
     import json
 
     import sqlalchemy
     from optuna.distributions import json_to_distribution
-    from optuna.storages._rdb import models
 
+    models, study_id = internals.rdb_models(), internals.study_id(study)
     trial, value = models.TrialModel, models.TrialValueModel
+    started, completed = internals.trial_datetime_columns(models)
     rows: dict[int, TrialFields] = {}
     with rdb.engine.connect() as connection:
         # the datetimes' columns: naive UTC, shown in local time as Optuna's FrozenTrial does (_local)
-        query = (sqlalchemy.select(trial.trial_id, trial.number, trial.state, trial._datetime_start_utc,
-                                   trial._datetime_complete_utc, value.value, value.value_type)
+        query = (sqlalchemy.select(trial.trial_id, trial.number, trial.state, started, completed, value.value,
+                                   value.value_type)
                  .outerjoin(value, sqlalchemy.and_(value.trial_id == trial.trial_id, value.objective == 0))
-                 .where(trial.study_id == study._study_id))
+                 .where(trial.study_id == study_id))
         if states is not None:
             query = query.where(trial.state.in_(list(states)))
         for trial_id, number, state, start, complete, stored, kind in connection.execute(query):
             shown = None if stored is None and kind is None else value.stored_repr_to_value(stored, kind)
             rows[trial_id] = TrialFields(number, state, shown, _local(start), _local(complete))
-        mine = sqlalchemy.select(trial.trial_id).where(trial.study_id == study._study_id).scalar_subquery()
+        mine = sqlalchemy.select(trial.trial_id).where(trial.study_id == study_id).scalar_subquery()
         if params:
             param = models.TrialParamModel
             distributions: dict[str, object] = {}  # a few distinct JSON texts: parsed once each

@@ -20,31 +20,16 @@ the study's summary and the exact command that resumes it, and exits with 130 (S
 from __future__ import annotations
 
 import json
-import os
 import shlex
-import signal
 import time
 from dataclasses import dataclass, field
 
 from search.errors import Stopped, UserError
-from search.guard import interrupts, signal_of
+from search.logs import Progress, progress_interval
+from search.settings import EVALUATIONS_PER_TRIAL, RequestedSettings
+from search.signals import interrupts, signal_name, signal_of
 from search.storage import check_url, default_url, redact_url
-from search.study import (EVALUATIONS_PER_TRIAL, Progress, RequestedSettings, open_study,
-                          requeue_interrupted_warm_starts, stored_settings)
-
-
-def progress_interval() -> float:
-    """Seconds between the progress lines printed while a trial or a finalize trains (none for a shorter one):
-    10, or ``$SEARCH_PROGRESS_INTERVAL``."""
-    try:
-        seconds = float(os.environ.get("SEARCH_PROGRESS_INTERVAL", "10"))
-    except ValueError:
-        raise UserError(f"SEARCH_PROGRESS_INTERVAL={os.environ['SEARCH_PROGRESS_INTERVAL']!r}: not a number of "
-                        "seconds") from None
-    if not 0 < seconds <= 86_400:  # nan and inf too (bounded, as every number a user types)
-        raise UserError(f"SEARCH_PROGRESS_INTERVAL={os.environ['SEARCH_PROGRESS_INTERVAL']!r}: must be above 0 and at "
-                        "most 86,400 seconds")
-    return seconds
+from search.study import open_study, requeue_interrupted_warm_starts, stored_settings
 
 
 @dataclass
@@ -159,7 +144,8 @@ def _run_jobs(study, jobs, trials, echo, progress, mps: bool = True, total_trial
     """Run the plan: its one job here, or every job in its own process, sharing one target (with
     ``total_trials``, at most that: the study-wide cap). Returns the workers' report when some failed, else None."""
     from search.train import report_progress
-    from search.workers import run_job, run_target, run_workers, trial_count
+    from search.target import run_target, trial_count
+    from search.workers import run_job, run_workers
 
     target = None if len(jobs) == 1 and total_trials is None else run_target(study, trials)
     if total_trials is not None:
@@ -228,8 +214,7 @@ def _stopped(request: RunRequest, url: str, interrupt: KeyboardInterrupt, progre
     then ``Stopped`` (exit 128 + the signal)."""
     from search.report import counts_line
 
-    sig = signal_of(interrupt)
-    what = "Ctrl-C" if sig == signal.SIGINT else "SIGTERM"
+    sig, what = signal_of(interrupt), signal_name(interrupt)
     total = f" of {request.trials}" if request.trials else ""
     echo(f"interrupted by {what}: {progress.done}{total} trials of this run finished; any trial that was running "
          "ended FAIL (ended: interrupted)")

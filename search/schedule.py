@@ -3,12 +3,11 @@
 A full-length validation is worth running only where something reads it. In a search trial that is
 - the pruner, at its rung steps only: Hyperband (and Successive Halving) decide at ``min_resource x
   reduction_factor ** k`` steps and ignore any report in between (``SuccessiveHalvingPruner.prune`` returns
-  at once below the next rung), so the fixed grid of earlier versions (every budget/8 steps: 8 validations a
-  trial) paid for 5 of its 8 validations with nothing;
+  at once below the next rung), so a validation between rungs is paid for with nothing;
 - the sampler and the study, at the end: the trial's value;
 - a user, at the reporting steps they asked for.
-``trial_steps`` gives exactly those steps. The rungs are read from the pruner the study runs with, so they
-cannot drift from it.
+``trial_steps`` gives exactly those steps. The rungs come from the pruner the study runs with (the numbers
+that built it), so they cannot drift from it.
 
 With pruning off nothing reads the steps in between either, but a trial still evaluates at a few points
 (``CURVE_POINTS``), for what a single final number cannot show: the learning curve on the dashboard and in
@@ -16,9 +15,9 @@ With pruning off nothing reads the steps in between either, but a trial still ev
 a divergence caught at the next evaluation rather than at the end of the budget, and best-weights selection
 that has something to choose from.
 
-Our own pruners (search/pruners.py) say where they decide (``decision_steps``). A pruner whose decision points
-are not known here (a median pruner acts at every report after its warm-up; a
-wrapper such as bench/efficiency.py's deadline pruner) keeps the old grid: it gets the reports it was built on.
+A study's pruners (search/sampler.py) say where they decide (``decision_steps``). A pruner whose decision points
+are not known here (a median pruner acts at every report after its warm-up; a wrapper such as
+bench/efficiency.py's deadline pruner) keeps the grid of budget/8 steps: it gets the reports it was built on.
 
 Finalize's long runs keep a periodic evaluation (``periodic_every``): their collapse detection
 (search/train.py ``CollapseGuard``) compares evaluation to evaluation and rolls back to the last good one, so
@@ -32,9 +31,10 @@ from typing import Iterable
 
 import optuna
 
-# The grid of earlier versions: budget/8 steps between evaluations. Still the step unit of a study: the pruner's
-# first rung (``min_resource``, stored in a study's settings as ``eval_every``: studies made before keep theirs),
-# the smallest budget a trial may have, finalize's interval, and the fallback for an unknown pruner.
+from search import optuna_internals
+
+# budget/8 steps: the step unit of a study: the pruner's first rung (``min_resource``, stored in a study's settings
+# as ``eval_every``), the smallest budget a trial may have, finalize's interval, and the grid of an unknown pruner.
 GRID = 8
 CURVE_POINTS = 4  # evaluations of a trial that no pruner reads (budget/4, budget/2, 3 budget/4, budget)
 FINALIZE_MAX_EVERY = 2000  # finalize's longest interval between evaluations (collapse detection needs them)
@@ -62,7 +62,8 @@ def periodic_every(steps: int) -> int:
     return min(FINALIZE_MAX_EVERY, max(1, steps // GRID))
 
 
-def _rungs(first: int, factor: int, rate: int, budget: int) -> list[int]:
+def halving_rungs(first: int, factor: int, rate: int, budget: int) -> list[int]:
+    """Successive Halving's rungs up to ``budget``: ``first x factor ** (rate + k)`` for k = 0, 1, ..."""
     steps, k = [], 0
     while (step := first * factor ** (rate + k)) <= budget:
         steps.append(step)
@@ -75,19 +76,23 @@ def rung_steps(pruner: optuna.pruners.BasePruner | None, budget: int) -> list[in
     or NopPruner), None for one whose decision points are not known here."""
     if pruner is None or isinstance(pruner, optuna.pruners.NopPruner):
         return []
-    if hasattr(pruner, "decision_steps"):  # one of ours that says where it decides (search/pruners.py)
+    if hasattr(pruner, "decision_steps"):  # a study's pruner (search/sampler.py): from the numbers that built it
         return [s for s in pruner.decision_steps(budget) if s <= budget]
-    if isinstance(pruner, optuna.pruners.HyperbandPruner):
-        first, factor = pruner._min_resource, pruner._reduction_factor
-        top = budget if pruner._max_resource == "auto" else pruner._max_resource
-        # Optuna's own count (HyperbandPruner._try_initialization); bracket b's rungs start at rate b
-        brackets = pruner._n_brackets or math.floor(math.log(top / first, factor)) + 1
-        return sorted({s for b in range(brackets) for s in _rungs(first, factor, b, budget)})
-    if isinstance(pruner, optuna.pruners.SuccessiveHalvingPruner):
-        if pruner._min_resource is None:  # 'auto': estimated later from finished trials
-            return None
-        return _rungs(pruner._min_resource, pruner._reduction_factor, pruner._min_early_stopping_rate, budget)
-    return None
+    # Optuna's own Hyperband or Successive Halving made elsewhere (a test, a benchmark): only its fields say
+    numbers = optuna_internals.halving_numbers(pruner)
+    if numbers is None:
+        return None
+    first, factor, rate, top, brackets = numbers
+    if brackets is None:  # Successive Halving: one bracket, from its early-stopping rate
+        return halving_rungs(first, factor, rate, budget)
+    return hyperband_rungs(first, budget if top == "auto" else top, factor, budget, brackets)
+
+
+def hyperband_rungs(first: int, top: int, factor: int, budget: int, brackets: int | None = None) -> list[int]:
+    """Hyperband's rungs (resources ``first`` to ``top``) for a trial of ``budget`` steps: bracket b's rungs
+    start at ``first x factor ** b``; without ``brackets``, Optuna's count (floor of log(top/first), plus one)."""
+    brackets = brackets or math.floor(math.log(top / first, factor)) + 1
+    return sorted({s for b in range(brackets) for s in halving_rungs(first, factor, b, budget)})
 
 
 def trial_steps(budget: int, pruner: optuna.pruners.BasePruner | None = None,

@@ -33,7 +33,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import random
-import re
 import time
 import warnings
 from pathlib import Path
@@ -43,40 +42,15 @@ import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 
+from search import sqlite
 from search.errors import NoStudyStorage, UserError
+from search.heartbeat import MAX_RETRY, heartbeat_settings
+from search.redaction import redact, redact_url
 
-HEARTBEAT_INTERVAL = 10  # seconds between a running trial's heartbeats
-GRACE_PERIOD = 30  # seconds without a heartbeat before a trial counts as dead
-MAX_RETRY = 3  # times a dead trial's parameters are run again
-# Overrides (whole seconds), e.g. for tests: SEARCH_HEARTBEAT_INTERVAL=1 SEARCH_GRACE_PERIOD=3.
-# Worker processes inherit them from the environment.
-HEARTBEAT_ENV, GRACE_ENV = "SEARCH_HEARTBEAT_INTERVAL", "SEARCH_GRACE_PERIOD"
 CONNECT_TIMEOUT = 10  # seconds to reach a database server before giving up
-SQLITE_BUSY_TIMEOUT = 120  # seconds a SQLite writer waits for another process's lock
 STORAGE_ENV = "SEARCH_STORAGE"  # the storage URL of commands given no --storage
 DB_EXTRA = 'pip install -e ".[db]"'  # installs every driver below (psycopg 3, pymysql, grpcio)
 PROXY_PORT = 13000  # Optuna's default port for run_grpc_proxy_server and GrpcStorageProxy
-
-
-def _seconds_from_env(name: str, default: int) -> int:
-    text = os.environ.get(name, "").strip()
-    if not text:
-        return default
-    # bounded above too, as every number a user types (search/commands/base.py Bounded): a day
-    if not (text.isascii() and text.isdigit()) or not 0 < int(text) <= 86_400:
-        raise UserError(f"{name}={text}: expected a whole number of seconds from 1 to 86,400")
-    return int(text)
-
-
-def heartbeat_settings() -> tuple[int, int]:
-    """(heartbeat interval, grace period) in seconds: the defaults or the environment's overrides."""
-    interval = _seconds_from_env(HEARTBEAT_ENV, HEARTBEAT_INTERVAL)
-    grace = _seconds_from_env(GRACE_ENV, max(GRACE_PERIOD, 3 * interval) if HEARTBEAT_ENV in os.environ
-                              else GRACE_PERIOD)
-    if grace <= interval:
-        raise UserError(f"{GRACE_ENV}={grace}: the grace period must be longer than the heartbeat interval "
-                        f"({interval} s), or live trials would be taken for dead ones")
-    return interval, grace
 
 
 STUDY_NAME_MAX = 100  # characters; Optuna's column holds 512, but a name also names files under studies/
@@ -179,158 +153,6 @@ def grpc_address(url: str) -> tuple[str, int]:
     return host, port
 
 
-# Query-string keys that carry a password (libpq's ``password``, ``sslpassword``; others' ``passwd``, ``pwd``).
-_SECRET_KEYS = re.compile(r"(?i)^(password|passwd|pwd|sslpassword|pass|secret|token|api_key)$")
-# A URL inside free text (a driver's message, a traceback). It stops at quotes and whitespace, so it cannot
-# see where a password holding them ends: such a password is hidden by ``scrub`` (it was registered when its
-# storage URL was first seen, by ``redact_url``), not found by this.
-_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>]*")
-# The password as typed in a URL, read as SQLAlchemy's make_url reads it: the user name has no ':' or '/',
-# the password runs to the first '@'.
-_TYPED_PASSWORD = re.compile(r"^[\w+.\-]+://[^:/]*:([^@]*)@", re.DOTALL)
-_SECRETS: set[str] = set()  # every password seen in a URL by this process: scrubbed from any message
-# Shorter passwords are hidden where a URL is parsed, but not replaced in free text: replacing every "pw"
-# would mangle every message. (Four characters is also where ``scrub`` is sure to end: "***" is shorter.)
-SCRUB_MIN = 4
-_HIDDEN = "***"
-
-
-def _remember(secret: str | None) -> None:
-    """Register ``secret`` and every form in which it may be printed: as typed, URL-decoded, URL-encoded
-    (fully, as a form, as SQLAlchemy renders it), and escaped by ``repr`` and JSON (a traceback, a log)."""
-    if not secret:
-        return
-    import json
-    from urllib.parse import quote, quote_plus, unquote
-
-    forms = set()
-    for text in {secret, unquote(secret)}:
-        forms |= {text, quote(text, safe=""), quote(text, safe=" +"), quote_plus(text), repr(text)[1:-1],
-                  json.dumps(text)[1:-1], json.dumps(text, ensure_ascii=False)[1:-1]}
-    _SECRETS.update(f for f in forms if len(f) >= SCRUB_MIN)
-
-
-def redact_url(url: str) -> str:
-    """A storage URL as messages and logs show it: its password (the user-info's, and password-like query
-    parameters) replaced by ``***``, and registered (``_remember``) so that no later message shows it in any
-    form. A URL without a password comes back exactly as given.
-
-    The URL is parsed as SQLAlchemy parses it (``make_url``), so quotes, spaces, '<', '>', '?' or '&' in a
-    password are part of it. A password with an unescaped ``@`` (which make_url reads as part of the host)
-    is hidden whole, up to the last ``@`` of the host. A URL make_url cannot parse (a port that is not a
-    number) is cut by hand: the user-info ends at the last ``@``.
-    """
-    url = str(url)
-    typed = _TYPED_PASSWORD.match(url)
-    if typed:
-        _remember(typed.group(1))
-    try:
-        parsed = sqlalchemy.engine.make_url(url)
-        parsed.port  # noqa: B018 - an unparsable port raises here, not in make_url
-    except (sqlalchemy.exc.ArgumentError, ValueError, TypeError):
-        return scrub(_redact_unparsed(url))
-    if parsed.host and "@" in parsed.host:  # a password with an unescaped '@': all of it up to the host
-        hidden, _, host = parsed.host.rpartition("@")
-        _remember(f"{parsed.password or ''}@{hidden}")
-        _remember(hidden)  # what a driver would take for the host name
-        parsed = parsed.set(host=host, password=parsed.password or _HIDDEN)
-    _remember(parsed.password)
-    secret_keys = [key for key in parsed.query if _SECRET_KEYS.match(key)]
-    for key in secret_keys:
-        values = parsed.query[key]
-        for value in (values,) if isinstance(values, str) else values:
-            _remember(value)
-    if not parsed.password and not secret_keys and not (typed and typed.group(1)):
-        return scrub(url)
-    if secret_keys:
-        parsed = parsed.update_query_dict({key: _HIDDEN for key in secret_keys})
-    return scrub(parsed.render_as_string(hide_password=True).replace("%2A%2A%2A", _HIDDEN))
-
-
-def _redact_unparsed(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    at = rest.rfind("@")
-    user, colon, password = rest[:max(at, 0)].partition(":")
-    if at >= 0 and colon and "/" not in user:
-        _remember(password)
-        rest = f"{user}:{_HIDDEN}@{rest[at + 1:]}"
-    return _hide_query(f"{scheme}://{rest}")
-
-
-def _hide_query(url: str) -> str:
-    """``url`` with the values of password-like query parameters (after the user-info) hidden, as written."""
-    start = url.rfind("@") + 1  # the query is after the user-info, whose password may hold a '?'
-    head, qmark, query = url[start:].partition("?")
-    head = url[:start] + head
-    if not qmark:
-        return url
-    items = []
-    for item in query.split("&"):
-        key, eq, value = item.partition("=")
-        if eq and _SECRET_KEYS.match(key):
-            _remember(value)
-            item = f"{key}={_HIDDEN}"
-        items.append(item)
-    return f"{head}?{'&'.join(items)}"
-
-
-def _redact_found(url: str) -> str:
-    """A URL found in free text, its passwords hidden where they are written: not re-rendered, since the text
-    around it may have run into it (a trailing ':' or ')' would be read as part of the database name)."""
-    redact_url(url)  # registers its passwords, in every form
-    url = scrub(url)
-    typed = _TYPED_PASSWORD.match(url)
-    if typed and typed.group(1) and typed.group(1) != _HIDDEN:  # one too short for scrub to replace
-        url = url[:typed.start(1)] + _HIDDEN + url[typed.end(1):]
-    return _hide_query(url)
-
-
-def redact(text: str) -> str:
-    """``text`` (a message that may hold URLs) with every password hidden, for messages and logs: URLs found
-    in it (``_redact_found``), and every password registered earlier in this process (``scrub``), in any
-    form, wherever it appears (a driver echoing it, a password with quotes or spaces the URL finder cannot
-    delimit). For a storage URL itself, ``redact_url``."""
-    text = _URL_IN_TEXT.sub(lambda m: _redact_found(m.group(0)), str(text))
-    return scrub(text)
-
-
-def scrub(text: str) -> str:
-    """``text`` with every password this process has seen in a storage URL replaced by ``***``.
-
-    Replaced until none is left: a ``***`` put in can complete another password ("*@12" in ":***@127"); it
-    ends, since every registered form is longer than ``***``."""
-    secrets = sorted(_SECRETS, key=len, reverse=True)
-    for _ in range(100):
-        found = [s for s in secrets if s in text]
-        if not found:
-            break
-        for secret in found:
-            text = text.replace(secret, _HIDDEN)
-    return text
-
-
-def _sqlite_pragmas(dbapi_connection, _record) -> None:
-    dbapi_connection.isolation_level = None  # the driver's own implicit BEGIN off: _sqlite_begin decides
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")  # readers don't block the writer
-    cursor.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; fewer fsyncs per write
-    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT * 1000}")
-    cursor.close()
-
-
-def _sqlite_begin(connection) -> None:
-    """Every transaction takes SQLite's write lock up front (waiting up to the busy timeout for it).
-
-    SQLite ignores ``SELECT ... FOR UPDATE``, so without this two workers can both read a WAITING trial
-    and both start it; and a deferred transaction that reads, then writes after another process
-    committed fails at once with "database is locked" whatever the busy timeout. Serialising the
-    (short) transactions of a study's workers costs nothing next to a trial's training time.
-    """
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-
 def _installed(module: str) -> bool:
     try:
         return importlib.util.find_spec(module) is not None
@@ -393,9 +215,9 @@ def _journal_problem(path: Path, err: Exception) -> str:
     """The first line of a journal file that Optuna cannot replay, and why (for the message of a damaged file)."""
     import json
 
-    from optuna.storages.journal._storage import JournalOperation
+    from search.optuna_internals import journal_op_codes
 
-    known = {op.value for op in JournalOperation}
+    known = journal_op_codes()
     try:
         with open(path, "rb") as f:
             for number, raw in enumerate(f, 1):
@@ -433,42 +255,12 @@ def open_storage(url: str, heartbeat_interval: int | None = -1, grace_period: in
         heartbeat_interval = None
     check_url(url)
     if is_journal(url):
-        path = journal_path(url)  # absolute: journal:///tmp/j.log is /tmp/j.log, journal://j.log ./j.log
-        if not create and not path.is_file():
-            raise UserError(f"{option_text(url)}: no such file {path}")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            return JournalStorage(JournalFileBackend(str(path)))  # reads (replays) the whole file
-        except OSError as err:
-            raise UserError(f"{option_text(url)}: cannot open the journal file ({err.strerror})") from None
-        except (UnicodeDecodeError, ValueError, AssertionError, KeyError, TypeError, AttributeError) as err:
-            # A damaged file (bytes that are not UTF-8, a line of another program, an operation Optuna does not
-            # know) fails deep inside Optuna's replay with UnicodeDecodeError or "AssertionError: Should not
-            # reach.": say which file and which line instead.
-            raise UserError(f"{option_text(url)}: the journal file {path} is damaged ({_journal_problem(path, err)}); "
-                            "Optuna cannot read it: restore it from a copy, or remove the damaged lines") from None
+        return _journal_storage(url, create)
     if is_grpc(url):
         return _grpc_storage(url)
     parsed = sqlalchemy.engine.make_url(url)
     backend = parsed.get_backend_name()
-    engine_kwargs: dict = {}
-    if backend == "sqlite":
-        database = parsed.database
-        if not create and database and not Path(database).is_file():
-            raise UserError(f"{option_text(url)}: no such file {database}")
-        if database and database != ":memory:":
-            try:
-                Path(database).parent.mkdir(parents=True, exist_ok=True)
-            except OSError as err:
-                raise UserError(f"{option_text(url)}: cannot create {Path(database).parent} ({err.strerror})") from None
-        if read_only:
-            engine_kwargs["creator"] = _sqlite_read_only(Path(database))
-        else:
-            engine_kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT}
-    elif backend in ("postgresql", "mysql", "mariadb"):
-        parsed = _with_installed_driver(parsed)
-        engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
-        engine_kwargs["pool_pre_ping"] = True  # a connection the server dropped is replaced, not an error
+    parsed, engine_kwargs = _engine_settings(url, parsed, create, read_only)
     if heartbeat_interval == -1 or grace_period == -1:
         default_interval, default_grace = heartbeat_settings()
         heartbeat_interval = default_interval if heartbeat_interval == -1 else heartbeat_interval
@@ -492,6 +284,37 @@ def open_storage(url: str, heartbeat_interval: int | None = -1, grace_period: in
             reason = (reason.splitlines() or [type(err).__name__])[0]
             raise UserError(f"{option_text(url)}: cannot open the storage ({redact(reason)[:200]})") from None
     raise AssertionError("unreachable")
+
+
+def _journal_storage(url: str, create: bool) -> JournalStorage:
+    path = journal_path(url)  # absolute: journal:///tmp/j.log is /tmp/j.log, journal://j.log ./j.log
+    if not create and not path.is_file():
+        raise UserError(f"{option_text(url)}: no such file {path}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))  # reads (replays) the whole file
+    except OSError as err:
+        raise UserError(f"{option_text(url)}: cannot open the journal file ({err.strerror})") from None
+    except (UnicodeDecodeError, ValueError, AssertionError, KeyError, TypeError, AttributeError) as err:
+        # A damaged file (bytes that are not UTF-8, a line of another program, an operation Optuna does not
+        # know) fails deep inside Optuna's replay with UnicodeDecodeError or "AssertionError: Should not
+        # reach.": say which file and which line instead.
+        raise UserError(f"{option_text(url)}: the journal file {path} is damaged ({_journal_problem(path, err)}); "
+                        "Optuna cannot read it: restore it from a copy, or remove the damaged lines") from None
+
+
+def _engine_settings(url: str, parsed: sqlalchemy.engine.URL, create: bool,
+                     read_only: bool) -> tuple[sqlalchemy.engine.URL, dict]:
+    """(the URL with an installed driver, SQLAlchemy's engine arguments) for an RDB storage."""
+    backend = parsed.get_backend_name()
+    engine_kwargs: dict = {}
+    if backend == "sqlite":
+        engine_kwargs = sqlite.engine_kwargs(parsed.database, option_text(url), create, read_only)
+    elif backend in ("postgresql", "mysql", "mariadb"):
+        parsed = _with_installed_driver(parsed)
+        engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
+        engine_kwargs["pool_pre_ping"] = True  # a connection the server dropped is replaced, not an error
+    return parsed, engine_kwargs
 
 
 def require_grpc(url: str) -> None:
@@ -542,34 +365,6 @@ def _has_optuna_tables(parsed, engine_kwargs: dict) -> bool:
         engine.dispose()
 
 
-def _sqlite_read_only(path: Path):
-    """A connection factory that opens the SQLite file read-only (a URI: ``mode=ro``), for commands that write
-    nothing: the file is not switched to WAL and no write lock is taken.
-
-    Where the file or its folder is read-only (no write permission bit, or not writable by this user: chattr +i
-    too) and no -wal file holds commits beside it, with ``immutable=1``: SQLite then reads the file as it is,
-    without the -wal and -shm files it cannot create there (a WAL file read with ``mode=ro`` needs them).
-    Nobody can be writing a read-only file, which is what ``immutable`` assumes. Permission bits are asked
-    too, not only access(2): root may write anything. With commits in a -wal file (a writer has it open, or
-    was killed), ``immutable`` would not read them: ``mode=ro`` then, which reads them.
-    """
-    import sqlite3
-
-    absolute = path.resolve()
-
-    def writable(p: Path) -> bool:
-        try:
-            return bool(p.stat().st_mode & 0o222) and os.access(p, os.W_OK)
-        except OSError:
-            return False
-
-    wal = absolute.with_name(absolute.name + "-wal")
-    pending = wal.is_file() and wal.stat().st_size > 0
-    immutable = not pending and not (writable(absolute) and writable(absolute.parent))
-    uri = absolute.as_uri() + ("?immutable=1" if immutable else "?mode=ro")
-    return lambda: sqlite3.connect(uri, uri=True, timeout=SQLITE_BUSY_TIMEOUT, check_same_thread=False)
-
-
 def _rdb_storage(parsed, backend: str, engine_kwargs: dict, heartbeat_interval, grace_period,
                  create: bool = True, read_only: bool = False) -> RDBStorage:
     with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5: used knowingly, tested
@@ -580,8 +375,8 @@ def _rdb_storage(parsed, backend: str, engine_kwargs: dict, heartbeat_interval, 
                              grace_period=grace_period if heartbeat_interval else None,
                              heartbeat_stale_trial_callback=retry, skip_table_creation=not create)
     if backend == "sqlite" and not read_only:
-        sqlalchemy.event.listen(storage.engine, "connect", _sqlite_pragmas)
-        sqlalchemy.event.listen(storage.engine, "begin", _sqlite_begin)
+        sqlalchemy.event.listen(storage.engine, "connect", sqlite.pragmas)
+        sqlalchemy.event.listen(storage.engine, "begin", sqlite.begin_immediate)
         storage.engine.dispose()  # the connection opened while creating the tables predates the listeners
         with storage.engine.connect() as connection:  # WAL is a property of the file: set it now
             connection.exec_driver_sql("SELECT 1")

@@ -3,8 +3,8 @@
 The parent creates (or resumes) the study first, so the warm-start trials are enqueued once and the
 data's feature-bank cache is built once; then it starts N processes with the ``spawn`` start method.
 Each worker loads the task itself, opens the storage itself (its own connections, its own heartbeat
-thread), opens the study with its own sampler (seeded per trial number: search.study.TrialSeededTPESampler) and takes trials
-from one study-wide count until the run's ``--trials`` are all taken (``SharedTarget``): a fast worker
+thread), opens the study with its own sampler (seeded per trial number: search/sampler.py TrialSeededTPESampler) and takes trials
+from one study-wide count until the run's ``--trials`` are all taken (search/target.py ``SharedTarget``): a fast worker
 takes more, and the trials a dead worker would have run are run by the others. Workers on other
 machines are the same thing started by hand: ``search run --storage postgresql://... --study NAME`` on
 each machine. A run without workers is the plan's one-job case: ``run_job`` in the run's own process.
@@ -25,172 +25,27 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.connection
 import os
-import datetime
 import signal
 import sys
-import tempfile
 import time
-import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 import optuna
-from optuna.trial import TrialState
 
+from search import optuna_internals as internals
 from search.errors import UserError
+from search.logs import Progress
+from search.runner import run_trials
+from search.settings import StudySettings
 from search.storage import redact
-from search.study import Progress, StudySettings, TargetReached, open_study, run_trials
+from search.study import open_study
+from search.target import SharedTarget, study_lock_path
 
 if TYPE_CHECKING:
     import torch
 
 STOP_GRACE = 30  # seconds workers get to finish the trial they are in after an interrupt, before SIGKILL
-
-
-# Which trials count towards a run's target (``run_target``, ``SharedTarget``):
-# - COMPLETE, PRUNED and FAIL: a trial of the run that ended, whatever its result. A trial that fails (a
-#   diverging configuration, out of memory) is one of the N trials; it is not run again.
-# - RUNNING: a trial a worker is running now. Counting it is what keeps K workers from all starting one
-#   more trial at the end (the count is checked, and the trial asked for, under one lock).
-# - not WAITING: a queued trial (warm start, enqueued by hand, a retry) has not run yet; the workers run
-#   it as one of the N when they pop it.
-# - not a FAIL that the heartbeat re-queued: a killed worker's trial is failed after the grace period
-#   and its parameters re-queued as a new WAITING trial (RetryHeartbeatStaleTrialCallback, which lists
-#   the failed numbers in the retry's ``retry_history``); the retry takes its place in the count once a
-#   worker runs it, so the killed attempt does not use up one of the N (no undershoot) and the retry is
-#   not one too many (no overshoot). After the last retry (storage.MAX_RETRY) nothing is re-queued, and
-#   the last FAIL counts.
-COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
-WAIT_POLL = 1.0  # seconds between looks at the study while the target is reached but trials still run
-
-
-def trial_count(study: optuna.Study) -> tuple[int, int]:
-    """(trials that count towards a run's target, how many of them are RUNNING): see COUNTED_STATES."""
-    trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
-    counted = [t for t in trials if t.state in COUNTED_STATES and t.number not in retried]
-    return len(counted), sum(t.state == TrialState.RUNNING for t in counted)
-
-
-def _fail_stale_trials(study: optuna.Study) -> None:
-    """Fail (and re-queue) the trials of dead workers whose grace period has passed (RDB storages)."""
-    with warnings.catch_warnings():  # "experimental" in Optuna 5, used knowingly (as study.optimize does)
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
-        _fail_unbeating_trials(study)
-
-
-def _fail_unbeating_trials(study: optuna.Study) -> None:
-    """Optuna's fail_stale_trials skips a RUNNING trial with no heartbeat at all: a worker killed between
-    asking for the trial and its first heartbeat leaves it RUNNING forever, and a run waiting for its
-    re-queued copy would wait forever. Such a trial that started more than the grace period ago is
-    failed and re-queued here the same way. (A trial asked for by hand, without heartbeats, and running
-    longer than the grace period, would be failed too.)"""
-    from optuna.storages._heartbeat import is_heartbeat_enabled
-
-    storage = getattr(study._storage, "_backend", study._storage)  # inside Optuna's cache wrapper
-    if not isinstance(storage, optuna.storages.RDBStorage) or not is_heartbeat_enabled(storage):
-        return
-    from optuna.storages._rdb import models
-
-    grace = storage.grace_period or 2 * storage.heartbeat_interval
-    old = datetime.datetime.now() - datetime.timedelta(seconds=grace)
-    running = [t for t in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,))
-               if t.datetime_start is not None and t.datetime_start < old]
-    if not running:
-        return
-    session = storage.scoped_session()
-    try:
-        beating = {trial_id for (trial_id,) in session.query(models.TrialHeartbeatModel.trial_id)
-                   .filter(models.TrialHeartbeatModel.trial_id.in_([t._trial_id for t in running]))}
-    finally:
-        session.close()
-    callback = storage.get_heartbeat_stale_trial_callback()
-    for trial in running:
-        if trial._trial_id in beating:
-            continue
-        try:
-            if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
-                continue
-        except optuna.exceptions.UpdateFinishedTrialError:  # another worker failed (or finished) it first
-            continue
-        if callback is not None:
-            callback(study, storage.get_trial(trial._trial_id))
-
-
-def run_target(study: optuna.Study, trials: int | None) -> int | None:
-    """The count (``trial_count``) at which the study holds this run's ``trials`` new trials: the count
-    now plus ``trials``. Dead workers' trials past their grace period are failed and re-queued first, so
-    that they don't drop out of the count during the run. None: no target (``--timeout`` alone)."""
-    if trials is None:
-        return None
-    _fail_stale_trials(study)
-    return trial_count(study)[0] + trials
-
-
-class SharedTarget:
-    """Run by a worker before each trial, around ``study.ask``: take a trial while the study's count
-    (``trial_count``) is below ``target``, else raise TargetReached (the worker's study.optimize ends).
-
-    Checking the count and asking for the trial happen under one file lock (``study_lock_path``) shared by the
-    workers of every run on this machine and study, so two of them cannot both take the last trial. When the target is reached while trials are still
-    RUNNING (and the storage has heartbeats), the worker waits instead of leaving: one of them may be a
-    dead worker's trial, which the grace period fails and re-queues, and then someone must run it.
-    Without heartbeats (journal storage) a dead worker's trial would count as running forever: it leaves.
-    """
-
-    def __init__(self, target: int | None, lock_path: str | None = None, timeout: float | None = None) -> None:
-        self.target, self.lock_path = target, lock_path
-        self.deadline = None if timeout is None else time.monotonic() + timeout
-
-    @contextmanager
-    def _locked(self):
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: no lock (the last trials may overshoot by up to K - 1)
-            fcntl = None
-        if self.lock_path is None or fcntl is None:
-            yield
-            return
-        with open(self.lock_path, "a") as handle:  # the kernel releases it if this process is killed
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
-    def __call__(self, study: optuna.Study, ask: Callable[[], optuna.Trial]) -> optuna.Trial:
-        from optuna.storages._heartbeat import is_heartbeat_enabled
-
-        if self.target is None:
-            return ask()
-        first = True
-        while True:
-            if not first:  # study.optimize did it just before the first look
-                _fail_stale_trials(study)
-            first = False
-            with self._locked():
-                count, running = trial_count(study)
-                if count < self.target:
-                    return ask()
-            if not running or not is_heartbeat_enabled(study._storage):
-                raise TargetReached
-            if self.deadline is not None and time.monotonic() >= self.deadline:
-                raise TargetReached
-            time.sleep(WAIT_POLL)
-
-
-def study_lock_path(url: str, study_name: str) -> str:
-    """A lock file for "count, then ask" (``SharedTarget``) shared by the workers of every ``search run`` on this
-    machine on the same study: their trials are taken one at a time, so they stop at their target (or the
-    ``--total-trials`` cap) exactly. It stays in the temp folder: removing a lock file that another process may be
-    about to open would let two processes hold "the" lock at once.
-    Runs on other machines do not share it: each may overshoot the cap by one trial at the very end."""
-    import hashlib
-
-    key = hashlib.sha256(f"{url}\0{study_name}".encode()).hexdigest()[:16]
-    return os.path.join(tempfile.gettempdir(), f"search-study-{key}.lock")
 
 
 def worker_devices(gpus: str | None, workers_per_gpu: int, workers: int, device: str | torch.device,
@@ -255,7 +110,7 @@ class WorkerJob:
     index: int
     study_name: str
     url: str
-    settings: StudySettings  # the study's (search.study.RequestedSettings.resolve)
+    settings: StudySettings  # the study's (search/settings.py RequestedSettings.resolve)
     device: str
     target: int | None = None  # take trials until the study's count reaches this (run_target); None: no target
     n_trials: int | None = None  # or run this many trials (None: until the timeout, or the target)
@@ -360,7 +215,7 @@ def _worker_main(job: WorkerJob, conn, cpu_threads: int) -> None:
     import torch
 
     from data.errors import DataError
-    from search.guard import interrupt_once
+    from search.signals import interrupt_once
     from search.logs import attach_log_file, log_path, optuna_console_one_line
 
     # The first SIGINT (a terminal's Ctrl-C reaches every worker) or SIGTERM (the parent stopping the workers,
@@ -376,9 +231,9 @@ def _worker_main(job: WorkerJob, conn, cpu_threads: int) -> None:
         torch.set_num_threads(cpu_threads)
 
     def on_trial(_study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        _send(conn, ("trial", trial._trial_id))
+        _send(conn, ("trial", internals.trial_id(trial)))
 
-    from search.run import progress_interval
+    from search.logs import progress_interval
     from search.train import report_progress
 
     code = 0
@@ -411,9 +266,7 @@ def run_workers(study: optuna.Study, jobs: list[WorkerJob], echo: Callable[[str]
     ``study`` is the parent's handle on the same study (for the progress lines). With ``fail_fast``
     jobs, the first worker that stops on a failed trial makes the parent stop the others.
     """
-    from optuna.storages._heartbeat import is_heartbeat_enabled
-
-    if not is_heartbeat_enabled(study._storage):
+    if not internals.heartbeat_enabled(internals.storage_of(study)):
         echo("note: this storage has no heartbeats (journal): a trial of a worker that is killed stays RUNNING; "
              "use sqlite://, postgresql:// or mysql+pymysql:// where workers may be killed")
     context = multiprocessing.get_context("spawn")
@@ -441,7 +294,7 @@ def run_workers(study: optuna.Study, jobs: list[WorkerJob], echo: Callable[[str]
                     continue
                 if kind == "trial":
                     outcomes[index].finished += 1
-                    progress(study, study._storage.get_trial(payload), worker=index)
+                    progress(study, internals.storage_of(study).get_trial(payload), worker=index)
                 elif kind == "step":  # a line while the worker's trial trains (search/train.py report_progress)
                     progress.in_trial(payload, worker=index)
                 elif kind == "error":

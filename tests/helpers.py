@@ -90,7 +90,7 @@ def delete_study(url: str, study: str) -> None:
 
 def settings_for(data: Path, budget: int = 8, pruning: bool = True):
     """The settings ``search run --budget BUDGET --device cpu --seed 0`` gives a new study on ``data``."""
-    from search.study import RequestedSettings
+    from search.settings import RequestedSettings
 
     requested = RequestedSettings(budget=budget, data=str(Path(data).resolve()), seed=0, profile="cpu",
                                   pruning=pruning)

@@ -27,7 +27,9 @@ from optuna.trial import TrialState
 
 from search.cli import main
 from search.storage import open_storage
-from search.study import StudySettings, open_study, run_trials
+from search.runner import run_trials
+from search.settings import StudySettings
+from search.study import open_study
 from search.task import load_task
 from tests.helpers import (SAMPLE, invoke, kill_once_written, new_study, one_error_line, reachable,
                            signal_while_running, wait_running)
@@ -507,7 +509,7 @@ class _SigtermWhileAsking(optuna.samplers.RandomSampler):
 
 
 def test_a_signal_while_a_trial_is_being_created_fails_that_trial(tiny_dataset, workdir):
-    from search.guard import interrupt_once
+    from search.signals import interrupt_once
     from search.errors import Terminated
 
     study = make_study(tiny_dataset)

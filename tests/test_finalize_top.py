@@ -24,7 +24,8 @@ from optuna.trial import TrialState
 
 from model import ModelConfig, build_model
 from search.storage import open_storage
-from search.study import StudySettings, run_trials
+from search.runner import run_trials
+from search.settings import StudySettings
 from search.task import load_task
 from search.train import predict_proba
 from tests.helpers import SAMPLE, delete_study, invoke, kill_once_written, new_study, one_error_line

@@ -9,7 +9,10 @@ from optuna.trial import TrialState
 
 from search import schedule
 from search.space import KNOWN_CONFIGS
-from search.study import StudySettings, make_pruner, open_study, run_trials
+from search.runner import run_trials
+from search.sampler import make_pruner
+from search.settings import StudySettings
+from search.study import open_study
 from search.task import load_task
 
 
@@ -70,7 +73,7 @@ def _report_until_pruned(trial: optuna.Trial, steps, quality: float, budget: int
 @pytest.mark.parametrize("budget", [400, 200, 64, 63, 18, 9, 8])
 def test_a_cpu_studys_trial_validates_at_its_two_decisions_and_its_end(budget):
     """A CPU study's pruner decides at budget/8 (one Hyperband bracket, whatever the rounding of budget/8) and takes
-    a second look at three times that (search/pruners.py): a trial validates there and at the end."""
+    a second look at three times that (search/sampler.py): a trial validates there and at the end."""
     first = schedule.min_resource(budget)
     assert schedule.trial_steps(budget, _pruner(budget, "cpu")) == [first, 3 * first, budget]
 

@@ -85,7 +85,7 @@ PASSWORDS = st.text(st.one_of(URL_SYNTAX, st.sampled_from(string.printable[:95])
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(drawn=PASSWORDS, encoded=st.booleans())
 def test_no_password_is_ever_shown_or_written(drawn, encoded, tiny_dataset, tmp_path_factory, capfd):
-    from search import storage
+    from search import redaction
 
     # Between two markers, so that a leak is told from the same characters occurring by chance: a password
     # "0000" is also in a log line's timestamp or process id, and a search for it there finds no leak.
@@ -94,7 +94,7 @@ def test_no_password_is_ever_shown_or_written(drawn, encoded, tiny_dataset, tmp_
     # Each command is a process of its own in real use, which knows only the passwords of its own URLs: start
     # each example without those of the examples before (they would be hidden in this example's output too,
     # which no user's process does, and could hide a leak of this one's that overlaps them).
-    storage._SECRETS.clear()
+    redaction._SECRETS.clear()
     typed = quote(password, safe="") if encoded else password
     url = f"postgresql://postgres:{typed}@127.0.0.1:1/test"
     folder = tmp_path_factory.mktemp("secret")

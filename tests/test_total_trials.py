@@ -25,7 +25,7 @@ def search_run(folder: Path, data: Path, *extra: str, study: str = "cap", **env_
 
 
 def test_two_processes_stop_together_at_the_studys_total(micro_dataset, workdir):
-    from search.workers import trial_count
+    from search.target import trial_count
 
     processes = [search_run(workdir, micro_dataset, "--total-trials", "4") for _ in range(2)]
     outputs = [p.communicate(timeout=540)[0] for p in processes]
@@ -60,7 +60,7 @@ def test_two_machines_on_postgresql_overshoot_the_total_by_at_most_one(postgres,
     machines have): on one PostgreSQL study each may take the last trial at once, so the study holds the cap or one
     trial more (machines - 1), never each run's own share of it."""
     from search.storage import open_storage
-    from search.workers import trial_count
+    from search.target import trial_count
 
     study = f"cap-{uuid.uuid4().hex[:10]}"
     temps = [tmp_path / f"machine{i}" for i in range(2)]

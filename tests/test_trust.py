@@ -23,7 +23,8 @@ def trained_study(dataset_copy, workdir) -> optuna.Study:
     """Study ``t`` in studies/t.db on a private copy of the tiny dataset, one complete sample-code trial."""
     import torch
 
-    from search.study import StudySettings, run_trials
+    from search.runner import run_trials
+    from search.settings import StudySettings
     from search.task import load_task
 
     study = new_study(dataset_copy, "sqlite:///studies/t.db", "t")

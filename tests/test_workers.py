@@ -22,12 +22,13 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
 
+from search.settings import StudySettings
 from search.storage import open_storage
-from search.study import StudySettings
-from search.workers import run_target, trial_count
-from tests.helpers import MARIADB, POSTGRES, SAMPLE, invoke, new_study, reachable
+from search.target import run_target, trial_count
+from tests.helpers import MARIADB, POSTGRES, SAMPLE, delete_study, invoke, new_study, reachable
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -168,10 +169,10 @@ def test_journal_storage_with_two_workers(micro_dataset, workdir):
 def _brackets(url: str, name: str, budget: int) -> tuple:
     """In a fresh process: the pruner a worker builds, initialised on the study as that process sees it."""
     study = optuna.load_study(study_name=name, storage=open_storage(url))
-    from search.study import make_pruner
+    from search.sampler import make_pruner
 
     pruner = make_pruner(StudySettings.from_attrs(study.user_attrs))
-    pruner = getattr(pruner, "hyperband", pruner)  # a cpu study's second look wraps it (search/pruners.py)
+    pruner = getattr(pruner, "hyperband", pruner)  # a cpu study's second look wraps it (search/sampler.py)
     pruner._try_initialization(study)  # what its first prune() call does
     fake = [optuna.trial.FrozenTrial(number=n, state=TrialState.RUNNING, value=None, datetime_start=None,
                                      datetime_complete=None, params={}, distributions={}, user_attrs={},
@@ -287,7 +288,7 @@ def test_killed_workers_trials_are_failed_and_rerun(tiny_dataset, workdir, monke
 
 
 # ---------------------------------------------------------------------------------------------------
-# No idle workers: the workers take trials from one study-wide count (search.workers.SharedTarget)
+# No idle workers: the workers take trials from one study-wide count (search.target.SharedTarget)
 # until the study holds the run's --trials new ones, instead of a fixed share each.
 
 def _new_trials(study: optuna.Study, before: set[int]) -> dict[int, optuna.trial.FrozenTrial]:
@@ -372,16 +373,59 @@ def test_a_killed_workers_remaining_trials_are_run_by_the_other(micro_dataset, w
 def test_a_trial_killed_before_its_first_heartbeat_is_failed_and_re_queued(workdir):
     """Optuna's fail_stale_trials never fails a RUNNING trial without any heartbeat (a worker killed
     right after asking for it): the shared count's waiting workers would wait for it forever."""
-    from search.workers import _fail_stale_trials
+    from search.runner import fail_stale_trials
 
     storage = open_storage("sqlite:///studies/nobeat.db", heartbeat_interval=1, grace_period=2)
     study = optuna.create_study(study_name="nobeat", storage=storage)
     dead = study.ask()  # RUNNING, no heartbeat recorded (the worker died before its heartbeat thread ran)
     study.tell(study.ask(), 1.0)
-    _fail_stale_trials(study)
+    fail_stale_trials(study)
     assert study._storage.get_trial(dead._trial_id).state == TrialState.RUNNING  # within the grace period
     time.sleep(2.5)
-    _fail_stale_trials(study)
+    fail_stale_trials(study)
     assert study._storage.get_trial(dead._trial_id).state == TrialState.FAIL
     assert trial_count(study) == (1, 0)  # its re-queued copy waits; the killed attempt does not count
     assert [t.system_attrs["failed_trial"] for t in study.get_trials(states=(TrialState.WAITING,))] == [dead.number]
+
+
+def test_the_runner_beats_and_recovers_dead_workers_trials_on_postgresql(micro_dataset, workdir, monkeypatch):
+    """The runner's own ask/tell loop (search/runner.py) on PostgreSQL: each trial it runs has a heartbeat, and a
+    dead worker's trials (one that beat once, one that never beat) are failed after the grace period, re-queued
+    and run as this run's trials, the killed attempts not counted."""
+    why = reachable(POSTGRES)
+    if why:
+        pytest.skip(why)
+    from search import optuna_internals as internals
+    from search.runner import run_trials
+    from search.target import SharedTarget
+    from search.task import load_task
+
+    for key, value in FAST_HEARTBEATS.items():
+        monkeypatch.setenv(key, value)
+    name = f"test-beats-{uuid.uuid4().hex[:12]}"
+    study = new_study(micro_dataset, POSTGRES, name)
+    try:
+        study.enqueue_trial(SAMPLE)
+        study.enqueue_trial(SAMPLE)
+        beat_once, never_beat = study.ask(), study.ask()  # a dead worker's two trials, RUNNING
+        internals.storage_of(study).record_heartbeat(internals.trial_id(beat_once))
+        time.sleep(3.5)  # past the grace period
+        settings = StudySettings.from_attrs(study.user_attrs)
+        target = run_target(study, 2)  # fails both and re-queues them
+        assert target == 2 and trial_count(study) == (0, 0), states(study)
+        run_trials(study, settings, load_task(micro_dataset, 0, torch.device("cpu")), None,
+                   gate=SharedTarget(target))
+        trials = study.get_trials(deepcopy=False)
+        assert [t.state for t in trials[:2]] == [TrialState.FAIL, TrialState.FAIL]
+        ran = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+        assert sorted(t.system_attrs["failed_trial"] for t in ran) == [0, 1], states(study)
+        assert len(trials) == 4 and trial_count(study) == (2, 0)
+        models, rdb = internals.rdb_models(), internals.rdb_storage(study)
+        session = rdb.scoped_session()
+        try:
+            beating = {trial_id for (trial_id,) in session.query(models.TrialHeartbeatModel.trial_id)}
+        finally:
+            session.close()
+        assert {internals.trial_id(t) for t in ran} <= beating  # the runner's heartbeat thread beat for each
+    finally:
+        delete_study(POSTGRES, name)

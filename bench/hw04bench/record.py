@@ -45,7 +45,8 @@ def eval_steps(budget: int, profile: str) -> list[int]:
     trial, and every step where a pruner we compare (rungs at budget/8 times powers of 2, 3 or 4) decides,
     to within budget/16."""
     from search import schedule
-    from search.study import StudySettings, make_pruner
+    from search.sampler import make_pruner
+    from search.settings import StudySettings
 
     settings = StudySettings(budget=budget, eval_every=schedule.min_resource(budget), data="embedded", seed=0,
                              profile=profile)
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench.hw04bench import configs, table
     from search.mps import gpu_sharing
-    from search.study import CPU_BUDGET, GPU_BUDGET
+    from search.settings import CPU_BUDGET, GPU_BUDGET
 
     started = time.monotonic()
     budget = args.budget or (GPU_BUDGET if args.profile == "full" else CPU_BUDGET)

@@ -214,10 +214,11 @@ def default_study(surrogate: bench_surrogate.Surrogate, seed: int, warm_start: b
     import optuna
 
     from search import study as search_study
+    from search.settings import RequestedSettings
 
     _quiet_optuna()
     device_type = "cuda" if surrogate.profile == "full" else "cpu"
-    settings = search_study.RequestedSettings(budget=surrogate.budget, seed=seed, profile=surrogate.profile,
+    settings = RequestedSettings(budget=surrogate.budget, seed=seed, profile=surrogate.profile,
                                               pruning=True).resolve("replay", None, device_type)
     storage = optuna.storages.InMemoryStorage()
     with mock.patch.object(search_study, "open_storage", lambda url, *a, **k: storage):
@@ -265,7 +266,7 @@ class OptunaStrategy(Strategy):
 def _tpe(**changes) -> Callable:
     """A variant of the study's own sampler (TrialSeededTPESampler) with ``changes``; the rest read from it."""
     def build(default, settings):
-        from search.study import TrialSeededTPESampler
+        from search.sampler import TrialSeededTPESampler
 
         return TrialSeededTPESampler(settings.seed, n_startup_trials=default._n_startup_trials,
                                      constant_liar=default._constant_liar, **changes)

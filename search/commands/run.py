@@ -8,7 +8,7 @@ import click
 
 from search.commands.base import (MAX_BUDGET, MAX_PROCESSES, MAX_SECONDS, MAX_STEPS, MAX_TRIALS, Bounded, count,
                                   data_option, device_option, main, quiet_option, seed_type, storage_option, study_option)
-from search.study import CPU_BUDGET, CPU_FINALIZE_STEPS, GPU_BUDGET, GPU_FINALIZE_STEPS  # no torch: see study.py
+from search.settings import CPU_BUDGET, CPU_FINALIZE_STEPS, GPU_BUDGET, GPU_FINALIZE_STEPS  # no torch
 
 
 @main.command()
@@ -64,7 +64,7 @@ def run(trials, total_trials, study_name, storage, data_dir, budget, device, see
              search run --trials 200 --gpus --workers-per-gpu 4 --data Dataset/
     """
     from search.run import RunRequest, run_search
-    from search.study import RequestedSettings
+    from search.settings import RequestedSettings
 
     run_search(RunRequest(
         study_name, trials=trials, total_trials=total_trials, timeout=timeout, storage=storage, device=device,

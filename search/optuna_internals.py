@@ -1,0 +1,102 @@
+"""Every use of Optuna's private names, in one place: each function below says why the public API cannot do it.
+
+Any Optuna release may rename or remove these; tests/test_optuna_internals.py fails, naming the one that
+changed, before a user meets it. Nothing else in the project may reach into Optuna's private modules or
+attributes: it calls these. A flat list of small functions, on purpose.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+
+import optuna
+
+
+# --- a study's storage and ids ----------------------------------------------------------------------------------
+# Optuna's Study and trials keep their storage and database ids private; the public API reaches a trial only by
+# reading every trial of the study (get_trials), which costs seconds on a big study.
+
+def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
+    """The storage a study reads and writes (Optuna's cache wrapper, where there is one)."""
+    return study._storage
+
+
+def study_id(study: optuna.Study) -> int:
+    """The study's id in its storage, which the storage's methods take."""
+    return study._study_id
+
+
+def trial_id(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
+    """A trial's id in its storage (trial numbers count within a study; the storage's methods take ids)."""
+    return trial._trial_id
+
+
+def rdb_storage(study: optuna.Study) -> optuna.storages.RDBStorage | None:
+    """The RDBStorage under a study (inside Optuna's cache wrapper, ``_backend``), or None for another storage:
+    the heartbeat table and our fast queries need the database itself."""
+    storage = getattr(study, "_storage", None)
+    backend = getattr(storage, "_backend", storage)
+    return backend if isinstance(backend, optuna.storages.RDBStorage) else None
+
+
+def rdb_models():
+    """Optuna's SQLAlchemy models (tables) of an RDB storage: no public module names them, and asking the tables
+    for a few columns is what keeps `search trials` fast on thousands of trials."""
+    from optuna.storages._rdb import models
+
+    return models
+
+
+def trial_datetime_columns(models) -> tuple:
+    """The trials table's start and completion columns as stored (naive UTC): the model's public properties are
+    Python-side conversions that a query cannot select."""
+    return models.TrialModel._datetime_start_utc, models.TrialModel._datetime_complete_utc
+
+
+# --- heartbeats ---------------------------------------------------------------------------------------------------
+# Optuna starts a trial's heartbeat thread only inside study.optimize; our runner asks and tells trials itself
+# (search/runner.py), so it starts the same thread through the same private helpers.
+
+def heartbeat_enabled(storage: optuna.storages.BaseStorage) -> bool:
+    """Whether the storage records heartbeats (an RDB storage with a heartbeat interval)."""
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    return is_heartbeat_enabled(storage)
+
+
+def heartbeat(study: optuna.Study, trial: optuna.Trial) -> AbstractContextManager:
+    """A context that beats for ``trial`` while it runs (nothing where the storage has no heartbeat)."""
+    from optuna.storages._heartbeat import get_heartbeat_thread
+
+    return get_heartbeat_thread(trial._trial_id, study._storage)
+
+
+# --- the sampler and pruners --------------------------------------------------------------------------------------
+
+def reseed_tpe(sampler: optuna.samplers.TPESampler, seed: int, startup_seed: int) -> None:
+    """Reseed TPE's own draws and its start-up random sampler's for one trial: ``reseed_rng()``, the public
+    method, seeds them from the clock, and the sampler takes a seed only when it is built."""
+    sampler._rng.rng.seed(seed)
+    sampler._random_sampler._rng.rng.seed(startup_seed)
+
+
+def halving_numbers(pruner: optuna.pruners.BasePruner) -> tuple | None:
+    """(min_resource, reduction_factor, min_early_stopping_rate, max_resource, brackets) of an Optuna
+    HyperbandPruner (brackets 0 until it has counted them) or SuccessiveHalvingPruner (max_resource and brackets
+    None); None for another pruner or a min_resource of 'auto'. Optuna's pruners do not expose their settings;
+    only pruners built outside a study need this (a study's own keep their numbers: search/sampler.py)."""
+    if isinstance(pruner, optuna.pruners.HyperbandPruner):
+        return pruner._min_resource, pruner._reduction_factor, 0, pruner._max_resource, pruner._n_brackets or 0
+    if isinstance(pruner, optuna.pruners.SuccessiveHalvingPruner) and pruner._min_resource is not None:
+        return pruner._min_resource, pruner._reduction_factor, pruner._min_early_stopping_rate, None, None
+    return None
+
+
+# --- journal files ------------------------------------------------------------------------------------------------
+
+def journal_op_codes() -> set[int]:
+    """The operation codes a journal file may hold: to name the first line Optuna cannot replay in a damaged
+    file (Optuna's own error says only "Should not reach."). The enum lives in a private module."""
+    from optuna.storages.journal._storage import JournalOperation
+
+    return {op.value for op in JournalOperation}
