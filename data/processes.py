@@ -31,3 +31,12 @@ def started(pid: int) -> str:
         return repr(psutil.Process(pid).create_time())
     except (psutil.Error, OverflowError, ValueError):
         return ""
+
+
+def started_after(pid: int, when: float) -> bool:
+    """Whether process ``pid`` started after ``when`` (seconds since the epoch): then it is not the process that
+    was given that id before ``when``. False for no such process or one that cannot be asked."""
+    try:
+        return psutil.Process(pid).create_time() > when + 1.0  # create_time is rounded to clock ticks
+    except (psutil.Error, OverflowError, ValueError):
+        return False

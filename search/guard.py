@@ -110,6 +110,12 @@ def _unexpected(ctx: click.Context, err: Exception) -> str:
         where = f"traceback in {path}"
     except OSError as log_err:
         where = f"its traceback could not be written to {path}: {log_err.strerror or log_err}"
+    lost = _lost_proxy(err)
+    if lost is not None:  # the storage proxy went away: what the user must know, not a gRPC client's internals
+        url = ctx.params.get("storage_url") or ctx.params.get("storage") or "the storage proxy"
+        return redact(f"{what_ran}: the storage proxy at {url} stopped answering ({lost}); a trial it was "
+                      "running stays RUNNING there until a `search run` of this study on this machine, once the "
+                      f"proxy is back, records it as FAIL ({where})")
     what, root = _describe(err), err
     for _ in range(10):  # the root cause says more ("database or disk is full") than a wrapper's message
         root = root.__cause__ or root.__context__ or root
@@ -118,6 +124,24 @@ def _unexpected(ctx: click.Context, err: Exception) -> str:
     if root is not err and _describe(root) != what:
         what += f"; cause: {_describe(root)}"
     return redact(f"{what_ran} failed: {what} ({where})")
+
+
+def _lost_proxy(err: BaseException) -> str | None:
+    """The gRPC status text where ``err`` or what caused it is a call to a ``search proxy`` that no longer
+    answers (UNAVAILABLE: the proxy was stopped or killed, or its machine is gone). Optuna's gRPC client can
+    fail on it with an unrelated error (an ``UnboundLocalError`` in its own code), so the chain is searched."""
+    try:
+        import grpc
+    except ImportError:  # no gRPC client installed: no proxy was used
+        return None
+    seen, e = set(), err
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, grpc.RpcError) and callable(getattr(e, "code", None)):
+            if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                return f"gRPC {e.code().name}"
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _describe(e: BaseException) -> str:

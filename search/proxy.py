@@ -8,7 +8,7 @@ database connections, behind Optuna's cache, and serves the storage API over gRP
 see ``search.storage``) and need no database driver, only grpcio.
 
 What the proxy does not do, in Optuna 5: relay heartbeats (a trial of a killed worker stays RUNNING, as
-with journal storage), serve a journal storage (optuna/optuna#6084), encrypt or authenticate (it is
+with journal storage, until a run on that worker's machine fails it: search/runner.py), serve a journal storage (optuna/optuna#6084), encrypt or authenticate (it is
 an insecure gRPC port: listen on a trusted network only). All workers of a study go through the proxy
 or none do: a worker connected to the database directly fails the proxied workers' running trials
 after the grace period, since they never record a heartbeat.

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from search.errors import Stopped, UserError
 from search.logs import Progress, progress_interval
 from search.settings import EVALUATIONS_PER_TRIAL, RequestedSettings
+from search.runner import fail_trials_of_gone_local_workers, gone_workers_text
 from search.signals import interrupts, signal_name, signal_of
 from search.storage import check_url, default_url, redact_url
 from search.study import open_study, requeue_interrupted_warm_starts, stored_settings
@@ -91,6 +92,10 @@ def run_search(request: RunRequest) -> None:
             study, settings, created = open_study(name, url, settings, request.warm_start)
             state["study"] = study
             check_same_data(study, settings, fingerprint)
+            if not created:
+                gone = fail_trials_of_gone_local_workers(study)  # a storage without heartbeats: they stayed RUNNING
+                if gone:
+                    echo(f"{gone_workers_text(gone)}, left RUNNING: recorded as FAIL (ended: interrupted)")
             retried = [] if created else requeue_interrupted_warm_starts(study)
             before = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
             echo(f"{'created' if created else 'resuming'} study {name!r} in {redact_url(url)} "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import gc
 import logging
+import socket
 import sys
 import warnings
 from typing import TYPE_CHECKING, Callable
@@ -191,9 +192,46 @@ def _fail_if_running(study: optuna.Study, trial_id: int) -> None:
 
 def fail_stale_trials(study: optuna.Study) -> None:
     """Fail (and re-queue) the trials of dead workers whose grace period has passed (RDB storages), those that
-    never beat included."""
+    never beat included; where the storage keeps no heartbeats, those of this machine's dead workers."""
     _fail_stale_by_heartbeat(study)
     _fail_unbeating_trials(study)
+    failed = fail_trials_of_gone_local_workers(study)
+    if failed:
+        _log.warning(f"{gone_workers_text(failed)}: recorded as FAIL (ended: interrupted)")
+
+
+def fail_trials_of_gone_local_workers(study: optuna.Study) -> list[int]:
+    """A storage without heartbeats (a ``search proxy``, a journal file) cannot tell a dead worker's trial from
+    a running one, so a worker killed there, or one whose proxy went away, left its trial RUNNING for good. A
+    RUNNING trial whose ``worker`` (``HOST:PID``, search/objective.py) is a process of this machine that no
+    longer runs, or whose id now belongs to a process started after the trial, is failed here with ``ended:
+    interrupted`` (so an interrupted warm start is queued again). Another machine's dead worker is seen by the
+    next run on that machine. Returns the numbers of the trials failed."""
+    rdb = internals.rdb_storage(study)
+    if rdb is not None and internals.heartbeat_enabled(rdb):
+        return []  # heartbeats say it, for every machine
+    from data.processes import alive, started_after
+
+    host, failed = socket.gethostname(), []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+        if worker_host != host or not pid.isdigit() or trial.datetime_start is None:
+            continue
+        if alive(int(pid)) and not started_after(int(pid), trial.datetime_start.timestamp()):
+            continue
+        storage, trial_id = internals.storage_of(study), internals.trial_id(trial)
+        try:
+            storage.set_trial_user_attr(trial_id, "ended", "interrupted")
+            if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                failed.append(trial.number)
+        except (optuna.exceptions.UpdateFinishedTrialError, KeyError):  # finished by someone else meanwhile
+            continue
+    return failed
+
+
+def gone_workers_text(numbers: list[int]) -> str:
+    return (f"trial{'s' if len(numbers) > 1 else ''} {', '.join(f'#{n}' for n in numbers)} of a worker of this "
+            "machine that no longer runs")
 
 
 def _fail_stale_by_heartbeat(study: optuna.Study) -> None:

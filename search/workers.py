@@ -267,8 +267,8 @@ def run_workers(study: optuna.Study, jobs: list[WorkerJob], echo: Callable[[str]
     jobs, the first worker that stops on a failed trial makes the parent stop the others.
     """
     if not internals.heartbeat_enabled(internals.storage_of(study)):
-        echo("note: this storage has no heartbeats (journal): a trial of a worker that is killed stays RUNNING; "
-             "use sqlite://, postgresql:// or mysql+pymysql:// where workers may be killed")
+        echo("note: this storage has no heartbeats (journal): a trial of a worker that is killed stays RUNNING until "
+             "a later trial or run on this machine fails it; use sqlite://, postgresql:// or mysql+pymysql:// where workers may be killed")
     context = multiprocessing.get_context("spawn")
     report = WorkersReport([WorkerOutcome(j.index) for j in jobs])
     outcomes = {j.index: o for j, o in zip(jobs, report.outcomes)}

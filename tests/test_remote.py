@@ -207,6 +207,64 @@ def test_a_proxy_serves_two_workers(backend, micro_dataset, workdir):
             delete_study(url, study)
 
 
+def _read_until(process: subprocess.Popen, text: str, timeout: float = PROCESS_TIMEOUT) -> str:
+    """The process's output lines up to and including the first that holds ``text`` (all of it if it ends)."""
+    seen, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if text in line:
+            break
+    return "".join(seen)
+
+
+def test_a_killed_proxy_is_one_line_and_its_trial_is_failed_once_it_is_back(micro_dataset, workdir):
+    """SIGKILL to `search proxy` under a running worker: the worker ends with one line naming the proxy (not
+    Optuna's gRPC client's UnboundLocalError), its trial stays RUNNING in the database; with the proxy back, the
+    next `search run` on this machine records that trial as FAIL (ended: interrupted) and says so."""
+    from search.storage import open_storage
+
+    port, study, url = free_port(), "lost", "sqlite:///studies/lost.db"
+    serve = f"search proxy --storage {url} --port {port}"
+    run = (f"search run --storage grpc://127.0.0.1:{port} --study {study} --data {micro_dataset} --trials 1 "
+           "--budget 400 --device cpu")
+    processes = [start(serve, workdir)]
+    try:
+        assert "search proxy: serving" in processes[0].stdout.readline()
+        processes.append(start(run, workdir))
+        out = _read_until(processes[1], "training:")
+        assert "training:" in out, out + processes[1].communicate()[0]
+        processes[0].kill()
+        processes[0].communicate()
+        rest, _ = processes[1].communicate(timeout=PROCESS_TIMEOUT)
+        out += rest
+        assert processes[1].returncode == 1, out
+        errors = [line for line in out.splitlines() if line.startswith("Error:")]
+        assert len(errors) == 1, out
+        assert errors[0].startswith(f"Error: search run: the storage proxy at grpc://127.0.0.1:{port} stopped "
+                                    "answering (gRPC UNAVAILABLE)"), out
+        assert "Traceback" not in out and "UnboundLocalError" not in out, out
+        stored = optuna.load_study(study_name=study, storage=open_storage(url, heartbeat_interval=None))
+        assert [t.state for t in stored.trials if t.number == 0] == [optuna.trial.TrialState.RUNNING]
+
+        processes.append(start(serve, workdir))
+        assert "search proxy: serving" in processes[2].stdout.readline()
+        processes.append(start(run, workdir))
+        out = _read_until(processes[3], "recorded as FAIL")
+        assert ("trial #0 of a worker of this machine that no longer runs, left RUNNING: recorded as FAIL "
+                "(ended: interrupted)") in out, out + processes[3].communicate()[0]
+        stored = optuna.load_study(study_name=study, storage=open_storage(url, heartbeat_interval=None))
+        first = stored.trials[0]
+        assert first.state == optuna.trial.TrialState.FAIL and first.user_attrs["ended"] == "interrupted"
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+
+
 # --- storage URLs -------------------------------------------------------------------------------------
 
 def test_a_journal_url_with_three_slashes_is_absolute(micro_dataset, workdir, tmp_path, monkeypatch):
