@@ -154,14 +154,14 @@ def is_sqlite_file(path: Path) -> bool:
 def _storage_files(url: str | None) -> list[Path]:
     """The files of a storage URL (a SQLite database with its -wal, -shm and -journal files, or a journal file),
     absolute; none for a server."""
+    from search.sqlite_path import sqlite_path
     from search.storage import is_journal, journal_path
-    from search.study import _sqlite_file
 
     if not url:
         return []
     if is_journal(url):
         return [journal_path(url)]
-    database = _sqlite_file(url)
+    database = sqlite_path(url)
     if database is None:
         return []
     database = database.resolve()

@@ -15,6 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.errors import NoStudyStorage, UserError
 from search.files import STUDIES
+from search.sqlite_path import sqlite_path
 from search.queries import best_or_none, pick_trial, state_counts, trial_fields
 from search.storage import open_storage, redact_url
 
@@ -29,12 +30,9 @@ def default_storages(folder: Path = STUDIES) -> list[str]:
 
 def study_rows(url: str) -> list[dict]:
     """One row per study in the storage at ``url``: name, trial counts by state, best value and trial."""
-    if url.startswith("sqlite:"):
-        import sqlalchemy
-
-        database = sqlalchemy.engine.make_url(url).database
-        if database and database != ":memory:" and not Path(database).exists():
-            raise UserError(f"--storage {url}: no such file {database}")
+    database = sqlite_path(url)
+    if database is not None and not database.exists():
+        raise UserError(f"--storage {url}: no such file {database}")
     storage = open_storage(url, read_only=True)
     rows = []
     # storage.get_all_studies(), not optuna.get_all_study_summaries: that one reads every trial of every study

@@ -44,6 +44,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 
 from search.errors import NoStudyStorage, UserError
+from search.sqlite_path import sqlite_path
 
 HEARTBEAT_INTERVAL = 10  # seconds between a running trial's heartbeats
 GRACE_PERIOD = 30  # seconds without a heartbeat before a trial counts as dead
@@ -453,7 +454,7 @@ def open_storage(url: str, heartbeat_interval: int | None = -1, grace_period: in
     backend = parsed.get_backend_name()
     engine_kwargs: dict = {}
     if backend == "sqlite":
-        database = parsed.database
+        database = sqlite_path(url)
         if not create and database and not Path(database).is_file():
             raise UserError(f"{option_text(url)}: no such file {database}")
         if database and database != ":memory:":

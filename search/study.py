@@ -11,7 +11,6 @@ from __future__ import annotations
 import gc
 import time
 from dataclasses import MISSING, dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import optuna
@@ -22,6 +21,7 @@ from search.errors import UserError
 from search.guard import held_signals, raise_pending
 from search.pruners import SecondLookPruner
 from search.queries import best_or_none, counts, has_trials
+from search.sqlite_path import sqlite_path as _sqlite_file
 from search.storage import check_study_name, default_url, open_storage, redact_url
 
 # Training (torch, the model, the space built from its registries) is imported where a run needs it, not here:
@@ -164,18 +164,6 @@ def load_study(name: str, url: str | None, any_direction: bool = False, read_onl
     if not any_direction and has_trials(study):  # a count, not every trial read (a study may hold thousands)
         _check_direction(study, url)
     return study
-
-
-def _sqlite_file(url: str) -> Path | None:
-    import sqlalchemy
-
-    if not url.startswith("sqlite"):
-        return None
-    try:
-        database = sqlalchemy.engine.make_url(url).database
-    except Exception:  # noqa: BLE001 - open_storage names a malformed URL
-        return None
-    return Path(database) if database and database != ":memory:" else None
 
 
 def _check_writable_sqlite(url: str) -> None:
