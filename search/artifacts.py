@@ -36,7 +36,8 @@ from pathlib import Path
 
 import optuna
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
-from optuna.artifacts._upload import ARTIFACTS_ATTR_PREFIX  # the key prefix of artifact metadata
+
+from search import optuna_internals
 
 
 # The content types of the files ``search finalize`` uploads whose guess by ``mimetypes`` is wrong or depends on
@@ -71,8 +72,8 @@ def _digest(stream) -> str:
 def study_artifacts(study: optuna.Study) -> list[dict]:
     """The study's artifact metadata. Like ``optuna.artifacts.get_all_artifact_meta(study)``, but it skips
     artifacts deleted in optuna-dashboard (it leaves a ``null`` behind, which that function cannot read)."""
-    attrs = study._storage.get_study_system_attrs(study._study_id)
-    metas = [json.loads(v) for k, v in attrs.items() if k.startswith(ARTIFACTS_ATTR_PREFIX) and isinstance(v, str)]
+    attrs = optuna_internals.study_system_attrs(study)
+    metas = [json.loads(v) for k, v in attrs.items() if optuna_internals.is_artifact_meta_key(k) and isinstance(v, str)]
     return [m for m in metas if isinstance(m, dict)]
 
 
@@ -116,7 +117,7 @@ def upload_files(study: optuna.Study, label: str, files: list[Path], folder: Pat
             except OSError:
                 shutil.copyfile(path, named)
             uploaded[name] = upload_artifact(artifact_store=store, file_path=str(named), study_or_trial=study,
-                                             storage=study._storage, mimetype=MIMETYPES.get(path.suffix))
+                                             mimetype=MIMETYPES.get(path.suffix))
     return uploaded
 
 
@@ -161,5 +162,5 @@ def _repair_mimetypes(study: optuna.Study, metas: list[dict]) -> None:
     for meta in metas:
         right = MIMETYPES.get(Path(str(meta.get("filename", ""))).suffix)
         if right and meta.get("mimetype") != right and "artifact_id" in meta:
-            study._storage.set_study_system_attr(study._study_id, ARTIFACTS_ATTR_PREFIX + meta["artifact_id"],
-                                                 json.dumps({**meta, "mimetype": right}))
+            optuna_internals.set_study_system_attr(study, optuna_internals.artifact_meta_key(meta["artifact_id"]),
+                                                   json.dumps({**meta, "mimetype": right}))

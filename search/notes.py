@@ -30,24 +30,19 @@ through its web API and in a browser: what would catch a change in that layout.
 from __future__ import annotations
 
 import logging
-import time
 from datetime import datetime, timezone
 from typing import Callable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from search import optuna_internals
 from search.attrs import resolved_configs, train_loss_points
 from search.queries import best_or_none, counts
 
 CHUNKS = 2  # note chunks written each time (4,090 characters); the dashboard's chunk is 2,045
 CURVE_POINTS = 8  # at most this many steps of a curve in a note: the first, the best, the last and some between
 STUDY_SETTINGS = ("budget", "eval_every", "data", "seed", "profile", "pruning")  # first, in this order
-
-try:  # the dashboard's own layout of a note in the system attributes (its private module; see the docstring)
-    from optuna_dashboard._note import SYSTEM_ATTR_MAX_LENGTH, note_str_key_prefix, note_ver_key
-except ImportError:  # pragma: no cover - a later optuna-dashboard: its public save_note, reading everything
-    SYSTEM_ATTR_MAX_LENGTH = None
 
 
 # --- what a note says ---------------------------------------------------------------------------------
@@ -263,40 +258,22 @@ def study_note(study: optuna.Study) -> str:
 
 # --- writing them ---------------------------------------------------------------------------------------
 
-def _fit(body: str) -> str:
-    if SYSTEM_ATTR_MAX_LENGTH is None:
-        return body
-    limit = CHUNKS * SYSTEM_ATTR_MAX_LENGTH
-    if len(body) <= limit:
-        return body
-    tail = "\n\n*(note cut to fit)*\n"
-    return body[:limit - len(tail)] + tail
-
-
 def _save(study: optuna.Study, trial_id: int | None, body: str) -> None:
-    """Write a note as optuna-dashboard stores it (see the module docstring), reading nothing."""
-    body = _fit(body)
-    if SYSTEM_ATTR_MAX_LENGTH is None:  # pragma: no cover
-        from optuna_dashboard import save_note
-
-        save_note(study if trial_id is None else _TrialRef(study, trial_id), body)
+    """Write a note as optuna-dashboard stores it (see the module docstring), reading nothing; cut to fit."""
+    length = optuna_internals.note_chunk_length()
+    if length is None:  # pragma: no cover - a later optuna-dashboard: its public save_note, reading everything
+        optuna_internals.save_note_public(study, trial_id, body)
         return
-    storage, study_id = study._storage, study._study_id
-    prefix = note_str_key_prefix(trial_id)
-    for i in range(CHUNKS):  # the body first, the version last: a reader never finds a version without a body
-        chunk = body[i * SYSTEM_ATTR_MAX_LENGTH:(i + 1) * SYSTEM_ATTR_MAX_LENGTH]
-        storage.set_study_system_attr(study_id, f"{prefix}{i}", chunk)
-    storage.set_study_system_attr(study_id, note_ver_key(trial_id), time.time_ns() // 1_000_000)
-
-
-class _TrialRef:  # pragma: no cover - what optuna_dashboard.save_note reads of a live trial
-    def __init__(self, study: optuna.Study, trial_id: int) -> None:
-        self.study, self.storage, self._trial_id = study, study._storage, trial_id
+    limit = CHUNKS * length
+    if len(body) > limit:
+        tail = "\n\n*(note cut to fit)*\n"
+        body = body[:limit - len(tail)] + tail
+    optuna_internals.write_note_chunks(study, trial_id, [body[i * length:(i + 1) * length] for i in range(CHUNKS)])
 
 
 def write_trial_note(study: optuna.Study, trial: FrozenTrial) -> None:
     """The trial's note in optuna-dashboard (any state; a finished trial can have one)."""
-    _save(study, trial._trial_id, trial_note(study, trial))
+    _save(study, optuna_internals.trial_id(trial), trial_note(study, trial))
 
 
 def write_study_note(study: optuna.Study) -> None:
