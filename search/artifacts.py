@@ -38,6 +38,7 @@ import optuna
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 
 from search import optuna_internals
+from search.final_record import FinalRecord
 
 
 # The content types of the files ``search finalize`` uploads whose guess by ``mimetypes`` is wrong or depends on
@@ -77,15 +78,24 @@ def study_artifacts(study: optuna.Study) -> list[dict]:
     return [m for m in metas if isinstance(m, dict)]
 
 
+def upload_record(study: optuna.Study, record: FinalRecord, files: list[Path], folder: Path) -> dict[str, str]:
+    """Upload ``files`` as the set of a finalized result (``upload_files``; label: the record's, a trial's
+    ``trial<N>``) and store ``record`` (its artifacts, folder and, a trial's, date) as the study's current
+    one; returns {artifact name: id}."""
+    when = datetime.now(timezone.utc)
+    record.artifacts = upload_files(study, record.label or f"trial{record.trial}", files, folder, record.steps, when)
+    record.artifact_dir = str(folder)
+    if record.label is None:
+        record.date = when.strftime("%Y-%m-%d %H:%M UTC")
+    record.store(study)
+    return record.artifacts
+
+
 def upload_final(study: optuna.Study, trial_number: int, files: list[Path], folder: Path,
                  summary: dict) -> dict[str, str]:
     """Upload ``files`` as study artifacts named ``trial<N>-steps<S>-<time>-<name>`` (``S``: ``summary["steps"]``)
     and record them in the study's ``final`` attribute as the current set; returns {artifact name: id}."""
-    when = datetime.now(timezone.utc)
-    uploaded = upload_files(study, f"trial{trial_number}", files, folder, summary["steps"], when)
-    study.set_user_attr("final", {**summary, "trial": trial_number, "date": when.strftime("%Y-%m-%d %H:%M UTC"),
-                                  "artifacts": uploaded, "artifact_dir": str(folder)})
-    return uploaded
+    return upload_record(study, FinalRecord.of_trial(trial_number, **summary), files, folder)
 
 
 def upload_files(study: optuna.Study, label: str, files: list[Path], folder: Path, steps: int,

@@ -98,47 +98,9 @@ def trial_lines(study: optuna.Study, trial: FrozenTrial) -> list[str]:
         if config:
             lines.append(f"{key} (resolved):")
             lines.append("  " + json.dumps(config, sort_keys=True))
-    final = study.user_attrs.get("final")
-    if isinstance(final, dict) and final.get("trial") == trial.number:
-        lines.append(f"finalized: {final.get('steps')} steps, valid accuracy {final.get('valid_accuracy', 0):.4f}; "
-                     f"artifacts in {final.get('artifact_dir')}:")
-        lines += [f"  {name}  (id {artifact_id})" for name, artifact_id in final.get("artifacts", {}).items()]
-    lines += _ensemble_lines(study.user_attrs.get("final_ensemble"), trial.number)
-    from search.notes import predictions_text
+    from search.final_record import show_lines
 
-    held = predictions_text(study)
-    if held is not None:
-        lines.append(f"predictions.csv holds {held}")
-    return lines
-
-
-def _ensemble_lines(ensemble: object, number: int) -> list[str]:
-    """What `search finalize top` (or `--all-data`) recorded, when this trial is one of its members."""
-    if not isinstance(ensemble, dict) or not any(isinstance(m, dict) and m.get("trial") == number
-                                                for m in ensemble.get("members", [])):
-        return []
-
-    def acc(value) -> str:
-        return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
-
-    members = ensemble["members"]
-    has_test = ensemble.get("test_accuracy") is not None
-    lines = [f"ensemble {ensemble.get('label')}: {len(members)} member(s), {ensemble.get('steps')} steps each"
-             + (", then trained on train + validation (the validation split no longer scores it)"
-                if ensemble.get("all_data") else "")
-             + f"; valid accuracy {acc(ensemble.get('valid_accuracy'))}"
-             + (f", test accuracy {acc(ensemble.get('test_accuracy'))}" if has_test else "") + ":"]
-    for i, m in enumerate(members, 1):
-        lines.append(f"  member {i}: trial #{m.get('trial')} seed {m.get('seed')}  valid {acc(m.get('valid_accuracy'))}"
-                     + (f"  test {acc(m.get('test_accuracy'))}" if has_test else "")
-                     + (f"  weight {m['weight']}" + ("" if m["weight"] else " (left out)") if "weight" in m else "")
-                     + (f"  all-data steps {m.get('all_data_steps')}" if m.get("all_data_steps") else "")
-                     + ("  (this trial)" if m.get("trial") == number else ""))
-    if ensemble.get("combine"):
-        lines.append(f"  {ensemble['combine']}")
-    lines.append(f"  artifacts in {ensemble.get('artifact_dir')}:")
-    lines += [f"  {name}  (id {artifact_id})" for name, artifact_id in ensemble.get("artifacts", {}).items()]
-    return lines
+    return lines + show_lines(study, trial.number)  # what was finalized with this trial in it
 
 
 def trial_json(trial: FrozenTrial) -> dict:
