@@ -17,9 +17,9 @@ REQUIRED = ("step", "model", "model_config", "train_config")
 def other_data(state: dict, fingerprint: str) -> str | None:
     """The data fingerprint a checkpoint was trained on when it is not ``fingerprint`` (the data now), else None.
 
-    A finalize resumed from a checkpoint of other data (the folder regenerated with another seed, or --data
-    pointing at another folder with the same speakers) went on training the old data's model and predicted
-    with it, saying only "resumed". Checkpoints written before they carried a fingerprint are taken as they are."""
+    Resuming from a checkpoint of other data (the folder regenerated with another seed, or --data pointing at
+    another folder with the same speakers) would go on training, and predict with, the old data's model.
+    A checkpoint without a fingerprint (an older one) is taken as it is."""
     saved = state.get("data_fingerprint") if isinstance(state, dict) else None
     return saved if saved and fingerprint and saved != fingerprint else None
 
