@@ -41,9 +41,9 @@ import optuna
 import torch
 
 from search.errors import UserError
-from search.final_pipeline import (Member, checkpoint_path, final_configs, prepare, train_run, write_outputs)
-from search.final_record import FinalRecord, MemberRecord
 from search.files import save_torch
+from search.final_pipeline import Member, checkpoint_path, final_configs, prepare, train_run, write_outputs
+from search.final_record import FinalRecord, MemberRecord
 from search.objective import trial_seed
 from search.queries import best_trials, pick_trial
 from search.scoring import read_rows, score_rows

@@ -16,8 +16,8 @@ import optuna
 from data.tempfiles import remove_stale
 from search.ensemble import finalize_ensemble, pick_top, summary_lines
 from search.errors import UserError
-from search.files import artifact_folder, check_out, check_writable, final_folder, predictions_path, replaced, \
-    result_predictions_path
+from search.files import (artifact_folder, check_out, check_writable, final_folder, predictions_path, replaced,
+                          result_predictions_path)
 from search.final_pipeline import finalize, single
 from search.final_record import PREDICTIONS, RESULTS, result_text
 from search.final_stop import stoppable
