@@ -80,14 +80,13 @@ def write_note_chunks(study: optuna.Study, trial: int | None, chunks: list[str])
     set_study_system_attr(study, note_ver_key(trial), time.time_ns() // 1_000_000)
 
 
-class _TrialRef:  # pragma: no cover - what optuna_dashboard.save_note reads of a live trial
-    def __init__(self, study: optuna.Study, trial: int) -> None:
-        self.study, self.storage, self._trial_id = study, study._storage, trial
-
-
 def save_note_public(study: optuna.Study, trial: int | None, body: str) -> None:  # pragma: no cover
     """optuna-dashboard's public ``save_note``, for a release without the layout ``write_note_chunks`` uses. It
     takes a live ``Trial``; a finished trial has none, so it gets a stand-in with what save_note reads."""
     from optuna_dashboard import save_note
 
-    save_note(study if trial is None else _TrialRef(study, trial), body)
+    class TrialRef:
+        def __init__(self) -> None:
+            self.study, self.storage, self._trial_id = study, study._storage, trial
+
+    save_note(study if trial is None else TrialRef(), body)
