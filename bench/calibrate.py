@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench import script_parser, smoke_dataset  # noqa: E402
-from search.finalize import final_configs  # noqa: E402
+from search.final_pipeline import final_configs  # noqa: E402
 from search.space import KNOWN_CONFIGS  # noqa: E402
 from search.task import load_task  # noqa: E402
 from search.train import TrainConfig, train  # noqa: E402

@@ -55,7 +55,7 @@ import optuna  # noqa: E402
 from bench.bench import script_parser, smoke_dataset  # noqa: E402
 from search import space as search_space  # noqa: E402
 from search.errors import TrainingDiverged  # noqa: E402
-from search.finalize import final_configs  # noqa: E402
+from search.final_pipeline import final_configs  # noqa: E402
 from search.objective import Objective, trial_seed  # noqa: E402
 from search.scoring import answer_key, read_rows  # noqa: E402
 from search.settings import StudySettings  # noqa: E402

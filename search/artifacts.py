@@ -36,7 +36,9 @@ from pathlib import Path
 
 import optuna
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
-from optuna.artifacts._upload import ARTIFACTS_ATTR_PREFIX  # the key prefix of artifact metadata
+
+from search import optuna_internals
+from search.final_record import FinalRecord
 
 
 # The content types of the files ``search finalize`` uploads whose guess by ``mimetypes`` is wrong or depends on
@@ -71,20 +73,29 @@ def _digest(stream) -> str:
 def study_artifacts(study: optuna.Study) -> list[dict]:
     """The study's artifact metadata. Like ``optuna.artifacts.get_all_artifact_meta(study)``, but it skips
     artifacts deleted in optuna-dashboard (it leaves a ``null`` behind, which that function cannot read)."""
-    attrs = study._storage.get_study_system_attrs(study._study_id)
-    metas = [json.loads(v) for k, v in attrs.items() if k.startswith(ARTIFACTS_ATTR_PREFIX) and isinstance(v, str)]
+    attrs = optuna_internals.study_system_attrs(study)
+    metas = [json.loads(v) for k, v in attrs.items() if optuna_internals.is_artifact_meta_key(k) and isinstance(v, str)]
     return [m for m in metas if isinstance(m, dict)]
+
+
+def upload_record(study: optuna.Study, record: FinalRecord, files: list[Path], folder: Path) -> dict[str, str]:
+    """Upload ``files`` as the set of a finalized result (``upload_files``; label: the record's, a trial's
+    ``trial<N>``) and store ``record`` (its artifacts, folder and, a trial's, date) as the study's current
+    one; returns {artifact name: id}."""
+    when = datetime.now(timezone.utc)
+    record.artifacts = upload_files(study, record.label or f"trial{record.trial}", files, folder, record.steps, when)
+    record.artifact_dir = str(folder)
+    if record.label is None:
+        record.date = when.strftime("%Y-%m-%d %H:%M UTC")
+    record.store(study)
+    return record.artifacts
 
 
 def upload_final(study: optuna.Study, trial_number: int, files: list[Path], folder: Path,
                  summary: dict) -> dict[str, str]:
     """Upload ``files`` as study artifacts named ``trial<N>-steps<S>-<time>-<name>`` (``S``: ``summary["steps"]``)
     and record them in the study's ``final`` attribute as the current set; returns {artifact name: id}."""
-    when = datetime.now(timezone.utc)
-    uploaded = upload_files(study, f"trial{trial_number}", files, folder, summary["steps"], when)
-    study.set_user_attr("final", {**summary, "trial": trial_number, "date": when.strftime("%Y-%m-%d %H:%M UTC"),
-                                  "artifacts": uploaded, "artifact_dir": str(folder)})
-    return uploaded
+    return upload_record(study, FinalRecord.of_trial(trial_number, **summary), files, folder)
 
 
 def upload_files(study: optuna.Study, label: str, files: list[Path], folder: Path, steps: int,
@@ -116,7 +127,7 @@ def upload_files(study: optuna.Study, label: str, files: list[Path], folder: Pat
             except OSError:
                 shutil.copyfile(path, named)
             uploaded[name] = upload_artifact(artifact_store=store, file_path=str(named), study_or_trial=study,
-                                             storage=study._storage, mimetype=MIMETYPES.get(path.suffix))
+                                             mimetype=MIMETYPES.get(path.suffix))
     return uploaded
 
 
@@ -161,5 +172,5 @@ def _repair_mimetypes(study: optuna.Study, metas: list[dict]) -> None:
     for meta in metas:
         right = MIMETYPES.get(Path(str(meta.get("filename", ""))).suffix)
         if right and meta.get("mimetype") != right and "artifact_id" in meta:
-            study._storage.set_study_system_attr(study._study_id, ARTIFACTS_ATTR_PREFIX + meta["artifact_id"],
-                                                 json.dumps({**meta, "mimetype": right}))
+            optuna_internals.set_study_system_attr(study, optuna_internals.artifact_meta_key(meta["artifact_id"]),
+                                                   json.dumps({**meta, "mimetype": right}))

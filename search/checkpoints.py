@@ -1,6 +1,7 @@
-"""A training checkpoint left by a killed ``search finalize`` that cannot be used (empty, truncated, not a
-checkpoint at all) must not block every later finalize: it is moved aside, with one line saying which
-file it was and where it went, and training starts over."""
+"""Checkpoints left by a killed ``search finalize``: the step one holds, and whether it can be used.
+
+One that cannot be used (empty, truncated, not a checkpoint at all) must not block every later finalize: it is
+moved aside, with one line saying which file it was and where it went, and training starts over."""
 
 from __future__ import annotations
 
@@ -16,11 +17,25 @@ REQUIRED = ("step", "model", "model_config", "train_config")
 def other_data(state: dict, fingerprint: str) -> str | None:
     """The data fingerprint a checkpoint was trained on when it is not ``fingerprint`` (the data now), else None.
 
-    A finalize resumed from a checkpoint of other data (the folder regenerated with another seed, or --data
-    pointing at another folder with the same speakers) went on training the old data's model and predicted
-    with it, saying only "resumed". Checkpoints written before they carried a fingerprint are taken as they are."""
+    Resuming from a checkpoint of other data (the folder regenerated with another seed, or --data pointing at
+    another folder with the same speakers) would go on training, and predict with, the old data's model.
+    A checkpoint without a fingerprint (an older one) is taken as it is."""
     saved = state.get("data_fingerprint") if isinstance(state, dict) else None
     return saved if saved and fingerprint and saved != fingerprint else None
+
+
+def _load(path: Path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def saved_step(path: Path, fingerprint: str = "") -> int | None:
+    """The step a checkpoint left by an earlier (killed) finalize holds, or None without one (or, given the data's
+    ``fingerprint``, with one trained on other data: train() moves it aside and starts over, saying so)."""
+    try:
+        state = _load(path)  # a missing file raises too
+        return None if other_data(state, fingerprint) else int(state["step"])
+    except Exception:  # noqa: BLE001 - none; train() reports an unusable one itself (usable_checkpoint)
+        return None
 
 
 def set_aside(path: Path, tag: str) -> Path:
@@ -36,7 +51,7 @@ def usable_checkpoint(path: Path) -> bool:
     if not path.exists():
         return False
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = _load(path)
         if not isinstance(state, dict) or any(k not in state for k in REQUIRED):
             raise ValueError("not a training checkpoint")
         return True

@@ -25,6 +25,7 @@ def serve(study_name: str, storage: str | None, host: str, port: int, echo: Call
     """Serve the study (which must exist) until Ctrl-C; ``echo`` gets the line with its URL."""
     import optuna_dashboard
 
+    from search import optuna_internals
     from search.artifacts import artifact_store, register_mimetypes
     from search.files import artifact_folder
     from search.study import load_study
@@ -41,9 +42,9 @@ def serve(study_name: str, storage: str | None, host: str, port: int, echo: Call
              f"who reaches port {port} can edit notes and delete studies (trusted networks only; or keep "
              "127.0.0.1 and use an SSH tunnel)")
     folder = artifact_folder(study_name)  # what `search finalize` uploaded: listed and served by the dashboard
-    echo(f"optuna-dashboard for study {study_name!r}: http://{host}:{port}/dashboard/studies/{study._study_id}"
+    echo(f"optuna-dashboard for study {study_name!r}: http://{host}:{port}/dashboard/studies/{optuna_internals.study_id(study)}"
          f"  (artifacts: {folder})")
     try:
-        optuna_dashboard.run_server(study._storage, host=host, port=port, artifact_store=artifact_store(folder))
+        optuna_dashboard.run_server(optuna_internals.storage_of(study), host=host, port=port, artifact_store=artifact_store(folder))
     except OSError as err:  # taken between the check and the start
         raise UserError(f"--host {host} --port {port}: cannot listen there ({err.strerror or err})") from None

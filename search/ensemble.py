@@ -4,7 +4,7 @@ Members are the K best *distinct* configurations of a study (distinct parameters
 Optuna re-queues after a killed worker count once), or with ``seeds`` the best configuration trained with K
 seeds. Each member is a finalize like ``search finalize N`` (the same configurations, seed and checkpoint:
 ``studies/<study>/final/checkpoint-trial<N>-steps<S>[-seed<s>].pt``), so a killed ensemble finalize (or one
-stopped by Ctrl-C or SIGTERM, with one line naming the member and its checkpoint: search/finalize.py) resumes:
+stopped by Ctrl-C or SIGTERM, with one line naming the member and its checkpoint: search/final_stop.py) resumes:
 a member whose checkpoint is at its last step is not retrained, the one in progress goes on from its
 checkpoint. The predictions are the argmax of the members' weighted mean class probabilities (softmax of the
 logits, full-length test utterances).
@@ -14,7 +14,7 @@ selection from libraries of models"): greedy forward selection with replacement,
 alone, adding the member that most improves the validation accuracy of the averaged probabilities (log-loss
 breaks ties), until nothing improves; each member's weight is how often it was picked. The ensemble's validation
 accuracy is thus never below its best member's, and a member that only outvotes a better one is left out
-(weight 0). An unweighted mean measured on an H200 scored 0.5 points below its best member (BENCHMARKS.md).
+(weight 0). An unweighted mean can score below its best member (BENCHMARKS.md).
 
 With ``all_data``, each member's validation run chooses the step count (its best validation step B); the
 member is then trained again on train + validation for B steps (its own checkpoint,
@@ -41,26 +41,14 @@ import optuna
 import torch
 
 from search.errors import UserError
-from search.files import artifact_folder, check_writable, final_folder, save_torch, write_text
-from search.finalize import (FinalizeRequest, _checkpoint_step, echo_eval, echo_results, final_configs, setup,
-                             outputs_begin, publish, study_seed, test_names, training_run, write_labels)
-from search.notes import write_study_note
+from search.files import save_torch
+from search.final_pipeline import Member, checkpoint_path, final_configs, prepare, train_run, write_outputs
+from search.final_record import FinalRecord, MemberRecord
 from search.objective import trial_seed
 from search.queries import best_trials, pick_trial
-from search.scoring import answer_key, read_rows, score_files, score_rows
+from search.scoring import read_rows, score_rows
 from search.task import Task
-from search.train import predict_proba, train
-
-
-@dataclass
-class Member:
-    trial: optuna.trial.FrozenTrial
-    seed: int
-    default_seed: bool  # the seed `search finalize N` uses: the same checkpoint file
-
-    @property
-    def name(self) -> str:
-        return f"trial{self.trial.number}-seed{self.seed}"
+from search.train import predict_proba
 
 
 @dataclass
@@ -204,37 +192,85 @@ def pick_top(study: optuna.Study, k: int, seeds: bool, study_seed: int) -> list[
                     f"configuration with {k} seeds)")
 
 
-def single(trial: optuna.trial.FrozenTrial, study_seed: int) -> list[Member]:
-    """One member: ``search finalize N --all-data``."""
-    return [Member(trial, trial_seed(study_seed, trial.number), True)]
+@dataclass
+class _Plan:
+    """What every member of one ensemble finalize shares."""
+
+    task: Task
+    steps: int
+    folder: Path  # final/: the checkpoints
+    home: Path  # final/<label>/: the member models and config.json
+    all_data: bool
+    say: Callable[[str], None]
+    on_eval: Callable[[int, str, int, int, dict], None] | None
+    checkpoint_every: int
+    k: int
+    answer_rows: dict[str, str] | None  # the answer key's, to score each member's own predictions
 
 
-def _checkpoint(folder: Path, member: Member, steps: int, all_data_steps: int | None = None) -> Path:
-    name = f"checkpoint-trial{member.trial.number}-steps{steps}"
-    if all_data_steps is not None:
-        name += f"-alldata{all_data_steps}"
-    if not member.default_seed:
-        name += f"-seed{member.seed}"
-    return folder / f"{name}.pt"
+@dataclass
+class _Trained:
+    """A trained member: its result, its probabilities (on the CPU: the weights are chosen once all are
+    trained) and its configurations for config.json."""
+
+    result: MemberResult
+    valid_probs: torch.Tensor
+    test_probs: torch.Tensor
+    configs: dict
 
 
-def _train_member(model_cfg, train_cfg, task: Task, checkpoint: Path, on_eval, checkpoint_every: int,
-                  say: Callable[[str], None], done_line: str, resumed_line: str, what: str, after_others: bool):
-    """(TrainResult, already trained?, resumed-from step) of one checkpointed, resumable run; ``say``s
-    ``done_line`` if its checkpoint was at the last step, ``resumed_line`` (its ``{}``: the step) if training
-    went on from a checkpoint. ``what`` names the run in the line a signal stops it with (``after_others``:
-    runs trained before it are kept)."""
-    done_step = _checkpoint_step(checkpoint, task.bank.fingerprint)
-    try:
-        with training_run(what, checkpoint, train_cfg.steps, after_others):
-            result = train(model_cfg, train_cfg, task, on_eval=on_eval, checkpoint=checkpoint,
-                           checkpoint_every=checkpoint_every)
-    except ValueError as err:  # a checkpoint of another configuration
-        raise UserError(str(err)) from None
-    already = done_step is not None and done_step >= train_cfg.steps
-    if done_step is not None:
-        say(done_line if already else resumed_line.format(done_step))
-    return result, already, (None if already else done_step)
+def _say_resume(say: Callable[[str], None], run, done_line: str, resumed_line: str) -> None:
+    """``done_line`` if the run's checkpoint was at its last step, ``resumed_line`` (its ``{}``: the step) if
+    training went on from a checkpoint; nothing for a fresh start."""
+    if run.found_step is not None:
+        say(done_line if run.already else resumed_line.format(run.found_step))
+
+
+def _train_member(plan: _Plan, i: int, member: Member) -> _Trained:
+    """Train (or resume) member ``i``, then with ``all_data`` its train + validation run; save its model."""
+    trial, task, bank, tag = member.trial, plan.task, plan.task.bank, f"member {i + 1}/{plan.k}"
+    plan.say(f"{tag}: trial #{trial.number}, seed {member.seed} (valid accuracy {trial.value:.4f} in the search)")
+    model_cfg, train_cfg = final_configs(trial.params, task, plan.steps, member.seed)
+    evals = (lambda step, metrics: plan.on_eval(i, "valid", step, plan.steps, metrics)) if plan.on_eval else None
+    run = train_run(model_cfg, train_cfg, task, checkpoint_path(plan.folder, member, plan.steps), evals,
+                    plan.checkpoint_every, tag, i > 0)
+    _say_resume(plan.say, run, f"{tag}: already trained (its checkpoint is at step {plan.steps}): not retrained",
+                f"{tag}: resumed from the checkpoint at step {{}} of an earlier finalize")
+    mr = MemberResult(trial.number, member.seed, trial.value, run.result.best_accuracy, run.result.best_step,
+                      already_trained=run.already, resumed_from_step=run.resumed, history=run.result.history)
+    # the validation run's model: with --all-data too, these (not the retrained models) choose the weights
+    valid_probs = predict_proba(run.result.model, bank, task.valid_ids, train_cfg.eval_max_frames).cpu()
+    model, configs = run.result.model, {"model_config": model_cfg.to_dict(), "train_config": asdict(train_cfg)}
+    if plan.all_data:
+        model = _all_data_run(plan, i, member, model_cfg, mr, configs)
+    test_ids = bank.test_ids()
+    test_probs = predict_proba(model, bank, test_ids, train_cfg.eval_max_frames).cpu()
+    model_file = plan.home / f"member{i + 1}-{member.name}.pt"
+    save_torch({**configs, "state_dict": model.state_dict(), "id2speaker": bank.id2speaker,
+                "trial": trial.number, "seed": member.seed, "all_data_steps": mr.all_data_steps}, model_file)
+    mr.model_file = str(model_file)
+    if plan.answer_rows is not None:
+        own = {bank.names[u]: bank.id2speaker[c] for u, c in zip(test_ids.tolist(), test_probs.argmax(-1).tolist())}
+        mr.test_accuracy = score_rows(own, plan.answer_rows, f"member {i + 1}", bank.id2speaker)[0]
+    return _Trained(mr, valid_probs, test_probs, {**configs, "params": trial.params})
+
+
+def _all_data_run(plan: _Plan, i: int, member: Member, model_cfg, mr: MemberResult, configs: dict):
+    """The member trained again on train + validation for its validation run's best step count; its model."""
+    task, tag = plan.task, f"member {i + 1}/{plan.k}"
+    chosen = max(1, mr.best_step)
+    plan.say(f"{tag}: training again on train + validation for {chosen} steps (the validation run's best step)")
+    all_cfg = final_configs(member.trial.params, task, chosen, member.seed)[1]
+    all_cfg.eval_every = chosen  # one evaluation, at the end: the weights are those of the last step
+    everything = Task(task.bank, torch.cat([task.train_ids, task.valid_ids]), task.valid_ids, task.seed, task.source)
+    evals = (lambda step, metrics: plan.on_eval(i, "all-data", step, chosen, metrics)) if plan.on_eval else None
+    run = train_run(model_cfg, all_cfg, everything, checkpoint_path(plan.folder, member, plan.steps, chosen), evals,
+                    plan.checkpoint_every, f"{tag}'s train + validation run", True)
+    _say_resume(plan.say, run, f"{tag}: its train + validation run is already done (checkpoint at step {chosen})",
+                f"{tag}: train + validation run resumed from the checkpoint at step {{}}")
+    mr.all_data_steps, mr.all_data_already_trained, mr.all_data_resumed_from_step = chosen, run.already, run.resumed
+    configs["all_data_train_config"] = asdict(all_cfg)
+    return run.result.model
 
 
 def finalize_ensemble(study: optuna.Study, members: list[Member], task: Task, steps: int, out: Path, folder: Path,
@@ -242,75 +278,21 @@ def finalize_ensemble(study: optuna.Study, members: list[Member], task: Task, st
                       on_eval: Callable[[int, str, int, int, dict], None] | None = None,
                       checkpoint_every: int = 1000) -> EnsembleResult:
     """Train (or resume) every member, choose their weights on the validation split (``combine``), average
-    their probabilities with those weights, write the CSV, config and artifacts.
+    their probabilities with those weights, write the CSV, config and artifacts (search/final_pipeline.py).
 
     ``on_eval(member_index, phase, step, total, metrics)`` gets each evaluation (phase ``valid`` or
     ``all-data``); ``say`` the lines that tell which member is where."""
-    answers = answer_key(task.source, test_names(task))  # a broken or foreign key fails now, before any training
-    check_writable(out, "--out")
     home = folder / label
-    check_writable(home / "config.json", "study folder")
-    answer_rows = read_rows(answers) if answers else None
-    bank = task.bank
-    test_ids, valid_ids = bank.test_ids(), task.valid_ids
-    valid_probs: list[torch.Tensor] = []  # per member, on the CPU: the weights are chosen once all are trained
-    test_probs: list[torch.Tensor] = []
-    results: list[MemberResult] = []
-    member_configs: list[dict] = []
-    k = len(members)
-    for i, member in enumerate(members):
-        trial = member.trial
-        say(f"member {i + 1}/{k}: trial #{trial.number}, seed {member.seed} "
-            f"(valid accuracy {trial.value:.4f} in the search)")
-        model_cfg, train_cfg = final_configs(trial.params, task, steps, member.seed)
-        evals = (lambda step, metrics, i=i: on_eval(i, "valid", step, steps, metrics)) if on_eval else None
-        result, already, resumed = _train_member(
-            model_cfg, train_cfg, task, _checkpoint(folder, member, steps), evals, checkpoint_every, say,
-            f"member {i + 1}/{k}: already trained (its checkpoint is at step {steps}): not retrained",
-            f"member {i + 1}/{k}: resumed from the checkpoint at step {{}} of an earlier finalize",
-            f"member {i + 1}/{k}", i > 0)
-        mr = MemberResult(trial.number, member.seed, trial.value, result.best_accuracy, result.best_step,
-                          already_trained=already, resumed_from_step=resumed, history=result.history)
-        # the validation run's model: with --all-data too, these (not the retrained models) choose the weights
-        valid_probs.append(predict_proba(result.model, bank, valid_ids, train_cfg.eval_max_frames).cpu())
-        model, configs = result.model, {"model_config": model_cfg.to_dict(), "train_config": asdict(train_cfg)}
-        if all_data:
-            chosen = max(1, result.best_step)
-            say(f"member {i + 1}/{k}: training again on train + validation for {chosen} steps "
-                f"(the validation run's best step)")
-            all_cfg = final_configs(trial.params, task, chosen, member.seed)[1]
-            all_cfg.eval_every = chosen  # one evaluation, at the end: the weights are those of the last step
-            everything = Task(bank, torch.cat([task.train_ids, task.valid_ids]), valid_ids, task.seed, task.source)
-            evals = (lambda step, metrics, i=i: on_eval(i, "all-data", step, chosen, metrics)) if on_eval else None
-            full, already, resumed = _train_member(
-                model_cfg, all_cfg, everything, _checkpoint(folder, member, steps, chosen), evals, checkpoint_every,
-                say, f"member {i + 1}/{k}: its train + validation run is already done (checkpoint at step {chosen})",
-                f"member {i + 1}/{k}: train + validation run resumed from the checkpoint at step {{}}",
-                f"member {i + 1}/{k}'s train + validation run", True)
-            mr.all_data_steps, mr.all_data_already_trained, mr.all_data_resumed_from_step = chosen, already, resumed
-            model = full.model
-            configs["all_data_train_config"] = asdict(all_cfg)
-        test_probs.append(predict_proba(model, bank, test_ids, train_cfg.eval_max_frames).cpu())
-        model_file = home / f"member{i + 1}-{member.name}.pt"
-        save_torch({**configs, "state_dict": model.state_dict(), "id2speaker": bank.id2speaker,
-                    "trial": trial.number, "seed": member.seed, "all_data_steps": mr.all_data_steps}, model_file)
-        mr.model_file = str(model_file)
-        if answer_rows is not None:
-            own = {bank.names[u]: bank.id2speaker[c] for u, c in zip(test_ids.tolist(), test_probs[-1].argmax(-1).tolist())}
-            mr.test_accuracy = score_rows(own, answer_rows, f"member {i + 1}", bank.id2speaker)[0]
-        results.append(mr)
-        member_configs.append({**configs, "params": trial.params})
-        del model, result
-    combination = combine(valid_probs, bank.labels[valid_ids].cpu(), all_data)
+    answers = prepare(task, out, home / "config.json")
+    plan = _Plan(task, steps, folder, home, all_data, say, on_eval, checkpoint_every, len(members),
+                 read_rows(answers) if answers else None)
+    trained = [_train_member(plan, i, member) for i, member in enumerate(members)]
+    results = [t.result for t in trained]
+    combination = combine([t.valid_probs for t in trained], task.bank.labels[task.valid_ids].cpu(), all_data)
     for mr, weight in zip(results, combination.weights):
         mr.weight = weight
-    valid_accuracy = combination.valid_accuracy
-    test_mix = sum(weight * probs for weight, probs in zip(combination.weights, test_probs) if weight)
-    outputs_begin()  # from here on a signal waits: the CSV, config and artifacts are written whole
-    write_labels(task, test_mix.argmax(-1).tolist(), out)
-    test_accuracy, test_n = score_files(out, answers, bank.id2speaker) if answers else (None, None)
-    config_path = home / "config.json"
-    write_text(config_path, json.dumps({
+    test_mix = sum(weight * t.test_probs for weight, t in zip(combination.weights, trained) if weight)
+    config = {
         "study": study.study_name, "label": label, "steps": steps, "all_data": all_data,
         "combine": "weighted mean of the members' softmax probabilities: " + combination.describe(),
         "weights": combination.weights,
@@ -318,25 +300,16 @@ def finalize_ensemble(study: optuna.Study, members: list[Member], task: Task, st
                                 "replacement on validation accuracy, ties broken by validation log-loss",
                       "chosen_on": combination.chosen_on, "picks": combination.picks,
                       "equal_mean_valid_accuracy": combination.equal_mean_valid_accuracy},
-        "valid_accuracy": valid_accuracy, "test_accuracy": test_accuracy, "test_utterances": test_n,
-        "answers": str(answers) if answers else None,
-        "members": [{**asdict(m), **c} for m, c in zip(results, member_configs)],
-    }, indent=2))
-    from search.artifacts import upload_files
-
-    files = [Path(m.model_file) for m in results] + [config_path, out]
-    artifacts = upload_files(study, label, files, artifact_folder(study.study_name), steps)
-    study.set_user_attr("final_ensemble", {
-        "label": label, "steps": steps, "all_data": all_data, "valid_accuracy": valid_accuracy,
-        "test_accuracy": test_accuracy, "combine": combination.describe(),
-        "members": [{"trial": m.trial, "seed": m.seed, "weight": m.weight, "valid_accuracy": m.valid_accuracy,
-                     "best_step": m.best_step, "test_accuracy": m.test_accuracy, "all_data_steps": m.all_data_steps}
-                    for m in results],
-        "artifacts": artifacts, "artifact_dir": str(artifact_folder(study.study_name)),
-    })
-    write_study_note(study)  # the dashboard's study note shows the ensemble
-    return EnsembleResult(label, results, valid_accuracy, out, home, all_data, test_accuracy, test_n, answers,
-                          artifacts, combination)
+        "valid_accuracy": combination.valid_accuracy, "test_accuracy": None, "test_utterances": None, "answers": None,
+        "members": [{**asdict(t.result), **t.configs} for t in trained],
+    }
+    record = FinalRecord(label, steps, all_data, combination.valid_accuracy, combine=combination.describe(),
+                         members=[MemberRecord(m.trial, m.seed, m.weight, m.valid_accuracy, m.best_step,
+                                               m.test_accuracy, m.all_data_steps) for m in results])
+    write_outputs(study, task, test_mix.argmax(-1).tolist(), out, answers, home / "config.json", config,
+                  [Path(m.model_file) for m in results], record)
+    return EnsembleResult(label, results, combination.valid_accuracy, out, home, all_data, record.test_accuracy,
+                          config["test_utterances"], answers, record.artifacts, combination)
 
 
 def summary_lines(result: EnsembleResult) -> list[str]:
@@ -357,36 +330,3 @@ def summary_lines(result: EnsembleResult) -> list[str]:
         if result.combination is not None:
             lines.append(result.combination.describe())
     return lines
-
-
-def finalize_members(study: optuna.Study, request: FinalizeRequest) -> None:
-    """``search finalize top --k K [--seeds] [--all-data]`` and ``search finalize best|N --all-data``: pick
-    the members, train them (printing progress) and print the members' and the ensemble's results."""
-    settings_seed = study_seed(study)
-    k, steps, all_data = request.k or 3, request.steps, request.all_data
-    if request.which == "top":
-        members = pick_top(study, k, request.seeds, settings_seed)
-        first = members[0].trial.number
-        label = (f"trial{first}-seeds{k}" if request.seeds else f"top{k}") + ("-all-data" if all_data else "")
-        what = (f"the best configuration (trial #{first}) with {k} seeds" if request.seeds else
-                f"the top {k} distinct configurations (trials " + ", ".join(f"#{m.trial.number}" for m in members) + ")")
-    else:
-        members = single(pick_trial(study, request.which), settings_seed)
-        label, what = f"trial{members[0].trial.number}-all-data", f"trial #{members[0].trial.number}"
-    name = f"{label}-steps{steps}"
-    out, echo, task = setup(study, request, name)
-    echo(f"finalizing {what} of {study.study_name!r}: {steps} steps each on {task.device}"
-         + ("; then each again on train + validation for its best step count" if all_data else ""))
-
-    def on_eval(i: int, phase: str, step: int, total: int, metrics: dict) -> None:
-        echo_eval(echo, step, total, metrics, member=f"member {i + 1}/{len(members)}", phase=phase)
-
-    result = finalize_ensemble(study, members, task, steps, out, final_folder(study.study_name), label, all_data,
-                               echo, on_eval, request.checkpoint_every)
-    for line in summary_lines(result):
-        echo(line)
-    if all_data:
-        echo("--all-data: the predictions come from models trained on train + validation for the step count "
-             "their validation run chose; the validation split no longer scores them (valid above: the validation runs)")
-    echo_results(echo, result, study.study_name, f"members and config saved in {result.folder}")
-    publish(study, request, name, result.predictions_path, result.valid_accuracy, result.test_accuracy, echo)

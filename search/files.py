@@ -154,8 +154,8 @@ def is_sqlite_file(path: Path) -> bool:
 def _storage_files(url: str | None) -> list[Path]:
     """The files of a storage URL (a SQLite database with its -wal, -shm and -journal files, or a journal file),
     absolute; none for a server."""
-    from search.storage import is_journal, journal_path
     from search.sqlite import sqlite_path
+    from search.storage import is_journal, journal_path
 
     if not url:
         return []
@@ -170,11 +170,10 @@ def _storage_files(url: str | None) -> list[Path]:
 
 def check_out(path: Path, option: str, storage: str | None = None, data: str | Path | None = None,
               answers: Path | None = None) -> None:
-    """An output file must not be one of the command's own inputs: ``search report --out studies/vic.db`` replaced
-    the study's database with HTML, ``finalize --out DATA/answers.csv`` replaced the answer key and then scored
-    its own output (test accuracy 1.0000), ``--out DATA/metadata.json`` broke the data folder. Refused: a file of
-    the storage in use, any existing SQLite database (some study's storage), anything inside the data folder, the
-    answer key. One line naming the option, the file and what it is."""
+    """An output file must not be one of the command's own inputs: writing it would replace a study's database,
+    break the data folder, or replace the answer key that then scores its own copy. Refused: a file of the storage
+    in use, any existing SQLite database (some study's storage), anything inside the data folder, the answer key.
+    One line naming the option, the file and what it is."""
     from search.storage import redact
 
     target = path.resolve()

@@ -15,7 +15,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.errors import NoStudyStorage, UserError
 from search.files import STUDIES
+from search.final_record import show_lines
 from search.queries import best_or_none, pick_trial, state_counts, trial_fields
+from search.sqlite import sqlite_path
 from search.storage import open_storage, redact_url
 
 STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)
@@ -29,16 +31,13 @@ def default_storages(folder: Path = STUDIES) -> list[str]:
 
 def study_rows(url: str) -> list[dict]:
     """One row per study in the storage at ``url``: name, trial counts by state, best value and trial."""
-    if url.startswith("sqlite:"):
-        import sqlalchemy
-
-        database = sqlalchemy.engine.make_url(url).database
-        if database and database != ":memory:" and not Path(database).exists():
-            raise UserError(f"--storage {url}: no such file {database}")
+    database = sqlite_path(url)
+    if database is not None and not database.exists():
+        raise UserError(f"--storage {url}: no such file {database}")
     storage = open_storage(url, read_only=True)
     rows = []
     # storage.get_all_studies(), not optuna.get_all_study_summaries: that one reads every trial of every study
-    # (for counts it does not split by state): 700 MB at 5,000 trials
+    # whole, for counts it does not even split by state (BENCHMARKS.md, "Read-only commands")
     for summary in storage.get_all_studies():
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         by_state, best = state_counts(study), best_or_none(study)  # a count query, and the best trial alone
@@ -100,47 +99,7 @@ def trial_lines(study: optuna.Study, trial: FrozenTrial) -> list[str]:
         if config:
             lines.append(f"{key} (resolved):")
             lines.append("  " + json.dumps(config, sort_keys=True))
-    final = study.user_attrs.get("final")
-    if isinstance(final, dict) and final.get("trial") == trial.number:
-        lines.append(f"finalized: {final.get('steps')} steps, valid accuracy {final.get('valid_accuracy', 0):.4f}; "
-                     f"artifacts in {final.get('artifact_dir')}:")
-        lines += [f"  {name}  (id {artifact_id})" for name, artifact_id in final.get("artifacts", {}).items()]
-    lines += _ensemble_lines(study.user_attrs.get("final_ensemble"), trial.number)
-    from search.notes import predictions_text
-
-    held = predictions_text(study)
-    if held is not None:
-        lines.append(f"predictions.csv holds {held}")
-    return lines
-
-
-def _ensemble_lines(ensemble: object, number: int) -> list[str]:
-    """What `search finalize top` (or `--all-data`) recorded, when this trial is one of its members."""
-    if not isinstance(ensemble, dict) or not any(isinstance(m, dict) and m.get("trial") == number
-                                                for m in ensemble.get("members", [])):
-        return []
-
-    def acc(value) -> str:
-        return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
-
-    members = ensemble["members"]
-    has_test = ensemble.get("test_accuracy") is not None
-    lines = [f"ensemble {ensemble.get('label')}: {len(members)} member(s), {ensemble.get('steps')} steps each"
-             + (", then trained on train + validation (the validation split no longer scores it)"
-                if ensemble.get("all_data") else "")
-             + f"; valid accuracy {acc(ensemble.get('valid_accuracy'))}"
-             + (f", test accuracy {acc(ensemble.get('test_accuracy'))}" if has_test else "") + ":"]
-    for i, m in enumerate(members, 1):
-        lines.append(f"  member {i}: trial #{m.get('trial')} seed {m.get('seed')}  valid {acc(m.get('valid_accuracy'))}"
-                     + (f"  test {acc(m.get('test_accuracy'))}" if has_test else "")
-                     + (f"  weight {m['weight']}" + ("" if m["weight"] else " (left out)") if "weight" in m else "")
-                     + (f"  all-data steps {m.get('all_data_steps')}" if m.get("all_data_steps") else "")
-                     + ("  (this trial)" if m.get("trial") == number else ""))
-    if ensemble.get("combine"):
-        lines.append(f"  {ensemble['combine']}")
-    lines.append(f"  artifacts in {ensemble.get('artifact_dir')}:")
-    lines += [f"  {name}  (id {artifact_id})" for name, artifact_id in ensemble.get("artifacts", {}).items()]
-    return lines
+    return lines + show_lines(study, trial.number)  # what was finalized with this trial in it
 
 
 def trial_json(trial: FrozenTrial) -> dict:
@@ -172,11 +131,9 @@ def reference_note(study: optuna.Study, best: FrozenTrial) -> str:
 
 # ``search trials``: one row per trial, from Optuna's own records (the trial's state, value, datetimes,
 # sampled parameters and the user attributes the objective sets); nothing is kept anywhere else.
-TRIAL_COLUMNS = ("number", "state", "value", "ended", "parameters", "steps_per_second", "wall_seconds",
-                 "encoder", "d_model", "layers", "pooling", "loss", "lr")
-KEY_PARAMS = ("encoder", "d_model", "layers", "pooling", "loss", "lr")
-TRIAL_SORTS = ("number", "value", "duration")
-STATE_NAMES = tuple(s.name.lower() for s in STATES)
+# The key parameters that fit a terminal table's width (of search/notes.py KEY_PARAMS), in the table's order.
+TABLE_PARAMS = ("encoder", "d_model", "layers", "pooling", "loss", "lr")
+TRIAL_COLUMNS = ("number", "state", "value", "ended", "parameters", "steps_per_second", "wall_seconds", *TABLE_PARAMS)
 
 
 def _seconds(trial: FrozenTrial) -> float | None:
@@ -200,8 +157,8 @@ def trial_rows(study: optuna.Study, sort: str = "number", states: tuple[str, ...
     wanted = tuple(TrialState[s.upper()] for s in states) or None
     # only what the table shows (queries.trial_fields): the sampled key parameters, else the resolved ones
     attrs = ("ended", "parameters", "steps_per_second", "wall_seconds", "model_config", "train_config",
-             *(f"{group}.{key}" for key in KEY_PARAMS for group in ("model", "train")))
-    trials = trial_fields(study, wanted, KEY_PARAMS, attrs)
+             *(f"{group}.{key}" for key in TABLE_PARAMS for group in ("model", "train")))
+    trials = trial_fields(study, wanted, TABLE_PARAMS, attrs)
     maximize = len(study.directions) > 1 or study.direction == optuna.study.StudyDirection.MAXIMIZE
     if sort == "value":
         with_value = sorted((t for t in trials if t.value is not None), key=lambda t: (t.value, -t.number),
@@ -221,7 +178,7 @@ def trial_rows(study: optuna.Study, sort: str = "number", states: tuple[str, ...
                "value": t.value if len(study.directions) == 1 else None,
                "ended": a.get("ended"), "parameters": a.get("parameters"),
                "steps_per_second": a.get("steps_per_second"), "wall_seconds": a.get("wall_seconds")}
-        for key in KEY_PARAMS:  # sampled; else the resolved configuration's (a trial run outside the space)
+        for key in TABLE_PARAMS:  # sampled; else the resolved configuration's (a trial run outside the space)
             row[key] = t.params.get(key, resolved.get(key))
         rows.append(row)
     return rows
@@ -284,7 +241,7 @@ def studies_text(storage: str | None, as_json: bool = False, skipped: list[str] 
     Without ``storage``, a file among ``studies/*.db`` that holds no study (not made by `search run`) is none of
     them, and one that cannot be read (damaged, not SQLite) does not hide the others: it is left out and named, one
     line each, in ``skipped`` (the command prints them as warnings). Without ``skipped``, or with an explicit
-    ``storage``, an unreadable storage is the command's error, as before."""
+    ``storage``, an unreadable storage is the command's error."""
     if storage:
         rows = study_rows(storage)
     elif skipped is None:

@@ -13,41 +13,36 @@ rewrites the study's note alone: for whatever changes what it shows outside a ru
 recording its result). The notes are generated: each write replaces the note, edits made in the
 dashboard included.
 
-Storage. optuna-dashboard keeps notes in the *study's* system attributes (a version, and the body in
-chunks of 2,045 characters), which is why a finished trial, whose own attributes can no longer change,
-can still get one. Its ``save_note`` reads all the study's system attributes to find the next version,
-and again to clear leftover chunks: every note of every trial, so each write costs more as the study
-grows (measured here, SQLite on a loaded 2-core machine: 68 ms per note on an empty study, 233 ms at
-1,000 trials; two notes a trial). ``_save`` writes the same keys without reading any: the version is
-the time in milliseconds (the dashboard only asks that an edit it saves be the stored version + 1, so a
-note rewritten here under an open editor is reported to that user as changed, as it should be), and a
-note is always written as ``CHUNKS`` chunks, blank ones included, so a shorter note blanks the rest of a
-longer one (a note typed in the dashboard longer than that keeps its tail). Notes are cut to fit.
-tests/test_report.py reads them back with optuna-dashboard's own ``get_note``, tests/test_dashboard.py
-through its web API and in a browser: what would catch a change in that layout.
+Storage. optuna-dashboard keeps notes in the *study's* system attributes (a version, and the body in chunks),
+which is why a finished trial, whose own attributes can no longer change, can still get one. Its public
+``save_note`` reads every note of the study to write one, so each write costs more as the study grows
+(BENCHMARKS.md, "Figures behind code constants"); search/optuna_internals.py writes the same keys without reading
+any. A note is always written as ``CHUNKS`` chunks, blank ones included, so a shorter note blanks the rest of a
+longer one (a note typed in the dashboard longer than that keeps its tail); notes are cut to fit. A note rewritten
+here under an open editor is reported to that user as changed, as it should be.
+tests/test_report.py reads them back with optuna-dashboard's own ``get_note``, tests/test_dashboard.py through its
+web API and in a browser, tests/test_optuna_internals_dashboard.py checks the layout itself.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from datetime import datetime, timezone
 from typing import Callable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from search import optuna_internals
 from search.attrs import resolved_configs, train_loss_points
+from search.final_record import finalized_rows
 from search.queries import best_or_none, counts
 
-CHUNKS = 2  # note chunks written each time (4,090 characters); the dashboard's chunk is 2,045
+CHUNKS = 2  # note chunks written each time: room for a long trial note, little to rewrite
 CURVE_POINTS = 8  # at most this many steps of a curve in a note: the first, the best, the last and some between
+# the parameters that tell one trial from another at a glance: the note's best trial, the report's tables
+KEY_PARAMS = ("encoder", "pooling", "loss", "d_model", "layers", "nhead", "head", "lr", "batch_size", "segment")
 STUDY_SETTINGS = ("budget", "eval_every", "data", "seed", "profile", "pruning")  # first, in this order
-
-try:  # the dashboard's own layout of a note in the system attributes (its private module; see the docstring)
-    from optuna_dashboard._note import SYSTEM_ATTR_MAX_LENGTH, note_str_key_prefix, note_ver_key
-except ImportError:  # pragma: no cover - a later optuna-dashboard: its public save_note, reading everything
-    SYSTEM_ATTR_MAX_LENGTH = None
 
 
 # --- what a note says ---------------------------------------------------------------------------------
@@ -169,68 +164,6 @@ def settings_rows(study: optuna.Study) -> list[tuple[str, object]]:
     return [(k, attrs[k]) for k in keys if not isinstance(attrs[k], (dict, list))]
 
 
-def _accuracy(value) -> str:
-    return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
-
-
-def predictions_text(study: optuna.Study) -> str | None:
-    """Which finalized result ``studies/<study>/predictions.csv`` holds (the study attribute ``predictions``,
-    search/finalize.py ``publish``), or None before a finalize recorded one."""
-    held = study.user_attrs.get("predictions")
-    if not isinstance(held, dict) or not held.get("name"):
-        return None
-    text = f"{held['name']} (valid accuracy {_accuracy(held.get('valid_accuracy'))}"
-    if held.get("test_accuracy") is not None:
-        text += f", test accuracy {_accuracy(held['test_accuracy'])}"
-    return text + f"), a copy of {held.get('file')}: the best finalized result by validation accuracy"
-
-
-def finalized_rows(study: optuna.Study) -> list[tuple[str, str]]:
-    """What ``search finalize`` recorded (the study attributes ``final`` and ``final_ensemble``, and which result
-    predictions.csv holds), as (what, text) rows; none before a finalize."""
-    rows = []
-    held = predictions_text(study)
-    if held is not None:
-        rows.append(("predictions.csv holds", held))
-    final = study.user_attrs.get("final")
-    if isinstance(final, dict):
-        text = f"trial #{final.get('trial')} retrained for {final.get('steps')} steps: validation accuracy " \
-               f"{_accuracy(final.get('valid_accuracy'))}"
-        if final.get("best_step") is not None:
-            text += f" (best at step {final['best_step']})"
-        if final.get("test_accuracy") is not None:
-            text += f", test accuracy {_accuracy(final['test_accuracy'])}"
-        for key in ("date", "finished", "current"):
-            if final.get(key) not in (None, ""):
-                text += f", {key} {final[key]}"
-        rows.append(("finalized", text))
-        if isinstance(final.get("artifacts"), dict) and final["artifacts"]:
-            rows.append(("artifacts", ", ".join(final["artifacts"])))
-    ensemble = study.user_attrs.get("final_ensemble")
-    if isinstance(ensemble, dict):
-        members = ensemble.get("members") or []
-        members = [m for m in members if isinstance(m, dict)]
-        picks = sum(m.get("weight") or 0 for m in members)
-
-        def member(m: dict) -> str:  # "#3 seed 3 weight 1/2": ensemble selection's share (search/ensemble.py)
-            text = f"#{m.get('trial')} seed {m.get('seed')}"
-            if len(members) > 1 and isinstance(m.get("weight"), int) and picks:
-                text += f" weight {m['weight']}/{picks}" if m["weight"] else " left out (weight 0)"
-            return text
-
-        numbers = ", ".join(member(m) for m in members)
-        text = (f"{ensemble.get('label')}: {len(members)} member(s) ({numbers}), "
-                f"{ensemble.get('steps')} steps each: validation accuracy {_accuracy(ensemble.get('valid_accuracy'))}")
-        if ensemble.get("test_accuracy") is not None:
-            text += f", test accuracy {_accuracy(ensemble['test_accuracy'])}"
-        if ensemble.get("all_data"):
-            text += " (then trained on train + validation)"
-        rows.append(("ensemble", text))
-        if isinstance(ensemble.get("artifacts"), dict) and ensemble["artifacts"]:
-            rows.append(("ensemble artifacts", ", ".join(ensemble["artifacts"])))
-    return rows
-
-
 def study_note(study: optuna.Study) -> str:
     by_state = counts(study)
     total = sum(by_state.values())
@@ -249,8 +182,7 @@ def study_note(study: optuna.Study) -> str:
         facts = [f"**best so far**: trial {best.number}, validation accuracy {best.value:.4f}",
                  *describe_size_and_speed(best.user_attrs)]
         lines.append(" · ".join(facts))
-        keys = ("encoder", "d_model", "layers", "nhead", "pooling", "head", "loss", "lr", "batch_size", "segment")
-        shown = [f"{k}={_cell(best.params[k])}" for k in keys if k in best.params]
+        shown = [f"{k}={_cell(best.params[k])}" for k in KEY_PARAMS if k in best.params]
         if shown:
             lines += ["", " · ".join(shown)]
     final = finalized_rows(study)
@@ -263,40 +195,22 @@ def study_note(study: optuna.Study) -> str:
 
 # --- writing them ---------------------------------------------------------------------------------------
 
-def _fit(body: str) -> str:
-    if SYSTEM_ATTR_MAX_LENGTH is None:
-        return body
-    limit = CHUNKS * SYSTEM_ATTR_MAX_LENGTH
-    if len(body) <= limit:
-        return body
-    tail = "\n\n*(note cut to fit)*\n"
-    return body[:limit - len(tail)] + tail
-
-
 def _save(study: optuna.Study, trial_id: int | None, body: str) -> None:
-    """Write a note as optuna-dashboard stores it (see the module docstring), reading nothing."""
-    body = _fit(body)
-    if SYSTEM_ATTR_MAX_LENGTH is None:  # pragma: no cover
-        from optuna_dashboard import save_note
-
-        save_note(study if trial_id is None else _TrialRef(study, trial_id), body)
+    """Write a note as optuna-dashboard stores it (see the module docstring), reading nothing; cut to fit."""
+    length = optuna_internals.note_chunk_length()
+    if length is None:  # pragma: no cover - a later optuna-dashboard: its public save_note, reading everything
+        optuna_internals.save_note_public(study, trial_id, body)
         return
-    storage, study_id = study._storage, study._study_id
-    prefix = note_str_key_prefix(trial_id)
-    for i in range(CHUNKS):  # the body first, the version last: a reader never finds a version without a body
-        chunk = body[i * SYSTEM_ATTR_MAX_LENGTH:(i + 1) * SYSTEM_ATTR_MAX_LENGTH]
-        storage.set_study_system_attr(study_id, f"{prefix}{i}", chunk)
-    storage.set_study_system_attr(study_id, note_ver_key(trial_id), time.time_ns() // 1_000_000)
-
-
-class _TrialRef:  # pragma: no cover - what optuna_dashboard.save_note reads of a live trial
-    def __init__(self, study: optuna.Study, trial_id: int) -> None:
-        self.study, self.storage, self._trial_id = study, study._storage, trial_id
+    limit = CHUNKS * length
+    if len(body) > limit:
+        tail = "\n\n*(note cut to fit)*\n"
+        body = body[:limit - len(tail)] + tail
+    optuna_internals.write_note_chunks(study, trial_id, [body[i * length:(i + 1) * length] for i in range(CHUNKS)])
 
 
 def write_trial_note(study: optuna.Study, trial: FrozenTrial) -> None:
     """The trial's note in optuna-dashboard (any state; a finished trial can have one)."""
-    _save(study, trial._trial_id, trial_note(study, trial))
+    _save(study, optuna_internals.trial_id(trial), trial_note(study, trial))
 
 
 def write_study_note(study: optuna.Study) -> None:

@@ -1,12 +1,14 @@
-"""Every use of Optuna's private names, in one place: each function below says why the public API cannot do it.
+"""Every use of Optuna's and optuna-dashboard's private names, in one place: each function below says why the
+public API cannot do it.
 
-Any Optuna release may rename or remove these; tests/test_optuna_internals.py fails, naming the one that
-changed, before a user meets it. Nothing else in the project may reach into Optuna's private modules or
-attributes: it calls these. A flat list of small functions, on purpose.
+Any release may rename or remove these; tests/test_optuna_internals.py and tests/test_optuna_internals_dashboard.py
+fail, naming the one that changed, before a user meets it. Nothing else in the project may reach into Optuna's
+private modules or attributes: it calls these. A flat list of small functions, on purpose.
 """
 
 from __future__ import annotations
 
+import time
 from contextlib import AbstractContextManager
 
 import optuna
@@ -100,3 +102,67 @@ def journal_op_codes() -> set[int]:
     from optuna.storages.journal._storage import JournalOperation
 
     return {op.value for op in JournalOperation}
+
+
+# --- study system attributes: artifacts' metadata, optuna-dashboard's notes ----------------------------------------
+
+def study_system_attrs(study: optuna.Study) -> dict:
+    """The study's system attributes, where Optuna keeps artifact metadata and the dashboard its notes.
+    ``Study.system_attrs`` was removed from the public API; ``get_all_artifact_meta`` fails on the ``null``
+    the dashboard leaves for a deleted artifact."""
+    return study._storage.get_study_system_attrs(study._study_id)
+
+
+def set_study_system_attr(study: optuna.Study, key: str, value) -> None:
+    """Write one study system attribute: Optuna has no public call for it (``Study.set_system_attr`` is gone)."""
+    study._storage.set_study_system_attr(study._study_id, key, value)
+
+
+def artifact_meta_key(artifact_id: str) -> str:
+    """The study system attribute holding an artifact's metadata (its stored content type among them). Optuna
+    has no public call to change an artifact's metadata: search/artifacts.py repairs the content type here."""
+    from optuna.artifacts._upload import ARTIFACTS_ATTR_PREFIX
+
+    return ARTIFACTS_ATTR_PREFIX + artifact_id
+
+
+def is_artifact_meta_key(key: str) -> bool:
+    """Whether a study system attribute is an artifact's metadata (see ``artifact_meta_key``)."""
+    from optuna.artifacts._upload import ARTIFACTS_ATTR_PREFIX
+
+    return key.startswith(ARTIFACTS_ATTR_PREFIX)
+
+
+def note_chunk_length() -> int | None:
+    """How many characters optuna-dashboard stores per note chunk, or None where its note layout module is
+    gone (then ``save_note_public``). Its public ``save_note`` reads every note of the study to write one,
+    a cost that grows with the study: search/notes.py writes the same keys itself."""
+    try:
+        from optuna_dashboard._note import SYSTEM_ATTR_MAX_LENGTH
+    except ImportError:  # pragma: no cover - a later optuna-dashboard
+        return None
+    return SYSTEM_ATTR_MAX_LENGTH
+
+
+def write_note_chunks(study: optuna.Study, trial: int | None, chunks: list[str]) -> None:
+    """Store a note (of the trial with id ``trial``, or the study's with None) as optuna-dashboard does: the
+    chunks under its keys, then a version, the time in milliseconds (the dashboard only asks that an edit be
+    the stored version + 1). The body goes first: a reader never finds a version without its body."""
+    from optuna_dashboard._note import note_str_key_prefix, note_ver_key
+
+    prefix = note_str_key_prefix(trial)
+    for i, chunk in enumerate(chunks):
+        set_study_system_attr(study, f"{prefix}{i}", chunk)
+    set_study_system_attr(study, note_ver_key(trial), time.time_ns() // 1_000_000)
+
+
+def save_note_public(study: optuna.Study, trial: int | None, body: str) -> None:  # pragma: no cover
+    """optuna-dashboard's public ``save_note``, for a release without the layout ``write_note_chunks`` uses. It
+    takes a live ``Trial``; a finished trial has none, so it gets a stand-in with what save_note reads."""
+    from optuna_dashboard import save_note
+
+    class TrialRef:
+        def __init__(self) -> None:
+            self.study, self.storage, self._trial_id = study, study._storage, trial
+
+    save_note(study if trial is None else TrialRef(), body)

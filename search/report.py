@@ -27,27 +27,21 @@ from search import queries
 from search.errors import UserError
 from search.files import write_text
 from search.queries import complete_trials
-from search.notes import finalized_rows, outcome, settings_rows
+from search.final_record import finalized_rows
+from search.notes import KEY_PARAMS, outcome, settings_rows
 
 TOP = 5  # best trials in the summaries
-KEY_PARAMS = ("encoder", "pooling", "loss", "d_model", "layers", "nhead", "head", "lr", "batch_size", "segment")
 SLICED = ("lr", "weight_decay", "dropout", "d_model", "layers", "segment")  # categorical ones: the comparison
 COMPARED = ("encoder", "pooling", "loss")  # the architecture choices compared side by side
 MIN_TRIALS_FOR_IMPORTANCE = 2
-# Below this many complete trials the importances are drawn but marked unreliable. The figure uses Optuna 5's
-# default evaluator, PED-ANOVA, which compares the best 10% of the trials with all of them: under 30 trials
-# that is one or two trials. Measured with bench/importance_reliability.py: studies of n random trials on the
-# cpu profile (15 parameters compared), with a known objective whose learning rate explains ~3/4 of the
-# variance; the evaluator ranked it first in 11/24 studies of 10 trials, 14/24 of 20, 24/24 of 25, 23/24 of
-# 30 and 24/24 of 40 (and the second parameter, ~1/7 of the variance, second in at most 3/24, even at 40).
-# 30: about twice the parameters compared, a margin over 25. A real study's TPE trials crowd where it looks
-# good, which only makes this harder.
+# Below this many complete trials the importances are drawn but marked unreliable: Optuna's default evaluator
+# compares the best 10% of the trials with all of them, a handful in a small study. About twice the parameters
+# compared (bench/importance_reliability.py; BENCHMARKS.md, "Figures behind code constants").
 IMPORTANCE_RELIABLE = 30
 STATE_DASH = {"COMPLETE": "solid", "PRUNED": "dot", "FAIL": "dashdot"}
-# A study of thousands of trials (many workers, hours of pruned CPU trials) drew one pair of lines per trial and
-# one timeline bar per trial: 21 MB and most of a minute for 5,004 trials (bench/load.py). Past these counts the
-# curves figure draws the best CURVES_DRAWN trials one by one and every trial as a median with a 10-90% band, and
-# the timeline becomes a histogram of when trials ended, by state.
+# One line or bar per trial makes a study of thousands of trials a page too large to open (BENCHMARKS.md, "Read-only
+# commands"): past these counts the curves figure draws the best CURVES_DRAWN one by one and all as a median with
+# a 10-90% band, and the timeline becomes a histogram of when trials ended, by state.
 CURVES_DRAWN = 60
 TIMELINE_DRAWN = 600
 
@@ -57,10 +51,6 @@ class Section:
     title: str
     figure: object | None = None  # a plotly Figure, or None with a note saying why not
     note: str = ""  # with a figure: a caution shown above it
-
-
-def best_trials(study: optuna.Study, n: int = TOP) -> list[FrozenTrial]:
-    return queries.best_trials(study, n)
 
 
 def _fmt(value) -> str:
@@ -82,7 +72,7 @@ def counts_line(study: optuna.Study) -> str:
 def summary_lines(study: optuna.Study, n: int = TOP) -> list[str]:
     """The terminal summary: the trial counts and the ``n`` best complete trials, one line each."""
     lines = [f"study {study.study_name!r}: {counts_line(study)}"]
-    best = best_trials(study, n)
+    best = queries.best_trials(study, n)
     if not best:
         return lines + ["no complete trial yet"]
     lines.append(f"best {len(best)} trials:")
@@ -174,7 +164,7 @@ def _curves_figure(study: optuna.Study, trials: list[FrozenTrial]):
     from plotly.colors import qualitative
     from plotly.subplots import make_subplots
 
-    best = best_trials(study, 1)
+    best = queries.best_trials(study, 1)
     best_number = best[0].number if best else None
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.08, subplot_titles=(
         "validation accuracy", "training loss (mean over the steps since the previous validation)"))
@@ -266,9 +256,8 @@ def build_sections(study: optuna.Study) -> list[Section]:
             sections.append(Section(title, note=f"not drawn: {type(err).__name__}: {err}"))
 
     no_complete = "needs a complete trial; none yet" if not complete else None
-    # Optuna's figures below read complete trials only, but read them through study.get_trials(), a full copy of
-    # every trial each time: the importances' hover text alone does it once per parameter (89 of 116 s for a
-    # study of 5,004 trials, 508 complete, in bench/load.py). They get an in-memory study of the complete trials.
+    # Optuna's figures below read complete trials only, but through study.get_trials(), a full copy of every trial
+    # each time (the importances' hover text once per parameter): they get an in-memory study of the complete ones.
     study_of_complete = _in_memory(study, complete) if complete else study
     add("Optimisation history", lambda: vis.plot_optimization_history(study_of_complete,
                                                                       target_name="validation accuracy"),
@@ -298,7 +287,7 @@ def build_sections(study: optuna.Study) -> list[Section]:
 
 def _best_table(study: optuna.Study) -> str:
     rows = []
-    for t in best_trials(study):
+    for t in queries.best_trials(study, TOP):
         a = t.user_attrs
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in (
             f"#{t.number}", f"{t.value:.4f}", describe_params(t.params), a.get("parameters", ""),
@@ -338,7 +327,7 @@ def _failures_html(study: optuna.Study) -> str:
 
 
 def provenance() -> str:
-    """When the page was made, and with what: ``2026-11-26 13:45 UTC; hw04-search 0.1.0, Optuna 5.0.0, ...``."""
+    """When the page was made, and with what: the UTC minute, then this package's, Optuna's and torch's versions."""
     from datetime import datetime, timezone
 
     import torch
@@ -392,8 +381,8 @@ def write_report(study: optuna.Study, out: Path) -> list[Section]:
     """Write the page to ``out`` atomically (a temporary file renamed into place); returns its sections."""
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
         raise UserError(f"study {study.study_name!r} has no finished trial yet: run `search run` first")
-    # Every part of the page reads the trials (counts, best, failures, each figure): from storage that is one
-    # query of every trial each time (7 for this page, most of its time at 5,004 trials), from memory a copy.
+    # Every part of the page reads the trials (counts, best, failures, each figure): from storage a query of every
+    # trial each time, from memory a copy.
     snapshot = _in_memory(study, study.get_trials(deepcopy=False))
     for key, value in study.user_attrs.items():
         snapshot.set_user_attr(key, value)

@@ -17,10 +17,10 @@ from search.errors import UserError
 BUSY_TIMEOUT = 120  # seconds a SQLite writer waits for another process's lock
 
 
-def sqlite_path(url: str) -> Path | None:
+def sqlite_path(url: str | None) -> Path | None:
     """The SQLite file a storage URL names (as given: relative to the current folder where the URL is), or None
     for another storage, an in-memory database or a URL that does not parse (search/storage.py ``check_url`` names that)."""
-    if not url.startswith("sqlite"):
+    if not url or not url.startswith("sqlite"):
         return None
     try:
         database = sqlalchemy.engine.make_url(url).database
