@@ -9,8 +9,6 @@ are being written waits until they all are, and the command ends normally (``out
 
 from __future__ import annotations
 
-import signal
-import threading
 from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -19,7 +17,8 @@ from typing import Callable, Iterator
 
 from search.checkpoints import saved_step
 from search.errors import Stopped
-from search.guard import held_signals, interrupt_once, owns_process, raise_pending, signal_of
+from search import signals
+from search.signals import interrupt_once, signal_name, signal_of
 
 
 @dataclass
@@ -54,10 +53,6 @@ class _Stop:
 _STOP: ContextVar[_Stop | None] = ContextVar("finalize_stop", default=None)  # set by ``stoppable``
 
 
-def signal_name(signum: int) -> str:
-    return "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
-
-
 @contextmanager
 def training_run(what: str, checkpoint: Path, steps: int, after_others: bool = False) -> Iterator[None]:
     """Around one checkpointed train() of a finalize: a signal inside it is reported as stopping ``what`` at
@@ -79,16 +74,7 @@ def outputs_begin() -> None:
     stop = _STOP.get()
     if stop is not None and stop.holding is not None and not stop.writing:
         stop.writing = True
-        stop.holding.enter_context(held_signals())
-
-
-def _take_pending() -> KeyboardInterrupt | None:
-    """The signal held since ``outputs_begin``, taken (none is left for later code), or None."""
-    try:
-        raise_pending()
-    except KeyboardInterrupt as late:
-        return late
-    return None
+        stop.holding.enter_context(signals.held())
 
 
 def stoppable(work: Callable[[], None], echo) -> None:
@@ -113,7 +99,7 @@ def stoppable(work: Callable[[], None], echo) -> None:
                 raise Stopped(message, 128 + signal_of(interrupt)) from None
             late = interrupt  # after the hold ended: everything was written already
         finally:
-            late = _take_pending() or late  # also after a failure: no signal is left pending
+            late = signals.take_pending() or late  # also after a failure: no signal is left pending
     finally:
         undo(signals=not complete)
         _STOP.reset(token)
@@ -125,36 +111,12 @@ def stoppable(work: Callable[[], None], echo) -> None:
 def complete_from_here(echo) -> bool:
     """Once a finalize's outputs are complete, SIGINT and SIGTERM only say so, until the process ends (exit 0):
     a signal in the command's last moments (closing the log, click's exit) must not make a script take a finished
-    finalize for a failed one. True where it could (the main thread of the search program itself). At exit they
-    are ignored (Python puts the default handlers back while it shuts down)."""
-    if threading.current_thread() is not threading.main_thread() or not owns_process():
-        # In-process (CliRunner, a notebook): the command puts the caller's handlers back as it returns, as every
-        # command does; replacing them for the rest of the caller's process would swallow its later Ctrl-C.
-        return False
+    finalize for a failed one. True where it could (the ``search`` program's main thread: search/signals.py)."""
 
-    def complete(signum, _frame) -> None:
+    def complete(signum: int) -> None:
         try:
             echo(f"{signal_name(signum)} came after the finalize was complete: its outputs are all written")
         except Exception:  # noqa: BLE001 - the console may be closed already: the exit code says it
             pass
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, complete)
-    global _IGNORE_AT_EXIT
-    if not _IGNORE_AT_EXIT:
-        import atexit
-
-        atexit.register(_ignore_signals)
-        _IGNORE_AT_EXIT = True
-    return True
-
-
-def _ignore_signals() -> None:
-    # Main thread: run the handlers of signals already caught (pthread_sigmask checks for them), then ignore
-    # both; a blocked signal stays pending and is dropped once ignored.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
-
-
-_IGNORE_AT_EXIT = False
+    return signals.hold_until_exit(complete)

@@ -20,9 +20,6 @@ import click
 
 from data.errors import DataError, printable
 from search.errors import Stopped, Terminated, UserError
-# The signal functions' old names here, for search/finalize.py and search/cli.py until they import search.signals.
-from search.signals import held as held_signals  # noqa: F401
-from search.signals import interrupt_once, own_process, owns_process, raise_pending, signal_of  # noqa: F401
 
 # Let through as they are: click's own errors and exits (usage errors keep their usage line), and
 # Ctrl-C (click prints "Aborted!").

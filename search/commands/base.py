@@ -117,6 +117,11 @@ def data_option(f):
                         help="HW04 Dataset/ folder [default: the study's own, else the embedded synthetic dataset].")(f)
 
 
+def training_options(f):
+    """--study, --storage and --data, in that order: the options of every command that trains (run, finalize)."""
+    return study_option(storage_option(data_option(f)))
+
+
 def quiet_option(f):
     return click.option("--quiet", "-q", is_flag=True,
                         help="Print no progress lines, only the summary (all lines still go to "

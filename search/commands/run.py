@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from search.commands.base import (MAX_BUDGET, MAX_PROCESSES, MAX_SECONDS, MAX_STEPS, MAX_TRIALS, Bounded, count,
-                                  data_option, device_option, main, quiet_option, seed_type, storage_option, study_option)
+                                  device_option, main, quiet_option, seed_type, training_options)
 from search.settings import CPU_BUDGET, CPU_FINALIZE_STEPS, GPU_BUDGET, GPU_FINALIZE_STEPS  # no torch
 
 
@@ -17,9 +17,7 @@ from search.settings import CPU_BUDGET, CPU_FINALIZE_STEPS, GPU_BUDGET, GPU_FINA
 @click.option("--total-trials", type=count(MAX_TRIALS, "trials"), default=None,
               help="Study-wide cap for runs on many machines: stop taking trials once the study holds this many "
                    "(complete, pruned, failed or running; each machine's run stops there).")
-@study_option
-@storage_option
-@data_option
+@training_options
 @click.option("--budget", type=count(MAX_BUDGET, "training steps of a trial"), default=None,
               help=f"Training steps of a full trial [default: {GPU_BUDGET} on GPU, {CPU_BUDGET} on CPU; "
                    "a resumed study keeps its own].")
@@ -76,9 +74,7 @@ def run(trials, total_trials, study_name, storage, data_dir, budget, device, see
 
 @main.command()
 @click.argument("which", default="best", metavar="[best|N|top]")
-@study_option
-@storage_option
-@data_option
+@training_options
 @click.option("--steps", type=count(MAX_STEPS, "training steps"), default=None,
               help=f"Training steps [default: {GPU_FINALIZE_STEPS:,} (the sample code's) on a GPU, "
                    f"{CPU_FINALIZE_STEPS:,} on a CPU: a few minutes there; 70,000 would take hours].")
