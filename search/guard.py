@@ -109,10 +109,10 @@ def _unexpected(ctx: click.Context, err: Exception) -> str:
         where = f"its traceback could not be written to {path}: {log_err.strerror or log_err}"
     lost = _lost_proxy(err)
     if lost is not None:  # the storage proxy went away: what the user must know, not a gRPC client's internals
-        url = ctx.params.get("storage_url") or ctx.params.get("storage") or "the storage proxy"
-        return redact(f"{what_ran}: the storage proxy at {url} stopped answering ({lost}); a trial it was "
-                      "running stays RUNNING there until a `search run` of this study on this machine, once the "
-                      f"proxy is back, records it as FAIL ({where})")
+        url = ctx.params.get("storage") or "the storage proxy"
+        after = ("; a trial it was running stays RUNNING there until a `search run` of this study on this machine, "
+                 "once the proxy is back, records it as FAIL" if ctx.info_name == "run" else "")
+        return redact(f"{what_ran}: the storage proxy at {url} stopped answering ({lost}){after} ({where})")
     what, root = _describe(err), err
     for _ in range(10):  # the root cause says more ("database or disk is full") than a wrapper's message
         root = root.__cause__ or root.__context__ or root

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 
 from search.errors import Stopped, UserError
 from search.logs import Progress, progress_interval
-from search.settings import EVALUATIONS_PER_TRIAL, RequestedSettings
 from search.runner import fail_trials_of_gone_local_workers, gone_workers_text
+from search.settings import EVALUATIONS_PER_TRIAL, RequestedSettings
 from search.signals import interrupts, signal_name, signal_of
 from search.storage import check_url, default_url, redact_url
 from search.study import open_study, requeue_interrupted_warm_starts, stored_settings
