@@ -232,6 +232,9 @@ def notes_callback(study: optuna.Study, trial: FrozenTrial) -> None:
 def with_notes(callback: Callable[[optuna.Study, FrozenTrial], None] | None = None
                ) -> Callable[[optuna.Study, FrozenTrial], None]:
     """The callback of a search run: ``callback`` (the progress line; may be None), then the notes."""
+    # optuna-dashboard's note layout is imported here, before the first trial, not by the first note: its import
+    # costs about as long as a short GPU trial, and between two trials it would delay every worker's second one.
+    optuna_internals.note_chunk_length()
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
         if callback is not None:
             callback(study, trial)
