@@ -70,7 +70,7 @@ def heartbeat(study: optuna.Study, trial: optuna.Trial) -> AbstractContextManage
     """A context that beats for ``trial`` while it runs (nothing where the storage has no heartbeat)."""
     from optuna.storages._heartbeat import get_heartbeat_thread
 
-    return get_heartbeat_thread(trial._trial_id, study._storage)
+    return get_heartbeat_thread(trial_id(trial), storage_of(study))
 
 
 # --- the sampler and pruners --------------------------------------------------------------------------------------
@@ -110,12 +110,12 @@ def study_system_attrs(study: optuna.Study) -> dict:
     """The study's system attributes, where Optuna keeps artifact metadata and the dashboard its notes.
     ``Study.system_attrs`` was removed from the public API; ``get_all_artifact_meta`` fails on the ``null``
     the dashboard leaves for a deleted artifact."""
-    return study._storage.get_study_system_attrs(study._study_id)
+    return storage_of(study).get_study_system_attrs(study_id(study))
 
 
 def set_study_system_attr(study: optuna.Study, key: str, value) -> None:
     """Write one study system attribute: Optuna has no public call for it (``Study.set_system_attr`` is gone)."""
-    study._storage.set_study_system_attr(study._study_id, key, value)
+    storage_of(study).set_study_system_attr(study_id(study), key, value)
 
 
 def artifact_meta_key(artifact_id: str) -> str:
@@ -163,6 +163,6 @@ def save_note_public(study: optuna.Study, trial: int | None, body: str) -> None:
 
     class TrialRef:
         def __init__(self) -> None:
-            self.study, self.storage, self._trial_id = study, study._storage, trial
+            self.study, self.storage, self._trial_id = study, storage_of(study), trial
 
     save_note(study if trial is None else TrialRef(), body)

@@ -182,12 +182,21 @@ def _fail_if_running(study: optuna.Study, trial_id: int) -> None:
     trial RUNNING: record it FAIL (``ended: interrupted``) here."""
     storage = internals.storage_of(study)
     try:
-        if storage.get_trial(trial_id).state != TrialState.RUNNING:
-            return
+        running = storage.get_trial(trial_id).state == TrialState.RUNNING
+    except KeyError:
+        return
+    if running:
+        _record_interrupted(storage, trial_id)
+
+
+def _record_interrupted(storage: optuna.storages.BaseStorage, trial_id: int) -> bool:
+    """Record a RUNNING trial FAIL with ``ended: interrupted``; False where it finished meanwhile (someone else
+    recorded it first)."""
+    try:
         storage.set_trial_user_attr(trial_id, "ended", "interrupted")
-        storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
-    except (optuna.exceptions.UpdateFinishedTrialError, KeyError):  # finished by someone else meanwhile
-        pass
+        return storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+    except (optuna.exceptions.UpdateFinishedTrialError, KeyError):
+        return False
 
 
 def fail_stale_trials(study: optuna.Study) -> None:
@@ -219,13 +228,8 @@ def fail_trials_of_gone_local_workers(study: optuna.Study) -> list[int]:
             continue
         if alive(int(pid)) and not started_after(int(pid), trial.datetime_start.timestamp()):
             continue
-        storage, trial_id = internals.storage_of(study), internals.trial_id(trial)
-        try:
-            storage.set_trial_user_attr(trial_id, "ended", "interrupted")
-            if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
-                failed.append(trial.number)
-        except (optuna.exceptions.UpdateFinishedTrialError, KeyError):  # finished by someone else meanwhile
-            continue
+        if _record_interrupted(internals.storage_of(study), internals.trial_id(trial)):
+            failed.append(trial.number)
     return failed
 
 
