@@ -10,15 +10,26 @@ and the classifier builds them with ``POOLINGS.build(name, cfg, in_dim)``. The s
 only subclasses of its contract (``model.base``), and lists names in registration order, which is the
 order of the search space's choices.
 
-This module imports no component: ``model/__init__`` imports every component module once, and any
-``import model.<anything>`` runs it first, so the registries are full whenever they can be read.
+This module imports no component at its own import (the components import it to register); every read of a
+registry (``names``, ``check``, ``build``) first imports the component modules, so the registries are full whenever
+they are read, however the reader got here.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 
 from model.base import Encoder, Head, Loss, Pooling
+
+
+COMPONENT_MODULES = ("model.encoders", "model.heads", "model.losses", "model.pooling")
+
+
+def load_components() -> None:
+    """Import every component module (each registers its classes); after the first call, a dict lookup each."""
+    for module in COMPONENT_MODULES:
+        importlib.import_module(module)
 
 
 class Registry:
@@ -47,10 +58,12 @@ class Registry:
 
     def check(self, name: str) -> None:
         """Raise ValueError naming the kind and the choices when ``name`` is not registered."""
+        load_components()
         if name not in self._entries:
             raise ValueError(f"unknown {self.kind} {name!r}; choose from {', '.join(self.names())}")
 
     def names(self) -> list[str]:
+        load_components()
         return list(self._entries)
 
     def build(self, name: str, *args, **kwargs):

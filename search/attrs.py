@@ -24,8 +24,7 @@ from dataclasses import fields
 
 from optuna.trial import FrozenTrial
 
-from model import ModelConfig
-from model import TrainConfig
+from model.config import ModelConfig, TrainConfig
 
 GROUPS = (("model", ModelConfig), ("train", TrainConfig))
 

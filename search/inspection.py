@@ -93,7 +93,7 @@ def trial_lines(study: optuna.Study, trial: FrozenTrial) -> list[str]:
     if trial.intermediate_values:
         lines.append("validation curve (step: accuracy):")
         lines.append("  " + "  ".join(f"{s}: {v:.4f}" for s, v in sorted(trial.intermediate_values.items())))
-    from search.attrs import resolved_configs  # here: it imports torch (the configs' dataclasses)
+    from search.attrs import resolved_configs
 
     for key, config in zip(("model config", "train config"), resolved_configs(trial)):  # search/attrs.py
         if config:

@@ -1,6 +1,7 @@
 """``search report``: one self-contained HTML page of plotly figures, and a plain-text summary.
 
-The page holds plotly.js once (inlined: it opens offline, from a mail attachment or a shared drive).
+The page holds plotly.js once (inlined and compressed, search/page.py: it opens offline, from a mail attachment
+or a shared drive).
 Above the figures: when it was made and with which versions of this package, Optuna and torch; the
 study's settings; the finalized result (``search finalize``: the study attributes ``final`` and
 ``final_ensemble``); the best trials; the failed trials with their reasons. The figures: optimisation
@@ -29,6 +30,7 @@ from search.files import write_text
 from search.queries import complete_trials
 from search.final_record import finalized_rows
 from search.notes import KEY_PARAMS, outcome, settings_rows
+from search.page import figure_html, loader_html
 
 TOP = 5  # best trials in the summaries
 SLICED = ("lr", "weight_decay", "dropout", "d_model", "layers", "segment")  # categorical ones: the comparison
@@ -327,15 +329,20 @@ def _failures_html(study: optuna.Study) -> str:
 
 
 def provenance() -> str:
-    """When the page was made, and with what: the UTC minute, then this package's, Optuna's and torch's versions."""
+    """When the page was made, and with what: the UTC minute, then this package's, Optuna's and torch's versions
+    (torch's from its installed metadata: the report needs no torch, and importing it would be a large part of
+    the command's memory)."""
     from datetime import datetime, timezone
-
-    import torch
+    from importlib.metadata import PackageNotFoundError, version
 
     from search.commands.base import package_version
 
+    try:
+        torch_version = version("torch")
+    except PackageNotFoundError:
+        torch_version = "not installed"
     return (f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}; hw04-search {package_version()}, "
-            f"Optuna {optuna.__version__}, torch {torch.__version__}")
+            f"Optuna {optuna.__version__}, torch {torch_version}")
 
 
 STYLE = """
@@ -349,13 +356,10 @@ section { margin-top: 1.5em; }
 
 def render(study: optuna.Study, sections: list[Section]) -> str:
     parts = []
-    plotlyjs_done = False
     for i, s in enumerate(sections):
         body = f'<p class="note">{html.escape(s.note)}</p>' if s.note else ""
         if s.figure is not None:
-            body += s.figure.to_html(full_html=False, include_plotlyjs=not plotlyjs_done, div_id=f"figure-{i}",
-                                     config={"displaylogo": False, "responsive": True})
-            plotlyjs_done = True
+            body += figure_html(s.figure, f"figure-{i}")
         parts.append(f'<section id="section-{i}"><h2>{html.escape(s.title)}</h2>\n{body}\n</section>')
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -373,6 +377,7 @@ def render(study: optuna.Study, sections: list[Section]) -> str:
 <h2>Failed trials</h2>
 {_failures_html(study)}
 {''.join(parts)}
+{loader_html() if any(s.figure is not None for s in sections) else ""}
 </body></html>
 """
 

@@ -188,10 +188,26 @@ def test_each_model_submodule_imports_alone_in_a_fresh_interpreter_with_the_regi
         "    for loaded in [m for m in sys.modules if m == 'model' or m.startswith('model.')]:",
         "        del sys.modules[loaded]",
         "    importlib.import_module(name)",
-        "    registry = sys.modules['model.registry']",
+        "    registry = importlib.import_module('model.registry')",
         "    print(name, *(len(r.names()) for r in (registry.ENCODERS, registry.POOLINGS, registry.HEADS,"
         " registry.LOSSES)))",
     ])
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.splitlines() == [f"{name} 2 3 2 3" for name in names]
+
+
+def test_reading_recorded_configurations_does_not_load_torch():
+    """`search report` and `show` read a study's recorded configurations (model.config's dataclasses): torch, a
+    large part of such a command's memory and start-up, stays unloaded; the first torch-side name loads it."""
+    script = "\n".join([
+        "import sys",
+        "import search.report, search.attrs, search.inspection",
+        "from model import ModelConfig, TrainConfig",
+        "print('torch' in sys.modules)",
+        "from model import ENCODERS",
+        "print('torch' in sys.modules, ENCODERS.names())",
+    ])
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines() == ["False", "True ['transformer', 'conformer']"]
