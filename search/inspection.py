@@ -314,7 +314,7 @@ def report_text(study_name: str, storage: str | None, out: Path) -> str:
     """``search report``: write the HTML page (search/report.py); the text is its summary of the best
     trials, the figures it could not draw and where the page is."""
     from search.files import check_out, check_writable
-    from search.report import summary_lines, write_report
+    from search.report import write_report
     from search.storage import default_url
     from search.settings import StudySettings
     from search.study import load_study
@@ -324,7 +324,7 @@ def report_text(study_name: str, storage: str | None, out: Path) -> str:
     check_out(out, "--out", storage or default_url(study_name),
               settings.data if settings and settings.data != "embedded" else None)
     check_writable(out, "--out")
-    sections = write_report(study, out)
+    sections, summary = write_report(study, out)
     skipped = [s for s in sections if s.figure is None]
-    return "\n".join([*summary_lines(study), *(f"figure skipped: {s.title}: {s.note}" for s in skipped),
+    return "\n".join([*summary, *(f"figure skipped: {s.title}: {s.note}" for s in skipped),
                       f"report written to {out} ({len(sections) - len(skipped)} figures)"])

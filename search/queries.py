@@ -172,3 +172,53 @@ def _local(utc):
     import datetime
 
     return None if utc is None else utc.replace(tzinfo=datetime.timezone.utc).astimezone().replace(tzinfo=None)
+
+
+def whole_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Every trial, whole but for its system attributes (nothing that shows trials reads them), in number order:
+    on an RDB storage read with four plain queries, since Optuna's get_trials builds an ORM object for every row
+    of every trial table at once, which is most of `search report`'s memory on a big study; others go Optuna's
+    way."""
+    rdb = internals.rdb_storage(study)
+    if rdb is None:
+        return study.get_trials(deepcopy=False)
+    import json
+
+    import sqlalchemy
+    from optuna.distributions import json_to_distribution
+
+    models, study_id = internals.rdb_models(), internals.study_id(study)
+    trial, value = models.TrialModel, models.TrialValueModel
+    param, attr, step = models.TrialParamModel, models.TrialUserAttributeModel, models.TrialIntermediateValueModel
+    started, completed = internals.trial_datetime_columns(models)
+    mine = sqlalchemy.select(trial.trial_id).where(trial.study_id == study_id).scalar_subquery()
+    fields: dict[int, dict] = {}
+    with rdb.engine.connect() as connection:
+        for trial_id, number, state, start, complete, stored, kind in connection.execute(
+                sqlalchemy.select(trial.trial_id, trial.number, trial.state, started, completed, value.value,
+                                  value.value_type)
+                .outerjoin(value, sqlalchemy.and_(value.trial_id == trial.trial_id, value.objective == 0))
+                .where(trial.study_id == study_id)):
+            shown = None if stored is None and kind is None else value.stored_repr_to_value(stored, kind)
+            fields[trial_id] = dict(number=number, state=state, value=shown, datetime_start=_local(start),
+                                    datetime_complete=_local(complete), params={}, distributions={},
+                                    user_attrs={}, system_attrs={}, intermediate_values={}, trial_id=trial_id)
+        distributions: dict[str, object] = {}  # a few distinct JSON texts: parsed once each
+        for trial_id, name, internal, text in connection.execute(
+                sqlalchemy.select(param.trial_id, param.param_name, param.param_value, param.distribution_json)
+                .where(param.trial_id.in_(mine))):
+            if trial_id in fields:
+                if text not in distributions:
+                    distributions[text] = json_to_distribution(text)
+                fields[trial_id]["distributions"][name] = distributions[text]
+                fields[trial_id]["params"][name] = distributions[text].to_external_repr(internal)
+        for trial_id, key, text in connection.execute(
+                sqlalchemy.select(attr.trial_id, attr.key, attr.value_json).where(attr.trial_id.in_(mine))):
+            if trial_id in fields:
+                fields[trial_id]["user_attrs"][key] = json.loads(text)
+        for trial_id, at, stored, kind in connection.execute(
+                sqlalchemy.select(step.trial_id, step.step, step.intermediate_value, step.intermediate_value_type)
+                .where(step.trial_id.in_(mine))):
+            if trial_id in fields:
+                fields[trial_id]["intermediate_values"][at] = step.stored_repr_to_intermediate_value(stored, kind)
+    return [FrozenTrial(**f) for f in sorted(fields.values(), key=lambda f: f["number"])]

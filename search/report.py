@@ -233,10 +233,17 @@ def _timeline_figure(study: optuna.Study, finished: list[FrozenTrial]):
     return fig
 
 
-def _in_memory(study: optuna.Study, trials: list[FrozenTrial]) -> optuna.Study:
-    """A study in memory holding ``trials`` (same name and direction), for Optuna's figures to read cheaply."""
+def _in_memory(study: optuna.Study, trials: list[FrozenTrial], consume: bool = False) -> optuna.Study:
+    """A study in memory holding ``trials`` (same name and direction), for Optuna's figures to read cheaply.
+    With ``consume`` the list is emptied as its trials are copied (the storage keeps deep copies), so that a big
+    study is in memory once at a time, not twice."""
     copy = optuna.create_study(study_name=study.study_name, directions=study.directions)
-    copy.add_trials(trials)
+    if not consume:
+        copy.add_trials(trials)
+        return copy
+    trials.reverse()
+    while trials:
+        copy.add_trial(trials.pop())
     return copy
 
 
@@ -382,13 +389,14 @@ def render(study: optuna.Study, sections: list[Section]) -> str:
 """
 
 
-def write_report(study: optuna.Study, out: Path) -> list[Section]:
-    """Write the page to ``out`` atomically (a temporary file renamed into place); returns its sections."""
-    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
-        raise UserError(f"study {study.study_name!r} has no finished trial yet: run `search run` first")
+def write_report(study: optuna.Study, out: Path) -> tuple[list[Section], list[str]]:
+    """Write the page to ``out`` atomically (a temporary file renamed into place); returns its sections and the
+    terminal summary (``summary_lines``), both from one read of the trials."""
     # Every part of the page reads the trials (counts, best, failures, each figure): from storage a query of every
     # trial each time, from memory a copy.
-    snapshot = _in_memory(study, study.get_trials(deepcopy=False))
+    snapshot = _in_memory(study, queries.whole_trials(study), consume=True)
+    if not snapshot.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
+        raise UserError(f"study {study.study_name!r} has no finished trial yet: run `search run` first")
     for key, value in study.user_attrs.items():
         snapshot.set_user_attr(key, value)
     sections = build_sections(snapshot)
@@ -397,4 +405,4 @@ def write_report(study: optuna.Study, out: Path) -> list[Section]:
         write_text(out, page)
     except OSError as err:
         raise UserError(f"--out {out}: cannot write it ({err.strerror})") from None
-    return sections
+    return sections, summary_lines(snapshot)

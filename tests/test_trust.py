@@ -311,6 +311,31 @@ def test_the_trials_table_reads_the_same_from_the_database_as_through_optuna(wor
             invoke("show", "--study", STUDY, "--storage", "journal://j.log", *args).output
 
 
+def test_the_report_reads_every_trial_as_optuna_gives_it(workdir):
+    """`search report` reads a study's trials with plain queries on SQLite (search/queries.py whole_trials, a
+    fraction of the memory of Optuna's get_trials on a big study): each trial as Optuna gives it (system attributes
+    aside), and the report's summary the same as from a journal copy of the study, which goes Optuna's way."""
+    from bench.load import STUDY, build
+    from search.queries import whole_trials
+
+    build(workdir, 60)
+    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{workdir}/studies/{STUDY}.db")
+    ours, optunas = whole_trials(study), study.get_trials()
+    assert len(ours) == len(optunas) == 60
+    for mine, theirs in zip(ours, optunas):
+        for field in ("number", "state", "value", "datetime_start", "datetime_complete", "params", "distributions",
+                      "user_attrs", "intermediate_values"):
+            assert getattr(mine, field) == getattr(theirs, field), (mine.number, field)
+    optuna.copy_study(from_study_name=STUDY, from_storage=f"sqlite:///{workdir}/studies/{STUDY}.db",
+                      to_storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
+                          str(workdir / "j.log"))))
+    rdb = invoke("report", "--study", STUDY, "--out", "rdb.html")
+    journal = invoke("report", "--study", STUDY, "--storage", "journal://j.log", "--out", "journal.html")
+    assert rdb.exit_code == journal.exit_code == 0, (rdb.output, journal.output)
+    assert rdb.output.replace("rdb.html", "PAGE") == journal.output.replace("journal.html", "PAGE")
+    assert "best 5 trials:" in rdb.output
+
+
 def test_trials_and_studies_do_not_import_torch(workdir):
     """torch's import is about a second of each command's start: the commands that only read a study skip it."""
     import os
