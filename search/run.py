@@ -105,13 +105,10 @@ def run_search(request: RunRequest) -> None:
             echo(f"{'created' if created else 'resuming'} study {name!r} in {redact_url(url)} "
                  f"({_plural(before, 'finished trial')} so far); {_plural(trials, 'trial') if trials else 'trials'} of "
                  f"{settings.budget} steps{'' if trials or timeout is None else f' until {timeout:g}s have passed'} on "
-                 f"{', '.join(dict.fromkeys(devices))}, space {settings.profile}"
-                 + (f" ({describe(settings.space)})" if settings.space else "") + f", data {settings.data}"
-                 + ("" if settings.pruning else ", pruning off"))
-            for line in skipped:
+                 f"{', '.join(dict.fromkeys(devices))}, space {settings.profile}{_changes(settings)}, data "
+                 f"{settings.data}" + ("" if settings.pruning else ", pruning off"))
+            for line in skipped + [f"warm start {label!r} (trial #{n}) was interrupted: queued again" for label, n in retried]:
                 echo(line)
-            for label, number in retried:
-                echo(f"warm start {label!r} (trial #{number}) was interrupted: queued again")
             state["started"] = time.monotonic()
             progress.start()
             report = _run_jobs(study, jobs, trials, echo, progress, request.mps, request.total_trials)
@@ -122,6 +119,11 @@ def run_search(request: RunRequest) -> None:
     if report is not None:
         raise UserError("; ".join(o.describe() for o in report.failed)
                         + f"; {report.finished} of {trials or 'the'} trials finished")
+
+
+def _changes(settings) -> str:
+    """The user's changes to the space's profile, for the run's first line (none: nothing)."""
+    return f" ({describe(settings.space)})" if settings.space else ""
 
 
 def _prepare_data(jobs, progress) -> None:

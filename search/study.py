@@ -93,12 +93,11 @@ def stored_settings(name: str, url: str) -> StudySettings | None:
 
 
 def open_study(name: str, url: str, requested: StudySettings, warm_start: bool = True,
-               first: Sequence["QueuedConfig"] = (), report: Callable[[str], None] | None = None
-               ) -> tuple[optuna.Study, StudySettings, bool]:
+               report: Callable[[str], None] | None = None) -> tuple[optuna.Study, StudySettings, bool]:
     """Create the study with the ``requested`` settings, or load it to add trials (refusing settings that
     differ from its own: see ``RequestedSettings.resolve`` for a run's merge). Returns (study, settings in
-    force, created). A new study queues ``first`` (``search enqueue``), then its warm starts; ``report`` gets a
-    line for each that does not fit the study's space."""
+    force, created). A new study queues its warm starts; ``report`` gets a line for each that does not fit the
+    study's space."""
     check_study_name(name)
     _check_writable_sqlite(url)
     storage = open_storage(url)
@@ -116,9 +115,8 @@ def open_study(name: str, url: str, requested: StudySettings, warm_start: bool =
         for key, value in sorted(vars(settings).items(), key=lambda kv: kv[0] not in optional):
             if value is not None:
                 study.set_user_attr(key, value)
-        # only the process that created the study queues them: each runs once
-        queue = list(first) + (warm_start_queue(settings.profile) if warm_start else [])
-        queue_configs(study, settings, queue, report or (lambda line: None))
+        if warm_start:  # only the process that created the study queues them: each runs once
+            queue_configs(study, settings, warm_start_queue(settings.profile), report or (lambda line: None))
     else:
         check_same(name, settings, requested)
     study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(settings),
