@@ -32,7 +32,7 @@ from search.commands.run import space_options, space_request
 @click.option("--pruning/--no-pruning", default=None, help="A new study: pruning on (default) or off.")
 def enqueue(study_name, storage, data_dir, from_trial, from_study, from_storage, top, full_budget, budget, device,
             seed, profile, sets, ranges, warm_start, pruning):
-    """Queue other trials' configurations into a study: the next run runs them first.
+    """Queue other trials' configurations into a study, run first.
 
     One trial (--from-trial N, a pruned one too) or a study's K best (--top K), from this study, another
     (--from-study) or another storage (--from-storage). Each is checked against the study's space; one that
