@@ -272,9 +272,19 @@ def show_text(study_name: str, storage: str | None, number: int | None, as_json:
     """``search show``: trial ``number`` (None: the best complete one) in full, as text or JSON."""
     from search.study import load_study
 
+    from search.settings import StudySettings
+    from search.user_space import describe
+
     study = load_study(study_name, storage, read_only=True)
     trial = pick_any_trial(study, number)
-    return json_text(trial_json(trial)) if as_json else "\n".join(trial_lines(study, trial))
+    settings = StudySettings.from_attrs(study.user_attrs)
+    if as_json:
+        space = {"profile": settings.profile, "changes": settings.space} if settings else None
+        return json_text({**trial_json(trial), "study_space": space})
+    lines = trial_lines(study, trial)
+    if settings is not None:  # the space the trial was sampled from
+        lines.insert(1, f"  space        {settings.profile} profile, {describe(settings.space)}")
+    return "\n".join(lines)
 
 
 def trials_text(study_name: str, storage: str | None, sort: str = "number", states: tuple[str, ...] = (),
@@ -292,22 +302,26 @@ def trials_text(study_name: str, storage: str | None, sort: str = "number", stat
     return trials_csv(rows).rstrip("\n") if as_csv else "\n".join(trials_lines(rows, study_name, states))
 
 
-def space_text(profile: str, as_json: bool = False) -> str:
-    """``search space``: every parameter of a profile, its choices or range and when it applies."""
+def space_text(profile: str, as_json: bool = False, changes: dict | None = None, study: str | None = None) -> str:
+    """``search space``: every parameter of a profile (with a study's ``changes``: that study's space), its choices
+    or range and when it applies."""
     from search import space as search_space
+    from search.user_space import describe
 
-    space = search_space.build_space(profile)
+    space = search_space.build_space(profile, changes)
     entries = search_space.describe(space)
     if as_json:
-        return json.dumps({"profile": profile, "parameters": entries,
-                           "warm_start": search_space.warm_start_configs(space)}, indent=2)
+        return json.dumps({**({"study": study, "changes": changes} if study else {}), "profile": profile,
+                           "parameters": entries, "warm_start": search_space.warm_start_configs(space)}, indent=2)
+    title = [f"study {study!r}: profile {profile}, {describe(changes)}"] if study else []
     head = ("parameter", "type", "choices / range", "applies when")
     rows = [(e["name"], e["type"] + (" (log)" if e.get("log") else ""),
              ", ".join(map(str, e["choices"])) if "choices" in e
              else f"{e['low']:g} .. {e['high']:g}" + (f" step {e['step']}" if e.get("step") else ""),
              e["condition"]) for e in entries]
     widths = [max(len(r[i]) for r in rows + [head]) for i in range(4)]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [head] + rows)
+    return "\n".join(title + ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+                               for row in [head] + rows])
 
 
 def report_text(study_name: str, storage: str | None, out: Path) -> str:

@@ -174,6 +174,10 @@ def study_note(study: optuna.Study) -> str:
     settings = settings_rows(study)
     if settings:
         lines += ["", "**settings**", ""] + _table(["setting", "value"], [[k, _cell(v)] for k, v in settings])
+    if study.user_attrs.get("space"):  # the user's changes to the profile (search/user_space.py)
+        from search.user_space import describe
+
+        lines += ["", f"**space**: {study.user_attrs.get('profile')} profile, {describe(study.user_attrs['space'])}"]
     best = best_or_none(study)
     lines += [""]
     if best is None:

@@ -25,6 +25,9 @@ from search.task import Task
 from search.train import train
 
 
+FULL_BUDGET = "full_budget"  # a queued trial's user attribute: never pruned
+
+
 def trial_seed(study_seed: int, trial_number: int) -> int:
     """Training seed of a trial: fixed by the study seed and the trial number."""
     return study_seed * 100_003 + trial_number
@@ -69,6 +72,9 @@ class Objective:
         started = time.perf_counter()
         train_losses: list[float] = []
         last: dict = {}  # the latest evaluation's metrics, written once when the trial ends
+        # `search enqueue --full-budget`: a configuration the user wants trained to the end (a pruned trial's, to
+        # finalize it), which the study's pruner leaves alone
+        prunable = not trial.user_attrs.get(FULL_BUDGET)
 
         def on_eval(step: int, metrics: dict) -> None:
             # Each write is one storage transaction (a lock other workers wait for on SQLite): per evaluation
@@ -77,7 +83,7 @@ class Objective:
             train_losses.append(rounded(metrics["train_loss"]))  # beside the validation curve (search/attrs.py)
             trial.set_user_attr("train_loss_curve", train_losses)
             last.update(metrics)
-            if trial.should_prune():
+            if prunable and trial.should_prune():
                 trial.set_user_attr("ended", f"pruned at step {step}")
                 raise optuna.TrialPruned(f"pruned at step {step} (valid accuracy {metrics['valid_accuracy']:.4f})")
 

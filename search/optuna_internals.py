@@ -106,6 +106,12 @@ def journal_op_codes() -> set[int]:
 
 # --- study system attributes: artifacts' metadata, optuna-dashboard's notes ----------------------------------------
 
+def queued_params(trial: optuna.trial.FrozenTrial) -> dict | None:
+    """The parameters a trial was queued with (``enqueue_trial``), None for one the sampler made: Optuna keeps
+    them in the trial's system attribute ``fixed_params``."""
+    return trial.system_attrs.get("fixed_params")
+
+
 def study_system_attrs(study: optuna.Study) -> dict:
     """The study's system attributes, where Optuna keeps artifact metadata and the dashboard its notes.
     ``Study.system_attrs`` was removed from the public API; ``get_all_artifact_meta`` fails on the ``null``

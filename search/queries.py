@@ -56,6 +56,8 @@ def pick_trial(study: optuna.Study, which: str | int | None, option: str = "TRIA
             raise UserError(f"{option} {which!r}: expected 'best', 'top' or a trial number")
         which = int(which)
     trial = trial_by_number(study, which)  # that trial alone: a study may hold thousands
+    if complete and trial is not None and trial.state in (TrialState.PRUNED, TrialState.FAIL):
+        raise UserError(f"{option} {which}: {not_complete_text(study, trial)}")
     if complete and (trial is None or trial.state != TrialState.COMPLETE):
         raise UserError(f"{option} {which}: no completed trial #{which} in study {study.study_name!r}")
     if trial is None:
@@ -63,6 +65,19 @@ def pick_trial(study: optuna.Study, which: str | int | None, option: str = "TRIA
         span = f"trials #0 to #{n - 1}" if n else "no trial"
         raise UserError(f"{option} {which}: no such trial in study {study.study_name!r} (it has {span})")
     return trial
+
+
+def not_complete_text(study: optuna.Study, trial: FrozenTrial) -> str:
+    """Why a pruned or failed trial is not finalized, and the way forward: its configuration is recorded in full,
+    so it can run its whole budget as a new trial (``search enqueue --full-budget``), which is then finalized."""
+    ended = trial.user_attrs.get("ended") or trial.state.name.lower()
+    values = trial.intermediate_values
+    score = f", valid accuracy {values[max(values)]:.4f} there" if values and trial.state == TrialState.PRUNED else ""
+    name = study.study_name
+    return (f"trial #{trial.number} of study {name!r} did not complete ({ended}{score}); finalize retrains complete "
+            f"trials. To train its configuration to the study's full budget first: search enqueue --study {name} "
+            f"--from-trial {trial.number} --full-budget && search run --study {name} --trials 1, then finalize "
+            "the new trial")
 
 
 # --- big studies: what a table needs, asked of the database itself ------------------------------------------

@@ -31,6 +31,7 @@ from search.settings import EVALUATIONS_PER_TRIAL, RequestedSettings
 from search.signals import interrupts, signal_name, signal_of
 from search.storage import check_url, default_url, redact_url
 from search.study import open_study, requeue_interrupted_warm_starts, stored_settings
+from search.user_space import SpaceRequest, describe, with_space
 
 
 @dataclass
@@ -43,6 +44,7 @@ class RunRequest:
     total_trials: int | None = None  # --total-trials: stop taking trials once the study holds this many
     storage: str | None = None  # None: studies/<study>.db
     settings: RequestedSettings = field(default_factory=RequestedSettings)
+    space: SpaceRequest = field(default_factory=SpaceRequest)  # a space file, --set, --range (a new study's)
     device: str = "auto"
     warm_start: bool = True
     fail_fast: bool = False
@@ -80,16 +82,18 @@ def run_search(request: RunRequest) -> None:
     devices = devices[:trials]  # fewer trials than workers: no idle worker is started (None: all of them)
     url = request.storage or default_url(name)
     check_url(url)
+    requested = with_space(request.settings, request.space, name, url, torch_device.type)  # before any write
     echo = open_console(name, request.quiet)  # prints, and appends to studies/<study>/search.log
     progress = Progress(trials, echo.progress, timeout)  # a line per trial, with an ETA
     state = {"study": None, "started": None}
     try:
         with interrupts():  # SIGINT / SIGTERM end the running trial(s) as FAIL, not left RUNNING
-            settings = request.settings.resolve(name, stored_settings(name, url), torch_device.type)
+            settings = requested.resolve(name, stored_settings(name, url), torch_device.type)
             jobs = [WorkerJob(i, name, url, settings, device, timeout=timeout, fail_fast=request.fail_fast)
                     for i, device in enumerate(devices)]
             fingerprint = _prepare_data(jobs, echo.data_progress("preparing data"))
-            study, settings, created = open_study(name, url, settings, request.warm_start)
+            skipped: list[str] = []  # warm starts the user's space leaves out
+            study, settings, created = open_study(name, url, settings, request.warm_start, report=skipped.append)
             state["study"] = study
             check_same_data(study, settings, fingerprint)
             if not created:
@@ -101,10 +105,10 @@ def run_search(request: RunRequest) -> None:
             echo(f"{'created' if created else 'resuming'} study {name!r} in {redact_url(url)} "
                  f"({_plural(before, 'finished trial')} so far); {_plural(trials, 'trial') if trials else 'trials'} of "
                  f"{settings.budget} steps{'' if trials or timeout is None else f' until {timeout:g}s have passed'} on "
-                 f"{', '.join(dict.fromkeys(devices))}, space {settings.profile}, data {settings.data}"
-                 + ("" if settings.pruning else ", pruning off"))
-            for label, number in retried:
-                echo(f"warm start {label!r} (trial #{number}) was interrupted: queued again")
+                 f"{', '.join(dict.fromkeys(devices))}, space {settings.profile}{_changes(settings)}, data "
+                 f"{settings.data}" + ("" if settings.pruning else ", pruning off"))
+            for line in skipped + [f"warm start {label!r} (trial #{n}) was interrupted: queued again" for label, n in retried]:
+                echo(line)
             state["started"] = time.monotonic()
             progress.start()
             report = _run_jobs(study, jobs, trials, echo, progress, request.mps, request.total_trials)
@@ -115,6 +119,11 @@ def run_search(request: RunRequest) -> None:
     if report is not None:
         raise UserError("; ".join(o.describe() for o in report.failed)
                         + f"; {report.finished} of {trials or 'the'} trials finished")
+
+
+def _changes(settings) -> str:
+    """The user's changes to the space's profile, for the run's first line (none: nothing)."""
+    return f" ({describe(settings.space)})" if settings.space else ""
 
 
 def _prepare_data(jobs, progress) -> None:
@@ -251,9 +260,13 @@ def resume_command(request: RunRequest, study_exists: bool, done: int, elapsed: 
     given = request.settings
     if not study_exists:  # nothing is remembered yet: the settings as given
         for option, value in (("--data", given.data), ("--budget", given.budget), ("--seed", given.seed),
-                              ("--space", given.profile)):
+                              ("--space", None if request.space.file else given.profile)):
             if value is not None and value != "embedded":
                 words += [option, str(value)]
+        if request.space.file is not None:
+            words += ["--space", str(request.space.file)]
+        words += [w for text in request.space.sets for w in ("--set", text)]
+        words += [w for text in request.space.ranges for w in ("--range", text)]
         if given.pruning is not None:
             words.append("--pruning" if given.pruning else "--no-pruning")
         if not request.warm_start:

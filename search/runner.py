@@ -54,7 +54,7 @@ def run_trials(study: optuna.Study, settings: StudySettings, task: Task, n_trial
     from search.notes import with_notes
     from search.objective import Objective
 
-    objective = Objective(task, settings.budget, search_space.build_space(settings.profile), settings.seed)
+    objective = Objective(task, settings.budget, search_space.build_space(settings.profile, settings.space), settings.seed)
     # A collection after every trial frees what a pruned trial's model and graphs hold in reference cycles.
     # What start-up (and, below, the first trial) created lives as long as the process: freezing it keeps those
     # collections short (BENCHMARKS.md: "On an H100: the per-trial overhead cut" and "Figures from code comments").

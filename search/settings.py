@@ -35,6 +35,8 @@ class StudySettings:
     seed: int
     profile: str  # search-space profile: full or cpu
     pruning: bool = True  # Hyperband stops bad trials early; off: every trial runs its whole budget
+    # the user's changes to the profile's space (search/user_space.py, canonical form); None: the profile as it is
+    space: dict | None = None
 
     @classmethod
     def from_attrs(cls, attrs: dict) -> "StudySettings | None":
@@ -64,6 +66,7 @@ class RequestedSettings:
     seed: int | None = None
     profile: str | None = None  # full or cpu
     pruning: bool | None = None
+    space: dict | None = None  # the changes of a space file, --set and --range, resolved on the profile
 
     def resolve(self, name: str, stored: StudySettings | None, device_type: str) -> StudySettings:
         """The settings a run uses; a one-line UserError naming the option that contradicts the study."""
@@ -73,9 +76,14 @@ class RequestedSettings:
         budget = self.budget or (GPU_BUDGET if device_type == "cuda" else CPU_BUDGET)
         requested = StudySettings(
             budget=budget, eval_every=0, data=self.data or "embedded", seed=self.seed or 0,
-            profile=self.profile or ("full" if device_type == "cuda" else "cpu"), pruning=self.pruning is not False)
+            profile=self.profile or default_profile(device_type), pruning=self.pruning is not False, space=self.space or None)
         requested.eval_every = schedule.min_resource(requested.budget)
         return requested
+
+
+def default_profile(device_type: str) -> str:
+    """A new study's space profile when none is asked for: the device's."""
+    return "full" if device_type == "cuda" else "cpu"
 
 
 def check_same(name: str, stored: StudySettings, given: StudySettings | RequestedSettings) -> None:
@@ -89,6 +97,17 @@ def check_same(name: str, stored: StudySettings, given: StudySettings | Requeste
             ("data", f"--data {given.data}", f"on {stored.data}", "use the same data or another --study"),
             ("seed", f"--seed {given.seed}", f"with --seed {stored.seed}",
              "its trials share that seed's train/valid split and sampler (use another --study)"),
-            ("profile", f"--space {given.profile}", f"with --space {stored.profile}", "use another --study")):
-        if getattr(given, field) is not None and getattr(given, field) != getattr(stored, field):
+            ("profile", f"--space {given.profile}", f"with --space {stored.profile}", "use another --study"),
+            ("space", "--space/--set/--range", f"with its own space ({stored.profile} profile, {_space_text(stored)})",
+             "a study keeps the space it was created with (leave these options out, or use another --study)")):
+        wanted, kept = getattr(given, field), getattr(stored, field)
+        if field == "space":  # {}: a space file that changes nothing, the profile as it is
+            wanted, kept = (None if wanted is None else wanted or {}), kept or {}
+        if wanted is not None and wanted != kept:
             raise UserError(f"{option}: study {name!r} was created {created}; {advice}")
+
+
+def _space_text(settings: StudySettings) -> str:
+    from search.user_space import describe
+
+    return describe(settings.space)

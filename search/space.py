@@ -15,7 +15,7 @@ trial would take longer than a whole default study.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import optuna
@@ -67,15 +67,30 @@ def _is(name: str, *values) -> Callable[[dict], bool]:
 
 class Space(list):
     """The parameters of one profile, in sampling order: a list of ``Param`` that knows its profile (the warm
-    start adds the CPU's own configurations to a cpu space only)."""
+    start adds the CPU's own configurations to a cpu space only) and the user's changes to it (None: none)."""
 
-    def __init__(self, params: Sequence[Param], profile: str) -> None:
+    def __init__(self, params: Sequence[Param], profile: str, changes: dict | None = None) -> None:
         super().__init__(params)
         self.profile = profile
+        self.changes = changes
 
 
-def build_space(profile: str = "full") -> Space:
-    """The parameters, in sampling order (a condition may only look at parameters before it)."""
+def build_space(profile: str = "full", changes: dict | None = None) -> Space:
+    """The parameters, in sampling order (a condition may only look at parameters before it); ``changes``: the
+    user's narrowing of some of them, checked already (search/user_space.py ``resolve``, stored with the study)."""
+    space = _profile_space(profile)
+    if not changes:
+        return space
+    return Space([_narrowed(p, changes[p.name]) if p.name in changes else p for p in space], profile, changes)
+
+
+def _narrowed(p: Param, change: dict) -> Param:
+    if "choices" in change:
+        return replace(p, choices=list(change["choices"]))
+    return replace(p, low=change["low"], high=change["high"])
+
+
+def _profile_space(profile: str) -> Space:
     if profile not in PROFILES:
         raise ValueError(f"unknown space profile {profile!r}; choose from {', '.join(PROFILES)}")
     cpu = profile == "cpu"
@@ -137,13 +152,23 @@ def suggest(trial: optuna.Trial, space: list[Param]) -> dict:
 
 def contains(space: list[Param], params: dict) -> bool:
     """Whether ``params`` is exactly a point of ``space`` (all applicable parameters, in range)."""
+    return misfit(space, params) is None
+
+
+def misfit(space: list[Param], params: dict) -> str | None:
+    """Why ``params`` is not a point of ``space`` (the first parameter that does not fit, in words), or None."""
     expected: dict = {}
     for p in space:
         if p.applies(params):
-            if p.name not in params or not _in_range(p, params[p.name]):
-                return False
+            if p.name not in params:
+                return f"{p.name} missing"
+            if not _in_range(p, params[p.name]):
+                allowed = (", ".join(map(str, p.choices)) if p.kind == "categorical"
+                           else f"{p.low:g} .. {p.high:g}" + (f" step {p.step}" if p.step else ""))
+                return f"{p.name} {params[p.name]} is not in the space ({allowed})"
             expected[p.name] = params[p.name]
-    return expected == params
+    extra = [k for k in params if k not in expected]
+    return f"{extra[0]} is not a parameter of this space here" if extra else None
 
 
 def _in_range(p: Param, value) -> bool:

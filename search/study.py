@@ -8,6 +8,8 @@ every process that opens it.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import optuna
 from optuna.trial import TrialState
@@ -90,10 +92,12 @@ def stored_settings(name: str, url: str) -> StudySettings | None:
     return settings if settings is not None else _wait_for_settings(study, name, url)  # refuses a foreign study
 
 
-def open_study(name: str, url: str, requested: StudySettings, warm_start: bool = True) -> tuple[optuna.Study, StudySettings, bool]:
+def open_study(name: str, url: str, requested: StudySettings, warm_start: bool = True,
+               report: Callable[[str], None] | None = None) -> tuple[optuna.Study, StudySettings, bool]:
     """Create the study with the ``requested`` settings, or load it to add trials (refusing settings that
     differ from its own: see ``RequestedSettings.resolve`` for a run's merge). Returns (study, settings in
-    force, created)."""
+    force, created). A new study queues its warm starts; ``report`` gets a line for each that does not fit the
+    study's space."""
     check_study_name(name)
     _check_writable_sqlite(url)
     storage = open_storage(url)
@@ -106,23 +110,63 @@ def open_study(name: str, url: str, requested: StudySettings, warm_start: bool =
     if created:
         settings = requested
         # The settings' optional fields first: a process that loads the study meanwhile sees the settings
-        # once the last required one is written, and then all of them.
+        # once the last required one is written, and then all of them. A setting left at None is not written.
         optional = StudySettings.optional_fields()
         for key, value in sorted(vars(settings).items(), key=lambda kv: kv[0] not in optional):
-            study.set_user_attr(key, value)
-        if warm_start:  # only the process that created the study enqueues them: each runs once
-            from search import space as search_space
-
-            space = search_space.build_space(settings.profile)
-            queued = {t.user_attrs.get("warm_start") for t in study.get_trials(deepcopy=False)}
-            for label, params in search_space.warm_start_configs(space).items():
-                if label not in queued:
-                    study.enqueue_trial(params, user_attrs={"warm_start": label})
+            if value is not None:
+                study.set_user_attr(key, value)
+        if warm_start:  # only the process that created the study queues them: each runs once
+            queue_configs(study, settings, warm_start_queue(settings.profile), report or (lambda line: None))
     else:
         check_same(name, settings, requested)
     study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(settings),
                               pruner=make_pruner(settings))
     return study, settings, created
+
+
+@dataclass(frozen=True)
+class QueuedConfig:
+    """A configuration to run next in a study: what it is called in messages, its parameters and the user
+    attributes its trial starts with (``warm_start``, or ``enqueued_from``)."""
+
+    name: str
+    params: dict
+    attrs: dict = field(default_factory=dict)
+
+
+def warm_start_queue(profile: str) -> list[QueuedConfig]:
+    """The warm starts of a new study of ``profile``: the known configurations that are points of the profile
+    (search/space.py ``warm_start_configs``); those the user's changes leave out are skipped by ``queue_configs``."""
+    from search import space as search_space
+
+    configs = search_space.warm_start_configs(search_space.build_space(profile))
+    return [QueuedConfig(f"warm start {label!r}", params, {"warm_start": label}) for label, params in configs.items()]
+
+
+def queue_configs(study: optuna.Study, settings: StudySettings, configs: Sequence[QueuedConfig],
+                  report: Callable[[str], None]) -> list[QueuedConfig]:
+    """Queue each configuration that is a point of the study's space (Optuna's ``enqueue_trial``: the next
+    trials asked for run them, in this order): the one path of the warm start and ``search enqueue``. A
+    configuration that does not fit, or is queued already (same parameters waiting, or a warm start's label), is
+    skipped with one ``report`` line saying why. Returns those queued."""
+    from search import space as search_space
+
+    space = search_space.build_space(settings.profile, settings.space)
+    waiting = [internals.queued_params(t) for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))]
+    labels = {t.user_attrs.get("warm_start") for t in study.get_trials(deepcopy=False)}
+    queued = []
+    for config in configs:
+        why = search_space.misfit(space, config.params)
+        label = config.attrs.get("warm_start")
+        if why is not None:
+            report(f"{config.name}: skipped, it does not fit the study's space: {why}")
+        elif config.params in waiting or (label is not None and label in labels):
+            report(f"{config.name}: skipped, queued already")
+        else:
+            study.enqueue_trial(config.params, user_attrs=config.attrs)
+            waiting.append(config.params)
+            queued.append(config)
+    return queued
 
 
 def requeue_interrupted_warm_starts(study: optuna.Study) -> list[tuple[str, int]]:
@@ -143,7 +187,7 @@ def requeue_interrupted_warm_starts(study: optuna.Study) -> list[tuple[str, int]
         label = t.user_attrs.get("warm_start")
         if (label and label not in alive and t.state == TrialState.FAIL
                 and t.user_attrs.get("ended") == "interrupted"):
-            params = t.system_attrs.get("fixed_params") or t.params
+            params = internals.queued_params(t) or t.params
             study.enqueue_trial(params, user_attrs={"warm_start": label, "retry_of": t.number})
             alive.add(label)
             requeued.append((label, t.number))

@@ -30,6 +30,18 @@ def test_a_study_s_storage_and_ids(rdb_study):
     assert internals.trial_id(frozen) == internals.trial_id(trial)
 
 
+def test_a_queued_trial_s_parameters(rdb_study):
+    rdb_study.enqueue_trial({"x": 1.5})
+    queued = rdb_study.get_trials(states=(TrialState.WAITING,))[0]
+    assert internals.queued_params(queued) == {"x": 1.5}, "Optuna no longer keeps fixed_params"
+    trial = rdb_study.ask()
+    trial.suggest_float("x", 0, 2)
+    assert internals.queued_params(rdb_study.tell(trial, 0.5)) == {"x": 1.5}
+    sampled = rdb_study.ask()
+    sampled.suggest_float("x", 0, 2)
+    assert internals.queued_params(rdb_study.tell(sampled, 0.5)) is None
+
+
 def test_the_rdb_storage_under_the_cache_and_its_tables(rdb_study):
     rdb = internals.rdb_storage(rdb_study)
     assert isinstance(rdb, optuna.storages.RDBStorage), "Optuna's cache wrapper no longer keeps _backend"

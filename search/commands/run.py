@@ -11,6 +11,31 @@ from search.commands.base import (MAX_BUDGET, MAX_PROCESSES, MAX_SECONDS, MAX_ST
 from search.settings import CPU_BUDGET, CPU_FINALIZE_STEPS, GPU_BUDGET, GPU_FINALIZE_STEPS  # no torch
 
 
+PROFILE_CHOICES = ("auto", "full", "cpu")
+
+
+def space_options(f):
+    """--space PROFILE|FILE, --set and --range: the space of a new study (run, enqueue)."""
+    f = click.option("--range", "ranges", multiple=True, metavar="NAME=LOW:HIGH",
+                     help="A new study's space: narrow a numeric parameter (--range lr=1e-4:1e-3); repeatable.")(f)
+    f = click.option("--set", "sets", multiple=True, metavar="NAME=VALUE[,VALUE...]",
+                     help="A new study's space: keep only these choices of a parameter (--set encoder=conformer, "
+                          "--set pooling=sap,asp), or fix a number (--set layers=2); repeatable.")(f)
+    return click.option("--space", "profile", default="auto", show_default=True, metavar="auto|full|cpu|FILE",
+                        help="Search-space profile: full (GPU) or cpu (small models); auto: a resumed study keeps "
+                             "its own, a new one picks by device. Or a space file (.json, .yaml): a profile and "
+                             "the user's changes to it (README, 'Your own space').")(f)
+
+
+def space_request(profile: str, sets: tuple, ranges: tuple):
+    """(the profile asked for or None, the space file/--set/--range request) of --space, --set and --range."""
+    from search.user_space import SpaceRequest
+
+    if profile in PROFILE_CHOICES:
+        return (None if profile == "auto" else profile), SpaceRequest(None, tuple(sets), tuple(ranges))
+    return None, SpaceRequest(Path(profile), tuple(sets), tuple(ranges))
+
+
 @main.command()
 @click.option("--trials", type=count(MAX_TRIALS, "trials"), default=None,
               help="Trials to add to the study; optional with --timeout (then: as many as start before it).")
@@ -26,9 +51,7 @@ from search.settings import CPU_BUDGET, CPU_FINALIZE_STEPS, GPU_BUDGET, GPU_FINA
               help="Seeds the split, the sampler and training [default: 0; a resumed study keeps its own].")
 @click.option("--timeout", type=Bounded(float, 0, MAX_SECONDS, "seconds", low_open=True), default=None,
               help="Stop starting new trials after this many seconds (without --trials: run until then).")
-@click.option("--space", "profile", type=click.Choice(["auto", "full", "cpu"]), default="auto", show_default=True,
-              help="Search-space profile: full (GPU) or cpu (small models); auto: a resumed study keeps its own, "
-                   "a new one picks by device.")
+@space_options
 @click.option("--warm-start/--no-warm-start", default=True, show_default=True,
               help="Run the known HW04 configurations first in a new study.")
 @click.option("--pruning/--no-pruning", default=None,
@@ -49,8 +72,8 @@ from search.settings import CPU_BUDGET, CPU_FINALIZE_STEPS, GPU_BUDGET, GPU_FINA
                    "taking turns (a running daemon, or one started for the run and stopped at its end; off, with "
                    "one line saying why, where it cannot start).")
 @quiet_option
-def run(trials, total_trials, study_name, storage, data_dir, budget, device, seed, timeout, profile, warm_start,
-        pruning, fail_fast, workers, gpus, workers_per_gpu, mps, quiet):
+def run(trials, total_trials, study_name, storage, data_dir, budget, device, seed, timeout, profile, sets, ranges,
+        warm_start, pruning, fail_fast, workers, gpus, workers_per_gpu, mps, quiet):
     """Run trials of a study, creating or resuming it.
 
     Adds --trials N trials to the study; with --timeout SECONDS and no --trials, starts trials until
@@ -60,14 +83,16 @@ def run(trials, total_trials, study_name, storage, data_dir, budget, device, see
     \b
     Example: search run --trials 20 --study hw04 --data Dataset/
              search run --trials 200 --gpus --workers-per-gpu 4 --data Dataset/
+             search run --trials 20 --study conf --set encoder=conformer --range lr=1e-4:1e-3
     """
     from search.run import RunRequest, run_search
     from search.settings import RequestedSettings
 
+    profile, space = space_request(profile, sets, ranges)
     run_search(RunRequest(
         study_name, trials=trials, total_trials=total_trials, timeout=timeout, storage=storage, device=device,
         warm_start=warm_start,
-        fail_fast=fail_fast, workers=workers, gpus=gpus, workers_per_gpu=workers_per_gpu, mps=mps, quiet=quiet,
+        space=space, fail_fast=fail_fast, workers=workers, gpus=gpus, workers_per_gpu=workers_per_gpu, mps=mps, quiet=quiet,
         settings=RequestedSettings(budget=budget, data=str(data_dir.resolve()) if data_dir else None, seed=seed,
                                    profile=None if profile == "auto" else profile, pruning=pruning)))
 

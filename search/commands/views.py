@@ -8,7 +8,12 @@ from pathlib import Path
 
 import click
 
-from search.commands.base import MAX_TRIAL_NUMBER, _resolve_storage, count, main, storage_option, study_option
+from search.commands.base import (MAX_TRIAL_NUMBER, _check_study, _resolve_storage, count, main, storage_option,
+                                  study_option)
+
+
+def _check_study_or_none(ctx, param, value: str | None) -> str | None:
+    return None if value is None else _check_study(ctx, param, value)
 
 
 @main.command()
@@ -94,19 +99,32 @@ def report(study_name, storage, out):
 
 
 @main.command("space")
-@click.option("--profile", type=click.Choice(["full", "cpu"]), default="full", show_default=True,
-              help="Which profile of the space: full (GPU) or cpu (small models).")
+@click.option("--profile", type=click.Choice(["full", "cpu"]), default=None,
+              help="Which profile of the space: full (GPU) or cpu (small models) [default: full].")
+@click.option("--study", "study_name", default=None, callback=_check_study_or_none,
+              help="A study's own space instead: its profile and the changes it was created with.")
+@storage_option
 @click.option("--json", "as_json", is_flag=True, help="Print every parameter as JSON.")
-def space_command(profile, as_json):
+def space_command(profile, study_name, storage, as_json):
     """Print the search space.
 
-    Each parameter, its choices or range, and when it applies.
+    Each parameter, its choices or range, and when it applies: of a profile, or of a study (--study).
 
+    \b
     Example: search space --profile cpu --json
+             search space --study hw04
     """
     from search.inspection import space_text
 
-    click.echo(space_text(profile, as_json))
+    if study_name is None:
+        click.echo(space_text(profile or "full", as_json))
+        return
+    from search.user_space import study_space
+
+    if profile is not None:
+        raise click.UsageError("--profile: give --profile or --study, not both (a study has its own profile)")
+    study_profile, changes = study_space(study_name, storage)
+    click.echo(space_text(study_profile, as_json, changes, study_name))
 
 
 @main.command()
