@@ -48,7 +48,7 @@ def enqueue(request: EnqueueRequest) -> list[str]:
     from search.study import (QueuedConfig, load_study, open_study, queue_configs, stored_settings,
                               warm_start_queue)
     from search.task import resolve_device
-    from search.user_space import with_space
+    from search.study import with_space
 
     if (request.from_trial is None) == (request.top is None):
         raise UserError("--from-trial: give --from-trial N (one trial) or --top K (a study's K best), one of them")

@@ -342,3 +342,14 @@ def report_text(study_name: str, storage: str | None, out: Path) -> str:
     skipped = [s for s in sections if s.figure is None]
     return "\n".join([*summary, *(f"figure skipped: {s.title}: {s.note}" for s in skipped),
                       f"report written to {out} ({len(sections) - len(skipped)} figures)"])
+
+
+def study_space(study_name: str, storage: str | None) -> tuple[str, dict | None]:
+    """(profile, changes) a study was created with (``search space --study``); one line for a study without."""
+    from search.settings import StudySettings
+    from search.study import load_study
+
+    settings = StudySettings.from_attrs(load_study(study_name, storage, any_direction=True, read_only=True).user_attrs)
+    if settings is None:
+        raise UserError(f"--study {study_name}: the study has no search settings (it was not created by `search run`)")
+    return settings.profile, settings.space

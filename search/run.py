@@ -30,8 +30,8 @@ from search.runner import fail_trials_of_gone_local_workers, gone_workers_text
 from search.settings import EVALUATIONS_PER_TRIAL, RequestedSettings
 from search.signals import interrupts, signal_name, signal_of
 from search.storage import check_url, default_url, redact_url
-from search.study import open_study, requeue_interrupted_warm_starts, stored_settings
-from search.user_space import SpaceRequest, describe, with_space
+from search.study import open_study, requeue_interrupted_warm_starts, stored_settings, with_space
+from search.user_space import SpaceRequest, describe
 
 
 @dataclass

@@ -8,7 +8,7 @@ every process that opens it.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import optuna
@@ -18,9 +18,10 @@ from search import optuna_internals as internals
 from search.errors import UserError
 from search.queries import has_trials
 from search.sampler import make_pruner, make_sampler
-from search.settings import StudySettings, check_same
+from search.settings import StudySettings, check_same, default_profile
 from search.sqlite import sqlite_path
 from search.storage import check_study_name, default_url, open_storage, redact_url
+from search.user_space import SpaceRequest, read_space_file, resolve
 
 
 def load_study(name: str, url: str | None, any_direction: bool = False, read_only: bool = False) -> optuna.Study:
@@ -227,3 +228,19 @@ def _wait_for_settings(study: optuna.Study, name: str, url: str) -> StudySetting
         if trials or time.monotonic() > deadline:
             return None
         time.sleep(0.2)
+
+
+def with_space(requested, space: SpaceRequest, name: str, url: str, device_type: str):
+    """``requested`` (search/settings.py RequestedSettings) with the space ``space`` asks for, resolved on the
+    profile it will have: the file's, else ``--space``'s, else the existing study's, else the device's. Checked
+    before anything is written; an existing study with another space is refused later, by ``check_same``."""
+    if not space.given():
+        return requested
+    file_profile = read_space_file(space.file)[0] if space.file is not None else None
+    if file_profile and requested.profile and file_profile != requested.profile:
+        raise UserError(f"--space {requested.profile}: the space file says profile {file_profile}")
+    profile = file_profile or requested.profile
+    if profile is None:
+        stored = stored_settings(name, url)
+        profile = stored.profile if stored is not None else default_profile(device_type)
+    return replace(requested, profile=file_profile or requested.profile, space=resolve(space, profile) or {})

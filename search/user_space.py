@@ -205,35 +205,3 @@ def describe(changes: dict | None) -> str:
         else:
             parts.append(f"{name} {change['low']:g} .. {change['high']:g}")
     return "; ".join(parts)
-
-
-def with_space(requested, space: SpaceRequest, name: str, url: str, device_type: str):
-    """``requested`` (search/settings.py RequestedSettings) with the space ``space`` asks for, resolved on the
-    profile it will have: the file's, else ``--space``'s, else the existing study's, else the device's. Checked
-    before anything is written; an existing study with another space is refused later, by ``check_same``."""
-    from dataclasses import replace
-
-    from search.settings import default_profile
-    from search.study import stored_settings
-
-    if not space.given():
-        return requested
-    file_profile = read_space_file(space.file)[0] if space.file is not None else None
-    if file_profile and requested.profile and file_profile != requested.profile:
-        raise UserError(f"--space {requested.profile}: the space file says profile {file_profile}")
-    profile = file_profile or requested.profile
-    if profile is None:
-        stored = stored_settings(name, url)
-        profile = stored.profile if stored is not None else default_profile(device_type)
-    return replace(requested, profile=file_profile or requested.profile, space=resolve(space, profile) or {})
-
-
-def study_space(study_name: str, storage: str | None) -> tuple[str, dict | None]:
-    """(profile, changes) a study was created with (``search space --study``); one line for a study without."""
-    from search.settings import StudySettings
-    from search.study import load_study
-
-    settings = StudySettings.from_attrs(load_study(study_name, storage, any_direction=True, read_only=True).user_attrs)
-    if settings is None:
-        raise UserError(f"--study {study_name}: the study has no search settings (it was not created by `search run`)")
-    return settings.profile, settings.space

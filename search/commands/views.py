@@ -119,7 +119,7 @@ def space_command(profile, study_name, storage, as_json):
     if study_name is None:
         click.echo(space_text(profile or "full", as_json))
         return
-    from search.user_space import study_space
+    from search.inspection import study_space
 
     if profile is not None:
         raise click.UsageError("--profile: give --profile or --study, not both (a study has its own profile)")
