@@ -32,16 +32,17 @@ def param_count(parameters) -> str:
 
 def number(value) -> str:
     """A value as a table shows it: a float to 3 significant digits (``0.124``, ``25.3``), one below 0.01 in
-    scientific notation (``3.2e-04``), 0 as ``0``; anything else as ``str``."""
+    scientific notation (``3.2e-04``), one of 100 or more without decimals (``1779``), 0 as ``0``; anything else
+    as ``str``."""
     if isinstance(value, bool) or not isinstance(value, float):
         return str(value)
     if not math.isfinite(value):
         return str(value)
     if value == 0:
         return "0"
-    if abs(value) < 0.01 or abs(value) >= 1e5:
+    if abs(value) < 0.01:
         return f"{value:.1e}"
-    return f"{value:.3g}"
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
 def config_line(params: dict) -> str:
@@ -63,12 +64,13 @@ def config_line(params: dict) -> str:
 
 def pruned_text(step, value, needed) -> str:
     """``pruned at step 186: 0.2436, needed 0.3397``: where the pruner stopped a trial, the trial's validation
-    accuracy there and the value it needed to go on (left out where it is not known)."""
+    accuracy there and the value it needed to go on (each left out where it is not known: a table whose value
+    column has the accuracy says ``pruned at step 186, needed 0.3397``)."""
     text = f"pruned at step {step}"
     if isinstance(value, (int, float)):
         text += f": {value:.4f}"
-        if isinstance(needed, (int, float)):
-            text += f", needed {needed:.4f}"
+    if isinstance(needed, (int, float)):
+        text += f", needed {needed:.4f}"
     return text
 
 
