@@ -184,7 +184,7 @@ def setup(study: optuna.Study, request: FinalizeRequest, name: str):
     if settings and data_dir is None and settings.data != "embedded":
         data_dir = Path(settings.data)
     task = load_task(data_dir, study_seed(study), resolve_device(request.device),
-                     progress=echo.data_progress("preparing data"))
+                     progress=echo.data_progress)
     # before any training: the CSV must not replace the storage, the data or its answer key (search/files.py)
     check_out(out, "--out", request.storage or default_url(study.study_name), task.source,
               Path(task.source) / ANSWERS_NAME)

@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 from search.errors import NoStudyStorage, UserError
 from search.files import STUDIES
 from search.final_record import show_lines
-from search.queries import best_or_none, pick_trial, state_counts, trial_fields
+from search.queries import best_or_none, pick_trial, state_counts
 from search.sqlite import sqlite_path
 from search.storage import open_storage, redact_url
 
@@ -73,33 +73,68 @@ def pick_any_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
 
 
 def trial_lines(study: optuna.Study, trial: FrozenTrial) -> list[str]:
+    """``search show``: the trial's results, its configuration and its curve as aligned tables, numbers rounded
+    (``--json`` has every stored value as it is)."""
+    from search.formats import ended_text, number, param_count
+
     a = trial.user_attrs
     best = getattr(best_or_none(study), "number", None)
     lines = [f"study {study.study_name!r}, trial #{trial.number}" + ("  (best)" if trial.number == best else "")]
-    lines.append(f"  state        {trial.state.name.lower()}")
+    results = [("state", trial.state.name.lower())]
     if trial.value is not None:
-        lines.append(f"  value        {trial.value:.4f} (validation accuracy)")
-    for key, label in (("ended", "ended"), ("warm_start", "warm start"), ("device", "device"),
-                       ("parameters", "parameters"), ("steps_per_second", "steps/s"), ("wall_seconds", "wall seconds"),
-                       ("best_step", "best step"), ("last_step", "last step"), ("train_loss", "train loss")):
+        results.append(("value", f"{trial.value:.4f} (validation accuracy)"))
+    if "ended" in a or trial.state == TrialState.FAIL:
+        results.append(("ended", ended_text(trial.state.name, a.get("ended"), trial.value, a)))
+    shown = {"parameters": param_count, "wall_seconds": lambda v: f"{v:.1f}", "train_loss": number,
+             "steps_per_second": number}
+    for key, label in (("warm_start", "warm start"), ("device", "device"), ("parameters", "parameters"),
+                       ("steps_per_second", "steps/s"), ("wall_seconds", "wall seconds"), ("best_step", "best step"),
+                       ("last_step", "last step"), ("train_loss", "train loss")):
         if key in a:
-            lines.append(f"  {label:12s} {a[key]}")
+            results.append((label, shown.get(key, str)(a[key])))
     if trial.datetime_start:
-        lines.append(f"  started      {trial.datetime_start:%Y-%m-%d %H:%M:%S}")
+        results.append(("started", f"{trial.datetime_start:%Y-%m-%d %H:%M:%S}"))
     if trial.duration is not None:
-        lines.append(f"  duration     {trial.duration.total_seconds():.1f}s")
+        results.append(("duration", f"{trial.duration.total_seconds():.1f}s"))
+    lines += [f"  {label:12s} {value}" for label, value in results]
     lines.append("parameters (sampled):")
-    lines += [f"  {k:16s} {v}" for k, v in trial.params.items()]
-    if trial.intermediate_values:
-        lines.append("validation curve (step: accuracy):")
-        lines.append("  " + "  ".join(f"{s}: {v:.4f}" for s, v in sorted(trial.intermediate_values.items())))
+    lines += _pairs(trial.params.items())
+    lines += _curve_lines(trial)
     from search.attrs import resolved_configs
 
     for key, config in zip(("model config", "train config"), resolved_configs(trial)):  # search/attrs.py
-        if config:
+        rest = {k: v for k, v in config.items() if k not in trial.params}  # the sampled ones are above
+        if rest:
             lines.append(f"{key} (resolved):")
-            lines.append("  " + json.dumps(config, sort_keys=True))
+            lines += _pairs(sorted(rest.items()))
     return lines + show_lines(study, trial.number)  # what was finalized with this trial in it
+
+
+def _pairs(items) -> list[str]:
+    """``name value`` lines, the values aligned (a column at least as wide as the space's longest name)."""
+    items = list(items)
+    width = max([16, *(len(k) for k, _ in items)])
+    return [f"  {k:{width}s} {_shown(v)}" for k, v in items]
+
+
+def _shown(value) -> str:
+    from search.formats import number
+
+    return ", ".join(map(number, value)) if isinstance(value, (list, tuple)) else number(value)
+
+
+def _curve_lines(trial: FrozenTrial) -> list[str]:
+    """The validation curve as a table: step, validation accuracy and the training loss there."""
+    from search.attrs import train_loss_points
+    from search.tables import aligned
+
+    if not trial.intermediate_values:
+        return []
+    losses = dict(train_loss_points(trial))
+    rows = [("step", "valid acc", "train loss")] + [
+        (str(step), f"{value:.4f}", _shown(losses[step]) if step in losses else "-")
+        for step, value in sorted(trial.intermediate_values.items())]
+    return ["validation curve (step: accuracy):", *aligned(rows, right=(True, True, True))]
 
 
 def trial_json(trial: FrozenTrial) -> dict:
@@ -127,91 +162,6 @@ def reference_note(study: optuna.Study, best: FrozenTrial) -> str:
     if speakers:
         parts.append(f"chance 1/{speakers} = {1 / speakers:.3f}")
     return "; ".join(parts)
-
-
-# ``search trials``: one row per trial, from Optuna's own records (the trial's state, value, datetimes,
-# sampled parameters and the user attributes the objective sets); nothing is kept anywhere else.
-# The key parameters that fit a terminal table's width (of search/notes.py KEY_PARAMS), in the table's order.
-TABLE_PARAMS = ("encoder", "d_model", "layers", "pooling", "loss", "lr")
-TRIAL_COLUMNS = ("number", "state", "value", "ended", "parameters", "steps_per_second", "wall_seconds", *TABLE_PARAMS)
-
-
-def _seconds(trial: FrozenTrial) -> float | None:
-    """How long the trial took: its ``wall_seconds`` (training), else Optuna's start-to-end time, else
-    (running) the time since it started."""
-    wall = trial.user_attrs.get("wall_seconds")
-    if isinstance(wall, (int, float)):
-        return float(wall)
-    if trial.duration is not None:
-        return trial.duration.total_seconds()
-    if trial.datetime_start is not None:
-        import datetime
-
-        return (datetime.datetime.now() - trial.datetime_start).total_seconds()
-    return None
-
-
-def trial_rows(study: optuna.Study, sort: str = "number", states: tuple[str, ...] = ()) -> list[dict]:
-    """One dict per trial (``TRIAL_COLUMNS``), in the states given (all if none), sorted by ``sort``:
-    number (ascending), value (best first; trials without a value last) or duration (longest first)."""
-    wanted = tuple(TrialState[s.upper()] for s in states) or None
-    # only what the table shows (queries.trial_fields): the sampled key parameters, else the resolved ones
-    attrs = ("ended", "parameters", "steps_per_second", "wall_seconds", "model_config", "train_config",
-             *(f"{group}.{key}" for key in TABLE_PARAMS for group in ("model", "train")))
-    trials = trial_fields(study, wanted, TABLE_PARAMS, attrs)
-    maximize = len(study.directions) > 1 or study.direction == optuna.study.StudyDirection.MAXIMIZE
-    if sort == "value":
-        with_value = sorted((t for t in trials if t.value is not None), key=lambda t: (t.value, -t.number),
-                            reverse=maximize)
-        trials = with_value + [t for t in trials if t.value is None]
-    elif sort == "duration":
-        timed = sorted((t for t in trials if _seconds(t) is not None), key=lambda t: (-_seconds(t), t.number))
-        trials = timed + [t for t in trials if _seconds(t) is None]
-    else:
-        trials = sorted(trials, key=lambda t: t.number)
-    rows = []
-    for t in trials:
-        a = t.user_attrs
-        resolved = {**(a.get("train_config") or {}), **(a.get("model_config") or {}),  # studies of before the flat
-                    **{k.split(".", 1)[1]: v for k, v in a.items() if k.startswith(("model.", "train."))}}
-        row = {"number": t.number, "state": t.state.name.lower(),
-               "value": t.value if len(study.directions) == 1 else None,
-               "ended": a.get("ended"), "parameters": a.get("parameters"),
-               "steps_per_second": a.get("steps_per_second"), "wall_seconds": a.get("wall_seconds")}
-        for key in TABLE_PARAMS:  # sampled; else the resolved configuration's (a trial run outside the space)
-            row[key] = t.params.get(key, resolved.get(key))
-        rows.append(row)
-    return rows
-
-
-def trials_lines(rows: list[dict], study_name: str, states: tuple[str, ...] = ()) -> list[str]:
-    """``search trials`` as a text table."""
-    if not rows:
-        return [f"study {study_name!r} has no trial" + (f" in state {', '.join(states)}" if states else "")]
-
-    formats = {"value": ".4f", "lr": ".2e", "parameters": ",", "wall_seconds": ".1f"}  # others: str()
-
-    def cell(key: str, value) -> str:
-        return "-" if value is None else format(value, formats.get(key, ""))
-
-    heads = {"number": "#", "parameters": "size", "steps_per_second": "steps/s", "wall_seconds": "wall s"}
-    columns = [c for c in TRIAL_COLUMNS if c != "ended"] + ["ended"]  # the free text last
-    table = [[heads.get(c, c) for c in columns]] + [[cell(c, r[c]) for c in columns] for r in rows]
-    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
-    right = {"number", "value", "parameters", "steps_per_second", "wall_seconds", "d_model", "layers", "lr"}
-    return ["  ".join(v.rjust(w) if c in right else v.ljust(w) for c, v, w in zip(columns, line, widths)).rstrip()
-            for line in table]
-
-
-def trials_csv(rows: list[dict]) -> str:
-    import csv
-    import io
-
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(TRIAL_COLUMNS), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()
 
 
 # --- the read-only commands, each one call from the CLI: the text it prints ------------------------------
@@ -288,18 +238,24 @@ def show_text(study_name: str, storage: str | None, number: int | None, as_json:
 
 
 def trials_text(study_name: str, storage: str | None, sort: str = "number", states: tuple[str, ...] = (),
-                as_json: bool = False, as_csv: bool = False) -> str:
-    """``search trials``: one row per trial, as a table, JSON or CSV."""
+                as_json: bool = False, as_csv: bool = False, wide: bool = False) -> str:
+    """``search trials``: one row per trial, as a table that fits the terminal (``wide``: every column), JSON or
+    CSV (every column: each sampled parameter, each user attribute)."""
+    from search.tables import terminal_width
+    from search.trial_table import trial_rows, trials_csv, trials_lines
+
     from search.study import load_study
 
     if as_json and as_csv:
         raise UserError("--json and --csv: give one of them")
     states = tuple(dict.fromkeys(s.lower() for s in states))
     study = load_study(study_name, storage, any_direction=True, read_only=True)
-    rows = trial_rows(study, sort.lower(), states)
+    rows = trial_rows(study, sort.lower(), states, every=as_json or as_csv or wide)
     if as_json:
         return json_text(rows)
-    return trials_csv(rows).rstrip("\n") if as_csv else "\n".join(trials_lines(rows, study_name, states))
+    if as_csv:
+        return trials_csv(rows).rstrip("\n")
+    return "\n".join(trials_lines(rows, study_name, states, terminal_width(), wide))
 
 
 def space_text(profile: str, as_json: bool = False, changes: dict | None = None, study: str | None = None) -> str:

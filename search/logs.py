@@ -224,55 +224,99 @@ def progress_interval() -> float:
 
 
 class Progress:
-    """Prints one line per finished trial (n/N, state, value, best so far, elapsed time, ETA) and, through
-    ``in_trial``, a line every ~10 s while a trial trains (search/train.py ``report_progress``).
+    """Prints a line as each trial starts (its number, where its configuration came from, the configuration), one
+    per finished trial (n/N, how it ended, best so far, elapsed time, ETA) and, through ``in_trial``, a line every
+    ~10 s while a trial trains (search/train.py ``report_progress``), with the trial's number.
 
-    The ETA is the study's pace in this run: the mean seconds per finished trial since the trials started
-    (``start``) times the trials left; with ``timeout``, the time left until then (the smaller of the two
-    when both are given). With worker processes the pace is the run's, all workers together."""
+    The ETA counts steps, not trials: a trial is expected to run to the pruner's first rung, and past each rung with
+    the share of the study's finished trials that went past it so far (Laplace's rule, (passed + 1) / (reached + 2):
+    a half before any trial reached it), so a study whose trials are mostly pruned is not reckoned as if each ran its
+    budget. The trials left times those expected steps, at the seconds per step this run has taken (start-up and
+    validation included); with ``timeout``, at most the time left until then. With worker processes the pace is the
+    run's, all workers together."""
 
     def __init__(self, total: int | None, echo: Callable[[str], None], timeout: float | None = None) -> None:
         self.total, self.echo, self.timeout, self.done = total, echo, timeout, 0  # total None: until the timeout
         self.started = self.trials_started = time.perf_counter()
+        self.budget: int | None = None  # steps per trial, and where the pruner decides (``start``)
+        self.rungs: list[int] = []
+        self.steps_done = 0  # steps trained by the trials this run finished
+        self.expected_steps: float | None = None  # per trial still to run, from the study's trials so far
+        self.running: dict[int | None, int] = {}  # worker (None: this process) -> the trial it runs
 
-    def start(self) -> None:
-        """The trials start now (the data is ready): the pace and the timeout count from here."""
+    def start(self, budget: int | None = None, rungs: list[int] | None = None) -> None:
+        """The trials start now (the data is ready): the pace and the timeout count from here. ``budget``: a
+        trial's steps; ``rungs``: the steps where the pruner may stop one (search/schedule.py ``rung_steps``)."""
         self.trials_started = time.perf_counter()
+        self.budget, self.rungs = budget, sorted(r for r in rungs or [] if budget is None or r < budget)
+
+    def trial_started(self, info: dict, worker: int | None = None) -> None:
+        """The line for a trial that starts (search/objective.py gives ``info``: number, origin, params)."""
+        from search.formats import config_line
+
+        self.running[worker] = info["number"]
+        self.echo(f"#{info['number']} starts ({info['origin']}): {config_line(info['params'])}"
+                  + (f"  |  worker {worker}" if worker is not None else ""))
 
     def eta(self) -> float | None:
         """Seconds until the run is done, or None before a trial finished (no pace yet) without a timeout."""
         elapsed = time.perf_counter() - self.trials_started
         left = []
         if self.total is not None and self.done:
-            left.append(elapsed / self.done * max(0, self.total - self.done))
+            trials_left = max(0, self.total - self.done)
+            if self.expected_steps is not None and self.steps_done > 0:
+                left.append(trials_left * self.expected_steps * elapsed / self.steps_done)
+            else:  # no steps to count (trials failed before training): the pace per trial
+                left.append(elapsed / self.done * trials_left)
         if self.timeout is not None:
             left.append(max(0.0, self.timeout - elapsed))
         return min(left) if left else None
 
+    def expected_trial_steps(self, trials) -> float | None:
+        """The steps a trial is expected to train, given the pruner's rungs and how many of the finished
+        ``trials`` went past each (None without a budget)."""
+        if self.budget is None:
+            return None
+        ends = [_steps_of(t) for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+        expected, surviving, previous = 0.0, 1.0, 0
+        for rung in self.rungs:
+            expected += surviving * (rung - previous)
+            reached = sum(end >= rung for end in ends)
+            passed = sum(end > rung for end in ends)
+            surviving *= (passed + 1) / (reached + 2)
+            previous = rung
+        return expected + surviving * (self.budget - previous)
+
     def __call__(self, study, trial, worker: int | None = None) -> None:
         """The line for ``trial`` (a FrozenTrial of ``study``) that just ended."""
-        from search.queries import best_or_none, counts
+        from search.formats import ended_text
+        from search.queries import best_or_none
 
         self.done += 1
-        c = counts(study)
+        self.steps_done += _steps_of(trial)
+        self.running.pop(worker, None)
+        trials = study.get_trials(deepcopy=False)
+        self.expected_steps = self.expected_trial_steps(trials)
+        c = {state: sum(t.state.name == state for t in trials) for state in ("COMPLETE", "PRUNED", "FAIL")}
         best = best_or_none(study)
         if trial.state.name == "COMPLETE":
-            value = f"acc {trial.value:.4f}"
+            value = f"complete acc {trial.value:.4f}"
         else:
-            value = trial.user_attrs.get("ended", "")
+            value = ended_text(trial.state.name, trial.user_attrs.get("ended"), trial.value, trial.user_attrs)
         best_text = f"best {best.value:.4f} (#{best.number})" if best else "no complete trial yet"
         eta = self.eta()
-        self.echo(f"trial {self.done}{'' if self.total is None else f'/{self.total}'}  #{trial.number} {trial.state.name.lower():8s} {value}  |  "
-                  f"{best_text}  |  complete {c['complete']} pruned {c['pruned']} failed {c['fail']}  |  "
+        self.echo(f"trial {self.done}{'' if self.total is None else f'/{self.total}'}  #{trial.number} {value}  |  "
+                  f"{best_text}  |  complete {c['COMPLETE']} pruned {c['PRUNED']} failed {c['FAIL']}  |  "
                   f"{time.perf_counter() - self.started:.0f}s" + ("" if eta is None else f", ETA {self.format_seconds(eta)}")
                   + (f"  |  worker {worker}" if worker is not None else ""))
 
     def in_trial(self, info: dict, worker: int | None = None) -> None:
-        """A line while a trial trains: its step of the total, speed, best validation accuracy so far, and
-        the time the trial has left at that speed (search/train.py ``report_progress`` gives ``info``)."""
+        """A line while a trial trains: its number, its step of the total, speed, best validation accuracy so far,
+        and the time the trial has left at that speed (search/train.py ``report_progress`` gives ``info``)."""
         left = self.format_seconds(self.training_left(info))
-        self.echo(f"  training: {self.training_text(info)}  |  trial ends in ~{left}"
-                  + (f"  |  worker {worker}" if worker is not None else ""))
+        number = self.running.get(worker)
+        self.echo(f"  {'' if number is None else f'#{number} '}training: {self.training_text(info)}  |  "
+                  f"trial ends in ~{left}" + (f"  |  worker {worker}" if worker is not None else ""))
 
     @staticmethod
     def training_text(info: dict) -> str:
@@ -297,3 +341,11 @@ class Progress:
         if seconds < 3600:
             return f"{seconds // 60}m{seconds % 60:02d}s"
         return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _steps_of(trial) -> int:
+    """The steps a finished trial trained: its last validation's step (0 for one that failed before any)."""
+    step = trial.user_attrs.get("last_step")
+    if not isinstance(step, int):
+        step = max(trial.intermediate_values, default=0)
+    return step

@@ -89,11 +89,10 @@ def outcome(trial: FrozenTrial) -> str:
 
 
 def size(parameters: float) -> str:
-    """``77.8k``, ``1.23M``: a parameter count at a glance."""
-    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if parameters >= scale:
-            return f"{parameters / scale:.3g}{unit}"
-    return f"{parameters:g}"
+    """``77.8k``, ``1.23M``: a parameter count at a glance, as every command writes it (search/formats.py)."""
+    from search.formats import param_count
+
+    return param_count(parameters)
 
 
 def describe_size_and_speed(attrs: dict) -> list[str]:

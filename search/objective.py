@@ -13,12 +13,13 @@ import gc
 import os
 import socket
 import time
+from typing import Callable
 
 import optuna
 import torch
 
 from model import build_model, count_parameters
-from search import schedule, space as search_space
+from search import optuna_internals, schedule, space as search_space
 from search.attrs import config_attrs, rounded
 from search.errors import TrainingDiverged
 from search.task import Task
@@ -35,7 +36,8 @@ def trial_seed(study_seed: int, trial_number: int) -> int:
 
 class Objective:
     def __init__(self, task: Task, budget: int, space: list[search_space.Param], seed: int,
-                 report_steps: tuple[int, ...] = ()) -> None:
+                 report_steps: tuple[int, ...] = (), on_start: Callable[[dict], None] | None = None) -> None:
+        self.on_start = on_start  # told each trial's number, origin and parameters once they are sampled
         self.task = task
         self.budget = budget
         self.space = space
@@ -57,6 +59,8 @@ class Objective:
 
     def _run(self, trial: optuna.Trial) -> float:
         params = search_space.suggest(trial, self.space)
+        if self.on_start is not None:
+            self.on_start({"number": trial.number, "origin": trial_origin(trial), "params": params})
         # Validate where it is read: the rungs of the pruner this study runs with, and the end (search/schedule.py)
         eval_steps = schedule.trial_steps(self.budget, trial.study.pruner, self.report_steps)
         model_cfg, train_cfg = search_space.build_configs(
@@ -85,6 +89,7 @@ class Objective:
             last.update(metrics)
             if prunable and trial.should_prune():
                 trial.set_user_attr("ended", f"pruned at step {step}")
+                _record_threshold(trial)
                 raise optuna.TrialPruned(f"pruned at step {step} (valid accuracy {metrics['valid_accuracy']:.4f})")
 
         try:
@@ -109,6 +114,28 @@ class Objective:
         trial.set_user_attr("best_step", result.best_step)
         trial.set_user_attr("ended", f"complete after {self.budget} steps")
         return result.best_accuracy
+
+
+def trial_origin(trial: optuna.Trial) -> str:
+    """Where a trial's configuration came from: ``warm start: <label>`` (a retry says of which trial), ``retry of
+    #N`` (a dead worker's trial queued again), ``enqueued`` (by hand, ``study.enqueue_trial``) or ``sampled``."""
+    label, retry_of = trial.user_attrs.get("warm_start"), trial.user_attrs.get("retry_of")
+    enqueued, failed_trial = optuna_internals.queued_marks(trial)
+    if label:
+        return f"warm start: {label}" + (f", retry of #{retry_of}" if retry_of is not None else "")
+    if failed_trial is not None:
+        return f"retry of #{failed_trial}"
+    return "enqueued" if enqueued else "sampled"
+
+
+def _record_threshold(trial: optuna.Trial) -> None:
+    """The value the pruner needed where it stopped ``trial`` (``prune_threshold``): what the trial lost to."""
+    from search.sampler import needed_to_go_on
+
+    frozen = optuna_internals.storage_of(trial.study).get_trial(optuna_internals.trial_id(trial))
+    needed = needed_to_go_on(trial.study.pruner, trial.study, frozen)
+    if needed is not None:
+        trial.set_user_attr("prune_threshold", round(needed, 4))
 
 
 def _device_name(device: torch.device) -> str:

@@ -94,6 +94,52 @@ def halving_numbers(pruner: optuna.pruners.BasePruner) -> tuple | None:
     return None
 
 
+def halving_needed(pruner: optuna.pruners.BasePruner, study: optuna.Study,
+                   trial: optuna.trial.FrozenTrial) -> tuple[int, float | None] | None:
+    """(step, value needed there) of the last rung an Optuna HyperbandPruner or SuccessiveHalvingPruner decided
+    for ``trial``: the value the trial had to reach to be promoted, from the values the other trials of its bracket
+    stored at that rung (Successive Halving's own rule; None as the value where too few had: its bootstrap count).
+    None for another pruner or a trial without a decided rung. Optuna keeps the rung values in private system
+    attributes (``completed_rung_<i>``) and the brackets in private fields, and says nothing of the threshold."""
+    from optuna.pruners._successive_halving import _completed_rung_key
+
+    if isinstance(pruner, optuna.pruners.HyperbandPruner):
+        if not pruner._pruners:
+            return None
+        bracket = pruner._get_bracket_id(study, trial)
+        halving = pruner._pruners[bracket]
+        trials = [t for t in study.get_trials(deepcopy=False) if pruner._get_bracket_id(study, t) == bracket]
+    elif isinstance(pruner, optuna.pruners.SuccessiveHalvingPruner):
+        halving, trials = pruner, study.get_trials(deepcopy=False)
+    else:
+        return None
+    rung = 0
+    while _completed_rung_key(rung) in trial.system_attrs:
+        rung += 1
+    if rung == 0 or halving._min_resource is None:
+        return None
+    key = _completed_rung_key(rung - 1)
+    step = halving._min_resource * halving._reduction_factor ** (halving._min_early_stopping_rate + rung - 1)
+    competing = [t.system_attrs[key] for t in trials if key in t.system_attrs and t.number != trial.number]
+    competing.append(trial.system_attrs[key])
+    if len(competing) <= halving._bootstrap_count:
+        return step, None
+    # Successive Halving's rule (_is_trial_promotable_to_next_rung): at least the value ranked at the top
+    # 1/reduction_factor of the competing ones (the best one while fewer than reduction_factor competed)
+    rank = max(0, len(competing) // halving._reduction_factor - 1)
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    needed = sorted(competing, reverse=maximize)[rank]
+    return step, needed
+
+
+def queued_marks(trial: optuna.Trial) -> tuple[bool, int | None]:
+    """(whether a running trial's parameters were enqueued rather than sampled, the number of the failed trial it
+    retries or None): Optuna marks both in the trial's system attributes (``fixed_params``, ``failed_trial``), which
+    ``Trial`` no longer exposes."""
+    system = storage_of(trial.study).get_trial_system_attrs(trial_id(trial))
+    return "fixed_params" in system, system.get("failed_trial")
+
+
 # --- journal files ------------------------------------------------------------------------------------------------
 
 def journal_op_codes() -> set[int]:

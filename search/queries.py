@@ -134,10 +134,11 @@ class TrialFields:
         return None
 
 
-def trial_fields(study: optuna.Study, states: tuple[TrialState, ...] | None, params: tuple[str, ...],
-                 user_attrs: tuple[str, ...]) -> list:
-    """Each trial (in ``states``; all for None) with only the ``params`` and ``user_attrs`` named: three queries
-    on an RDB storage (trials with their value, those parameters, those attributes), FrozenTrials otherwise."""
+def trial_fields(study: optuna.Study, states: tuple[TrialState, ...] | None, params: tuple[str, ...] | None,
+                 user_attrs: tuple[str, ...] | None) -> list:
+    """Each trial (in ``states``; all for None) with only the ``params`` and ``user_attrs`` named (None: all of
+    them): three queries on an RDB storage (trials with their value, those parameters, those attributes),
+    FrozenTrials otherwise."""
     rdb = internals.rdb_storage(study)
     if rdb is None:
         return study.get_trials(deepcopy=False, states=states)
@@ -162,21 +163,22 @@ def trial_fields(study: optuna.Study, states: tuple[TrialState, ...] | None, par
             shown = None if stored is None and kind is None else value.stored_repr_to_value(stored, kind)
             rows[trial_id] = TrialFields(number, state, shown, _local(start), _local(complete))
         mine = sqlalchemy.select(trial.trial_id).where(trial.study_id == study_id).scalar_subquery()
-        if params:
+        if params is None or params:
             param = models.TrialParamModel
             distributions: dict[str, object] = {}  # a few distinct JSON texts: parsed once each
+            query = (sqlalchemy.select(param.trial_id, param.param_name, param.param_value, param.distribution_json)
+                     .where(param.trial_id.in_(mine)))
             for trial_id, name, internal, text in connection.execute(
-                    sqlalchemy.select(param.trial_id, param.param_name, param.param_value, param.distribution_json)
-                    .where(param.trial_id.in_(mine), param.param_name.in_(params))):
+                    query if params is None else query.where(param.param_name.in_(params))):
                 if trial_id in rows:
                     if text not in distributions:
                         distributions[text] = json_to_distribution(text)
                     rows[trial_id].params[name] = distributions[text].to_external_repr(internal)
-        if user_attrs:
+        if user_attrs is None or user_attrs:
             attr = models.TrialUserAttributeModel
+            query = sqlalchemy.select(attr.trial_id, attr.key, attr.value_json).where(attr.trial_id.in_(mine))
             for trial_id, key, text in connection.execute(
-                    sqlalchemy.select(attr.trial_id, attr.key, attr.value_json)
-                    .where(attr.trial_id.in_(mine), attr.key.in_(user_attrs))):
+                    query if user_attrs is None else query.where(attr.key.in_(user_attrs))):
                 if trial_id in rows:
                     rows[trial_id].user_attrs[key] = json.loads(text)
     return list(rows.values())

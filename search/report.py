@@ -27,6 +27,7 @@ from search.attrs import train_loss_points
 from search import queries
 from search.errors import UserError
 from search.files import write_text
+from search.formats import param_count
 from search.queries import complete_trials
 from search.final_record import finalized_rows
 from search.notes import KEY_PARAMS, outcome, settings_rows
@@ -82,7 +83,7 @@ def summary_lines(study: optuna.Study, n: int = TOP) -> list[str]:
         attrs = t.user_attrs
         extra = []
         if "parameters" in attrs:
-            extra.append(f"{attrs['parameters'] / 1e6:.2f}M params")
+            extra.append(f"{param_count(attrs['parameters'])} params")
         if "steps_per_second" in attrs:
             extra.append(f"{attrs['steps_per_second']} steps/s")
         lines.append(f"  #{t.number:<4d} acc {t.value:.4f}  {describe_params(t.params)}"
@@ -299,7 +300,7 @@ def _best_table(study: optuna.Study) -> str:
     for t in queries.best_trials(study, TOP):
         a = t.user_attrs
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in (
-            f"#{t.number}", f"{t.value:.4f}", describe_params(t.params), a.get("parameters", ""),
+            f"#{t.number}", f"{t.value:.4f}", describe_params(t.params), param_count(a.get("parameters", "")),
             a.get("steps_per_second", ""), a.get("wall_seconds", ""), a.get("device", ""), a.get("ended", ""))) + "</tr>")
     if not rows:
         return "<p>No complete trial yet.</p>"

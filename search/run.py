@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from search.errors import Stopped, UserError
 from search.logs import Progress, progress_interval
 from search.runner import fail_trials_of_gone_local_workers, gone_workers_text
+from search.schedule import rung_steps
 from search.settings import EVALUATIONS_PER_TRIAL, RequestedSettings
 from search.signals import interrupts, signal_name, signal_of
 from search.storage import check_url, default_url, redact_url
@@ -91,7 +92,7 @@ def run_search(request: RunRequest) -> None:
             settings = requested.resolve(name, stored_settings(name, url), torch_device.type)
             jobs = [WorkerJob(i, name, url, settings, device, timeout=timeout, fail_fast=request.fail_fast)
                     for i, device in enumerate(devices)]
-            fingerprint = _prepare_data(jobs, echo.data_progress("preparing data"))
+            fingerprint = _prepare_data(jobs, echo.data_progress)
             skipped: list[str] = []  # warm starts the user's space leaves out
             study, settings, created = open_study(name, url, settings, request.warm_start, report=skipped.append)
             state["study"] = study
@@ -110,7 +111,7 @@ def run_search(request: RunRequest) -> None:
             for line in skipped + [f"warm start {label!r} (trial #{n}) was interrupted: queued again" for label, n in retried]:
                 echo(line)
             state["started"] = time.monotonic()
-            progress.start()
+            progress.start(settings.budget, rung_steps(study.pruner, settings.budget) or [])
             report = _run_jobs(study, jobs, trials, echo, progress, request.mps, request.total_trials)
     except KeyboardInterrupt as interrupt:
         _stopped(request, url, interrupt, progress, state, echo)
@@ -174,7 +175,7 @@ def _run_jobs(study, jobs, trials, echo, progress, mps: bool = True, total_trial
         jobs[0].n_trials = trials if target is None else None  # None: until --timeout (or the target)
         jobs[0].target = target
         with report_progress(progress.in_trial, progress_interval()):  # a line every 10 s while a trial trains
-            run_job(jobs[0], progress, study)
+            run_job(jobs[0], progress, study, on_start=progress.trial_started)
         return None
     for job in jobs:
         job.target = target

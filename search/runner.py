@@ -45,8 +45,9 @@ class TargetReached(Exception):
 
 def run_trials(study: optuna.Study, settings: StudySettings, task: Task, n_trials: int | None,
                timeout: float | None = None, fail_fast: bool = False, on_trial: OnTrial | None = None,
-               gate: Gate | None = None) -> None:
-    """Run ``n_trials`` trials in this process (None: until ``timeout``).
+               gate: Gate | None = None, on_start: Callable[[dict], None] | None = None) -> None:
+    """Run ``n_trials`` trials in this process (None: until ``timeout``); ``on_start`` is told each trial's number,
+    origin and parameters as it starts (search/objective.py), ``on_trial`` each trial that ended.
 
     ``gate`` (the workers' shared target, search/target.py ``SharedTarget``) is called instead of each ask with
     the study and the real ask; it returns the trial, or raises TargetReached, which ends the run quietly."""
@@ -54,7 +55,8 @@ def run_trials(study: optuna.Study, settings: StudySettings, task: Task, n_trial
     from search.notes import with_notes
     from search.objective import Objective
 
-    objective = Objective(task, settings.budget, search_space.build_space(settings.profile, settings.space), settings.seed)
+    objective = Objective(task, settings.budget, search_space.build_space(settings.profile, settings.space),
+                          settings.seed, on_start=on_start)
     # A collection after every trial frees what a pruned trial's model and graphs hold in reference cycles.
     # What start-up (and, below, the first trial) created lives as long as the process: freezing it keeps those
     # collections short (BENCHMARKS.md: "On an H100: the per-trial overhead cut" and "Figures from code comments").

@@ -57,6 +57,11 @@ class StudyHyperband(optuna.pruners.HyperbandPruner):
         """The steps at which this pruner can stop a trial of ``budget`` steps."""
         return schedule.hyperband_rungs(self.min_resource, self.max_resource, self.reduction_factor, budget)
 
+    def needed(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> float | None:
+        """The value ``trial`` needed at its last step to go on, where this pruner decided there (else None)."""
+        decided = optuna_internals.halving_needed(self, study, trial)
+        return decided[1] if decided is not None and decided[0] == trial.last_step else None
+
 
 class SecondLookPruner(optuna.pruners.BasePruner):
     """Hyperband's decisions, and one more at ``step`` for the trials Hyperband let through: there a trial goes
@@ -81,13 +86,37 @@ class SecondLookPruner(optuna.pruners.BasePruner):
             return True
         if trial.last_step != self.step:
             return False
-        value = trial.intermediate_values[self.step]
+        value, threshold = trial.intermediate_values[self.step], self._threshold(study, trial)
+        return value < threshold if study.direction == StudyDirection.MAXIMIZE else value > threshold
+
+    def _threshold(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> float:
+        """The value a trial needs at ``step`` to go on: the one ranked at the top ``1 / reduction_factor``."""
         others = [t.intermediate_values[self.step] for t in study.get_trials(deepcopy=False)
                   if t.number != trial.number and self.step in t.intermediate_values]
         maximize = study.direction == StudyDirection.MAXIMIZE
-        ranked = sorted([value, *others], reverse=maximize)  # best first
-        threshold = ranked[max(1, len(ranked) // self.hyperband.reduction_factor) - 1]
-        return value < threshold if maximize else value > threshold
+        ranked = sorted([trial.intermediate_values[self.step], *others], reverse=maximize)  # best first
+        return ranked[max(1, len(ranked) // self.hyperband.reduction_factor) - 1]
+
+    def needed(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> float | None:
+        """The value ``trial`` needed at its last step to go on: Hyperband's there, and the second look's at
+        ``step`` (both must be passed: the stricter one)."""
+        thresholds = [t for t in (self.hyperband.needed(study, trial),
+                                  self._threshold(study, trial) if trial.last_step == self.step else None)
+                      if t is not None]
+        if not thresholds:
+            return None
+        return max(thresholds) if study.direction == StudyDirection.MAXIMIZE else min(thresholds)
+
+
+def needed_to_go_on(pruner: optuna.pruners.BasePruner, study: optuna.Study,
+                    trial: optuna.trial.FrozenTrial) -> float | None:
+    """After ``pruner`` stopped ``trial`` at its last step: the value it needed there to go on, from the values the
+    other trials stored at that step; None where the pruner does not say (a median pruner, a wrapper) or too few
+    trials had reached it."""
+    if hasattr(pruner, "needed"):  # a study's own (above)
+        return pruner.needed(study, trial)
+    decided = optuna_internals.halving_needed(pruner, study, trial)  # Optuna's own, made elsewhere
+    return decided[1] if decided is not None and decided[0] == trial.last_step else None
 
 
 def make_pruner(settings: StudySettings) -> optuna.pruners.BasePruner:

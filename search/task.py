@@ -63,14 +63,24 @@ def embedded_data_dir(cache: Path = CACHE, progress=None) -> Path:
     return folder
 
 
+# ``progress`` below: ``progress(phase)`` gives the ``(done, total)`` counter of one phase of the preparation, so that
+# each line says what is being prepared (search/logs.py ``Console.data_progress``); None: silent.
+
+def _phase(progress, label: str):
+    return None if progress is None else progress(label)
+
+
 def data_folder(data_dir: str | Path | None, progress=None) -> Path:
     """The data folder itself, or (None) the embedded dataset's, generated on first use."""
-    return Path(data_dir) if data_dir is not None else embedded_data_dir(progress=progress)
+    if data_dir is not None:
+        return Path(data_dir)
+    return embedded_data_dir(progress=_phase(progress, "generating the embedded dataset (utterances)"))
 
 
 def prepare_bank(data_dir: str | Path | None, progress=None) -> FeatureBank:
     """Validate the data and open its feature bank (packed on first use, beside the data or in the cache)."""
-    return open_bank(data_folder(data_dir, progress), progress=progress, readonly_cache=CACHE)
+    return open_bank(data_folder(data_dir, progress), readonly_cache=CACHE,
+                     progress=_phase(progress, "packing the feature bank (train and test utterances)"))
 
 
 _TASKS: dict[tuple, Task] = {}

@@ -124,7 +124,7 @@ class WorkerJob:
 
 
 def run_job(job: WorkerJob, on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None],
-            study: optuna.Study | None = None) -> None:
+            study: optuna.Study | None = None, on_start: Callable[[dict], None] | None = None) -> None:
     """Run a job's trials in this process: on its device, on the study (``study``: the caller's handle,
     already opened for worker ``job.index``), sharing the run's target with the other workers if it has one."""
     from search.task import load_task, use_device
@@ -135,7 +135,7 @@ def run_job(job: WorkerJob, on_trial: Callable[[optuna.Study, optuna.trial.Froze
     gate = None if job.target is None else SharedTarget(job.target, study_lock_path(job.url, job.study_name),
                                                         job.timeout)
     run_trials(study, job.settings, task, job.n_trials, timeout=job.timeout, fail_fast=job.fail_fast,
-               on_trial=on_trial, gate=gate)
+               on_trial=on_trial, gate=gate, on_start=on_start)
 
 
 @dataclass
@@ -210,8 +210,8 @@ def _send(conn, message) -> None:
 
 
 def _worker_main(job: WorkerJob, conn, cpu_threads: int) -> None:
-    """Body of one worker process. Sends ("trial", trial_id) per finished trial, ("step", info) every ~10 s
-    while a trial trains, then ("done", None) or ("error", message); the exit code says the rest."""
+    """Body of one worker process. Sends ("start", info) as a trial starts, ("trial", trial_id) per finished trial,
+    ("step", info) every ~10 s while a trial trains, then ("done", None) or ("error", message); the exit code says the rest."""
     import torch
 
     from data.errors import DataError
@@ -239,7 +239,7 @@ def _worker_main(job: WorkerJob, conn, cpu_threads: int) -> None:
     code = 0
     try:
         with report_progress(lambda info: _send(conn, ("step", info)), progress_interval()):  # the parent prints it
-            run_job(job, on_trial)
+            run_job(job, on_trial, on_start=lambda info: _send(conn, ("start", info)))
         _send(conn, ("done", None))
     except (UserError, DataError) as err:
         _send(conn, ("error", redact(str(err))))
@@ -295,6 +295,8 @@ def run_workers(study: optuna.Study, jobs: list[WorkerJob], echo: Callable[[str]
                 if kind == "trial":
                     outcomes[index].finished += 1
                     progress(study, internals.storage_of(study).get_trial(payload), worker=index)
+                elif kind == "start":  # a trial's number, origin and configuration (search/objective.py)
+                    progress.trial_started(payload, worker=index)
                 elif kind == "step":  # a line while the worker's trial trains (search/train.py report_progress)
                     progress.in_trial(payload, worker=index)
                 elif kind == "error":

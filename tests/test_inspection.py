@@ -13,8 +13,8 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from search.errors import UserError
-from search.inspection import (pick_any_trial, reference_note, studies_lines, study_rows, trial_lines, trial_rows,
-                               trials_lines)
+from search.inspection import pick_any_trial, reference_note, studies_lines, study_rows, trial_lines
+from search.trial_table import trial_rows, trials_lines
 
 DISTRIBUTIONS = {"encoder": CategoricalDistribution(["transformer", "conformer"]),
                  "lr": FloatDistribution(1e-4, 1e-2, log=True)}
@@ -77,10 +77,33 @@ def test_show_marks_the_best_trial_and_prints_its_curve_in_step_order():
     assert best.number == 1
     lines = trial_lines(study, best)
     assert lines[:3] == ["study 's', trial #1  (best)", "  state        complete", "  value        0.7500 (validation accuracy)"]
-    assert "  ended        complete after 16 steps" in lines and "  parameters   1234567" in lines
-    assert lines[lines.index("validation curve (step: accuracy):") + 1] == "  8: 0.5000  16: 0.7500"
+    assert "  ended        complete after 16 steps" in lines and "  parameters   1.23M" in lines
+    assert "  wall seconds 12.3" in lines
+    curve = lines.index("validation curve (step: accuracy):")
+    assert lines[curve + 1:curve + 4] == ["  step  valid acc  train loss", "     8     0.5000           -",
+                                          "    16     0.7500           -"]
     assert lines[lines.index("parameters (sampled):") + 1:][:2] == ["  encoder          transformer",
-                                                                     "  lr               0.003"]
+                                                                     "  lr               3.0e-03"]
+
+
+def test_show_prints_the_configuration_as_aligned_rows_and_a_pruned_trial_what_it_lost_to():
+    """The resolved configuration is one ``name value`` row per field (not a JSON line), floats rounded; a pruned
+    trial says where, its accuracy there and the value the pruner needed."""
+    study = optuna.create_study(study_name="s", direction="maximize")
+    study.add_trial(create_trial(state=TrialState.PRUNED, value=0.2436, params={"lr": 0.00032123456},
+                                 distributions={"lr": DISTRIBUTIONS["lr"]}, intermediate_values={62: 0.3, 186: 0.2436},
+                                 user_attrs={"ended": "pruned at step 186", "last_step": 186, "prune_threshold": 0.3397,
+                                             "train_loss_curve": [2.5, 1.25], "model.dropout": 0.12380309051410399,
+                                             "model.n_classes": 600, "train.eval_steps": [62, 186, 500]}))
+    lines = trial_lines(study, study.trials[0])
+    assert "  ended        pruned at step 186: 0.2436, needed 0.3397" in lines
+    assert "  lr               3.2e-04" in lines
+    assert lines[lines.index("model config (resolved):") + 1:][:2] == ["  dropout          0.124",
+                                                                        "  n_classes        600"]
+    assert "  eval_steps       62, 186, 500" in lines
+    curve = lines.index("validation curve (step: accuracy):")
+    assert lines[curve + 2:curve + 4] == ["    62     0.3000         2.5", "   186     0.2436        1.25"]
+    assert not any("{" in line for line in lines)
 
 
 def test_show_of_a_failed_trial_says_why_and_has_no_value():
@@ -150,12 +173,12 @@ def test_without_a_sample_code_trial_or_a_speaker_count_the_note_is_shorter():
 
 def test_the_trials_table_formats_each_column_and_shows_missing_values_as_a_dash():
     study = every_state(optuna.create_study(study_name="s", direction="maximize"))
-    lines = trials_lines(trial_rows(study), "s")
+    lines = trials_lines(trial_rows(study), "s", width=None)
     assert lines[0].split() == ["#", "state", "value", "size", "steps/s", "wall", "s", "encoder", "d_model", "layers",
                                 "pooling", "loss", "lr", "ended"]
     row = lines[2].split()  # trial #1
-    assert row[:6] == ["1", "complete", "0.7500", "1,234,567", "-", "12.3"]
-    assert lines[2].endswith("3.00e-03  complete after 16 steps")  # the free text last
+    assert row[:6] == ["1", "complete", "0.7500", "1.23M", "-", "12.3"]
+    assert lines[2].endswith("3.0e-03  complete after 16 steps")  # the free text last
     assert lines[4].split()[:3] == ["3", "fail", "-"] and lines[4].endswith("failed: training loss became nan")
 
 

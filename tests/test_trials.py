@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 
 import optuna
 import pytest
@@ -52,7 +53,10 @@ def stored_trials():
     return optuna.load_study(study_name=STUDY, storage=STORAGE).trials
 
 
-def test_trials_prints_one_row_per_trial_with_its_results(inside):
+def test_trials_prints_one_row_per_trial_with_its_results(inside, monkeypatch):
+    from search.formats import param_count
+
+    monkeypatch.setenv("COLUMNS", "200")  # a terminal wide enough for every default column
     result = invoke("trials", "--study", STUDY)
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
@@ -66,9 +70,9 @@ def test_trials_prints_one_row_per_trial_with_its_results(inside):
     for t, line in zip(trials, lines[1:]):
         assert line.split()[1] == t.state.name.lower()
         if t.state == TrialState.COMPLETE:
-            assert f"{t.value:.4f}" in line and f"{t.user_attrs['parameters']:,}" in line
+            assert f"{t.value:.4f}" in line and f" {param_count(t.user_attrs['parameters'])} " in line
             assert "complete after 8 steps" in line
-            assert f"{t.params['lr']:.2e}" in line and t.params["pooling"] in line
+            assert f"{t.params['lr']:.1e}" in line and t.params["pooling"] in line
     assert lines[4].split()[1] == "fail" and "failed: ValueError" in lines[4]
     assert "running" in lines[5]
 
@@ -109,7 +113,11 @@ def test_trials_json_and_csv_hold_optunas_values(inside):
     rows = json.loads(result.output)
     assert isinstance(rows, list) and len(rows) == len(trials)
     for t, row in zip(trials, rows):
-        assert list(row) == COLUMNS
+        assert list(row)[:len(COLUMNS)] == COLUMNS
+        for name, value in t.params.items():  # every sampled parameter, under its own name
+            assert row[name] == value
+        for key, value in t.user_attrs.items():  # every attribute recorded, under its stored name
+            assert row[key] == value, key
         assert row["number"] == t.number and row["state"] == t.state.name.lower() and row["value"] == t.value
         assert row["ended"] == t.user_attrs.get("ended")
         assert row["parameters"] == t.user_attrs.get("parameters")
@@ -121,7 +129,14 @@ def test_trials_json_and_csv_hold_optunas_values(inside):
     result = invoke("trials", "--study", STUDY, "--csv")
     assert result.exit_code == 0, result.output
     table = list(csv.reader(io.StringIO(result.output)))
-    assert table[0] == COLUMNS
+    assert table[0] == list(rows[0])  # the same columns as the JSON, in its order
+    for name in ("nhead", "dropout", "head", "weight_decay", "batch_size", "time_masks", "freq_masks", "train_loss",
+                 "train_loss_curve", "best_step", "device", "model.n_classes", "train.steps"):
+        assert name in table[0], name
+    assert all(len(r) == len(table[0]) for r in table)
+    by_name = dict(zip(table[0], table[1]))
+    assert float(by_name["dropout"]) == trials[0].params["dropout"]
+    assert json.loads(by_name["train_loss_curve"]) == trials[0].user_attrs["train_loss_curve"]
     assert [int(r[0]) for r in table[1:]] == [t.number for t in trials]
     assert float(table[1][2]) == pytest.approx(trials[0].value)
 
@@ -145,3 +160,30 @@ def test_trials_bad_options_are_one_line(inside):
         assert bad.exit_code == 2, bad.output
         line = one_error_line(bad)
         assert f"'{option}'" in line and f"'{value}' is not one of" in line, line
+
+
+@pytest.mark.parametrize("columns", [60, 80, 100])
+def test_the_table_fits_the_terminal_and_wide_shows_every_column(inside, monkeypatch, columns):
+    """At 60, 80 or 100 columns no line is wider than the terminal; the last line names the columns left out,
+    by priority (wall time first, the trial's number never); ``--wide`` has every sampled parameter, rounded."""
+    from search.formats import number
+
+    monkeypatch.setenv("COLUMNS", str(columns))
+    lines = invoke("trials", "--study", STUDY).output.rstrip("\n").splitlines()
+    assert all(len(line) <= columns for line in lines[:-1]), "\n".join(lines)
+    assert lines[-1].startswith(f"(left out to fit {columns} columns: wall s") and "--wide" in lines[-1]
+    header = lines[0].split()
+    assert header[:3] == ["#", "state", "value"] and header[-1] == "ended" and "wall" not in header
+    assert len(lines) == 1 + len(stored_trials()) + 1
+
+    wide = invoke("trials", "--study", STUDY, "--wide").output.splitlines()
+    assert not wide[-1].startswith("(left out")
+    header = wide[0].split()
+    for name in ("nhead", "dropout", "head", "weight_decay", "batch_size", "time_masks", "train_loss", "wall"):
+        assert name in header, name
+    assert "train_loss_curve" not in header  # lists: in --json and --csv
+    trial = stored_trials()[1]
+    row = wide[2]  # trial #1: lr 2e-3 as 2.0e-03, dropout and weight decay rounded the same way
+    assert " 2.0e-03 " in row and f" {number(trial.params['dropout'])} " in row
+    assert f" {number(trial.params['weight_decay'])} " in row
+    assert not re.search(r"\d\.\d{5}", row), row  # no float unrounded

@@ -61,13 +61,17 @@ def show(study_name, storage, number, as_json):
 @click.option("--state", "states", multiple=True,
               type=click.Choice(["complete", "pruned", "fail", "running", "waiting"], case_sensitive=False),
               help="Only trials in this state; repeat for several (--state complete --state pruned).")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per trial.")
-@click.option("--csv", "as_csv", is_flag=True, help="Print CSV with a header row.")
-def trials(study_name, storage, sort, states, as_json, as_csv):
+@click.option("--wide", is_flag=True, help="Every column (each sampled parameter and recorded attribute), however "
+              "wide; without it the table fits the terminal.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per trial, every column.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV with a header row, every column.")
+def trials(study_name, storage, sort, states, wide, as_json, as_csv):
     """List a study's trials, one row each.
 
     Each row: number, state, value, model size, steps/s, wall time, the key parameters (encoder,
-    d_model, layers, pooling, loss, lr) and why the trial ended.
+    d_model, layers, pooling, loss, lr) and why the trial ended, fitted to the terminal's width (the
+    columns left out are named); --wide, --json and --csv have every sampled parameter and every
+    recorded attribute.
 
     \b
     Example: search trials --study hw04 --sort value --state complete
@@ -75,7 +79,7 @@ def trials(study_name, storage, sort, states, as_json, as_csv):
     """
     from search.inspection import trials_text
 
-    click.echo(trials_text(study_name, storage, sort, states, as_json, as_csv))
+    click.echo(trials_text(study_name, storage, sort, states, as_json, as_csv, wide))
 
 
 @main.command()
