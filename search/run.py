@@ -41,7 +41,7 @@ class RunRequest:
     trials: int | None = None  # None: until the timeout (or the total)
     timeout: float | None = None
     total_trials: int | None = None  # --total-trials: stop taking trials once the study holds this many
-    storage: str | None = None  # None: studies/<study>.db
+    storage: str | None = None  # None: storage.default_url
     settings: RequestedSettings = field(default_factory=RequestedSettings)
     device: str = "auto"
     warm_start: bool = True
@@ -55,6 +55,15 @@ class RunRequest:
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _say_creating(name: str, url: str, storage: str | None, echo) -> None:
+    """``creating new study 'hw4' (existing: hw04)``: the first line of a run that creates a study beside others."""
+    from search.catalog import existing_others, is_default, others_text
+
+    others = existing_others(name, url, is_default(storage))
+    if others:
+        echo(f"creating new study {name!r} (existing: {others_text(others)})")
 
 
 def run_search(request: RunRequest) -> None:
@@ -85,7 +94,10 @@ def run_search(request: RunRequest) -> None:
     state = {"study": None, "started": None}
     try:
         with interrupts():  # SIGINT / SIGTERM end the running trial(s) as FAIL, not left RUNNING
-            settings = request.settings.resolve(name, stored_settings(name, url), torch_device.type)
+            stored = stored_settings(name, url)
+            if stored is None:  # a new study: a typo of an existing one shows here, before any work
+                _say_creating(name, url, request.storage, echo)
+            settings = request.settings.resolve(name, stored, torch_device.type)
             jobs = [WorkerJob(i, name, url, settings, device, timeout=timeout, fail_fast=request.fail_fast)
                     for i, device in enumerate(devices)]
             fingerprint = _prepare_data(jobs, echo.data_progress("preparing data"))
