@@ -15,7 +15,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.helpers import SHARED, dashboard_server, delete_study, invoke, one_error_line
+from tests.helpers import SHARED, dashboard_server, delete_study, invoke, one_error_line, study_dbs
 
 RUN = ["--budget", "8", "--device", "cpu", "--seed", "1", "--no-warm-start"]
 
@@ -35,7 +35,7 @@ def test_studies_of_a_folder_share_one_file_and_old_files_are_still_opened(tiny_
     run(tiny_dataset, "old", "--storage", "sqlite:///studies/old.db")  # a study of an earlier version: its own file
     run(tiny_dataset, "a")
     run(tiny_dataset, "b")
-    assert sorted(p.name for p in (workdir / "studies").glob("*.*")) == ["old.db", "studies.sqlite3"]
+    assert [p.name for p in study_dbs(workdir)] == ["old.db", "studies.sqlite3"]
     assert sorted(optuna.get_all_study_names(SHARED)) == ["a", "b"]
 
     resumed = run(tiny_dataset, "old")  # named: found in its old file, resumed there
@@ -59,7 +59,7 @@ def test_a_typo_creates_a_study_saying_so_and_other_commands_suggest_the_name(ti
     assert "creating new study" not in run(tiny_dataset, "hw4")  # resumed: no question of a typo
     for command in (["trials"], ["show"], ["report"], ["finalize", "best"], ["dashboard"], ["delete", "--yes"]):
         line = one_error_line(invoke(*command, "--study", "hw"))
-        assert line == f"Error: --study: no study 'hw' in {SHARED}; did you mean 'hw04' or 'hw4'?", (command, line)
+        assert line == f"Error: --study: no study 'hw' in {SHARED}; did you mean 'hw4' or 'hw04'?", (command, line)  # closest first
     line = one_error_line(invoke("trials", "--study", "zzz"))
     assert line == f"Error: --study: no study 'zzz' in {SHARED}; studies there: hw04, hw4", line
     # in a folder holding only an old per-study file, its study is suggested too
