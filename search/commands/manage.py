@@ -77,7 +77,7 @@ def compare(studies, storage):
 @click.option("--storage", default=None, metavar="URL", callback=_resolve_storage,
               help="Where the studies move [default: $SEARCH_STORAGE, else sqlite:///studies/studies.sqlite3].")
 def migrate(storage):
-    """Move the studies of earlier versions' per-study files into one storage.
+    """Move old per-study files (studies/*.db) into one storage.
 
     Each studies/<study>.db is copied study by study with Optuna's copy_study, every copy is checked against
     its original, and only then is the old file renamed studies/<study>.db.migrated (kept). A migrate that is
