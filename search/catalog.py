@@ -73,8 +73,11 @@ def missing_study(name: str, url: str, default: bool, why: str = "") -> UserErro
 
 
 def existing_others(name: str, url: str, default: bool) -> list[str]:
-    """The other studies where a run is about to create study ``name``: a typo shows beside them."""
-    names = [n for n in known_studies(url, default) if n != name]
+    """The other studies where a run is about to create study ``name`` (closest names first): a typo shows beside
+    them. None where ``name`` is there already (a study made by hand, which the run adopts)."""
+    names = known_studies(url, default)
+    if name in names:
+        return []
     close = difflib.get_close_matches(name, names, n=SUGGESTIONS, cutoff=0.6)
     return close + [n for n in names if n not in close]
 
