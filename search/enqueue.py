@@ -54,7 +54,7 @@ def enqueue(request: EnqueueRequest) -> list[str]:
         raise UserError("--from-trial: give --from-trial N (one trial) or --top K (a study's K best), one of them")
     source_name = request.from_study or request.study_name
     source_url = request.from_storage or request.storage or default_url(source_name)
-    source = load_study(source_name, source_url, read_only=True)
+    source = load_study(source_name, source_url, read_only=True, option="--from-study")
     lines: list[str] = []
     picked = _picked_trials(source, request, lines)
     attrs = {"full_budget": True} if request.full_budget else {}

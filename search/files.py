@@ -1,6 +1,7 @@
 """Where a study's files live, and writing them so that nothing is ever half-written.
 
-Every study has its default storage ``studies/<study>.db`` and a folder ``studies/<study>/`` holding its
+Every study of a folder has its default storage in ``studies/studies.sqlite3`` (search/storage.py) and its own
+folder ``studies/<study>/`` holding its
 log (``search.log``), its finalized models (``final/``), its artifact store (``artifacts/``) and its
 default predictions CSV. ``studies/.cache/`` holds what is shared by all studies (the embedded dataset, the
 feature banks of read-only data folders). Paths are relative to the working directory, as the default

@@ -42,7 +42,7 @@ class FinalizeRequest:
 
     which: str
     study_name: str
-    storage: str | None = None  # None: studies/<study>.db
+    storage: str | None = None  # None: storage.default_url
     data_dir: Path | None = None  # None: the study's own data
     steps: int | None = None  # None: default_steps(the device)
     out: Path | None = None  # None: studies/<study>/predictions.csv

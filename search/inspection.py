@@ -1,8 +1,8 @@
 """``search studies``, ``show``, ``trials``, ``space`` and ``report``'s summary: what a storage holds, its trials,
 one trial in full, the search space, as text (or JSON, CSV): each command's one call (``*_text``).
 
-Without ``--storage``, ``search studies`` looks at every ``studies/*.db`` (each study's default
-storage is its own file, ``studies/<study>.db``) and lists the studies in each.
+Without ``--storage``, ``search studies`` lists the studies of the folder's shared file,
+``studies/studies.sqlite3``, and of the per-study files of earlier versions, ``studies/<study>.db``.
 """
 
 from __future__ import annotations
@@ -18,15 +18,22 @@ from search.files import STUDIES
 from search.final_record import show_lines
 from search.queries import best_or_none, pick_trial, state_counts
 from search.sqlite import sqlite_path
-from search.storage import open_storage, redact_url
+from search.storage import env_url, open_storage, redact_url
 
 STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)
 
 
 def default_storages(folder: Path = STUDIES) -> list[str]:
-    from search.storage import env_url  # $SEARCH_STORAGE, when set, is the storage
+    """The storages ``search studies`` lists without --storage: ``$SEARCH_STORAGE`` when set, else the folder's
+    shared file (where it is there) and the per-study files of earlier versions."""
+    from search.catalog import old_study_files
+    from search.storage import SHARED_FILE, env_url
 
-    return [env_url()] if env_url() else [f"sqlite:///{p.as_posix()}" for p in sorted(folder.glob("*.db"))]
+    if env_url():
+        return [env_url()]
+    shared = folder / Path(SHARED_FILE).name
+    shared = [f"sqlite:///{shared.as_posix()}"] if shared.is_file() else []
+    return shared + [f"sqlite:///{p.as_posix()}" for p in old_study_files(folder)]
 
 
 def study_rows(url: str) -> list[dict]:
@@ -55,15 +62,17 @@ def _rows_or_none(url: str) -> list[dict]:
         return []
 
 
-def studies_lines(rows: list[dict]) -> list[str]:
+def studies_lines(rows: list[dict], old_files: frozenset[str] = frozenset()) -> list[str]:
+    """``search studies``'s table; a study in one of ``old_files`` (URLs of per-study files) is marked."""
     if not rows:
         return ["no study found"]
     width = max(len("study"), *(len(r["study"]) for r in rows))
     lines = [f"{'study':{width}s}  trials  complete  pruned  failed  running  best (trial)   storage"]
     for r in rows:
         best = f"{r['best_value']:.4f} (#{r['best_trial']})" if r["best_value"] is not None else "-"
+        old = r["storage"] in old_files  # an earlier version's own file: says how to move it
         lines.append(f"{r['study']:{width}s}  {r['trials']:6d}  {r['complete']:8d}  {r['pruned']:6d}  {r['fail']:6d}  "
-                     f"{r['running']:7d}  {best:13s}  {r['storage']}")
+                     f"{r['running']:7d}  {best:13s}  {r['storage']}" + ("  (old file: search migrate)" if old else ""))
     return lines
 
 
@@ -186,7 +195,8 @@ def json_text(value) -> str:
 
 
 def studies_text(storage: str | None, as_json: bool = False, skipped: list[str] | None = None) -> str:
-    """``search studies``: the studies of ``storage`` (None: every ``studies/*.db``), a table or JSON.
+    """``search studies``: the studies of ``storage`` (None: the folder's shared file and the old per-study files,
+    ``studies/*.db``), a table or JSON.
 
     Without ``storage``, a file among ``studies/*.db`` that holds no study (not made by `search run`) is none of
     them, and one that cannot be read (damaged, not SQLite) does not hide the others: it is left out and named, one
@@ -204,7 +214,8 @@ def studies_text(storage: str | None, as_json: bool = False, skipped: list[str] 
             except Exception as err:  # noqa: BLE001 - any reason a file is unreadable: named, the rest listed
                 skipped.append(f"{url.removeprefix('sqlite:///')}: left out, it cannot be read as a study storage ("
                                + _reason(err) + ")")
-    return json_text(rows) if as_json else "\n".join(studies_lines(rows))
+    old_files = frozenset() if storage or env_url() else frozenset(url for url in default_storages() if url.endswith(".db"))
+    return json_text(rows) if as_json else "\n".join(studies_lines(rows, old_files))
 
 
 def _reason(err: Exception) -> str:

@@ -28,7 +28,7 @@ from search.errors import Stopped, UserError
 from search.logs import Progress, progress_interval
 from search.runner import fail_trials_of_gone_local_workers, gone_workers_text
 from search.schedule import rung_steps
-from search.settings import EVALUATIONS_PER_TRIAL, RequestedSettings
+from search.settings import EVALUATIONS_PER_TRIAL, RequestedSettings, StudySettings
 from search.signals import interrupts, signal_name, signal_of
 from search.storage import check_url, default_url, redact_url
 from search.study import open_study, requeue_interrupted_warm_starts, stored_settings, with_space
@@ -43,7 +43,7 @@ class RunRequest:
     trials: int | None = None  # None: until the timeout (or the total)
     timeout: float | None = None
     total_trials: int | None = None  # --total-trials: stop taking trials once the study holds this many
-    storage: str | None = None  # None: studies/<study>.db
+    storage: str | None = None  # None: storage.default_url
     settings: RequestedSettings = field(default_factory=RequestedSettings)
     space: SpaceRequest = field(default_factory=SpaceRequest)  # a space file, --set, --range (a new study's)
     device: str = "auto"
@@ -58,6 +58,19 @@ class RunRequest:
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _stored(name: str, url: str, storage: str | None, echo) -> StudySettings | None:
+    """The study's stored settings (``stored_settings``); None for a new study, and then, where the storage holds
+    others, the run's first line says so (``creating new study 'hw4' (existing: hw04)``): a typo shows before any
+    work."""
+    from search.catalog import existing_others, is_default, others_text
+
+    stored = stored_settings(name, url)
+    others = existing_others(name, url, is_default(storage)) if stored is None else []
+    if others:
+        echo(f"creating new study {name!r} (existing: {others_text(others)})")
+    return stored
 
 
 def run_search(request: RunRequest) -> None:
@@ -89,7 +102,7 @@ def run_search(request: RunRequest) -> None:
     state = {"study": None, "started": None}
     try:
         with interrupts():  # SIGINT / SIGTERM end the running trial(s) as FAIL, not left RUNNING
-            settings = requested.resolve(name, stored_settings(name, url), torch_device.type)
+            settings = requested.resolve(name, _stored(name, url, request.storage, echo), torch_device.type)
             jobs = [WorkerJob(i, name, url, settings, device, timeout=timeout, fail_fast=request.fail_fast)
                     for i, device in enumerate(devices)]
             fingerprint = _prepare_data(jobs, echo.data_progress)

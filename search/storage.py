@@ -1,6 +1,6 @@
 """Storage URLs -> Optuna storages, made safe for several workers.
 
-- ``sqlite:///studies/hw04.db`` (default): one machine. WAL journal, a long busy timeout and
+- ``sqlite:///studies/studies.sqlite3`` (default, every study of the folder): one machine. WAL journal, a long busy timeout and
   ``BEGIN IMMEDIATE`` transactions, so several processes on one file wait for each other instead of
   failing with "database is locked", and two of them never start the same queued trial.
 - ``postgresql://...``, ``mysql+pymysql://...``: many workers on many machines.
@@ -57,7 +57,8 @@ STUDY_NAME_MAX = 100  # characters; Optuna's column holds 512, but a name also n
 
 
 def check_study_name(name: str) -> None:
-    """A study name is a name: it also names ``studies/<name>.db`` and ``studies/<name>/``, so it must
+    """A study name is a name: it also names its folder ``studies/<name>/`` (and, in earlier versions, its own
+    file ``studies/<name>.db``), so it must
     not be empty, hold a path separator or a control character, start with a dot, or be over-long."""
     problem = None
     if not name or not name.strip():
@@ -75,11 +76,23 @@ def check_study_name(name: str) -> None:
         raise UserError(f"--study {shown}: {problem}")
 
 
+# Every study of a folder in one SQLite file: the dashboard lists them all and compares them. Not a ``.db``: the
+# per-study files of earlier versions are ``studies/<study>.db``, and no study name can name this one.
+SHARED_FILE = "studies/studies.sqlite3"
+SHARED_URL = f"sqlite:///{SHARED_FILE}"
+
+
+def old_study_file(study: str) -> Path:
+    """The study's own SQLite file of earlier versions, ``studies/<study>.db`` (there or not)."""
+    return Path("studies") / f"{study}.db"
+
+
 def default_url(study: str) -> str:
-    """The storage of a command given no ``--storage``: ``$SEARCH_STORAGE`` if set, else the study's own
-    SQLite file."""
+    """The storage of a command given no ``--storage``: ``$SEARCH_STORAGE`` if set; else the study's own file of
+    earlier versions where it is there (until ``search migrate`` moves it); else the folder's shared file."""
     check_study_name(study)
-    return env_url() or f"sqlite:///studies/{study}.db"
+    old = old_study_file(study)
+    return env_url() or (f"sqlite:///{old.as_posix()}" if old.is_file() else SHARED_URL)
 
 
 def env_url() -> str | None:

@@ -15,6 +15,7 @@ import optuna
 from optuna.trial import TrialState
 
 from search import optuna_internals as internals
+from search.catalog import is_default, missing_study
 from search.errors import UserError
 from search.queries import has_trials
 from search.sampler import make_pruner, make_sampler
@@ -24,28 +25,30 @@ from search.storage import check_study_name, default_url, open_storage, redact_u
 from search.user_space import SpaceRequest, read_space_file, resolve
 
 
-def load_study(name: str, url: str | None, any_direction: bool = False, read_only: bool = False) -> optuna.Study:
+def load_study(name: str, url: str | None, any_direction: bool = False, read_only: bool = False,
+               option: str = "--study") -> optuna.Study:
     """An existing study, or a one-line UserError listing the studies that do exist. Never creates
     anything: a SQLite or journal file that is not there is an error, not a new empty storage, and a database
     without Optuna's tables (another program's, an empty one) is one line, not a new schema.
-    ``url`` None: the study's default storage, ``studies/<name>.db``. ``read_only``: for commands that write
-    nothing (show, trials, report), a SQLite file is opened read-only (``open_storage``).
+    ``url`` None: the study's default storage (``storage.default_url``). A study that is not there is one line
+    naming the close names there (``did you mean 'hw04'?``: search/catalog.py). ``read_only``: for commands that write
+    nothing (show, trials, report), a SQLite file is opened read-only (``open_storage``). ``option``: what the
+    user typed the name as, for the line.
 
     A study that minimizes (or has several objectives) and holds trials is refused unless
     ``any_direction``: its "best" trial would be the one with the lowest accuracy.
     """
     check_study_name(name)
+    default = is_default(url)
     url = url or default_url(name)
     sqlite_file = sqlite_path(url)
     if sqlite_file is not None and not sqlite_file.is_file():
-        raise UserError(f"--study {name}: no such study ({sqlite_file} does not exist)")
+        raise missing_study(name, url, default, f"{sqlite_file} does not exist", option)
     storage = open_storage(url, create=False, read_only=read_only)
     try:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
-        names = [s.study_name for s in storage.get_all_studies()]  # not get_all_study_summaries: it reads every trial
-        known = f"; studies there: {', '.join(names)}" if names else "; it holds no study"
-        raise UserError(f"--study {name}: no such study in {redact_url(url)}{known}") from None
+        raise missing_study(name, url, default, option=option) from None
     if not any_direction and has_trials(study):  # a count, not every trial read (a study may hold thousands)
         _check_direction(study, url)
     return study

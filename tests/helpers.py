@@ -19,6 +19,7 @@ from click.testing import CliRunner, Result
 # not import (mid-change) must fail only the tests that use it, not every test through conftest.
 POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"  # CI's servers; tests that need one skip without it
 MARIADB = "mysql+pymysql://root@127.0.0.1:3306/test"
+SHARED = "sqlite:///studies/studies.sqlite3"  # the default storage of every study of the working folder
 # conftest's tiny dataset: 6 speakers, 10 utterances each (the split and sizes some tests count on)
 TINY = dict(speakers=6, utterances_per_speaker=10, length_scale=0.25, seed=3)
 
@@ -55,8 +56,9 @@ def one_error_line(result: Result, alone: bool = False) -> str:
 
 
 def study_dbs(folder: Path) -> list[Path]:
-    """The SQLite study files under ``folder/studies``: none after a refused command."""
-    return sorted((folder / "studies").rglob("*.db"))
+    """The SQLite study files under ``folder/studies`` (the shared file, old per-study files): none after a refused
+    command."""
+    return sorted([*(folder / "studies").rglob("*.db"), *(folder / "studies").rglob("*.sqlite3")])
 
 
 def reachable(url: str) -> str | None:

@@ -17,14 +17,14 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.helpers import dashboard_server, in_folder, invoke
+from tests.helpers import SHARED, dashboard_server, in_folder, invoke
 
 STUDY = "art"
 STAMP = r"\d{8}T\d{4}(?:-\d+)?"  # the UTC minute of the upload, -2, -3... for a second set in that minute
 
 
 def load() -> optuna.Study:
-    return optuna.load_study(study_name=STUDY, storage=f"sqlite:///studies/{STUDY}.db")
+    return optuna.load_study(study_name=STUDY, storage=SHARED)
 
 
 def stored_metas(study: optuna.Study) -> dict[str, dict]:

@@ -10,7 +10,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.helpers import invoke, one_error_line, study_dbs
+from tests.helpers import SHARED, invoke, one_error_line, study_dbs
 
 TINY_RUN = ["--budget", "16", "--device", "cpu", "--seed", "1"]
 
@@ -24,7 +24,7 @@ def test_run_then_finalize_writes_a_submission(tiny_dataset, workdir):
     # configuration #0, the sample code #1) and chance (6 speakers)
     best_line = next(line for line in result.output.splitlines() if line.startswith("best trial #"))
     assert re.search(r"\(sample-code trial #1: (0\.\d{4}|pruned at step \d+); chance 1/6 = 0\.167\)$", best_line), best_line
-    assert (workdir / "studies" / "s.db").exists()
+    assert (workdir / "studies" / "studies.sqlite3").exists()  # every study of the folder in one file
 
     result = invoke("finalize", "best", "--study", "s", "--steps", "24", "--out", "sub/predictions.csv")
     assert result.exit_code == 0, result.output
@@ -39,7 +39,7 @@ def test_run_then_finalize_writes_a_submission(tiny_dataset, workdir):
 
 def test_trials_record_what_users_browse(tiny_dataset, workdir):
     assert invoke("run", "--trials", "2", "--data", str(tiny_dataset), "--study", "s", *TINY_RUN).exit_code == 0
-    study = optuna.load_study(study_name="s", storage="sqlite:///studies/s.db")
+    study = optuna.load_study(study_name="s", storage=SHARED)
     trial = study.trials[0]
     assert trial.user_attrs["warm_start"] == "cpu-sample-code-stats-pooling"  # a CPU study's warm start, first
     assert trial.user_attrs["model.n_classes"] > 0 and trial.params["d_model"] == 80  # flat: search/attrs.py
@@ -54,7 +54,7 @@ def test_resume_adds_trials_to_the_study(tiny_dataset, workdir):
     result = invoke("run", "--trials", "2", "--data", str(tiny_dataset), "--study", "r", "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert "resuming study 'r'" in result.output
-    study = optuna.load_study(study_name="r", storage="sqlite:///studies/r.db")
+    study = optuna.load_study(study_name="r", storage=SHARED)
     assert len([t for t in study.trials if t.state.is_finished()]) == 4
     assert study.user_attrs["budget"] == 16  # kept from the first run
 
@@ -65,7 +65,7 @@ def test_a_bad_trial_is_pruned(four_speakers, workdir):
     from search.space import KNOWN_CONFIGS
 
     good = dict(KNOWN_CONFIGS["sample-code"], lr=3e-3)
-    storage = "sqlite:///studies/p.db"
+    storage = SHARED
     args = ["--data", str(four_speakers), "--study", "p", "--budget", "64", "--device", "cpu"]
     assert invoke("run", "--trials", "1", "--no-warm-start", *args).exit_code == 0
     study = optuna.load_study(study_name="p", storage=storage)
@@ -103,7 +103,7 @@ def test_unknown_study_is_named(workdir):
     (workdir / "studies").mkdir()
     optuna.create_study(study_name="exists", storage="sqlite:///studies/x.db")
     line = one_error_line(invoke("finalize", "best", "--study", "nope", "--storage", "sqlite:///studies/x.db"))
-    assert "--study nope: no such study" in line and "exists" in line
+    assert line == "Error: --study: no study 'nope' in sqlite:///studies/x.db; studies there: exists", line
 
 
 @pytest.mark.parametrize("args, message", [
@@ -121,7 +121,7 @@ def test_no_pruning_is_kept_by_the_study(tiny_dataset, workdir):
     result = invoke("run", "--trials", "4", "--no-pruning", *data)
     assert result.exit_code == 0, result.output
     assert "pruning off" in result.output
-    study = optuna.load_study(study_name="np", storage="sqlite:///studies/np.db")
+    study = optuna.load_study(study_name="np", storage=SHARED)
     assert study.user_attrs["pruning"] is False
     # every trial ran its whole budget: validations at the learning curve's points (search/schedule.py), no rungs
     assert all(t.state == TrialState.COMPLETE and sorted(t.intermediate_values) == [4, 8, 12, 16] for t in study.trials)
@@ -132,4 +132,4 @@ def test_no_pruning_is_kept_by_the_study(tiny_dataset, workdir):
 
     line = one_error_line(invoke("run", "--trials", "1", "--pruning", *data))
     assert "--pruning" in line and "pruning off" in line
-    assert len(optuna.load_study(study_name="np", storage="sqlite:///studies/np.db").trials) == 5  # nothing added
+    assert len(optuna.load_study(study_name="np", storage=SHARED).trials) == 5  # nothing added

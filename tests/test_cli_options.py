@@ -11,7 +11,7 @@ import optuna
 import pytest
 
 from search.cli import main
-from tests.helpers import invoke, one_error_line, study_dbs
+from tests.helpers import SHARED, invoke, one_error_line, study_dbs
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_RUN = ["--budget", "8", "--device", "cpu", "--seed", "1", "--no-warm-start"]
@@ -99,7 +99,7 @@ def test_run_with_only_a_timeout_runs_until_it(tiny_dataset, workdir):
     assert result.exit_code == 0, result.output
     assert "trials of 8 steps until 2s have passed" in result.output
     assert re.search(r"^trial 1  #0 ", result.output, flags=re.M), result.output  # no "/N": there is no N
-    study = optuna.load_study(study_name="t", storage="sqlite:///studies/t.db")
+    study = optuna.load_study(study_name="t", storage=SHARED)
     finished = [t for t in study.trials if t.state.is_finished()]
     assert len(finished) >= 1 and len(finished) == len(study.trials)
     started_after = [(t.datetime_start - study.trials[0].datetime_start).total_seconds() for t in study.trials]
@@ -121,7 +121,7 @@ def test_workers_with_only_a_timeout_each_run_until_it(tiny_dataset, workdir):
                     *TINY_RUN)
     assert result.exit_code == 0, result.output
     assert "trials until 3s have passed on 2 worker processes (cpu, cpu)" in result.output
-    study = optuna.load_study(study_name="w", storage="sqlite:///studies/w.db")
+    study = optuna.load_study(study_name="w", storage=SHARED)
     assert study.trials and all(t.state.is_finished() for t in study.trials)
     assert len({t.user_attrs["worker"] for t in study.trials}) == 2  # both workers ran trials
 

@@ -13,7 +13,7 @@ import torch
 from data.bank import open_bank
 from data.errors import DataError
 from data.hw04 import read_layout, stratified_split
-from tests.helpers import TINY, invoke, one_error_line
+from tests.helpers import TINY, invoke, one_error_line, study_dbs
 
 
 def test_synth_then_load_round_trip(tiny_dataset, tmp_path):
@@ -194,7 +194,7 @@ def test_a_huge_mel_len_is_one_line_in_search_run_too(dataset_copy, workdir):
         line = one_error_line(invoke("run", "--trials", "1", "--data", str(dataset_copy), "--budget", "8",
                                      "--device", "cpu"))
         assert "mel_len" in line, line
-    assert not (workdir / "studies" / "hw04.db").exists()
+    assert not study_dbs(workdir)
 
 
 def test_a_value_beyond_float16_is_one_line_in_search_run_not_a_nan_loss(dataset_copy, workdir):
@@ -206,7 +206,7 @@ def test_a_value_beyond_float16_is_one_line_in_search_run_not_a_nan_loss(dataset
     line = one_error_line(result)
     assert f"{_first_train(dataset_copy)}: holds the value 1e+06, beyond the feature bank's float16 range" in line, line
     assert "nan" not in result.output.lower()
-    assert not (workdir / "studies" / "hw04.db").exists()
+    assert not study_dbs(workdir)
 
 
 @pytest.mark.parametrize("damage", ["garbage index", "truncated frames", "empty frames", "index of other data"])

@@ -11,7 +11,7 @@ from optuna.trial import TrialState, create_trial
 
 from search.space import KNOWN_CONFIGS, build_space
 from search.study import load_study
-from tests.helpers import SAMPLE, invoke, new_study, one_error_line
+from tests.helpers import SAMPLE, SHARED, invoke, new_study, one_error_line
 
 BUDGET = 8  # new_study's budget: rungs at steps 1 and 3 (the cpu profile's decision and second look)
 
@@ -81,7 +81,7 @@ def test_the_top_k_of_another_storage_go_into_a_new_study_before_its_warm_starts
                     "--device", "cpu", "--range", "lr=1.5e-3:3e-3", "--data", str(micro_dataset), "--budget", "8")
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0] == ("created study 'gpu' in sqlite:///studies/gpu.db (space cpu, lr 0.0015 .. 0.003; 8 steps a "
+    assert lines[0] == ("created study 'gpu' in sqlite:///studies/studies.sqlite3 (space cpu, lr 0.0015 .. 0.003; 8 steps a "
                         "trial)")
     assert [line.split(":")[0] for line in lines[1:3]] == ["trial #1 of study 'cpu'", "trial #2 of study 'cpu'"]
     assert ("trial #0 of study 'cpu': skipped, it does not fit the study's space: lr 0.001 is not in the space "
@@ -102,14 +102,16 @@ def test_a_new_study_none_of_whose_configurations_fits_is_not_created(micro_data
                                  "encoder=conformer"), alone=True)
     assert line == ("Error: --study conf: no configuration fits the new study's space (cpu profile): trial #0 of study "
                     "'cpu': encoder transformer is not in the space (conformer); nothing created")
-    assert not (workdir / "studies" / "conf.db").exists()
+    shared = workdir / "studies" / "studies.sqlite3"  # the cpu study is in it: conf must not be
+    assert not shared.exists() or "conf" not in optuna.get_all_study_names(SHARED)
+    assert not (workdir / "studies" / "conf.db").exists() and not (workdir / "studies" / "conf").exists()
 
 
 @pytest.mark.parametrize("args, expected", [
     ([], "Error: --from-trial: give --from-trial N (one trial) or --top K (a study's K best), one of them"),
     (["--from-trial", "0", "--top", "2"], "Error: --from-trial: give --from-trial N"),
     (["--from-trial", "9"], "Error: --from-trial 9: no such trial in study 's' (it has trials #0 to #2)"),
-    (["--from-trial", "0", "--from-study", "nope"], "Error: --study nope: no such study"),
+    (["--from-trial", "0", "--from-study", "nope"], "Error: --from-study: no study 'nope' in "),
     (["--from-trial", "0", "--set", "encoder=conformer"], "Error: --space/--set/--range: study 's' was created with "
                                                           "its own space (cpu profile, as the profile)"),
 ])

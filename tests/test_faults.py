@@ -31,8 +31,8 @@ from search.runner import run_trials
 from search.settings import StudySettings
 from search.study import open_study
 from search.task import load_task
-from tests.helpers import (SAMPLE, invoke, kill_once_written, new_study, one_error_line, reachable,
-                           signal_while_running, wait_running)
+from tests.helpers import (SAMPLE, SHARED, invoke, kill_once_written, new_study, one_error_line, reachable,
+                           signal_while_running, study_dbs, wait_running)
 
 REPO = Path(__file__).resolve().parents[1]
 URL = "sqlite:///studies/f.db"
@@ -123,7 +123,7 @@ def test_unreachable_storage_is_one_quick_line(url, tiny_dataset, workdir):
     assert line.startswith(f"Error: --storage {url}: cannot open the storage (") and "refused" in line.lower()
     line = one_error_line(invoke("finalize", "best", "--storage", url))
     assert "cannot open the storage" in line
-    assert not (workdir / "studies").exists() or not any((workdir / "studies").rglob("*.db"))
+    assert not (workdir / "studies").exists() or not study_dbs(workdir)
 
 
 def test_unwritable_output_path(finished_study, workdir):
@@ -194,7 +194,7 @@ def test_storage_password_is_never_shown_or_stored(password, tiny_dataset, workd
         missing = invoke("finalize", "best", "--study", name + "-nope", "--storage", url)
         unreachable = invoke("run", "--trials", "1", "--storage", url.replace("5432", "1"),
                              "--data", str(tiny_dataset))
-        assert "no such study" in one_error_line(missing) and "cannot open" in one_error_line(unreachable)
+        assert "no study" in one_error_line(missing) and "cannot open" in one_error_line(unreachable)
         captured = capfd.readouterr()  # what the workers and Optuna's logger wrote
         for text in (result.output, missing.output, unreachable.output, captured.out, captured.err):
             assert "Sup3rSecretPw" not in text and password not in text
@@ -309,7 +309,8 @@ def test_an_over_long_study_name_on_a_database_is_one_line(url, tiny_dataset, wo
 @pytest.mark.parametrize("command", [["show"], ["finalize", "best"], ["report"], ["dashboard"]])
 def test_a_read_only_command_never_creates_a_study(command, workdir):
     line = one_error_line(invoke(*command, "--study", "typo"))
-    assert line == "Error: --study typo: no such study (studies/typo.db does not exist)", line
+    assert line == ("Error: --study: no study 'typo' in sqlite:///studies/studies.sqlite3; it holds no study yet "
+                    "(`search run --study NAME` creates one)"), line
     assert not (workdir / "studies").exists()
     line = one_error_line(invoke(*command, "--study", "typo", "--storage", "journal://studies/typo.log"))
     assert f"no such file {workdir / 'studies' / 'typo.log'}" in line and not (workdir / "studies").exists()
@@ -478,7 +479,7 @@ def test_workers_stop_with_their_killed_parent(tiny_dataset, workdir):
     process = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_running(URL.replace("f.db", "o.db"), "o", 2, process)
+        wait_running(SHARED, "o", 2, process)
         children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
         workers = [int(pid) for pid in children
                    if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")]
@@ -494,7 +495,7 @@ def test_workers_stop_with_their_killed_parent(tiny_dataset, workdir):
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
     assert "BrokenPipeError" not in output and "Traceback" not in output, output
-    trials = optuna.load_study(study_name="o", storage=URL.replace("f.db", "o.db")).trials
+    trials = optuna.load_study(study_name="o", storage=SHARED).trials
     assert len(trials) == 2 and all(t.state == TrialState.FAIL for t in trials), trials
     assert all(t.user_attrs.get("ended") == "interrupted" for t in trials)
 
@@ -528,12 +529,12 @@ def test_a_signal_while_a_trial_is_being_created_fails_that_trial(tiny_dataset, 
 def test_sigterm_fails_the_running_trial_of_a_single_process_run(tiny_dataset, workdir):
     returncode, output = signal_while_running(
         ["run", "--trials", "3", "--study", "t", "--data", str(tiny_dataset), "--budget", "2000", "--device", "cpu",
-         "--no-warm-start"], URL.replace("f.db", "t.db"), "t", signal.SIGTERM)
+         "--no-warm-start"], SHARED, "t", signal.SIGTERM)
     assert returncode == 143, output
     assert output.strip().splitlines()[-1] == ("Error: search run: stopped by SIGTERM (a running trial ended FAIL, "
                                                "ended: interrupted)"), output
     assert "Traceback" not in output
-    [trial] = optuna.load_study(study_name="t", storage=URL.replace("f.db", "t.db")).trials
+    [trial] = optuna.load_study(study_name="t", storage=SHARED).trials
     assert trial.state == TrialState.FAIL and trial.user_attrs["ended"] == "interrupted"
 
 

@@ -182,6 +182,6 @@ def test_cli_gpus_runs_workers_on_every_gpu(micro_dataset, workdir):
     assert result.exit_code == 0, result.output
     devices = ([f"cuda:{i}" for i in range(GPU_COUNT)] * 2)[:4]  # no more workers than trials
     assert f"4 trials shared by {len(devices)} worker processes ({', '.join(devices)})" in result.output
-    trials = optuna.load_study(study_name="g", storage="sqlite:///studies/g.db").trials
+    trials = optuna.load_study(study_name="g", storage="sqlite:///studies/studies.sqlite3").trials
     assert len(trials) == 4 and all(t.state.is_finished() for t in trials)
     assert len({t.user_attrs["worker"] for t in trials}) <= len(devices)  # shared: a fast worker may take more

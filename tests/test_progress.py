@@ -17,7 +17,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.helpers import invoke, one_error_line, study_dbs
+from tests.helpers import SHARED, invoke, one_error_line, study_dbs
 
 REPO = Path(__file__).resolve().parents[1]
 TRIAL_LINE = re.compile(r"^trial (\d+)(?:/(\d+))?  #\d+ .*\|  \d+s, ETA (\d+s|\d+m\d\ds|\d+h\d\dm)$")
@@ -151,7 +151,7 @@ def test_each_trial_says_where_it_came_from_and_a_pruned_one_what_it_lost_to(mic
     lines = result.output.splitlines()
     assert not any(line.startswith("preparing data") for line in lines), result.output
     assert any(line.startswith("packing the feature bank (train and test utterances): ") for line in lines)
-    trials = optuna.load_study(study_name="p", storage="sqlite:///studies/p.db").trials
+    trials = optuna.load_study(study_name="p", storage=SHARED).trials
     origins = ["warm start: cpu-sample-code-stats-pooling", "warm start: sample-code", "sampled", "sampled", "sampled"]
     for t, origin in zip(trials, origins):
         start = [i for i, line in enumerate(lines) if line.startswith(f"#{t.number} starts ")]

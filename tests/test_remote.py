@@ -26,7 +26,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.helpers import POSTGRES, delete_study, invoke, one_error_line, reachable
+from tests.helpers import POSTGRES, delete_study, invoke, one_error_line, reachable, study_dbs
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -120,7 +120,7 @@ def test_the_slurm_array_script_runs_its_tasks_on_one_study(postgres, micro_data
         check_both_ran(postgres, study, outputs)
         assert sum("created study" in out for out in outputs) == 1  # one creates it, the other joins
         assert all(f"in {postgres}" in out for out in outputs)  # SEARCH_STORAGE, not studies/<study>.db
-        assert not (workdir / "studies" / f"{study}.db").exists()
+        assert not study_dbs(workdir)
     finally:
         delete_study(postgres, study)
 

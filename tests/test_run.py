@@ -9,11 +9,11 @@ import signal
 import optuna
 from optuna.trial import TrialState
 
-from tests.helpers import invoke, one_error_line, signal_while_running
+from tests.helpers import SHARED, invoke, one_error_line, signal_while_running
 
 
 def finished(name: str) -> list[optuna.trial.FrozenTrial]:
-    study = optuna.load_study(study_name=name, storage=f"sqlite:///studies/{name}.db")
+    study = optuna.load_study(study_name=name, storage=SHARED)
     return [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
 
 
@@ -55,7 +55,7 @@ def test_ctrl_c_and_sigterm_together_end_in_one_line(tiny_dataset, workdir):
     # traceback when the second was still pending as its handler became SIG_IGN).
     returncode, output = signal_while_running(
         ["run", "--trials", "3", "--study", "ct", "--data", str(tiny_dataset), "--budget", "4000", "--device", "cpu",
-         "--no-warm-start"], "sqlite:///studies/ct.db", "ct", (signal.SIGINT, signal.SIGTERM), pause=1, seconds=180,
+         "--no-warm-start"], SHARED, "ct", (signal.SIGINT, signal.SIGTERM), pause=1, seconds=180,
         timeout=120)
     assert returncode == 130, output
     assert "Traceback" not in output and "race condition" not in output, output
@@ -67,7 +67,7 @@ def test_ctrl_c_ends_the_trial_prints_the_summary_and_the_command_that_resumes(t
     # pause: inside the trial's training, not between its first storage writes
     returncode, output = signal_while_running(
         ["run", "--trials", "3", "--study", "c", "--data", str(tiny_dataset), "--budget", "4000", "--device", "cpu",
-         "--no-warm-start"], "sqlite:///studies/c.db", "c", signal.SIGINT, pause=1, seconds=180, timeout=120)
+         "--no-warm-start"], SHARED, "c", signal.SIGINT, pause=1, seconds=180, timeout=120)
     assert returncode == 130, output
     lines = output.strip().splitlines()
     assert lines[-1] == "Error: search run: stopped by Ctrl-C (a running trial ended FAIL, ended: interrupted)", output
@@ -77,7 +77,7 @@ def test_ctrl_c_ends_the_trial_prints_the_summary_and_the_command_that_resumes(t
     assert "trial #0 interrupted: recorded as FAIL (ended: interrupted)" in output, output
     resume = next(line for line in lines if line.startswith("resume: "))
     assert resume == "resume: search run --study c --trials 3 --device cpu", resume
-    [trial] = optuna.load_study(study_name="c", storage="sqlite:///studies/c.db").trials
+    [trial] = optuna.load_study(study_name="c", storage=SHARED).trials
     assert trial.state == TrialState.FAIL and trial.user_attrs["ended"] == "interrupted"
 
     from search.cli import main  # the resume command is one this CLI takes: this study, its own data

@@ -12,7 +12,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.helpers import SAMPLE, invoke, one_error_line, run_configs
+from tests.helpers import SAMPLE, SHARED, invoke, one_error_line, run_configs
 
 
 def cli_process(*args: str):
@@ -146,7 +146,7 @@ def test_an_interrupted_warm_start_runs_again_on_resume(tiny_dataset, workdir):
 
     from tests.helpers import signal_while_running
 
-    url = "sqlite:///studies/ws.db"
+    url = SHARED
     code, output = signal_while_running(["run", "--trials", "3", "--study", "ws", "--data", str(tiny_dataset),
                                          "--budget", "16", "--device", "cpu", "--seed", "1"], url, "ws", signal.SIGINT)
     assert code == 130, output
@@ -185,7 +185,7 @@ def test_a_damaged_feature_bank_is_rebuilt(dataset_copy, workdir):
     assert (f"warning: {dataset_copy / '.bank'}: the feature-bank cache is unusable (frames.npy does not match its "
             "checksum: damaged since it was written); rebuilding it") in again.stdout, again.stdout
     assert "[W " not in again.stdout and "failed 0" in again.stdout, again.stdout
-    study = optuna.load_study(study_name="nb", storage="sqlite:///studies/nb.db")
+    study = optuna.load_study(study_name="nb", storage=SHARED)
     assert all(t.state.is_finished() and t.state.name != "FAIL" for t in study.trials)
     assert not np.isnan(np.load(dataset_copy / ".bank" / "frames.npy")).any()  # rebuilt
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import optuna
 
-from tests.helpers import delete_study, invoke, one_error_line, study_dbs
+from tests.helpers import SHARED, delete_study, invoke, one_error_line, study_dbs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,7 +30,7 @@ def test_two_processes_stop_together_at_the_studys_total(micro_dataset, workdir)
     processes = [search_run(workdir, micro_dataset, "--total-trials", "4") for _ in range(2)]
     outputs = [p.communicate(timeout=540)[0] for p in processes]
     assert [p.returncode for p in processes] == [0, 0], outputs
-    study = optuna.load_study(study_name="cap", storage="sqlite:///studies/cap.db")
+    study = optuna.load_study(study_name="cap", storage=SHARED)
     assert trial_count(study) == (4, 0)  # exactly the cap: the two runs took their trials one at a time
     assert all(t.state.is_finished() for t in study.trials) and len(study.trials) == 4
     ran = [sum(line.startswith("trial ") for line in out.splitlines()) for out in outputs]
@@ -44,7 +44,7 @@ def test_two_processes_stop_together_at_the_studys_total(micro_dataset, workdir)
     assert again.returncode == 0, out
     assert "--total-trials 4: the study holds 4 counted trials; no trial to start" in out
     assert not any(line.startswith("trial ") for line in out.splitlines()) and "best trial #" in out
-    assert len(optuna.load_study(study_name="cap", storage="sqlite:///studies/cap.db").trials) == 4
+    assert len(optuna.load_study(study_name="cap", storage=SHARED).trials) == 4
 
 
 def test_a_bad_total_is_one_error_line_and_creates_nothing(micro_dataset, workdir):

@@ -3,4 +3,4 @@
 function and prints what it returns. Importing this package registers every command on ``base.main``.
 """
 
-from search.commands import data, enqueue, run, serve, views  # noqa: F401 - registers the commands
+from search.commands import data, enqueue, manage, run, serve, views  # noqa: F401 - registers the commands

@@ -97,7 +97,8 @@ def _resolve_storage(_ctx, _param, value: str | None) -> str | None:
 
 def storage_option(f):
     return click.option("--storage", default=None, metavar="URL", callback=_resolve_storage,
-                        help="Optuna storage URL [default: $SEARCH_STORAGE, else sqlite:///studies/<study>.db]; "
+                        help="Optuna storage URL [default: $SEARCH_STORAGE, else sqlite:///studies/studies.sqlite3 (every "
+                             "study of the folder), or a study's own studies/<study>.db of earlier versions]; "
                              "also postgresql://, mysql+pymysql://, grpc://HOST:PORT (a `search proxy`), "
                              "journal:///abs/path.log or journal://rel/path.log")(f)
 

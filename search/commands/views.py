@@ -18,7 +18,8 @@ def _check_study_or_none(ctx, param, value: str | None) -> str | None:
 
 @main.command()
 @click.option("--storage", default=None, metavar="URL", callback=_resolve_storage,
-              help="Optuna storage URL [default: $SEARCH_STORAGE, else every studies/*.db file].")
+              help="Optuna storage URL [default: $SEARCH_STORAGE, else studies/studies.sqlite3 and the per-study "
+                   "files of earlier versions, studies/*.db].")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
 def studies(storage, as_json):
     """List the studies in a storage.
