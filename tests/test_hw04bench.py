@@ -88,3 +88,19 @@ def test_surrogate_check_on_fixture():
     result = bench_surrogate.check(table.load(replay.FIXTURE), folds=3, n_estimators=10)
     assert -1 <= result["spearman_final_accuracy"] <= 1 and result["median_relative_time_error"] >= 0
     assert result["pairs"] >= 1
+
+
+def test_the_surrogate_asks_its_trees_as_the_forest_would():
+    """surrogate.predict averages the trees itself (a forest's own predict dispatches 100 trees through joblib for
+    each single configuration a replay asks): the same curves, costs and failure chances, to the last bit."""
+    import numpy as np
+
+    from bench.hw04bench import table
+
+    model = bench_surrogate.Surrogate(table.load(replay.FIXTURE), n_estimators=10)
+    assert model.fail_model is not None  # the fixture holds a failed run: the classifier's path is checked too
+    x = np.asarray(model.encoder.encode_many([r["params"] for r in table.load(replay.FIXTURE).runs]), dtype=np.float32)
+    assert np.array_equal(bench_surrogate._forest_mean(model.curve_model, x), model.curve_model.predict(x))
+    assert np.array_equal(bench_surrogate._forest_mean(model.cost_model, x), model.cost_model.predict(x))
+    assert np.array_equal(bench_surrogate._forest_mean(model.fail_model, x, proba=True),
+                          model.fail_model.predict_proba(x))
