@@ -3,6 +3,8 @@
 # Usage: bench/hw04bench/gpu.sh CALL SECONDS
 #   CALL     a name for this call's files: $OUT/gpu-CALL.jsonl and $OUT/cpu-CALL.jsonl
 #   SECONDS  the call's time limit; each recorder stops handing out runs early enough for its runs in flight
+# HW04BENCH_COMMIT: write the local HEAD's hash into the command (the device's copy of .git is the last landed
+# commit, not the tree it runs).
 # Runs already recorded are skipped: the tables of earlier calls are read from .gpuwork/*.jsonl (copied back from
 # $OUT and carried), and from bench/results/hw04bench-*.jsonl.gz. The plans come from .gpuwork/plan-*.json.
 # Two recorders run side by side: the GPU table (full space, 2,000 steps, HW04-scale synthetic set,
@@ -20,12 +22,6 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 done_files() { ls .gpuwork/$1-*.jsonl bench/results/hw04bench-$1*.jsonl.gz 2>/dev/null || true; }
 left() { echo $(( limit - ($(date +%s) - start) )); }
 
-# The CPU table needs only the embedded data: it starts at once.
-python3 -m bench.hw04bench.record --profile cpu --device cpu --workers "${CPU_WORKERS:-6}" --threads 1 \
-  --plan .gpuwork/plan-cpu.json --done $(done_files cpu) --out "$out/cpu-$call.jsonl" \
-  --deadline $(( $(left) - ${CPU_MARGIN:-150} )) > "$out/cpu-$call.log" 2>&1 &
-cpu_pid=$!
-
 if [ ! -f /tmp/hw04/metadata.json ]; then
   python3 -c "
 from data.synth import synthesize
@@ -33,12 +29,17 @@ if __name__ == '__main__':
     synthesize('/tmp/hw04', speakers=600, utterances_per_speaker=94, length_scale=1.0, seed=0, workers=12)"
   echo "data ready after $(( $(date +%s) - start )) s"
 fi
-# Pack the feature bank here, before the GPU recorder starts: packed by its parent beside the CPU recorder's
-# workers, it took over 300 s in the first call (34 s alone), and no run started before the deadline.
+# Pack the feature bank before either recorder starts: beside the CPU recorder's workers the packing took most of
+# a call (BENCHMARKS.md, HW04-Bench), and no GPU run started before the deadline.
 python3 -c "
 from search.task import prepare_bank
 prepare_bank('/tmp/hw04')"
 echo "bank ready after $(( $(date +%s) - start )) s"
+# The CPU table (embedded data) on the host's spare cores, beside the GPU recorder.
+python3 -m bench.hw04bench.record --profile cpu --device cpu --workers "${CPU_WORKERS:-6}" --threads 1 \
+  --plan .gpuwork/plan-cpu.json --done $(done_files cpu) --out "$out/cpu-$call.jsonl" \
+  --deadline $(( $(left) - ${CPU_MARGIN:-150} )) > "$out/cpu-$call.log" 2>&1 &
+cpu_pid=$!
 python3 -m bench.hw04bench.record --profile full --data /tmp/hw04 --workers "${GPU_WORKERS:-8}" \
   --plan .gpuwork/plan-full.json --done $(done_files gpu) --out "$out/gpu-$call.jsonl" \
   --deadline $(( $(left) - ${GPU_MARGIN:-170} )) 2>&1 | tee "$out/gpu-$call.log" | grep -v '^ ' || true
