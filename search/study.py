@@ -183,19 +183,53 @@ def requeue_interrupted_warm_starts(study: optuna.Study) -> list[tuple[str, int]
     for good. The copy has the same parameters (those it was enqueued with) and the ``warm_start`` label, and
     ``retry_of`` the interrupted trial's number."""
     trials = study.get_trials(deepcopy=False)
-    alive = {t.user_attrs.get("warm_start") for t in trials
-             if t.user_attrs.get("warm_start") and not (t.state == TrialState.FAIL
-                                                         and t.user_attrs.get("ended") == "interrupted")}
+    alive = {t.user_attrs.get("warm_start") for t in trials if t.user_attrs.get("warm_start") and not _dead(t)}
     requeued = []
     for t in trials:
         label = t.user_attrs.get("warm_start")
-        if (label and label not in alive and t.state == TrialState.FAIL
-                and t.user_attrs.get("ended") == "interrupted"):
+        if label and label not in alive and t.state == TrialState.FAIL and t.user_attrs.get("ended") == "interrupted":
             params = internals.queued_params(t) or t.params
             study.enqueue_trial(params, user_attrs={"warm_start": label, "retry_of": t.number})
             alive.add(label)
             requeued.append((label, t.number))
+    if requeued or _duplicates(trials):
+        for duplicate, first in _duplicates(study.get_trials(deepcopy=False)):
+            _drop_queued(study, duplicate, first)
     return requeued
+
+
+def _dead(trial: optuna.trial.FrozenTrial) -> bool:
+    """An interrupted trial, or a queued copy dropped as a duplicate: neither runs again."""
+    ended = str(trial.user_attrs.get("ended", ""))
+    return trial.state == TrialState.FAIL and (ended == "interrupted" or ended.startswith("duplicate"))
+
+
+def _duplicates(trials: list[optuna.trial.FrozenTrial]) -> list[tuple[optuna.trial.FrozenTrial, int]]:
+    """(queued copy, number of the first live copy) for each queued retry of a warm start beyond its first live
+    copy. Two runs resuming together may both see the warm start interrupted and both queue it again: each re-reads
+    the study after queueing, and the one that sees two copies drops the later one."""
+    copies: dict[str, list] = {}
+    for t in trials:
+        if t.user_attrs.get("warm_start") and "retry_of" in t.user_attrs and not _dead(t):
+            copies.setdefault(t.user_attrs["warm_start"], []).append(t)
+    found = []
+    for live in copies.values():
+        first = min(c.number for c in live)
+        found += [(t, first) for t in live if t.number != first and t.state == TrialState.WAITING]
+    return found
+
+
+def _drop_queued(study: optuna.Study, trial: optuna.trial.FrozenTrial, first: int) -> None:
+    """Take a queued trial off the queue: claimed the way a worker claims one (WAITING -> RUNNING, which exactly
+    one process wins, with the row locked on a database server), then recorded FAIL with ``ended: duplicate of
+    #N``. A copy a worker claimed first is left to run, and one another run dropped first is left as it is."""
+    storage, trial_id = internals.storage_of(study), internals.trial_id(trial)
+    try:
+        if storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
+            storage.set_trial_user_attr(trial_id, "ended", f"duplicate of #{first}: queued again by two runs at once")
+            storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:  # SQLite has no row lock: two runs claimed it, one failed it
+        pass
 
 
 def _create_or_load(name: str, storage) -> tuple[optuna.Study, bool]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -233,3 +234,78 @@ def test_an_in_process_finalize_gives_the_callers_signal_handlers_back(tiny_data
     result = invoke("finalize", "best", "--study", "inproc", "--steps", "8", "--device", "cpu", "--quiet")
     assert result.exit_code == 0, result.output
     assert {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)} == before
+
+
+def _interrupted_warm_start(url: str, name: str) -> None:
+    """A study whose warm start was interrupted (FAIL, ended: interrupted), as Ctrl-C leaves it."""
+    from optuna.trial import TrialState
+
+    study = optuna.create_study(study_name=name, storage=url, direction="maximize")
+    study.enqueue_trial({"x": 0.5}, user_attrs={"warm_start": "sample-code"})
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    trial.set_user_attr("ended", "interrupted")
+    study.tell(trial, state=TrialState.FAIL)
+
+
+def _queued_copies(url: str, name: str) -> list:
+    from optuna.trial import TrialState
+
+    return [t for t in optuna.load_study(study_name=name, storage=url).get_trials(states=(TrialState.WAITING,))
+            if t.user_attrs.get("warm_start") == "sample-code"]
+
+
+@pytest.mark.parametrize("server", ["sqlite", "postgresql"])
+def test_runs_resuming_together_queue_an_interrupted_warm_start_once(server, workdir, request):
+    """Two runs resuming a study at once may both see its warm start interrupted and both queue it again: the warm
+    start would then run twice. Each re-reads the study after queueing and drops a later copy (claimed from the
+    queue as a worker would claim it, then FAIL `duplicate of #N`); tried with 6 runs at once, 5 times."""
+    import threading
+
+    from optuna.trial import TrialState
+
+    from search.study import requeue_interrupted_warm_starts
+
+    url = f"sqlite:///{workdir}/race.db" if server == "sqlite" else request.getfixturevalue("postgres")
+    for attempt in range(5):
+        name = f"race-{os.getpid()}-{attempt}"
+        _interrupted_warm_start(url, name)
+        studies = [optuna.load_study(study_name=name, storage=url) for _ in range(6)]
+        start, failures = threading.Barrier(len(studies)), []
+
+        def resume(study) -> None:
+            start.wait()
+            try:
+                requeue_interrupted_warm_starts(study)
+            except Exception as err:  # noqa: BLE001 - reported below
+                failures.append(err)
+
+        threads = [threading.Thread(target=resume, args=(s,)) for s in studies]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        assert not failures, failures
+        assert len(_queued_copies(url, name)) == 1, attempt
+        dropped = [t for t in optuna.load_study(study_name=name, storage=url).trials
+                   if t.state == TrialState.FAIL and str(t.user_attrs.get("ended", "")).startswith("duplicate of #")]
+        assert all(t.user_attrs["retry_of"] == 0 for t in dropped)
+        if server == "postgresql":
+            optuna.delete_study(study_name=name, storage=url)
+
+
+def test_a_warm_start_queued_twice_is_dropped_once_on_resume(workdir):
+    """The state two runs at once leave, built directly: two queued copies of one warm start. The next resume drops
+    the later one (FAIL, `duplicate of #1`) and a worker takes the first."""
+    from optuna.trial import TrialState
+
+    from search.study import requeue_interrupted_warm_starts
+
+    url = f"sqlite:///{workdir}/twice.db"
+    _interrupted_warm_start(url, "twice")
+    study = optuna.load_study(study_name="twice", storage=url)
+    for _ in range(2):
+        study.enqueue_trial({"x": 0.5}, user_attrs={"warm_start": "sample-code", "retry_of": 0})
+    assert requeue_interrupted_warm_starts(study) == []  # nothing queued again: a copy is there
+    [kept] = _queued_copies(url, "twice")
+    assert kept.number == 1
+    dropped = optuna.load_study(study_name="twice", storage=url).trials[2]
+    assert (dropped.state, dropped.user_attrs["ended"]) == (
+        TrialState.FAIL, "duplicate of #1: queued again by two runs at once")
