@@ -30,6 +30,13 @@ def trial_seed(study_seed: int, trial_number: int) -> int:
     return study_seed * 100_003 + trial_number
 
 
+def accuracy_decimals(n_valid: int) -> int:
+    """Decimals that keep every validation accuracy of ``n_valid`` utterances apart: accuracies are multiples of
+    1/n_valid, so rounded to d decimals with 10**d >= n_valid two different ones stay different and in order, and
+    equal ones equal (at least 4: the precision every table prints)."""
+    return max(4, len(str(max(n_valid, 1) - 1)))
+
+
 class Objective:
     def __init__(self, task: Task, budget: int, space: list[search_space.Param], seed: int,
                  report_steps: tuple[int, ...] = ()) -> None:
@@ -38,6 +45,9 @@ class Objective:
         self.space = space
         self.seed = seed
         self.report_steps = report_steps  # steps a user wants validated besides the pruner's rungs and the end
+        # The value Optuna stores and optuna-dashboard shows (its best-trial card: 0.6987 rather than
+        # 0.6987179487179487), rounded without changing which trial is better or tied (accuracy_decimals)
+        self.decimals = accuracy_decimals(len(task.valid_ids))
 
     def __call__(self, trial: optuna.Trial) -> float:
         """The trial's best validation accuracy; an interrupt is the runner's to record (search/runner.py)."""
@@ -73,7 +83,7 @@ class Objective:
         def on_eval(step: int, metrics: dict) -> None:
             # Each write is one storage transaction (a lock other workers wait for on SQLite): per evaluation
             # only the value the pruner reads and the loss curve a running trial shows; the rest once, at the end.
-            trial.report(metrics["valid_accuracy"], step)
+            trial.report(round(metrics["valid_accuracy"], self.decimals), step)
             train_losses.append(rounded(metrics["train_loss"]))  # beside the validation curve (search/attrs.py)
             trial.set_user_attr("train_loss_curve", train_losses)
             last.update(metrics)
@@ -102,7 +112,7 @@ class Objective:
         trial.set_user_attr("cuda_graph", result.cuda_graph)
         trial.set_user_attr("best_step", result.best_step)
         trial.set_user_attr("ended", f"complete after {self.budget} steps")
-        return result.best_accuracy
+        return round(result.best_accuracy, self.decimals)
 
 
 def _device_name(device: torch.device) -> str:
