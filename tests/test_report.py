@@ -315,15 +315,30 @@ def fake_study(name: str, n_complete: int, n_pruned: int = 0) -> None:
     study.optimize(objective, n_trials=n_complete + n_pruned)
 
 
-def test_report_skips_importances_below_two_complete_trials(workdir):
+def test_report_leaves_out_figures_of_one_point_and_keeps_accuracy_in_0_1(workdir):
+    """7 of 8 trials pruned: the figures of the complete trials would each show one point, on axes plotly stretches
+    around it (-0.3 to 1.6); the page says why each is left out. What it draws puts accuracy on 0..1."""
     (workdir / "studies").mkdir()
-    fake_study("one", n_complete=1, n_pruned=1)
+    fake_study("one", n_complete=1, n_pruned=7)
     result = invoke("report", "--study", "one", "--out", "one.html")
     assert result.exit_code == 0, result.output
     assert "figure skipped: Parameter importances: needs at least 2 complete trials; this study has 1" in result.output
+    for title in ("Optimisation history", "Parallel coordinates", "Slices", "Encoders, poolings and losses compared"):
+        assert re.search(rf"figure skipped: {title}[^:]*: needs at least 2 complete trials to compare; this study "
+                         "has 1", result.output), (title, result.output)
+    assert "report written to one.html (2 figures)" in result.output  # the curves and the timeline
     page = (workdir / "one.html").read_text()
-    assert "needs at least 2 complete trials" in page
-    assert page.count('class="plotly-graph-div"') == len(REPORT_FIGURES) - 1
+    assert page.count('class="plotly-graph-div"') == 2 and len(re.findall(r"plotly\.js v\d", page)) == 1
+    # a study of several complete trials: every accuracy axis spans 0..1
+    (workdir / "one.html").unlink()
+    fake_study("two", n_complete=3)
+    sections = {s.title.split(" (")[0]: s.figure for s in build_sections(optuna.load_study(
+        study_name="two", storage="sqlite:///studies/two.db"))}
+    assert list(sections["Optimisation history"].layout.yaxis.range) == [0, 1]
+    assert list(sections["Intermediate values: validation accuracy and training loss during training"]
+                .layout.yaxis.range) == [0, 1]
+    assert list(sections["Slices"].layout.yaxis.range) == [0, 1]
+    assert list(sections["Encoders, poolings and losses compared"].layout.yaxis.range) == [0, 1]
 
 
 def test_report_of_a_study_without_finished_trials_is_one_error_line(workdir):
