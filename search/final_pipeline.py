@@ -72,7 +72,7 @@ def final_configs(params: dict, task: Task, steps: int, seed: int):
         params, task.bank.n_mels, task.bank.n_speakers, steps, seed, eval_every=schedule.periodic_every(steps))
     train_cfg.recover_collapse = True  # a long run: roll back a collapse (search/train.py CollapseGuard)
     train_cfg.precision = "tf32"  # long bf16 runs can diverge where fp32 does not (TrainConfig.precision)
-    return model_cfg, train_cfg
+    return model_cfg, search_space.as_run_on(train_cfg, task.device.type)  # config.json: what ran (CPU: fp32)
 
 
 def prepare(task: Task, out: Path, first_output: Path) -> Path | None:

@@ -69,6 +69,7 @@ class Objective:
         model_cfg, train_cfg = search_space.build_configs(
             params, self.task.bank.n_mels, self.task.bank.n_speakers, self.budget, trial_seed(self.seed, trial.number),
             eval_steps=eval_steps)
+        train_cfg = search_space.as_run_on(train_cfg, self.task.device.type)  # recorded as it runs (CPU: fp32, eager)
         # flat, one value per attribute, only what the sampled parameters lack (search/attrs.py)
         for key, value in config_attrs(params, model_cfg.to_dict(), vars(train_cfg)).items():
             trial.set_user_attr(key, value)

@@ -504,3 +504,17 @@ def test_a_study_of_many_trials_gets_summaries_not_a_line_per_trial(workdir, mon
     monkeypatch.setattr(report, "TIMELINE_DRAWN", 12)  # at the limit: Optuna's own timeline, a bar per trial
     timeline = next(s.figure for s in build_sections(study) if s.title == "Timeline")
     assert all(t.type == "bar" for t in timeline.data)
+
+
+def test_cpu_trials_and_finalize_record_what_ran_on_the_cpu(inside):
+    """A CPU steps eagerly in fp32: its trials and its finalize record that, not the CUDA defaults (a CUDA graph,
+    bf16 or tf32) they never used."""
+    for t in load().trials:
+        _, train = resolved_configs(t)
+        assert (train["cuda_graph"], train["precision"]) == (False, "fp32"), t.number
+        assert t.user_attrs["cuda_graph"] is False
+    configs = list((inside / "studies" / STUDY).rglob("config.json"))
+    assert configs
+    for path in configs:
+        train = json.loads(path.read_text())["train_config"]
+        assert (train["cuda_graph"], train["precision"]) == (False, "fp32"), path
