@@ -27,7 +27,7 @@ def test_resume_uses_the_studys_data_budget_seed_space_and_pruning(tiny_dataset,
     header = next(line for line in resumed.output.splitlines() if line.startswith("resuming study 'ux'"))
     assert f"of 16 steps on cpu, space cpu, data {tiny_dataset.resolve()}, pruning off" in header, header
     # the embedded dataset was neither generated nor packed: the study's own data was used from the start
-    assert not (workdir / "studies" / ".cache").exists()
+    assert not (workdir.parent / "cache").exists() and not (workdir / "studies" / ".cache").exists()
     assert len(finished("ux")) == 2
 
 
@@ -45,7 +45,7 @@ def test_a_setting_that_contradicts_the_study_is_refused_before_any_data_is_prep
         line = one_error_line(invoke("run", "--trials", "1", "--study", "ux", "--device", "cpu", *given), alone=True)
         assert message in line, line
     assert not (other / ".bank").exists()  # refused before its feature bank was packed
-    assert not (workdir / "studies" / ".cache").exists()
+    assert not (workdir.parent / "cache").exists() and not (workdir / "studies" / ".cache").exists()
     assert len(finished("ux")) == 1  # nothing added
 
 
