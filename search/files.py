@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
+from data.errors import DataError
 from data.tempfiles import remove_stale, temp_name
 from search.errors import UserError
 
@@ -213,3 +215,19 @@ def check_out(path: Path, option: str, storage: str | None = None, data: str | P
         if target == folder or folder in target.parents:
             raise UserError(f"{option} {path}: is inside the data folder {data}, which the command reads: choose a "
                             "file outside it")
+
+
+@contextmanager
+def folder_kept_if(folder: Path, existed: bool, kept: Callable[[], bool], close: Callable[[], None]) -> Iterator[None]:
+    """For a command that made ``folder`` (a new study's, for its log): if the block fails with a one-line error
+    while ``kept()`` is False (no study made yet: bad ``--data``, say), ``close()`` (the log file) and remove the
+    folder, where it had not ``existed`` and holds nothing but that log: nothing half-made is left behind."""
+    try:
+        yield
+    except (UserError, DataError):
+        if not existed and not kept() and {p.name for p in folder.iterdir()} <= {"search.log"}:
+            close()
+            shutil.rmtree(folder, ignore_errors=True)
+            if folder.parent == STUDIES and STUDIES.is_dir() and not any(STUDIES.iterdir()):
+                STUDIES.rmdir()  # made for this folder only
+        raise

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 
 from search.errors import Stopped, UserError
+from search.files import folder_kept_if, study_folder
 from search.logs import Progress, progress_interval
 from search.runner import fail_trials_of_gone_local_workers, gone_workers_text
 from search.settings import EVALUATIONS_PER_TRIAL, RequestedSettings
@@ -80,11 +81,12 @@ def run_search(request: RunRequest) -> None:
     devices = devices[:trials]  # fewer trials than workers: no idle worker is started (None: all of them)
     url = request.storage or default_url(name)
     check_url(url)
+    folder_existed, state = study_folder(name).exists(), {"study": None, "started": None}
     echo = open_console(name, request.quiet)  # prints, and appends to studies/<study>/search.log
     progress = Progress(trials, echo.progress, timeout)  # a line per trial, with an ETA
-    state = {"study": None, "started": None}
-    try:
-        with interrupts():  # SIGINT / SIGTERM end the running trial(s) as FAIL, not left RUNNING
+    try:  # interrupts: SIGINT / SIGTERM end the running trial(s) as FAIL, not left RUNNING; a refused new study: no folder
+        with interrupts(), folder_kept_if(study_folder(name), folder_existed, lambda: state["study"] is not None,
+                                          echo.close):
             settings = request.settings.resolve(name, stored_settings(name, url), torch_device.type)
             jobs = [WorkerJob(i, name, url, settings, device, timeout=timeout, fail_fast=request.fail_fast)
                     for i, device in enumerate(devices)]

@@ -108,3 +108,20 @@ def test_the_next_line_pastes_into_a_shell_as_the_commands_it_names(tiny_dataset
             "sqlite:///studies/x y.db", (command, words)
         assert words[0] in ("dashboard", "finalize")
     assert words[words.index("--data") + 1] == str(data.resolve()), words  # finalize's half names the data
+
+
+def test_a_run_refused_on_its_data_leaves_no_study_folder(workdir, tmp_path):
+    """A new study whose --data is refused made nothing: no studies/<study>/ with a lone log, no studies/ either;
+    a folder that was there before (another study's) stays as it was."""
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "mapping.json").write_text("{}")
+    line = one_error_line(invoke("run", "--trials", "1", "--study", "s", "--data", str(bad), "--device", "cpu"))
+    assert "mapping.json" in line and not (workdir / "studies").exists()
+    (workdir / "studies" / "other").mkdir(parents=True)
+    (workdir / "studies" / "other" / "search.log").write_text("another study's log\n")
+    for study in ("s", "other"):
+        one_error_line(invoke("run", "--trials", "1", "--study", study, "--data", str(tmp_path / "none"),
+                              "--device", "cpu"))
+    assert sorted(p.name for p in (workdir / "studies").iterdir()) == ["other"]
+    assert (workdir / "studies" / "other" / "search.log").read_text().startswith("another study's log\n")
