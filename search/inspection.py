@@ -13,6 +13,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from search.budget import ATTR as FINALIZE_SECONDS, duration_text, estimate_text
 from search.errors import NoStudyStorage, UserError
 from search.files import STUDIES
 from search.final_record import show_lines
@@ -84,6 +85,9 @@ def trial_lines(study: optuna.Study, trial: FrozenTrial) -> list[str]:
                        ("best_step", "best step"), ("last_step", "last step"), ("train_loss", "train loss")):
         if key in a:
             lines.append(f"  {label:12s} {a[key]}")
+    finalize = estimate_text(trial)  # search/budget.py: at the default steps, on the device the trial ran on
+    if finalize:
+        lines.append(f"  finalize     {finalize}")
     if trial.datetime_start:
         lines.append(f"  started      {trial.datetime_start:%Y-%m-%d %H:%M:%S}")
     if trial.duration is not None:
@@ -133,7 +137,8 @@ def reference_note(study: optuna.Study, best: FrozenTrial) -> str:
 # sampled parameters and the user attributes the objective sets); nothing is kept anywhere else.
 # The key parameters that fit a terminal table's width (of search/notes.py KEY_PARAMS), in the table's order.
 TABLE_PARAMS = ("encoder", "d_model", "layers", "pooling", "loss", "lr")
-TRIAL_COLUMNS = ("number", "state", "value", "ended", "parameters", "steps_per_second", "wall_seconds", *TABLE_PARAMS)
+TRIAL_COLUMNS = ("number", "state", "value", "ended", "parameters", "steps_per_second", "wall_seconds",
+                 FINALIZE_SECONDS, *TABLE_PARAMS)
 
 
 def _seconds(trial: FrozenTrial) -> float | None:
@@ -156,7 +161,7 @@ def trial_rows(study: optuna.Study, sort: str = "number", states: tuple[str, ...
     number (ascending), value (best first; trials without a value last) or duration (longest first)."""
     wanted = tuple(TrialState[s.upper()] for s in states) or None
     # only what the table shows (queries.trial_fields): the sampled key parameters, else the resolved ones
-    attrs = ("ended", "parameters", "steps_per_second", "wall_seconds", "model_config", "train_config",
+    attrs = ("ended", "parameters", "steps_per_second", "wall_seconds", FINALIZE_SECONDS, "model_config", "train_config",
              *(f"{group}.{key}" for key in TABLE_PARAMS for group in ("model", "train")))
     trials = trial_fields(study, wanted, TABLE_PARAMS, attrs)
     maximize = len(study.directions) > 1 or study.direction == optuna.study.StudyDirection.MAXIMIZE
@@ -177,7 +182,8 @@ def trial_rows(study: optuna.Study, sort: str = "number", states: tuple[str, ...
         row = {"number": t.number, "state": t.state.name.lower(),
                "value": t.value if len(study.directions) == 1 else None,
                "ended": a.get("ended"), "parameters": a.get("parameters"),
-               "steps_per_second": a.get("steps_per_second"), "wall_seconds": a.get("wall_seconds")}
+               "steps_per_second": a.get("steps_per_second"), "wall_seconds": a.get("wall_seconds"),
+               FINALIZE_SECONDS: a.get(FINALIZE_SECONDS)}
         for key in TABLE_PARAMS:  # sampled; else the resolved configuration's (a trial run outside the space)
             row[key] = t.params.get(key, resolved.get(key))
         rows.append(row)
@@ -192,13 +198,17 @@ def trials_lines(rows: list[dict], study_name: str, states: tuple[str, ...] = ()
     formats = {"value": ".4f", "lr": ".2e", "parameters": ",", "wall_seconds": ".1f"}  # others: str()
 
     def cell(key: str, value) -> str:
+        if key == FINALIZE_SECONDS and value is not None:
+            return duration_text(value)
         return "-" if value is None else format(value, formats.get(key, ""))
 
-    heads = {"number": "#", "parameters": "size", "steps_per_second": "steps/s", "wall_seconds": "wall s"}
+    heads = {"number": "#", "parameters": "size", "steps_per_second": "steps/s", "wall_seconds": "wall s",
+             FINALIZE_SECONDS: "finalize"}
     columns = [c for c in TRIAL_COLUMNS if c != "ended"] + ["ended"]  # the free text last
     table = [[heads.get(c, c) for c in columns]] + [[cell(c, r[c]) for c in columns] for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
-    right = {"number", "value", "parameters", "steps_per_second", "wall_seconds", "d_model", "layers", "lr"}
+    right = {"number", "value", "parameters", "steps_per_second", "wall_seconds", FINALIZE_SECONDS, "d_model", "layers",
+             "lr"}
     return ["  ".join(v.rjust(w) if c in right else v.ljust(w) for c, v, w in zip(columns, line, widths)).rstrip()
             for line in table]
 

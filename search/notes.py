@@ -37,7 +37,7 @@ from typing import Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search import optuna_internals
+from search import budget, optuna_internals
 from search.attrs import resolved_configs, train_loss_points
 from search.final_record import finalized_rows
 from search.queries import best_or_none, counts
@@ -114,6 +114,9 @@ def describe_size_and_speed(attrs: dict) -> list[str]:
         parts.append(f"**wall time** {attrs['wall_seconds']} s")
     if attrs.get("device"):
         parts.append(f"**device** {attrs['device']}")
+    if isinstance(attrs.get(budget.ATTR), (int, float)):  # a finalize at the default steps, on that device
+        parts.append(f"**finalize** ~{budget.duration_text(attrs[budget.ATTR])} at "
+                     f"{budget.default_steps_for(attrs.get('device', 'cpu')):,} steps")
     return parts
 
 

@@ -20,6 +20,7 @@ import torch
 from model import build_model, count_parameters
 from search import schedule, space as search_space
 from search.attrs import config_attrs, rounded
+from search.budget import ATTR as FINALIZE_SECONDS, device_name, trial_finalize_seconds
 from search.errors import TrainingDiverged
 from search.task import Task
 from search.train import train
@@ -73,7 +74,7 @@ class Objective:
         # flat, one value per attribute, only what the sampled parameters lack (search/attrs.py)
         for key, value in config_attrs(params, model_cfg.to_dict(), vars(train_cfg)).items():
             trial.set_user_attr(key, value)
-        trial.set_user_attr("device", _device_name(self.task.device))
+        trial.set_user_attr("device", device_name(self.task.device))
         # on the meta device: no memory, no initialisation, the same count (train() builds the real one)
         with torch.device("meta"):
             trial.set_user_attr("parameters", count_parameters(build_model(model_cfg)))
@@ -109,14 +110,16 @@ class Objective:
                 trial.set_user_attr("train_loss", round(last["train_loss"], 4))
                 # training steps only; at the last evaluation of a complete trial, the whole run's (TrainResult's)
                 trial.set_user_attr("steps_per_second", round(last["steps_per_second"], 2))
+                # a finalize of this configuration at the default steps, on this device (search/budget.py)
+                estimate = trial_finalize_seconds({"device": self.task.device.type,
+                                                   "steps_per_second": last["steps_per_second"],
+                                                   "wall_seconds": time.perf_counter() - started,
+                                                   "last_step": last["step"]}, len(train_losses))
+                if estimate is not None:
+                    trial.set_user_attr(FINALIZE_SECONDS, estimate)
         trial.set_user_attr("eval_seconds", round(result.eval_seconds, 4))  # of wall_seconds: validation's share
         trial.set_user_attr("cuda_graph", result.cuda_graph)
         trial.set_user_attr("best_step", result.best_step)
         trial.set_user_attr("ended", f"complete after {self.budget} steps")
         return round(result.best_accuracy, self.decimals)
 
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return "cpu"

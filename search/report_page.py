@@ -13,6 +13,7 @@ import optuna
 from optuna.trial import TrialState
 
 from search import queries
+from search.budget import estimate_text
 from search.final_record import finalized_rows
 from search.notes import KEY_PARAMS, outcome, settings_rows
 
@@ -48,11 +49,12 @@ def _best_table(study: optuna.Study) -> str:
         a = t.user_attrs
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in (
             f"#{t.number}", f"{t.value:.4f}", describe_params(t.params), a.get("parameters", ""),
-            a.get("steps_per_second", ""), a.get("wall_seconds", ""), a.get("device", ""), a.get("ended", ""))) + "</tr>")
+            a.get("steps_per_second", ""), a.get("wall_seconds", ""), estimate_text(t) or "", a.get("device", ""),
+            a.get("ended", ""))) + "</tr>")
     if not rows:
         return "<p>No complete trial yet.</p>"
     head = "".join(f"<th>{h}</th>" for h in ("trial", "accuracy", "key parameters", "model parameters", "steps/s",
-                                               "wall s", "device", "ended"))
+                                               "wall s", "finalize (default steps, on the trial's device)", "device", "ended"))
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
