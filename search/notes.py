@@ -11,7 +11,7 @@ the finalized result (``search finalize``), when there is one.
 gets it through ``with_notes``, search/study.py) writes both after every trial. ``write_study_note``
 rewrites the study's note alone: for whatever changes what it shows outside a run (``search finalize``
 recording its result). A trial's note is generated, written once when the trial ends. The study's note is the
-user's too: what we generate sits between two marker lines (``BEGIN``, ``END``: Markdown comments, which the
+user's too: what we generate sits between two marker lines (``BEGIN``, ``END``: Markdown link definitions, which the
 dashboard does not show), and a rewrite replaces only that block; text a user wrote in the dashboard above or
 below it is kept (a note of before the markers, ``### Study NAME`` with its ``note written`` time, is ours and
 replaced whole).
