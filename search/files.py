@@ -3,8 +3,9 @@
 Every study of a folder has its default storage in ``studies/studies.sqlite3`` (search/storage.py) and its own
 folder ``studies/<study>/`` holding its
 log (``search.log``), its finalized models (``final/``), its artifact store (``artifacts/``) and its
-default predictions CSV. ``studies/.cache/`` holds what is shared by all studies (the embedded dataset, the
-feature banks of read-only data folders). Paths are relative to the working directory, as the default
+default predictions CSV. The user's cache directory (``cache_dir``: ``~/.cache/hw04-search``, or ``studies/.cache/``
+where that cannot be written) holds what is shared by all studies (the embedded dataset, the feature banks of
+read-only data folders). Paths are relative to the working directory, as the default
 SQLite URL is.
 
 A file a command produces (a checkpoint, the final model, a CSV, the report) is written to a temporary
@@ -17,15 +18,39 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
+from data.errors import DataError
 from data.tempfiles import remove_stale, temp_name
 from search.errors import UserError
 
 STUDIES = Path("studies")
-CACHE = STUDIES / ".cache"  # shared by every study: the embedded dataset, banks of read-only data folders
+CACHE = STUDIES / ".cache"  # the fallback cache folder, where the user's (``cache_dir``) cannot be written
+CACHE_NAME = "hw04-search"  # the folder in the user's cache directory
+
+
+def user_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/hw04-search``, else ``~/.cache/hw04-search`` (a relative XDG_CACHE_HOME is ignored, as the
+    XDG spec says)."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    return (Path(base) if os.path.isabs(base) else Path.home() / ".cache") / CACHE_NAME
+
+
+def cache_dir() -> Path:
+    """The cache shared by every study of every folder (the embedded dataset and its feature bank, banks of read-only
+    data folders): the user's cache directory, made on first use, so that a new folder does not generate the
+    embedded dataset again; ``studies/.cache`` where that cannot be made or written."""
+    user = user_cache_dir()
+    try:
+        user.mkdir(parents=True, exist_ok=True)
+        if os.access(user, os.W_OK | os.X_OK):
+            return user
+    except (OSError, RuntimeError):  # RuntimeError: no home directory to expand ~ in
+        pass
+    return CACHE
 
 
 def study_folder(study_name: str) -> Path:
@@ -191,3 +216,19 @@ def check_out(path: Path, option: str, storage: str | None = None, data: str | P
         if target == folder or folder in target.parents:
             raise UserError(f"{option} {path}: is inside the data folder {data}, which the command reads: choose a "
                             "file outside it")
+
+
+@contextmanager
+def folder_kept_if(folder: Path, existed: bool, kept: Callable[[], bool], close: Callable[[], None]) -> Iterator[None]:
+    """For a command that made ``folder`` (a new study's, for its log): if the block fails with a one-line error
+    while ``kept()`` is False (no study made yet: bad ``--data``, say), ``close()`` (the log file) and remove the
+    folder, where it had not ``existed`` and holds nothing but that log: nothing half-made is left behind."""
+    try:
+        yield
+    except (UserError, DataError):
+        if not existed and not kept() and {p.name for p in folder.iterdir()} <= {"search.log"}:
+            close()
+            shutil.rmtree(folder, ignore_errors=True)
+            if folder.parent == STUDIES and STUDIES.is_dir() and not any(STUDIES.iterdir()):
+                STUDIES.rmdir()  # made for this folder only
+        raise

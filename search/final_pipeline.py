@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -72,7 +72,15 @@ def final_configs(params: dict, task: Task, steps: int, seed: int):
         params, task.bank.n_mels, task.bank.n_speakers, steps, seed, eval_every=schedule.periodic_every(steps))
     train_cfg.recover_collapse = True  # a long run: roll back a collapse (search/train.py CollapseGuard)
     train_cfg.precision = "tf32"  # long bf16 runs can diverge where fp32 does not (TrainConfig.precision)
-    return model_cfg, train_cfg
+    return model_cfg, search_space.as_run_on(train_cfg, task.device.type)  # config.json: what ran (CPU: fp32)
+
+
+def measure_speed(params: dict, task: Task, seed: int, steps: int) -> tuple[float, float]:
+    """(steps/s, seconds of one validation) of a finalize of ``params`` on this device, measured over ``steps``
+    steps and one validation (``finalize --time``: search/budget.py); start-up counts in, on the safe side."""
+    model_cfg, train_cfg = final_configs(params, task, steps, seed)
+    result = train(model_cfg, replace(train_cfg, eval_steps=(steps,), recover_collapse=False), task)
+    return result.steps_per_second, result.eval_seconds
 
 
 def prepare(task: Task, out: Path, first_output: Path) -> Path | None:

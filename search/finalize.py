@@ -8,12 +8,14 @@ What it writes and in which order: search/final_pipeline.py (one trial), search/
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import optuna
 
 from data.tempfiles import remove_stale
+from search import budget
 from search.ensemble import finalize_ensemble, pick_top, summary_lines
 from search.errors import UserError
 from search.files import (artifact_folder, check_out, check_writable, final_folder, predictions_path, replaced,
@@ -27,7 +29,7 @@ from search.queries import pick_trial
 from search.scoring import ANSWERS_NAME
 from search.storage import default_url
 from search.logs import Progress
-from search.settings import CPU_FINALIZE_STEPS, GPU_FINALIZE_STEPS
+from search.settings import CPU_FINALIZE_STEPS, GPU_FINALIZE_STEPS, StudySettings
 from search.train import report_progress
 
 
@@ -44,7 +46,8 @@ class FinalizeRequest:
     study_name: str
     storage: str | None = None  # None: storage.default_url
     data_dir: Path | None = None  # None: the study's own data
-    steps: int | None = None  # None: default_steps(the device)
+    steps: int | None = None  # None: default_steps(the device), or as many as fit in ``time``
+    time: float | None = None  # --time: seconds the finalize may take; its steps are planned (search/budget.py)
     out: Path | None = None  # None: studies/<study>/predictions.csv
     device: str = "auto"
     checkpoint_every: int = 1000
@@ -67,7 +70,10 @@ def run_finalize(request: FinalizeRequest) -> None:
                         f"not {which!r}")
     study = load_study(request.study_name, request.storage)
     check_ours(study, request.storage)
-    if request.steps is None:
+    if request.time is not None and (request.steps is not None or which == "top" or request.all_data):
+        raise UserError("--time: plans the steps of one model (`finalize best` or N, without --all-data); "
+                        + ("give --steps or --time, not both" if request.steps is not None else "give --steps here"))
+    if request.steps is None and request.time is None:
         from search.task import resolve_device
 
         request = replace(request, steps=default_steps(resolve_device(request.device)))
@@ -104,11 +110,15 @@ def _finalize_with(study: optuna.Study, request: FinalizeRequest) -> None:
     if which == "top" or request.all_data:
         return finalize_members(study, request)
     trial = pick_trial(study, which)
+    request, expected = plan_time(study, request, trial) if request.time is not None else (request, None)
     name = f"trial{trial.number}-steps{request.steps}"
     out, echo, task = setup(study, request, name)
     steps = request.steps
     echo(f"finalizing trial #{trial.number} of {study.study_name!r} (valid accuracy {trial.value:.4f} in the "
          f"search): {steps} steps on {task.device}")
+    echo(expected or budget.expected_line(trial, steps, task.device))
+    if budget_warning(study, steps):
+        echo(budget_warning(study, steps))
 
     def on_eval(step: int, metrics: dict) -> None:
         echo_eval(echo, step, steps, metrics)
@@ -143,6 +153,11 @@ def finalize_members(study: optuna.Study, request: FinalizeRequest) -> None:
     out, echo, task = setup(study, request, name)
     echo(f"finalizing {what} of {study.study_name!r}: {steps} steps each on {task.device}"
          + ("; then each again on train + validation for its best step count" if all_data else ""))
+    for member in dict.fromkeys(m.trial.number for m in members):  # each distinct trial's expected duration
+        echo(f"member trial #{member}: " + budget.expected_line(next(m.trial for m in members
+                                                                    if m.trial.number == member), steps, task.device))
+    if budget_warning(study, steps):
+        echo(budget_warning(study, steps))
 
     def on_eval(i: int, phase: str, step: int, total: int, metrics: dict) -> None:
         echo_eval(echo, step, total, metrics, member=f"member {i + 1}/{len(members)}", phase=phase)
@@ -156,6 +171,29 @@ def finalize_members(study: optuna.Study, request: FinalizeRequest) -> None:
              "their validation run chose; the validation split no longer scores them (valid above: the validation runs)")
     echo_results(echo, result, study.study_name, f"members and config saved in {result.folder}")
     publish(study, request, name, result.predictions_path, result.valid_accuracy, result.test_accuracy, echo)
+
+
+def plan_time(study: optuna.Study, request: FinalizeRequest, trial) -> tuple[FinalizeRequest, str]:
+    """``--time``: measure this device's speed on ``trial``'s configuration (``budget.MEASURE_STEPS`` steps, as
+    finalize trains them: the search's recorded speed may be another card's, in another precision) and set the
+    steps to as many as fit. Returns the request with its steps and the line saying what was planned."""
+    from search.final_pipeline import measure_speed, single
+    from search.task import load_task, resolve_device
+
+    echo = request.console
+    task = load_task(_data_dir(study, request), study_seed(study), resolve_device(request.device),
+                     progress=echo.data_progress)
+    echo(f"--time {budget.duration_text(request.time)}: measuring trial #{trial.number}'s configuration on "
+         f"{task.device} ({budget.MEASURE_STEPS} steps and one validation)")
+    started = time.monotonic()
+    rate, validation = measure_speed(trial.params, task, single(trial, study_seed(study))[0].seed,
+                                     budget.MEASURE_STEPS)
+    left = request.time - (time.monotonic() - started)  # the measurement took part of the time given
+    plan = budget.plan_for(left, rate, validation, f"--time {budget.duration_text(request.time)}")
+    return replace(request, steps=plan.steps), (
+        f"expected duration: about {budget.duration_text(plan.seconds)}: {plan.steps:,} steps fit in the "
+        f"{budget.duration_text(left)} left of {budget.duration_text(request.time)} at {rate:.1f} steps/s and {validation:.1f} s per validation, measured "
+        "here (the learning-rate schedule is set for that many steps)")
 
 
 def study_seed(study: optuna.Study) -> int:
@@ -180,15 +218,30 @@ def setup(study: optuna.Study, request: FinalizeRequest, name: str):
     # or ensemble member; data/tempfiles.py) goes, not only those of the files this finalize writes
     remove_stale(final_folder(study.study_name), recursive=True)
     echo = request.console or open_console(study.study_name, request.quiet)
-    data_dir = request.data_dir
-    if settings and data_dir is None and settings.data != "embedded":
-        data_dir = Path(settings.data)
-    task = load_task(data_dir, study_seed(study), resolve_device(request.device),
+    task = load_task(_data_dir(study, request), study_seed(study), resolve_device(request.device),
                      progress=echo.data_progress)
     # before any training: the CSV must not replace the storage, the data or its answer key (search/files.py)
     check_out(out, "--out", request.storage or default_url(study.study_name), task.source,
               Path(task.source) / ANSWERS_NAME)
     return out, echo, task
+
+
+def _data_dir(study: optuna.Study, request: FinalizeRequest) -> Path | None:
+    """The data a finalize trains on: ``--data``, else the study's own (None: the embedded dataset)."""
+    settings = StudySettings.from_attrs(study.user_attrs)
+    if request.data_dir is None and settings and settings.data != "embedded":
+        return Path(settings.data)
+    return request.data_dir
+
+
+def budget_warning(study: optuna.Study, steps: int) -> str | None:
+    """A line when ``steps`` is below the study's budget: the model would train less than the trials it was
+    picked by (their validation accuracy is no guide to it)."""
+    settings = StudySettings.from_attrs(study.user_attrs)
+    if settings and steps < settings.budget:
+        return (f"warning: --steps {steps:,} is below the search budget ({settings.budget:,} steps a trial): this "
+                "model trains less than the trials it was picked by")
+    return None
 
 
 def echo_eval(echo, step: int, total: int, metrics: dict, member: str = "", phase: str = "valid") -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from search.budget import ATTR as FINALIZE_SECONDS, duration_text, estimate_text
 from search.errors import NoStudyStorage, UserError
 from search.files import STUDIES
 from search.final_record import show_lines
@@ -101,6 +102,9 @@ def trial_lines(study: optuna.Study, trial: FrozenTrial) -> list[str]:
                        ("last_step", "last step"), ("train_loss", "train loss")):
         if key in a:
             results.append((label, shown.get(key, str)(a[key])))
+    finalize = estimate_text(trial)  # search/budget.py: at the default steps, on the device the trial ran on
+    if finalize:
+        results.append(("finalize", finalize))
     if trial.datetime_start:
         results.append(("started", f"{trial.datetime_start:%Y-%m-%d %H:%M:%S}"))
     if trial.duration is not None:

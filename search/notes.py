@@ -10,15 +10,19 @@ the finalized result (``search finalize``), when there is one.
 ``notes_callback`` (an Optuna callback: ``study.optimize(..., callbacks=[notes_callback])``; a search run
 gets it through ``with_notes``, search/study.py) writes both after every trial. ``write_study_note``
 rewrites the study's note alone: for whatever changes what it shows outside a run (``search finalize``
-recording its result). The notes are generated: each write replaces the note, edits made in the
-dashboard included.
+recording its result). A trial's note is generated, written once when the trial ends. The study's note is the
+user's too: what we generate sits between two marker lines (``BEGIN``, ``END``: Markdown link definitions, which the
+dashboard does not show), and a rewrite replaces only that block; text a user wrote in the dashboard above or
+below it is kept (a note of before the markers, ``### Study NAME`` with its ``note written`` time, is ours and
+replaced whole).
 
 Storage. optuna-dashboard keeps notes in the *study's* system attributes (a version, and the body in chunks),
 which is why a finished trial, whose own attributes can no longer change, can still get one. Its public
 ``save_note`` reads every note of the study to write one, so each write costs more as the study grows
 (BENCHMARKS.md, "Figures behind code constants"); search/optuna_internals.py writes the same keys without reading
-any. A note is always written as ``CHUNKS`` chunks, blank ones included, so a shorter note blanks the rest of a
-longer one (a note typed in the dashboard longer than that keeps its tail); notes are cut to fit. A note rewritten
+any (the study's note is read first, its own rows only, to keep the user's text). A trial's note is always written
+as ``CHUNKS`` chunks, blank ones included, so a shorter note blanks the rest of a longer one; the study's note as
+many as it needs and at least as many as it had; generated text is cut to fit ``CHUNKS`` chunks. A note rewritten
 here under an open editor is reported to that user as changed, as it should be.
 tests/test_report.py reads them back with optuna-dashboard's own ``get_note``, tests/test_dashboard.py through its
 web API and in a browser, tests/test_optuna_internals_dashboard.py checks the layout itself.
@@ -33,7 +37,7 @@ from typing import Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search import optuna_internals
+from search import budget, optuna_internals
 from search.attrs import resolved_configs, train_loss_points
 from search.final_record import finalized_rows
 from search.queries import best_or_none, counts
@@ -43,6 +47,10 @@ CURVE_POINTS = 8  # at most this many steps of a curve in a note: the first, the
 # the parameters that tell one trial from another at a glance: the note's best trial, the report's tables
 KEY_PARAMS = ("encoder", "pooling", "loss", "d_model", "layers", "nhead", "head", "lr", "batch_size", "segment")
 STUDY_SETTINGS = ("budget", "eval_every", "data", "seed", "profile", "pruning")  # first, in this order
+# The study note's generated block lies between these lines: Markdown link definitions that render as nothing,
+# so that a user's own text around them survives each rewrite (``merge_study_note``).
+BEGIN = "[//]: # (search: generated part, rewritten after every trial; text outside it is kept)"
+END = "[//]: # (search: end of the generated part)"
 
 
 # --- what a note says ---------------------------------------------------------------------------------
@@ -105,6 +113,9 @@ def describe_size_and_speed(attrs: dict) -> list[str]:
         parts.append(f"**wall time** {attrs['wall_seconds']} s")
     if attrs.get("device"):
         parts.append(f"**device** {attrs['device']}")
+    if isinstance(attrs.get(budget.ATTR), (int, float)):  # a finalize at the default steps, on that device
+        parts.append(f"**finalize** ~{budget.duration_text(attrs[budget.ATTR])} at "
+                     f"{budget.default_steps_for(attrs.get('device', 'cpu')):,} steps")
     return parts
 
 
@@ -198,17 +209,46 @@ def study_note(study: optuna.Study) -> str:
 
 # --- writing them ---------------------------------------------------------------------------------------
 
-def _save(study: optuna.Study, trial_id: int | None, body: str) -> None:
-    """Write a note as optuna-dashboard stores it (see the module docstring), reading nothing; cut to fit."""
-    length = optuna_internals.note_chunk_length()
-    if length is None:  # pragma: no cover - a later optuna-dashboard: its public save_note, reading everything
-        optuna_internals.save_note_public(study, trial_id, body)
-        return
+def _cut_to_fit(body: str, length: int) -> str:
     limit = CHUNKS * length
     if len(body) > limit:
         tail = "\n\n*(note cut to fit)*\n"
         body = body[:limit - len(tail)] + tail
+    return body
+
+
+def _save(study: optuna.Study, trial_id: int | None, body: str) -> None:
+    """Write a trial's note as optuna-dashboard stores it (see the module docstring), reading nothing; cut to fit."""
+    length = optuna_internals.note_chunk_length()
+    if length is None:  # pragma: no cover - a later optuna-dashboard: its public save_note, reading everything
+        optuna_internals.save_note_public(study, trial_id, body)
+        return
+    body = _cut_to_fit(body, length)
     optuna_internals.write_note_chunks(study, trial_id, [body[i * length:(i + 1) * length] for i in range(CHUNKS)])
+
+
+def _is_old_generated(note: str, study_name: str) -> bool:
+    """Whether an unmarked study note is one we wrote before the markers: a user's note is kept."""
+    head = note.lstrip().split("\n", 3)
+    return head[0].strip() == f"### Study {study_name}" and any("(note written " in line for line in head[1:3])
+
+
+def merge_study_note(current: str, generated: str, study_name: str) -> str:
+    """The study note with ``generated`` as its marked block: in place of the block ``current`` holds, else below
+    the user's text (none, or our unmarked note of before: the block alone)."""
+    block = f"{BEGIN}\n\n{generated.rstrip()}\n\n*written by `search` after every trial: your own text above or " \
+            f"below this part is kept*\n\n{END}\n"
+    start = current.find(BEGIN)
+    end = current.find(END, start + 1) if start >= 0 else -1
+    if start >= 0 and end >= 0:
+        before, after = current[:start], current[end + len(END):]
+    elif _is_old_generated(current, study_name):
+        before, after = "", ""
+    else:
+        before, after = current, ""
+    before = before.rstrip() + "\n\n" if before.strip() else ""  # a blank line: the marker starts a block
+    after = "\n" + after.strip("\n") + "\n" if after.strip() else ""
+    return before + block + after
 
 
 def write_trial_note(study: optuna.Study, trial: FrozenTrial) -> None:
@@ -217,8 +257,20 @@ def write_trial_note(study: optuna.Study, trial: FrozenTrial) -> None:
 
 
 def write_study_note(study: optuna.Study) -> None:
-    """The study's note in optuna-dashboard: settings, counts, best so far, finalized result."""
-    _save(study, None, study_note(study))
+    """The study's note in optuna-dashboard: settings, counts, best so far, finalized result, in its marked block;
+    the rest of the note (a user's text) as it is."""
+    length = optuna_internals.note_chunk_length()
+    if length is None:  # pragma: no cover - a later optuna-dashboard: its public calls, reading everything
+        from optuna_dashboard import get_note
+
+        optuna_internals.save_note_public(study, None, merge_study_note(get_note(study), study_note(study),
+                                                                        study.study_name))
+        return
+    current, stored = optuna_internals.read_note(study, None)
+    body = merge_study_note(current, _cut_to_fit(study_note(study), length), study.study_name)
+    # as many chunks as the note needs, and at least as many as it had: a shorter note blanks the rest
+    count = max(CHUNKS, stored, -(-len(body) // length))
+    optuna_internals.write_note_chunks(study, None, [body[i * length:(i + 1) * length] for i in range(count)])
 
 
 def notes_callback(study: optuna.Study, trial: FrozenTrial) -> None:

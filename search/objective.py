@@ -21,6 +21,7 @@ import torch
 from model import build_model, count_parameters
 from search import optuna_internals, schedule, space as search_space
 from search.attrs import config_attrs, rounded
+from search.budget import ATTR as FINALIZE_SECONDS, device_name, trial_finalize_seconds
 from search.errors import TrainingDiverged
 from search.task import Task
 from search.train import train
@@ -34,6 +35,13 @@ def trial_seed(study_seed: int, trial_number: int) -> int:
     return study_seed * 100_003 + trial_number
 
 
+def accuracy_decimals(n_valid: int) -> int:
+    """Decimals that keep every validation accuracy of ``n_valid`` utterances apart: accuracies are multiples of
+    1/n_valid, so rounded to d decimals with 10**d >= n_valid two different ones stay different and in order, and
+    equal ones equal (at least 4: the precision every table prints)."""
+    return max(4, len(str(max(n_valid, 1) - 1)))
+
+
 class Objective:
     def __init__(self, task: Task, budget: int, space: list[search_space.Param], seed: int,
                  report_steps: tuple[int, ...] = (), on_start: Callable[[dict], None] | None = None) -> None:
@@ -43,6 +51,9 @@ class Objective:
         self.space = space
         self.seed = seed
         self.report_steps = report_steps  # steps a user wants validated besides the pruner's rungs and the end
+        # The value Optuna stores and optuna-dashboard shows (its best-trial card: 0.6987 rather than
+        # 0.6987179487179487), rounded without changing which trial is better or tied (accuracy_decimals)
+        self.decimals = accuracy_decimals(len(task.valid_ids))
 
     def __call__(self, trial: optuna.Trial) -> float:
         """The trial's best validation accuracy; an interrupt is the runner's to record (search/runner.py)."""
@@ -57,6 +68,21 @@ class Objective:
                 trial.set_user_attr("ended", f"failed: {type(err).__name__}: {err}"[:500])
             raise
 
+    def _record_end(self, trial: optuna.Trial, seconds: float, last: dict, evaluations: int) -> None:
+        """The time the trial took and where it got to (``last``: its latest evaluation's metrics)."""
+        trial.set_user_attr("wall_seconds", round(seconds, 2))
+        if not last:
+            return
+        trial.set_user_attr("last_step", last["step"])
+        trial.set_user_attr("train_loss", round(last["train_loss"], 4))
+        # training steps only; at the last evaluation of a complete trial, the whole run's (TrainResult's)
+        trial.set_user_attr("steps_per_second", round(last["steps_per_second"], 2))
+        # a finalize of this configuration at the default steps, on this device (search/budget.py)
+        estimate = trial_finalize_seconds({"device": self.task.device.type, "steps_per_second": last["steps_per_second"],
+                                           "wall_seconds": seconds, "last_step": last["step"]}, evaluations)
+        if estimate is not None:
+            trial.set_user_attr(FINALIZE_SECONDS, estimate)
+
     def _run(self, trial: optuna.Trial) -> float:
         params = search_space.suggest(trial, self.space)
         if self.on_start is not None:
@@ -66,10 +92,11 @@ class Objective:
         model_cfg, train_cfg = search_space.build_configs(
             params, self.task.bank.n_mels, self.task.bank.n_speakers, self.budget, trial_seed(self.seed, trial.number),
             eval_steps=eval_steps)
+        train_cfg = search_space.as_run_on(train_cfg, self.task.device.type)  # recorded as it runs (CPU: fp32, eager)
         # flat, one value per attribute, only what the sampled parameters lack (search/attrs.py)
         for key, value in config_attrs(params, model_cfg.to_dict(), vars(train_cfg)).items():
             trial.set_user_attr(key, value)
-        trial.set_user_attr("device", _device_name(self.task.device))
+        trial.set_user_attr("device", device_name(self.task.device))
         # on the meta device: no memory, no initialisation, the same count (train() builds the real one)
         with torch.device("meta"):
             trial.set_user_attr("parameters", count_parameters(build_model(model_cfg)))
@@ -83,7 +110,7 @@ class Objective:
         def on_eval(step: int, metrics: dict) -> None:
             # Each write is one storage transaction (a lock other workers wait for on SQLite): per evaluation
             # only the value the pruner reads and the loss curve a running trial shows; the rest once, at the end.
-            trial.report(metrics["valid_accuracy"], step)
+            trial.report(round(metrics["valid_accuracy"], self.decimals), step)
             train_losses.append(rounded(metrics["train_loss"]))  # beside the validation curve (search/attrs.py)
             trial.set_user_attr("train_loss_curve", train_losses)
             last.update(metrics)
@@ -102,18 +129,13 @@ class Objective:
             gc.collect()
             torch.cuda.empty_cache()  # give the memory back before the next trial of this worker
             raise
-        finally:  # complete, pruned or failed: the time it took and where it got to (other failures: __call__)
-            trial.set_user_attr("wall_seconds", round(time.perf_counter() - started, 2))
-            if last:
-                trial.set_user_attr("last_step", last["step"])
-                trial.set_user_attr("train_loss", round(last["train_loss"], 4))
-                # training steps only; at the last evaluation of a complete trial, the whole run's (TrainResult's)
-                trial.set_user_attr("steps_per_second", round(last["steps_per_second"], 2))
+        finally:  # complete, pruned or failed (other failures: __call__)
+            self._record_end(trial, time.perf_counter() - started, last, len(train_losses))
         trial.set_user_attr("eval_seconds", round(result.eval_seconds, 4))  # of wall_seconds: validation's share
         trial.set_user_attr("cuda_graph", result.cuda_graph)
         trial.set_user_attr("best_step", result.best_step)
         trial.set_user_attr("ended", f"complete after {self.budget} steps")
-        return result.best_accuracy
+        return round(result.best_accuracy, self.decimals)
 
 
 def trial_origin(trial: optuna.Trial) -> str:

@@ -208,6 +208,32 @@ def write_note_chunks(study: optuna.Study, trial: int | None, chunks: list[str])
     set_study_system_attr(study, note_ver_key(trial), time.time_ns() // 1_000_000)
 
 
+def read_note(study: optuna.Study, trial: int | None) -> tuple[str, int]:
+    """(body, number of chunks stored) of a note (the trial's with id ``trial``, or the study's with None) as
+    optuna-dashboard stores it; ("", 0) where there is none. On an RDB storage only that note's rows are read:
+    its public ``get_note`` reads every note of the study (the study's system attributes), whose cost grows
+    with the study, and the study's note is read after every trial (search/notes.py keeps a user's text)."""
+    import json
+
+    from optuna_dashboard._note import note_str_key_prefix
+
+    prefix = note_str_key_prefix(trial)
+    rdb = rdb_storage(study)
+    if rdb is None:
+        attrs = study_system_attrs(study)
+    else:
+        import sqlalchemy
+
+        table = rdb_models().StudySystemAttributeModel
+        with rdb.engine.connect() as connection:
+            rows = connection.execute(sqlalchemy.select(table.key, table.value_json).where(
+                table.study_id == study_id(study), table.key.startswith(prefix, autoescape=True))).all()
+        attrs = {key: json.loads(value) for key, value in rows}
+    chunks = {int(key[len(prefix):]): value for key, value in attrs.items()
+              if key.startswith(prefix) and key[len(prefix):].isdigit()}
+    return "".join(str(chunks[i]) for i in range(len(chunks)) if i in chunks), len(chunks)
+
+
 def save_note_public(study: optuna.Study, trial: int | None, body: str) -> None:  # pragma: no cover
     """optuna-dashboard's public ``save_note``, for a release without the layout ``write_note_chunks`` uses. It
     takes a live ``Trial``; a finished trial has none, so it gets a stand-in with what save_note reads."""

@@ -1,8 +1,7 @@
 """``search report``: one self-contained HTML page of plotly figures, and a plain-text summary.
 
-The page holds plotly.js once (inlined and compressed, search/page.py: it opens offline, from a mail attachment
-or a shared drive).
-Above the figures: when it was made and with which versions of this package, Optuna and torch; the
+The page holds plotly.js once (inlined and compressed, search/report_page.py: it opens offline, from a mail
+attachment or a shared drive). Above the figures: when it was made and with which versions of this package, Optuna and torch; the
 study's settings; the finalized result (``search finalize``: the study attributes ``final`` and
 ``final_ensemble``); the best trials; the failed trials with their reasons. The figures: optimisation
 history, the curves (validation accuracy and training loss at each validation, one legend entry per
@@ -10,14 +9,13 @@ trial, pruned and failed ones included), parameter importances (from 2 complete 
 unreliable below IMPORTANCE_RELIABLE), parallel coordinates, slices, a comparison of encoders /
 poolings / losses (accuracy of the complete trials, by choice), and a timeline of the trials' states.
 A study of thousands of trials gets summaries instead of one line or bar per trial (CURVES_DRAWN, TIMELINE_DRAWN).
-A figure that cannot be drawn for this study is replaced by a note saying why. The best trials are
-also printed in the terminal.
+A figure that cannot be drawn for this study, or only as one point (MIN_TRIALS_TO_COMPARE), is replaced by a note
+saying why; accuracy axes span 0 to 1 (not the parallel coordinates: Optuna scales each axis to its values).
+The best trials are also printed in the terminal. The page around the figures: search/report_page.py.
 """
 
 from __future__ import annotations
 
-import html
-from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -30,13 +28,17 @@ from search.files import write_text
 from search.formats import param_count
 from search.queries import complete_trials
 from search.final_record import finalized_rows
-from search.notes import KEY_PARAMS, outcome, settings_rows
-from search.page import figure_html, loader_html
+from search.notes import KEY_PARAMS, outcome
+# the page around the figures; counts_line is imported from here by other modules too
+from search.report_page import TOP, Section, counts_line, describe_params, render
 
-TOP = 5  # best trials in the summaries
 SLICED = ("lr", "weight_decay", "dropout", "d_model", "layers", "segment")  # categorical ones: the comparison
 COMPARED = ("encoder", "pooling", "loss")  # the architecture choices compared side by side
 MIN_TRIALS_FOR_IMPORTANCE = 2
+# Figures of the complete trials (history, parallel coordinates, slices, the comparison) need this many: one point
+# shows no trend and plotly stretches its axes around it; the page says why such a figure is left out.
+MIN_TRIALS_TO_COMPARE = 2
+ACCURACY_RANGE = (0, 1)  # every accuracy axis: figures comparable at a glance, none stretched around a point
 # Below this many complete trials the importances are drawn but marked unreliable: Optuna's default evaluator
 # compares the best 10% of the trials with all of them, a handful in a small study. About twice the parameters
 # compared (bench/importance_reliability.py; BENCHMARKS.md, "Figures behind code constants").
@@ -47,29 +49,6 @@ STATE_DASH = {"COMPLETE": "solid", "PRUNED": "dot", "FAIL": "dashdot"}
 # a 10-90% band, and the timeline becomes a histogram of when trials ended, by state.
 CURVES_DRAWN = 60
 TIMELINE_DRAWN = 600
-
-
-@dataclass
-class Section:
-    title: str
-    figure: object | None = None  # a plotly Figure, or None with a note saying why not
-    note: str = ""  # with a figure: a caution shown above it
-
-
-def _fmt(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return str(value)
-
-
-def describe_params(params: dict, keys=KEY_PARAMS) -> str:
-    return " ".join(f"{k}={_fmt(params[k])}" for k in keys if k in params)
-
-
-def counts_line(study: optuna.Study) -> str:
-    by_state = queries.counts(study)
-    parts = [f"{n} {state}" for state, n in by_state.items() if n]
-    return f"{sum(by_state.values())} trials: " + (", ".join(parts) if parts else "none")
 
 
 def summary_lines(study: optuna.Study, n: int = TOP) -> list[str]:
@@ -206,7 +185,7 @@ def _curves_figure(study: optuna.Study, trials: list[FrozenTrial]):
         fig.add_annotation(text="no training loss recorded (trials run before it was)", showarrow=False,
                            xref="x2 domain", yref="y2 domain", x=0.5, y=0.5)
     fig.update_xaxes(title_text="training step")
-    fig.update_yaxes(title_text="validation accuracy", row=1, col=1)
+    fig.update_yaxes(title_text="validation accuracy", range=ACCURACY_RANGE, row=1, col=1)
     fig.update_yaxes(title_text="training loss", row=1, col=2)
     title = "Curves (solid: complete, dotted: pruned, dash-dot: failed; the best is thicker)"
     if summarised:
@@ -232,6 +211,12 @@ def _timeline_figure(study: optuna.Study, finished: list[FrozenTrial]):
     fig.update_layout(barmode="stack", height=380, xaxis_title="when the trial ended", yaxis_title="trials",
                       title=f"Trials ended over time, by state ({len(finished):,} trials: too many for one bar each)")
     return fig
+
+
+def _accuracy_axes(fig):
+    """``fig`` with its accuracy on ACCURACY_RANGE: every y axis (Optuna's history and slices, the comparison).
+    Optuna's parallel coordinates scale each axis to its own values, labelled: left as drawn."""
+    return fig.update_yaxes(range=ACCURACY_RANGE)
 
 
 def _in_memory(study: optuna.Study, trials: list[FrozenTrial], consume: bool = False) -> optuna.Study:
@@ -265,13 +250,12 @@ def build_sections(study: optuna.Study) -> list[Section]:
         except Exception as err:  # a figure Optuna cannot draw for this study: say why, draw the rest
             sections.append(Section(title, note=f"not drawn: {type(err).__name__}: {err}"))
 
-    no_complete = "needs a complete trial; none yet" if not complete else None
+    few = (f"needs at least {MIN_TRIALS_TO_COMPARE} complete trials to compare; this study has {len(complete)}" if len(complete) < MIN_TRIALS_TO_COMPARE else None)
     # Optuna's figures below read complete trials only, but through study.get_trials(), a full copy of every trial
     # each time (the importances' hover text once per parameter): they get an in-memory study of the complete ones.
     study_of_complete = _in_memory(study, complete) if complete else study
-    add("Optimisation history", lambda: vis.plot_optimization_history(study_of_complete,
-                                                                      target_name="validation accuracy"),
-        no_complete)
+    add("Optimisation history", lambda: _accuracy_axes(vis.plot_optimization_history(
+        study_of_complete, target_name="validation accuracy")), few)
     add("Intermediate values: validation accuracy and training loss during training",
         lambda: _curves_figure(study, with_curves),
         None if with_curves else "no trial reported a validation accuracy yet")
@@ -286,108 +270,13 @@ def build_sections(study: optuna.Study) -> list[Section]:
                              "the parameter ranked first was often the wrong one in a measured test "
                              "(bench/importance_reliability.py): read this as a hint, not a finding.")
     add("Parallel coordinates", lambda: vis.plot_parallel_coordinate(
-        study_of_complete, params=_params_in_all(complete, KEY_PARAMS), target_name="validation accuracy"), no_complete)
-    add("Slices (accuracy against each numeric parameter)", lambda: vis.plot_slice(
+        study_of_complete, params=_params_in_all(complete, KEY_PARAMS), target_name="validation accuracy"), few)
+    add("Slices (accuracy against each numeric parameter)", lambda: _accuracy_axes(vis.plot_slice(
         study_of_complete, params=[p for p in SLICED if any(p in t.params for t in complete)], target_name="validation accuracy"
-    ).update_layout(width=None, autosize=True), no_complete)
-    add("Encoders, poolings and losses compared", lambda: _comparison_figure(complete), no_complete)
+    ).update_layout(width=None, autosize=True)), few)
+    add("Encoders, poolings and losses compared", lambda: _accuracy_axes(_comparison_figure(complete)), few)
     add("Timeline", lambda: _timeline_figure(study, finished), None if finished else "no finished trial yet")
     return sections
-
-
-def _best_table(study: optuna.Study) -> str:
-    rows = []
-    for t in queries.best_trials(study, TOP):
-        a = t.user_attrs
-        rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in (
-            f"#{t.number}", f"{t.value:.4f}", describe_params(t.params), param_count(a.get("parameters", "")),
-            a.get("steps_per_second", ""), a.get("wall_seconds", ""), a.get("device", ""), a.get("ended", ""))) + "</tr>")
-    if not rows:
-        return "<p>No complete trial yet.</p>"
-    head = "".join(f"<th>{h}</th>" for h in ("trial", "accuracy", "key parameters", "model parameters", "steps/s",
-                                               "wall s", "device", "ended"))
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
-
-
-def _rows_table(head: tuple[str, ...], rows: list[tuple]) -> str:
-    cells = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-    return (f"<table><thead><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in head)}</tr></thead>"
-            f"<tbody>{cells}</tbody></table>")
-
-
-def _settings_table(study: optuna.Study) -> str:
-    rows = settings_rows(study)
-    return _rows_table(("setting", "value"), rows) if rows else "<p>No settings recorded (a study made by hand).</p>"
-
-
-def _final_html(study: optuna.Study) -> str:
-    rows = finalized_rows(study)
-    if not rows:
-        return "<p>Not finalized yet: <code>search finalize best</code> retrains the best trial on the full budget.</p>"
-    return _rows_table(("", ""), rows)
-
-
-def _failures_html(study: optuna.Study) -> str:
-    failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-    if not failed:
-        return "<p>No trial failed.</p>"
-    rows = [(f"#{t.number}", outcome(t), describe_params(t.params), t.user_attrs.get("worker", ""),
-             f"{t.datetime_start:%Y-%m-%d %H:%M:%S}" if t.datetime_start else "") for t in failed]
-    return _rows_table(("trial", "why it failed", "key parameters", "worker", "started"), rows)
-
-
-def provenance() -> str:
-    """When the page was made, and with what: the UTC minute, then this package's, Optuna's and torch's versions
-    (torch's from its installed metadata: the report needs no torch, and importing it would be a large part of
-    the command's memory)."""
-    from datetime import datetime, timezone
-    from importlib.metadata import PackageNotFoundError, version
-
-    from search.commands.base import package_version
-
-    try:
-        torch_version = version("torch")
-    except PackageNotFoundError:
-        torch_version = "not installed"
-    return (f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}; hw04-search {package_version()}, "
-            f"Optuna {optuna.__version__}, torch {torch_version}")
-
-
-STYLE = """
-body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1200px; color: #222; }
-h1 { margin-bottom: 0.2em; } .meta { color: #555; }
-table { border-collapse: collapse; font-size: 0.9em; } td, th { border: 1px solid #ccc; padding: 3px 8px; }
-th { background: #f3f3f3; } .note { color: #7a5b00; background: #fff8e1; padding: 0.6em; border-radius: 4px; }
-section { margin-top: 1.5em; }
-"""
-
-
-def render(study: optuna.Study, sections: list[Section]) -> str:
-    parts = []
-    for i, s in enumerate(sections):
-        body = f'<p class="note">{html.escape(s.note)}</p>' if s.note else ""
-        if s.figure is not None:
-            body += figure_html(s.figure, f"figure-{i}")
-        parts.append(f'<section id="section-{i}"><h2>{html.escape(s.title)}</h2>\n{body}\n</section>')
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<title>Study {html.escape(study.study_name)}: search report</title>
-<style>{STYLE}</style></head>
-<body>
-<h1>Study {html.escape(study.study_name)}</h1>
-<p class="meta">{html.escape(counts_line(study))}. Report made {html.escape(provenance())}.</p>
-<h2>Settings</h2>
-{_settings_table(study)}
-<h2>Finalized result</h2>
-{_final_html(study)}
-<h2>Best trials</h2>
-{_best_table(study)}
-<h2>Failed trials</h2>
-{_failures_html(study)}
-{''.join(parts)}
-{loader_html() if any(s.figure is not None for s in sections) else ""}
-</body></html>
-"""
 
 
 def write_report(study: optuna.Study, out: Path) -> tuple[list[Section], list[str]]:
@@ -401,7 +290,7 @@ def write_report(study: optuna.Study, out: Path) -> tuple[list[Section], list[st
     for key, value in study.user_attrs.items():
         snapshot.set_user_attr(key, value)
     sections = build_sections(snapshot)
-    page = render(snapshot, sections)
+    page = render(snapshot, sections)  # search/report_page.py
     try:
         write_text(out, page)
     except OSError as err:

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 
 from search.errors import Stopped, UserError
+from search.files import folder_kept_if, study_folder
 from search.logs import Progress, progress_interval
 from search.runner import fail_trials_of_gone_local_workers, gone_workers_text
 from search.schedule import rung_steps
@@ -73,6 +74,17 @@ def _stored(name: str, url: str, storage: str | None, echo) -> StudySettings | N
     return stored
 
 
+def _check_request(request: RunRequest) -> None:
+    """The request's own errors, one line each, before any work."""
+    if request.trials is None and request.timeout is None and request.total_trials is None:
+        raise UserError("--trials: give the number of trials to add, --timeout SECONDS to run trials until then, "
+                        "or --total-trials N to run them until the study holds N")
+    progress_interval()  # a bad $SEARCH_PROGRESS_INTERVAL fails now
+    budget = request.settings.budget
+    if budget is not None and budget < EVALUATIONS_PER_TRIAL:
+        raise UserError(f"--budget {budget}: too small to evaluate a trial; use at least {EVALUATIONS_PER_TRIAL} steps")
+
+
 def run_search(request: RunRequest) -> None:
     """Run ``request``; prints progress and a summary. Raises UserError (one line) on bad input, a failed
     worker or a ``--fail-fast`` trial, and ``Stopped`` after a signal (see the module's docstring)."""
@@ -83,13 +95,7 @@ def run_search(request: RunRequest) -> None:
     from search.workers import WorkerJob, worker_devices
 
     name, trials, timeout = request.study_name, request.trials, request.timeout
-    if trials is None and timeout is None and request.total_trials is None:
-        raise UserError("--trials: give the number of trials to add, --timeout SECONDS to run trials until then, "
-                        "or --total-trials N to run them until the study holds N")
-    progress_interval()  # a bad $SEARCH_PROGRESS_INTERVAL fails now, before any work
-    budget = request.settings.budget
-    if budget is not None and budget < EVALUATIONS_PER_TRIAL:
-        raise UserError(f"--budget {budget}: too small to evaluate a trial; use at least {EVALUATIONS_PER_TRIAL} steps")
+    _check_request(request)
     torch_device = resolve_device(request.device)
     devices = worker_devices(request.gpus, request.workers_per_gpu, request.workers, torch_device,
                              torch.cuda.device_count())
@@ -97,11 +103,12 @@ def run_search(request: RunRequest) -> None:
     url = request.storage or default_url(name)
     check_url(url)
     requested = with_space(request.settings, request.space, name, url, torch_device.type)  # before any write
+    folder_existed, state = study_folder(name).exists(), {"study": None, "started": None}
     echo = open_console(name, request.quiet)  # prints, and appends to studies/<study>/search.log
     progress = Progress(trials, echo.progress, timeout)  # a line per trial, with an ETA
-    state = {"study": None, "started": None}
-    try:
-        with interrupts():  # SIGINT / SIGTERM end the running trial(s) as FAIL, not left RUNNING
+    try:  # interrupts: SIGINT / SIGTERM end the running trial(s) as FAIL, not left RUNNING; a refused new study: no folder
+        with interrupts(), folder_kept_if(study_folder(name), folder_existed, lambda: state["study"] is not None,
+                                          echo.close):
             settings = requested.resolve(name, _stored(name, url, request.storage, echo), torch_device.type)
             jobs = [WorkerJob(i, name, url, settings, device, timeout=timeout, fail_fast=request.fail_fast)
                     for i, device in enumerate(devices)]

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import optuna
 from optuna.study import StudyDirection
+from optuna.trial import TrialState
 
 from search import optuna_internals, schedule
 from search.settings import StudySettings
 
 N_STARTUP_TRIALS = 10  # TPE's random trials before it models the results
+# A cpu study prunes nothing until this many trials are complete: with one, the report's figures of the complete
+# trials would each show a point (search/report.py MIN_TRIALS_TO_COMPARE) and `finalize top --k 2` had nothing to
+# pick from. The cost: the second trial (the sample code, in a new study) trains its whole budget.
+KEEP_COMPLETE = 2
 
 
 class TrialSeededTPESampler(optuna.samplers.TPESampler):
@@ -74,16 +79,21 @@ class SecondLookPruner(optuna.pruners.BasePruner):
     on the embedded data (CPU)") has the runs that chose it.
     """
 
-    def __init__(self, hyperband: StudyHyperband, step: int) -> None:
-        self.hyperband, self.step = hyperband, step
+    def __init__(self, hyperband: StudyHyperband, step: int, keep_complete: int = 0) -> None:
+        self.hyperband, self.step, self.keep_complete = hyperband, step, keep_complete
 
     def decision_steps(self, budget: int) -> list[int]:
         """The steps at which this pruner can stop a trial of ``budget`` steps."""
         return sorted({*self.hyperband.decision_steps(budget), self.step})
 
     def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
-        if self.hyperband.prune(study, trial):
-            return True
+        # Hyperband is asked first, always: its prune() records the trial's value at each rung, which later
+        # trials are compared with, even where this trial is kept anyway
+        stop = self.hyperband.prune(study, trial) or self._behind_at_second_look(study, trial)
+        return stop and not (self.keep_complete and len(study.get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE,))) < self.keep_complete)  # KEEP_COMPLETE: a report
+
+    def _behind_at_second_look(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
         if trial.last_step != self.step:
             return False
         value, threshold = trial.intermediate_values[self.step], self._threshold(study, trial)
@@ -129,8 +139,9 @@ def make_pruner(settings: StudySettings) -> optuna.pruners.BasePruner:
     is a large share of the steps: there the factor is above budget / first rung, which leaves one bracket and
     one decision, at budget/8, where a trial goes on only when it learns at least as fast as the best so far
     (the top ninth, once 18 trials reached it), and a second look at 3/8 of the budget (``SecondLookPruner``).
-    The factor and the second look are not stored settings: a cpu study made before them is pruned this way
-    from then on (its budget, stored, stays its own).
+    Neither decision stops a trial while fewer than KEEP_COMPLETE trials are complete. The factor, the second look
+    and that minimum are not stored settings: a cpu study made before them is pruned this way from then on (its
+    budget, stored, stays its own).
     """
     if not settings.pruning:
         return optuna.pruners.NopPruner()
@@ -138,4 +149,5 @@ def make_pruner(settings: StudySettings) -> optuna.pruners.BasePruner:
     reduction_factor = settings.budget // settings.eval_every + 1 if cpu else 3
     hyperband = StudyHyperband(settings.eval_every, settings.budget, reduction_factor)
     second_look = 3 * settings.eval_every
-    return SecondLookPruner(hyperband, second_look) if cpu and second_look < settings.budget else hyperband
+    return SecondLookPruner(hyperband, second_look, KEEP_COMPLETE) if cpu and second_look < settings.budget \
+        else hyperband

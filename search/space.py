@@ -15,6 +15,7 @@ trial would take longer than a whole default study.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
@@ -245,6 +246,14 @@ def build_configs(params: dict, n_mels: int, n_classes: int, steps: int, seed: i
         eval_every=eval_every or schedule.min_resource(steps), eval_steps=tuple(eval_steps), seed=seed,
     )
     return model_cfg, train_cfg
+
+
+def as_run_on(train_cfg: TrainConfig, device_type: str) -> TrainConfig:
+    """The training configuration as it runs on a device of ``device_type``: a CPU steps eagerly in fp32
+    (search/train_step.py), so what a CPU trial or finalize records is that, not the CUDA defaults it never used."""
+    if device_type == "cuda":
+        return train_cfg
+    return dataclasses.replace(train_cfg, cuda_graph=False, precision="fp32")
 
 
 def describe(space: list[Param]) -> list[dict]:

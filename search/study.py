@@ -8,6 +8,7 @@ every process that opens it.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
@@ -123,6 +124,7 @@ def open_study(name: str, url: str, requested: StudySettings, warm_start: bool =
             queue_configs(study, settings, warm_start_queue(settings.profile), report or (lambda line: None))
     else:
         check_same(name, settings, requested)
+    name_the_metric(study)
     study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(settings),
                               pruner=make_pruner(settings))
     return study, settings, created
@@ -171,6 +173,18 @@ def queue_configs(study: optuna.Study, settings: StudySettings, configs: Sequenc
             waiting.append(config.params)
             queued.append(config)
     return queued
+
+
+METRIC_NAME = "validation accuracy"  # what a trial's value is: optuna-dashboard's charts say "Objective 0" without it
+
+
+def name_the_metric(study: optuna.Study) -> None:
+    """Name the study's objective (``study.set_metric_names``), in a study created before it was named too: a run
+    writes to its study anyway; read-only commands leave an older study unnamed."""
+    if study.metric_names != [METRIC_NAME]:
+        with warnings.catch_warnings():  # experimental in Optuna (since 3.2) and unchanged since
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([METRIC_NAME])
 
 
 def requeue_interrupted_warm_starts(study: optuna.Study) -> list[tuple[str, int]]:

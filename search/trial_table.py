@@ -10,17 +10,20 @@ import json
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from search.budget import ATTR as FINALIZE_SECONDS
 from search.queries import trial_fields
 
 # ``search trials``: one row per trial, from Optuna's own records (the trial's state, value, datetimes,
 # sampled parameters and the user attributes the objective sets); nothing is kept anywhere else.
 # The key parameters of the text table (of search/notes.py KEY_PARAMS), in the table's order.
 TABLE_PARAMS = ("encoder", "d_model", "layers", "pooling", "loss", "lr")
-TRIAL_COLUMNS = ("number", "state", "value", "ended", "parameters", "steps_per_second", "wall_seconds", *TABLE_PARAMS)
+TRIAL_COLUMNS = ("number", "state", "value", "ended", "parameters", "steps_per_second", "wall_seconds",
+                 FINALIZE_SECONDS, *TABLE_PARAMS)
 # the text table's columns, from the one kept longest to the first left out when the terminal is narrow
-KEEP_ORDER = ("number", "state", "value", "ended", "encoder", "parameters", "d_model", "lr", "layers", "pooling",
-              "loss", "steps_per_second", "wall_seconds")
-HEADS = {"number": "#", "parameters": "size", "steps_per_second": "steps/s", "wall_seconds": "wall s"}
+KEEP_ORDER = ("number", "state", "value", "ended", "encoder", "parameters", FINALIZE_SECONDS, "d_model", "lr", "layers",
+              "pooling", "loss", "steps_per_second", "wall_seconds")
+HEADS = {"number": "#", "parameters": "size", "steps_per_second": "steps/s", "wall_seconds": "wall s",
+         FINALIZE_SECONDS: "finalize"}
 
 
 def _seconds(trial: FrozenTrial) -> float | None:
@@ -67,7 +70,8 @@ def trial_rows(study: optuna.Study, sort: str = "number", states: tuple[str, ...
     ``train_loss``, ``prune_threshold``, ...), under their stored names."""
     wanted = tuple(TrialState[s.upper()] for s in states) or None
     # the table alone reads only what it shows (queries.trial_fields): the sampled key parameters, else resolved
-    attrs = ("ended", "parameters", "steps_per_second", "wall_seconds", "model_config", "train_config", "last_step",
+    attrs = ("ended", "parameters", "steps_per_second", "wall_seconds", FINALIZE_SECONDS, "model_config", "train_config",
+             "last_step",
              "prune_threshold", *(f"{group}.{key}" for key in TABLE_PARAMS for group in ("model", "train")))
     trials = trial_fields(study, wanted, None if every else TABLE_PARAMS, None if every else attrs)
     trials = _sorted_trials(study, trials, sort)
@@ -80,7 +84,8 @@ def trial_rows(study: optuna.Study, sort: str = "number", states: tuple[str, ...
         row = {"number": t.number, "state": t.state.name.lower(),
                "value": t.value if len(study.directions) == 1 else None,
                "ended": a.get("ended"), "parameters": a.get("parameters"),
-               "steps_per_second": a.get("steps_per_second"), "wall_seconds": a.get("wall_seconds")}
+               "steps_per_second": a.get("steps_per_second"), "wall_seconds": a.get("wall_seconds"),
+               FINALIZE_SECONDS: a.get(FINALIZE_SECONDS)}
         for key in TABLE_PARAMS:  # sampled; else the resolved configuration's (a trial run outside the space)
             row[key] = t.params.get(key, resolved.get(key))
         if every:
@@ -118,6 +123,10 @@ def _cell(key: str, row: dict) -> str:
         return param_count(value)
     if key == "wall_seconds":
         return f"{value:.1f}"
+    if key == FINALIZE_SECONDS:
+        from search.budget import duration_text
+
+        return duration_text(value)
     if isinstance(value, (list, dict)):
         return json.dumps(value)
     return number(value)

@@ -46,10 +46,12 @@ def dataset_copy(tiny_dataset, tmp_path) -> Path:
 
 @pytest.fixture
 def workdir(tmp_path, monkeypatch) -> Path:
-    """Run in an empty folder, so ``studies/`` is created there and not in the repository."""
+    """Run in an empty folder, so ``studies/`` is created there and not in the repository, with a cache folder of its
+    own beside it (``tmp_path/cache``: search/files.py cache_dir), so that what a test prepares there is its own."""
     folder = tmp_path / "work"
     folder.mkdir()
     monkeypatch.chdir(folder)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     return folder
 
 

@@ -174,8 +174,8 @@ def test_without_a_sample_code_trial_or_a_speaker_count_the_note_is_shorter():
 def test_the_trials_table_formats_each_column_and_shows_missing_values_as_a_dash():
     study = every_state(optuna.create_study(study_name="s", direction="maximize"))
     lines = trials_lines(trial_rows(study), "s", width=None)
-    assert lines[0].split() == ["#", "state", "value", "size", "steps/s", "wall", "s", "encoder", "d_model", "layers",
-                                "pooling", "loss", "lr", "ended"]
+    assert lines[0].split() == ["#", "state", "value", "size", "steps/s", "wall", "s", "finalize", "encoder", "d_model",
+                                "layers", "pooling", "loss", "lr", "ended"]
     row = lines[2].split()  # trial #1
     assert row[:6] == ["1", "complete", "0.7500", "1.23M", "-", "12.3"]
     assert lines[2].endswith("3.0e-03  complete after 16 steps")  # the free text last

@@ -69,3 +69,20 @@ def test_notes_written_by_chunks_read_back_with_the_dashboards_public_get_note(s
     # the version is what the dashboard's own save checks: a later public save still works on top of ours
     save_note(study, "edited in the dashboard")
     assert get_note(study) == "edited in the dashboard"
+
+
+@pytest.mark.parametrize("storage", ["memory", "sqlite"])
+def test_a_note_read_alone_is_what_the_dashboards_save_note_wrote(storage, tmp_path):
+    """read_note reads one note's rows (the study's, on an RDB storage with a query of its own keys): the body the
+    dashboard's save_note stored, however many chunks, and not another note's."""
+    from optuna_dashboard import save_note
+
+    url = None if storage == "memory" else f"sqlite:///{tmp_path}/notes.db"
+    study = optuna.create_study(study_name="read", storage=url, direction="maximize")
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=1)
+    assert internals.read_note(study, None) == ("", 0)
+    long_text = "".join(f"line {i:04d} with a % and an _ in it\n" for i in range(200))  # 7,200 characters
+    save_note(study, long_text)
+    internals.write_note_chunks(study, internals.trial_id(study.trials[0]), ["a trial's note", ""])
+    assert internals.read_note(study, None) == (long_text, -(-len(long_text) // internals.note_chunk_length()))
+    assert internals.read_note(study, internals.trial_id(study.trials[0])) == ("a trial's note", 2)

@@ -199,12 +199,14 @@ def test_notes_say_what_each_trial_did_and_where_the_study_stands(inside):
     optuna-dashboard's own get_note (its page is checked in a browser in tests/test_dashboard.py)."""
     from optuna_dashboard import get_note
 
+    from search import notes
     from search.notes import study_note, trial_note
 
     study = load()
     best = study.best_trial
     stored = get_note(study)  # written after the last trial of `search run`
-    assert stored.startswith(f"### Study {STUDY}\n") and "| budget | 8 |" in stored and "| profile | cpu |" in stored
+    assert stored.startswith(f"{notes.BEGIN}\n\n### Study {STUDY}\n") and stored.rstrip().endswith(notes.END)
+    assert "| budget | 8 |" in stored and "| profile | cpu |" in stored
     assert f"**best so far**: trial {best.number}, validation accuracy {best.value:.4f}" in stored
     # what finalize's refresh writes (search/notes.py write_study_note): the finalized result
     final = study.user_attrs["final"]
@@ -236,13 +238,58 @@ def test_a_shorter_note_replaces_a_longer_one_whole(workdir):
     fake_study("notes", n_complete=1)
     study = optuna.load_study(study_name="notes", storage="sqlite:///studies/notes.db")
     long_text = "".join(f"line {i:05d} of a long note\n" for i in range(200))  # 5,400 characters: cut
-    notes._save(study, None, long_text)
-    stored = get_note(study)
+    trial = study.trials[0]
+    notes._save(study, trial._trial_id, long_text)
+    stored = get_note(trial_ref(study, trial))
     assert len(stored) == notes.CHUNKS * 2045 and stored.startswith("line 00000") and stored.endswith("cut to fit)*\n")
-    notes._save(study, None, "short")
-    assert get_note(study) == "short"
+    notes._save(study, trial._trial_id, "short")
+    assert get_note(trial_ref(study, trial)) == "short"
+    notes.write_trial_note(study, trial)
+    assert get_note(trial_ref(study, trial)).startswith("### Trial 0: complete")
+
+
+def trial_ref(study: optuna.Study, trial):
+    """What optuna-dashboard's get_note reads of a trial (it takes a live Trial: a finished one has none)."""
+    class TrialRef:
+        storage, _trial_id = study._storage, trial._trial_id
+    TrialRef.study = study
+    return TrialRef()
+
+
+def test_the_study_note_keeps_what_the_user_wrote(workdir):
+    """The study's note is rewritten after every trial; a user's own text in it (typed in the dashboard, which saves
+    it with optuna-dashboard's save_note_with_version) is kept, above and below the generated block, however long."""
+    from optuna_dashboard import get_note, save_note
+
+    from search import notes
+
+    (workdir / "studies").mkdir()
+    fake_study("notes", n_complete=1)
+    study = optuna.load_study(study_name="notes", storage="sqlite:///studies/notes.db")
+    # a note of before the markers (ours, unmarked) is replaced whole
+    save_note(study, "### Study notes\n\n1 trials: 1 complete (note written 2026-01-01 00:00 UTC)\n\nold best\n")
     notes.write_study_note(study)
-    assert get_note(study).startswith("### Study notes\n") and "**best so far**: trial 0" in get_note(study)
+    first = get_note(study)
+    assert first.startswith(notes.BEGIN) and "old best" not in first and "**best so far**: trial 0" in first
+    # the user writes above and below the block in the dashboard; a later rewrite keeps both, and the block once
+    mine = "## My plan\n\ntry conformers next | keep lr < 1e-3\n"
+    save_note(study, mine + "\n" + first + "\nseen on Monday: trial 0 looks good\n")
+    first_trial = study.trials[0]
+    study.add_trial(optuna.trial.create_trial(params=first_trial.params, distributions=first_trial.distributions,
+                                              value=0.9))  # a better trial: what the block says changes
+    notes.write_study_note(study)
+    second = get_note(study)
+    assert second.startswith(mine + "\n" + notes.BEGIN) and second.endswith("\nseen on Monday: trial 0 looks good\n")
+    assert second.count(notes.BEGIN) == 1 == second.count(notes.END) and "2 trials" in second
+    assert "**best so far**: trial 1, validation accuracy 0.9000" in second
+    # a user's note longer than the chunks we write: kept whole, nothing cut, no stale tail
+    long_text = "".join(f"my line {i:05d}\n" for i in range(600))  # 9,000 characters
+    save_note(study, long_text)
+    notes.write_study_note(study)
+    assert get_note(study).startswith(long_text + "\n" + notes.BEGIN)
+    save_note(study, "short")
+    notes.write_study_note(study)
+    assert get_note(study).startswith("short\n\n" + notes.BEGIN) and "my line" not in get_note(study)
 
 
 def test_finalize_refreshes_the_study_note(inside):
@@ -268,15 +315,30 @@ def fake_study(name: str, n_complete: int, n_pruned: int = 0) -> None:
     study.optimize(objective, n_trials=n_complete + n_pruned)
 
 
-def test_report_skips_importances_below_two_complete_trials(workdir):
+def test_report_leaves_out_figures_of_one_point_and_keeps_accuracy_in_0_1(workdir):
+    """7 of 8 trials pruned: the figures of the complete trials would each show one point, on axes plotly stretches
+    around it (-0.3 to 1.6); the page says why each is left out. What it draws puts accuracy on 0..1."""
     (workdir / "studies").mkdir()
-    fake_study("one", n_complete=1, n_pruned=1)
+    fake_study("one", n_complete=1, n_pruned=7)
     result = invoke("report", "--study", "one", "--out", "one.html")
     assert result.exit_code == 0, result.output
     assert "figure skipped: Parameter importances: needs at least 2 complete trials; this study has 1" in result.output
+    for title in ("Optimisation history", "Parallel coordinates", "Slices", "Encoders, poolings and losses compared"):
+        assert re.search(rf"figure skipped: {title}[^:]*: needs at least 2 complete trials to compare; this study "
+                         "has 1", result.output), (title, result.output)
+    assert "report written to one.html (2 figures)" in result.output  # the curves and the timeline
     page = (workdir / "one.html").read_text()
-    assert "needs at least 2 complete trials" in page
-    assert page.count('class="plotly-graph-div"') == len(REPORT_FIGURES) - 1
+    assert page.count('class="plotly-graph-div"') == 2 and len(re.findall(r"plotly\.js v\d", page)) == 1
+    # a study of several complete trials: every accuracy axis spans 0..1
+    (workdir / "one.html").unlink()
+    fake_study("two", n_complete=3)
+    sections = {s.title.split(" (")[0]: s.figure for s in build_sections(optuna.load_study(
+        study_name="two", storage="sqlite:///studies/two.db"))}
+    assert list(sections["Optimisation history"].layout.yaxis.range) == [0, 1]
+    assert list(sections["Intermediate values: validation accuracy and training loss during training"]
+                .layout.yaxis.range) == [0, 1]
+    assert list(sections["Slices"].layout.yaxis.range) == [0, 1]
+    assert list(sections["Encoders, poolings and losses compared"].layout.yaxis.range) == [0, 1]
 
 
 def test_report_of_a_study_without_finished_trials_is_one_error_line(workdir):
@@ -442,3 +504,17 @@ def test_a_study_of_many_trials_gets_summaries_not_a_line_per_trial(workdir, mon
     monkeypatch.setattr(report, "TIMELINE_DRAWN", 12)  # at the limit: Optuna's own timeline, a bar per trial
     timeline = next(s.figure for s in build_sections(study) if s.title == "Timeline")
     assert all(t.type == "bar" for t in timeline.data)
+
+
+def test_cpu_trials_and_finalize_record_what_ran_on_the_cpu(inside):
+    """A CPU steps eagerly in fp32: its trials and its finalize record that, not the CUDA defaults (a CUDA graph,
+    bf16 or tf32) they never used."""
+    for t in load().trials:
+        _, train = resolved_configs(t)
+        assert (train["cuda_graph"], train["precision"]) == (False, "fp32"), t.number
+        assert t.user_attrs["cuda_graph"] is False
+    configs = list((inside / "studies" / STUDY).rglob("config.json"))
+    assert configs
+    for path in configs:
+        train = json.loads(path.read_text())["train_config"]
+        assert (train["cuda_graph"], train["precision"]) == (False, "fp32"), path

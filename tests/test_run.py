@@ -27,7 +27,7 @@ def test_resume_uses_the_studys_data_budget_seed_space_and_pruning(tiny_dataset,
     header = next(line for line in resumed.output.splitlines() if line.startswith("resuming study 'ux'"))
     assert f"of 16 steps on cpu, space cpu, data {tiny_dataset.resolve()}, pruning off" in header, header
     # the embedded dataset was neither generated nor packed: the study's own data was used from the start
-    assert not (workdir / "studies" / ".cache").exists()
+    assert not (workdir.parent / "cache").exists() and not (workdir / "studies" / ".cache").exists()
     assert len(finished("ux")) == 2
 
 
@@ -45,7 +45,7 @@ def test_a_setting_that_contradicts_the_study_is_refused_before_any_data_is_prep
         line = one_error_line(invoke("run", "--trials", "1", "--study", "ux", "--device", "cpu", *given), alone=True)
         assert message in line, line
     assert not (other / ".bank").exists()  # refused before its feature bank was packed
-    assert not (workdir / "studies" / ".cache").exists()
+    assert not (workdir.parent / "cache").exists() and not (workdir / "studies" / ".cache").exists()
     assert len(finished("ux")) == 1  # nothing added
 
 
@@ -108,3 +108,20 @@ def test_the_next_line_pastes_into_a_shell_as_the_commands_it_names(tiny_dataset
             "sqlite:///studies/x y.db", (command, words)
         assert words[0] in ("dashboard", "finalize")
     assert words[words.index("--data") + 1] == str(data.resolve()), words  # finalize's half names the data
+
+
+def test_a_run_refused_on_its_data_leaves_no_study_folder(workdir, tmp_path):
+    """A new study whose --data is refused made nothing: no studies/<study>/ with a lone log, no studies/ either;
+    a folder that was there before (another study's) stays as it was."""
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "mapping.json").write_text("{}")
+    line = one_error_line(invoke("run", "--trials", "1", "--study", "s", "--data", str(bad), "--device", "cpu"))
+    assert "mapping.json" in line and not (workdir / "studies").exists()
+    (workdir / "studies" / "other").mkdir(parents=True)
+    (workdir / "studies" / "other" / "search.log").write_text("another study's log\n")
+    for study in ("s", "other"):
+        one_error_line(invoke("run", "--trials", "1", "--study", study, "--data", str(tmp_path / "none"),
+                              "--device", "cpu"))
+    assert sorted(p.name for p in (workdir / "studies").iterdir()) == ["other"]
+    assert (workdir / "studies" / "other" / "search.log").read_text().startswith("another study's log\n")

@@ -18,7 +18,7 @@ STUDY = "tr"
 STORAGE = f"sqlite:///studies/{STUDY}.db"
 CONFIGS = [SAMPLE, {**SAMPLE, "d_model": 64, "pooling": "sap", "lr": 2e-3}, {**SAMPLE, "layers": 2}]
 BROKEN = {**SAMPLE, "d_model": 64, "nhead": 3}  # 3 heads: not a choice of the space, the trial FAILs
-COLUMNS = ["number", "state", "value", "ended", "parameters", "steps_per_second", "wall_seconds",
+COLUMNS = ["number", "state", "value", "ended", "parameters", "steps_per_second", "wall_seconds", "finalize_seconds",
            "encoder", "d_model", "layers", "pooling", "loss", "lr"]
 
 
@@ -123,6 +123,8 @@ def test_trials_json_and_csv_hold_optunas_values(inside):
         assert row["parameters"] == t.user_attrs.get("parameters")
         assert row["wall_seconds"] == t.user_attrs.get("wall_seconds")
         assert row["steps_per_second"] == t.user_attrs.get("steps_per_second")
+        assert row["finalize_seconds"] == t.user_attrs.get("finalize_seconds")  # search/budget.py
+        assert t.state != TrialState.COMPLETE or row["finalize_seconds"] > 0
     assert rows[1]["d_model"] == 64 and rows[1]["pooling"] == "sap" and rows[1]["lr"] == 2e-3
     assert rows[2]["layers"] == 2 and rows[0]["encoder"] == "transformer" and rows[0]["loss"] == "ce"
 

@@ -42,7 +42,8 @@ def test_finalize_refuses_a_plain_optuna_study_before_preparing_data(workdir):
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
     line = one_error_line(invoke("finalize", "best", "--study", "plain", "--device", "cpu"), alone=True)
     assert "--study plain: the study in sqlite:///studies/plain.db was not created by `search run`" in line, line
-    assert not (workdir / "studies" / ".cache").exists()  # the embedded data was not prepared
+    # the embedded data was not prepared: no cache folder, the user's or the fallback
+    assert not (workdir.parent / "cache").exists() and not (workdir / "studies" / ".cache").exists()
     assert not (workdir / "studies" / "plain").exists()
 
 

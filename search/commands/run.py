@@ -103,6 +103,9 @@ def run(trials, total_trials, study_name, storage, data_dir, budget, device, see
 @click.option("--steps", type=count(MAX_STEPS, "training steps"), default=None,
               help=f"Training steps [default: {GPU_FINALIZE_STEPS:,} (the sample code's) on a GPU, "
                    f"{CPU_FINALIZE_STEPS:,} on a CPU: a few minutes there; 70,000 would take hours].")
+@click.option("--time", "time_budget", default=None, metavar="DURATION",
+              help="Train as many steps as fit in this time (2h, 90m, 1h30m, or seconds), measured on this device "
+                   "first; instead of --steps.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Predictions CSV [default: studies/<study>/predictions-<result>.csv, and studies/<study>/predictions.csv becomes a copy of the best finalized result by validation accuracy].")
 @device_option
@@ -115,7 +118,8 @@ def run(trials, total_trials, study_name, storage, data_dir, budget, device, see
               help="After the validation run has chosen the step count, train again on train + validation for "
                    "that many steps and predict with that model.")
 @quiet_option
-def finalize(which, study_name, storage, data_dir, steps, out, device, checkpoint_every, k, seeds, all_data, quiet):
+def finalize(which, study_name, storage, data_dir, steps, time_budget, out, device, checkpoint_every, k, seeds, all_data,
+             quiet):
     """Retrain the best trial and write the predictions CSV.
 
     Or trial N, or the top K as an ensemble (top --k K), on the full budget. With an answer key
@@ -124,10 +128,13 @@ def finalize(which, study_name, storage, data_dir, steps, out, device, checkpoin
 
     \b
     Example: search finalize best --study hw04 --data Dataset/ --steps 70000
+             search finalize best --study hw04 --time 2h
              search finalize top --k 3 --study hw04 --all-data
     """
+    from search.budget import parse_duration
     from search.finalize import FinalizeRequest, run_finalize
 
-    run_finalize(FinalizeRequest(which, study_name, storage=storage, data_dir=data_dir, steps=steps, out=out,
+    seconds = parse_duration(time_budget) if time_budget is not None else None
+    run_finalize(FinalizeRequest(which, study_name, storage=storage, data_dir=data_dir, steps=steps, time=seconds, out=out,
                                  device=device, checkpoint_every=checkpoint_every, k=k, seeds=seeds,
                                  all_data=all_data, quiet=quiet))
