@@ -5,10 +5,10 @@ Prints one JSON object per measurement (and a summary table at the end):
 2. segments/s of our trainer at its best batch size against the sample loop's;
 3. trials per GPU-hour through ``search run`` (sample-model trials of --trial-steps steps, with full-length
    validation of the whole validation split at each evaluation), with K = 1, 2, 4, 8 workers on one GPU, with
-   and without an MPS daemon (``--mps off,on``; search/mps.py), and validation's share of those trials;
+   and without an MPS daemon (``--mps off,on``; search/processes/mps.py), and validation's share of those trials;
 4. validation's share of a sample-model trial, before and after issue 12 (``--eval-schedules``): the old grid
    of 8 evaluations with the old per-batch evaluation, against the pruner's rungs (or, without pruning, the
-   learning curve's points) with the bucketed evaluation (search/schedule.py, search/train.py EvalBatches);
+   learning curve's points) with the bucketed evaluation (search/running/schedule.py, search/training/train.py EvalBatches);
 5. GPU memory of the bank and of a training step; packing time and the packing process's peak host memory.
 
 GPU (writes the numbers for BENCHMARKS.md):
@@ -42,9 +42,10 @@ from bench.sample_loop import time_sample_loop  # noqa: E402
 from data.bank import cache_folder as bank_folder, pack  # noqa: E402
 from data.hw04 import read_layout  # noqa: E402
 from model import ModelConfig  # noqa: E402
-from search import mps, schedule  # noqa: E402
-from search.task import load_task  # noqa: E402
-from search.train import EvalBatches, TrainConfig, _autocast, train  # noqa: E402
+from search.processes import mps
+from search.running import schedule  # noqa: E402
+from search.running.task import load_task  # noqa: E402
+from search.training.train import EvalBatches, TrainConfig, _autocast, train  # noqa: E402
 
 
 def script_parser(doc: str, data_help: str = "HW04-layout folder (default in --smoke: a tiny synthetic one)",
@@ -116,7 +117,7 @@ def _gpu_index(device: str) -> int:
 
 @contextmanager
 def mps_mode(mode: str, device: str, gpu_indices: list[int] | None = None):
-    """An MPS daemon for the duration (``on``, search/mps.py: started, or the one running), or none that the
+    """An MPS daemon for the duration (``on``, search/processes/mps.py: started, or the one running), or none that the
     runs inside would reach (``off``); yields the status line."""
     if not device.startswith("cuda"):
         yield "MPS: off (not on a GPU)"
@@ -147,7 +148,7 @@ def trials_per_hour(data_dir: str, workers: int, trials: int, trial_steps: int, 
     ``gpus`` > 0: ``search run --gpus 0,..,gpus-1 --workers-per-gpu workers`` (``workers`` on each GPU)."""
     import optuna
 
-    from search.space import KNOWN_CONFIGS
+    from search.running.space import KNOWN_CONFIGS
 
     study_name = f"bench-k{workers}-mps-{mps_wanted}" + (f"-gpus{gpus}" if gpus else "")
     storage = f"sqlite:///{workdir}/studies/{study_name}.db"
@@ -246,9 +247,9 @@ def evaluation_share(task, trial_steps: int, schedules: list[str], repeats: int,
     before (8 evaluations, the old evaluation), ``rungs`` a trial of a pruned study (Hyperband's rungs and the
     end, the new evaluation), ``curve`` one of an unpruned study (what the trials/hour part runs).
     """
-    from search.space import KNOWN_CONFIGS, build_configs
-    from search.sampler import make_pruner
-    from search.settings import StudySettings
+    from search.running.space import KNOWN_CONFIGS, build_configs
+    from search.running.sampler import make_pruner
+    from search.running.settings import StudySettings
 
     device = task.device
     model_cfg, cfg = build_configs(KNOWN_CONFIGS["sample-code"], task.bank.n_mels, task.bank.n_speakers, trial_steps,
@@ -363,7 +364,7 @@ def main() -> None:
 
     if "trials" not in skip:
         del task
-        from search import task as task_module
+        from search.running import task as task_module
 
         task_module._TASKS.clear()
         if device.type == "cuda":

@@ -1,6 +1,6 @@
 """Calibration (issue 11, part 4): the warm-start configurations trained as long as the sample code trains.
 
-Each configuration of search/space.py's KNOWN_CONFIGS (the sample code, the d_model 512 / 16-head "medium" model,
+Each configuration of search/running/space.py's KNOWN_CONFIGS (the sample code, the d_model 512 / 16-head "medium" model,
 the one-block Conformer with a linear head) is trained for --steps steps (default 70,000, the sample code's) with
 finalize's settings (warm-up, evaluation spacing, gradient clipping and collapse recovery), and validated on
 full-length utterances every --eval-every steps. It answers: does any of them collapse on this data, does the
@@ -30,10 +30,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench import script_parser, smoke_dataset  # noqa: E402
-from search.final_pipeline import final_configs  # noqa: E402
-from search.space import KNOWN_CONFIGS  # noqa: E402
-from search.task import load_task  # noqa: E402
-from search.train import TrainConfig, train  # noqa: E402
+from search.finalizing.final_pipeline import final_configs  # noqa: E402
+from search.running.space import KNOWN_CONFIGS  # noqa: E402
+from search.running.task import load_task  # noqa: E402
+from search.training.train import TrainConfig, train  # noqa: E402
 
 
 def emit(**record) -> None:

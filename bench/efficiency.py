@@ -10,7 +10,7 @@ for it). The arms (``--arms``, one letter each):
               no canonical order, and with a budget that ends mid-grid the order decides what is tried);
   b  random   random search over the full space, no pruning;
   c  tpe      TPE over the full space, no pruning;
-  d  default  what ``search run`` does: TPE + Hyperband + the warm-start configurations (search/study.py);
+  d  default  what ``search run`` does: TPE + Hyperband + the warm-start configurations (search/running/study.py);
   e  asha     TPE (multivariate, grouped: it models the conditional space jointly) + asynchronous
               successive halving (each trial is stopped at the first rung where it is not in the top third)
               + warm start.
@@ -53,15 +53,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import optuna  # noqa: E402
 
 from bench.bench import script_parser, smoke_dataset  # noqa: E402
-from search import space as search_space  # noqa: E402
+from search.running import space as search_space  # noqa: E402
 from search.errors import TrainingDiverged  # noqa: E402
-from search.final_pipeline import final_configs  # noqa: E402
-from search.objective import Objective, trial_seed  # noqa: E402
-from search.scoring import answer_key, read_rows  # noqa: E402
-from search.settings import StudySettings  # noqa: E402
-from search.study import open_study  # noqa: E402
-from search.task import Task, load_task  # noqa: E402
-from search.train import TrainConfig, evaluate, predict, train  # noqa: E402
+from search.finalizing.final_pipeline import final_configs  # noqa: E402
+from search.running.objective import Objective, trial_seed  # noqa: E402
+from search.finalizing.scoring import answer_key, read_rows  # noqa: E402
+from search.running.settings import StudySettings  # noqa: E402
+from search.running.study import open_study  # noqa: E402
+from search.running.task import Task, load_task  # noqa: E402
+from search.training.train import TrainConfig, evaluate, predict, train  # noqa: E402
 
 ARMS = {"a": "grid", "b": "random", "c": "tpe", "d": "default", "e": "asha", "f": "default-v1"}
 

@@ -4,7 +4,7 @@ Trials of one architecture differ only in scalars (learning rate, dropout, ...).
 trains such models fused: their weights stacked along a new leading dimension, one set of kernels each K times
 wider. Here ``torch.func.stack_module_state`` stacks K sample-code models, ``vmap(grad_and_value(...))`` gives
 the K losses' gradients in one pass, and one fused AdamW updates the stacked weights; on CUDA the whole step is
-captured as one CUDA graph, as search/train.py's TrainStep does for one model.
+captured as one CUDA graph, as search/training/train.py's TrainStep does for one model.
 
 Printed, one JSON line per K: steps/s of the fused step and model-steps/s (K x steps/s), against our graphed step
 of one model (TrainStep, what a trial runs) timed in the same process. What is left out, so the figure is an
@@ -30,8 +30,8 @@ from torch import nn
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
 from model import build_model
-from search.space import KNOWN_CONFIGS, build_configs
-from search.train import TrainStep, _autocast
+from search.running.space import KNOWN_CONFIGS, build_configs
+from search.training.train import TrainStep, _autocast
 
 
 class _LossOf(nn.Module):

@@ -17,7 +17,7 @@ tail -n 3 "$out/data.txt"
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 # Pack the feature bank once, before the parallel runs (each would otherwise pack its own copy at once).
 start=$(date +%s)
-python3 -c "from search.task import load_task; import torch; load_task('/tmp/hw04', 0, torch.device('cuda'))"
+python3 -c "from search.running.task import load_task; import torch; load_task('/tmp/hw04', 0, torch.device('cuda'))"
 echo "bank ready after $(( $(date +%s) - start )) s"
 if [ "${MPS:-on}" = on ]; then
   export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log

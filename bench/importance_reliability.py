@@ -1,4 +1,4 @@
-"""From how many complete trials do parameter importances name the right parameter? (search/report.py's
+"""From how many complete trials do parameter importances name the right parameter? (search/reporting/report.py's
 IMPORTANCE_RELIABLE.)
 
 Studies of n random trials on the search space (``--profile``, default cpu), with a known objective: the
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import optuna  # noqa: E402
 
-from search import space as search_space  # noqa: E402
+from search.running import space as search_space  # noqa: E402
 
 
 def one_study(space, n: int, seed: int) -> tuple[bool, bool, int]:

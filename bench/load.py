@@ -7,8 +7,8 @@ process as a user runs it, and prints one JSON line per command (seconds, peak m
 
 The trials are written straight through Optuna's storage API (``optuna.trial.create_trial`` and
 ``study.add_trials`` in batches), not trained: their parameters are sampled from the `cpu` space with
-search/space.py's own ``suggest`` (a RandomSampler in memory), and they carry the user attributes a trial of
-`search run` carries (search/objective.py: the resolved configuration through search/attrs.py, parameter count,
+search/running/space.py's own ``suggest`` (a RandomSampler in memory), and they carry the user attributes a trial of
+`search run` carries (search/running/objective.py: the resolved configuration through search/reporting/attrs.py, parameter count,
 device, speed, wall time, loss curve, why it ended) and its validation curve at the rungs 62, 186 and 500.
 States as a pruned CPU study has them: about 10% complete, 85% pruned, 5% failed.
 """
@@ -36,9 +36,9 @@ def build(folder: Path, n: int, seed: int = 0) -> float:
     import optuna
     from optuna.trial import TrialState
 
-    from search.attrs import config_attrs, rounded
-    from search.space import build_configs, build_space, suggest
-    from search.settings import StudySettings
+    from search.reporting.attrs import config_attrs, rounded
+    from search.running.space import build_configs, build_space, suggest
+    from search.running.settings import StudySettings
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started = time.perf_counter()

@@ -13,8 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from search.storage import default_url  # noqa: E402
-from search.study import load_study  # noqa: E402
+from search.db.storage import default_url  # noqa: E402
+from search.running.study import load_study  # noqa: E402
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ import os, subprocess, sys, time
 
 import optuna
 
-from search.space import KNOWN_CONFIGS
+from search.running.space import KNOWN_CONFIGS
 
 url = "sqlite:///$work/t.db"
 study = optuna.create_study(study_name="t", storage=url, direction="maximize")

@@ -2,7 +2,7 @@
 
 Child processes read some settings only from the environment they inherit: the synthetic set's rendering
 processes their BLAS thread count (data/synth.py), ``search run``'s workers the MPS daemon they reach
-(search/mps.py). Both set the variables, start the children, then put the old values back. The module sits
+(search/processes/mps.py). Both set the variables, start the children, then put the old values back. The module sits
 in data/, the lowest layer, so that search/ can use it too (data/ imports nothing from search/); it needs
 nothing but the standard library, so importing it costs nothing.
 """

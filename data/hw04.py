@@ -73,7 +73,7 @@ def _read_json(path: Path) -> dict:
         raise DataError(f"{path}: file not found")
     try:
         # utf-8-sig: a byte-order mark (Windows editors, spreadsheet exports) is accepted, as in the CSVs
-        # (search/scoring.py); json.loads refuses one ("Unexpected UTF-8 BOM")
+        # (search/finalizing/scoring.py); json.loads refuses one ("Unexpected UTF-8 BOM")
         value = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=_no_duplicate_keys)
     except _DuplicateKey as err:
         raise DataError(f"{path}: the key {str(err)[:80]} appears twice in one object") from None

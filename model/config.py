@@ -1,7 +1,7 @@
 """The model and training configurations: plain dataclasses, defaults equal to the HW04 sample code's.
 
 Plain data that knows no component: ``model.build_model`` checks a ``ModelConfig`` against the registries, and
-the training loop (search/train.py) reads a ``TrainConfig``.
+the training loop (search/training/train.py) reads a ``TrainConfig``.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_steps: int = 1000  # linear warm-up, then cosine decay to 0
     eval_every: int = 2000  # steps between full-length validations (and one at the end), unless eval_steps
-    # The steps to validate at, instead of every eval_every (search trials: search/schedule.py trial_steps)
+    # The steps to validate at, instead of every eval_every (search trials: search/running/schedule.py trial_steps)
     eval_steps: tuple[int, ...] = ()
     margin_warmup: float = 0.2  # share of training over which margin losses ramp their margin from 0
     seed: int = 0  # model init, dropout and crop sampling
@@ -73,7 +73,7 @@ class TrainConfig:
     # would turn into a full-size step in a bad direction, set above the norms of ordinary training so that it
     # seldom clips (lower values slowed learning: BENCHMARKS.md, "Gradient clipping"). Fixed, not searched.
     grad_clip: float = 20.0
-    # Detect a collapse and roll back (search/collapse.py). Off by default, i.e. in search trials: a trial's
+    # Detect a collapse and roll back (search/training/collapse.py). Off by default, i.e. in search trials: a trial's
     # collapse is information for the sampler and pruner, and its runs are too short to collapse; finalize
     # turns it on, where hours of training would otherwise end with the weights of before the collapse.
     recover_collapse: bool = False

@@ -17,7 +17,7 @@ def run() -> None:
     """The ``search`` program (console script and ``python -m search.cli``): here the process is the command, so
     what a command may do to the whole process (finalize ignoring signals once its outputs are complete, until the
     process exits) is allowed; called in-process (CliRunner, a notebook, bench/), ``main`` leaves it as it was."""
-    from search.signals import own_process
+    from search.processes.signals import own_process
 
     own_process()
     sys.exit(main())

@@ -1,6 +1,6 @@
 """Where a study's files live, and writing them so that nothing is ever half-written.
 
-Every study of a folder has its default storage in ``studies/studies.sqlite3`` (search/storage.py) and its own
+Every study of a folder has its default storage in ``studies/studies.sqlite3`` (search/db/storage.py) and its own
 folder ``studies/<study>/`` holding its
 log (``search.log``), its finalized models (``final/``), its artifact store (``artifacts/``) and its
 default predictions CSV. The user's cache directory (``cache_dir``: ``~/.cache/hw04-search``, or ``studies/.cache/``
@@ -63,7 +63,7 @@ def final_folder(study_name: str) -> Path:
 
 
 def artifact_folder(study_name: str) -> Path:
-    """The study's Optuna artifact store (search/artifacts.py), served by ``search dashboard``."""
+    """The study's Optuna artifact store (search/finalizing/artifacts.py), served by ``search dashboard``."""
     return study_folder(study_name) / "artifacts"
 
 
@@ -180,8 +180,8 @@ def is_sqlite_file(path: Path) -> bool:
 def _storage_files(url: str | None) -> list[Path]:
     """The files of a storage URL (a SQLite database with its -wal, -shm and -journal files, or a journal file),
     absolute; none for a server."""
-    from search.sqlite import sqlite_path
-    from search.storage import is_journal, journal_path
+    from search.db.sqlite import sqlite_path
+    from search.db.storage import is_journal, journal_path
 
     if not url:
         return []
@@ -200,7 +200,7 @@ def check_out(path: Path, option: str, storage: str | None = None, data: str | P
     break the data folder, or replace the answer key that then scores its own copy. Refused: a file of the storage
     in use, any existing SQLite database (some study's storage), anything inside the data folder, the answer key.
     One line naming the option, the file and what it is."""
-    from search.storage import redact
+    from search.db.storage import redact
 
     target = path.resolve()
     if target in _storage_files(storage):

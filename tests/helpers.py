@@ -26,9 +26,9 @@ TINY = dict(speakers=6, utterances_per_speaker=10, length_scale=0.25, seed=3)
 
 def __getattr__(name: str):
     """``SAMPLE``: the sample code's configuration (``KNOWN_CONFIGS["sample-code"]``), the cheapest sure trial
-    to enqueue; read from search.space on first use (see above)."""
+    to enqueue; read from search.running.space on first use (see above)."""
     if name == "SAMPLE":
-        from search.space import KNOWN_CONFIGS
+        from search.running.space import KNOWN_CONFIGS
 
         return KNOWN_CONFIGS["sample-code"]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -65,7 +65,7 @@ def reachable(url: str) -> str | None:
     """None if a database answers at ``url``, else why not (the skip reason)."""
     import sqlalchemy
 
-    from search.storage import _with_installed_driver
+    from search.db.storage import _with_installed_driver
 
     try:
         engine = sqlalchemy.create_engine(_with_installed_driver(sqlalchemy.engine.make_url(url)),
@@ -82,7 +82,7 @@ def delete_study(url: str, study: str) -> None:
     """Remove study ``study`` from the database at ``url`` (a test's own, on a shared server); none there: nothing."""
     import optuna
 
-    from search.storage import open_storage
+    from search.db.storage import open_storage
 
     try:
         optuna.delete_study(study_name=study, storage=open_storage(url, heartbeat_interval=None))
@@ -92,7 +92,7 @@ def delete_study(url: str, study: str) -> None:
 
 def settings_for(data: Path, budget: int = 8, pruning: bool = True):
     """The settings ``search run --budget BUDGET --device cpu --seed 0`` gives a new study on ``data``."""
-    from search.settings import RequestedSettings
+    from search.running.settings import RequestedSettings
 
     requested = RequestedSettings(budget=budget, data=str(Path(data).resolve()), seed=0, profile="cpu",
                                   pruning=pruning)
@@ -102,7 +102,7 @@ def settings_for(data: Path, budget: int = 8, pruning: bool = True):
 def new_study(data: Path, url: str, name: str, budget: int = 8, pruning: bool = True):
     """A new ``optuna.Study`` as ``search run`` creates it, without its warm-start trials (tests enqueue their
     own); fails if the study exists already."""
-    from search.study import open_study
+    from search.running.study import open_study
 
     study, _, created = open_study(name, url, settings_for(data, budget, pruning), warm_start=False)
     assert created, f"study {name!r} exists already at {url}"
@@ -116,7 +116,7 @@ def wait_running(url: str, name: str, count: int, process, seconds: float = 120)
     import optuna
     from optuna.trial import TrialState
 
-    from search.storage import open_storage
+    from search.db.storage import open_storage
 
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and process.poll() is None:

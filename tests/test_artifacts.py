@@ -28,7 +28,7 @@ def load() -> optuna.Study:
 
 
 def stored_metas(study: optuna.Study) -> dict[str, dict]:
-    from search.artifacts import study_artifacts
+    from search.finalizing.artifacts import study_artifacts
 
     return {m["filename"]: m for m in study_artifacts(study)}
 
@@ -53,7 +53,7 @@ def finalized(tmp_path_factory, tiny_dataset):
         assert result.exit_code == 0, result.output
         old = folder / "old-model.pt"
         old.write_bytes(b"an older upload")
-        from search.artifacts import artifact_store
+        from search.finalizing.artifacts import artifact_store
 
         optuna.artifacts.upload_artifact(artifact_store=artifact_store(folder / "studies" / STUDY / "artifacts"),
                                          file_path=str(old), study_or_trial=load())
@@ -82,7 +82,7 @@ def test_each_finalize_adds_a_set_named_by_steps_and_time_and_final_marks_the_cu
     # the files of the current set are the ones finalize wrote last
     from optuna.artifacts import download_artifact
 
-    from search.artifacts import artifact_store
+    from search.finalizing.artifacts import artifact_store
 
     store = artifact_store(folder / "studies" / STUDY / "artifacts")
     own = f"studies/{STUDY}/predictions-trial{finals[2]['trial']}-steps16.csv"  # that finalize's own CSV
@@ -101,7 +101,7 @@ def test_each_finalize_adds_a_set_named_by_steps_and_time_and_final_marks_the_cu
 def test_identical_files_reuse_the_set_already_stored(finalized, monkeypatch):
     folder, finals = finalized
     monkeypatch.chdir(folder)
-    from search.artifacts import upload_final
+    from search.finalizing.artifacts import upload_final
 
     study = load()
     before = len(stored_metas(study))
@@ -139,7 +139,7 @@ def fetch(url: str, data: dict | None = None) -> tuple[str, bytes]:
 
 def test_search_dashboard_serves_pt_files_as_octet_stream(finalized, monkeypatch):
     """Finalize's files, and a .pt uploaded through the dashboard's page (its type guessed by the process
-    serving the dashboard: on Debian, without search/artifacts.py's registration, a SNES ROM page table)."""
+    serving the dashboard: on Debian, without search/finalizing/artifacts.py's registration, a SNES ROM page table)."""
     folder, finals = finalized
     monkeypatch.chdir(folder)
     with dashboard_server(folder, STUDY) as base:

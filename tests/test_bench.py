@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from search.space import KNOWN_CONFIGS
-from search.train import TrainConfig
+from search.running.space import KNOWN_CONFIGS
+from search.training.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,7 +96,7 @@ def test_fused_trials_train_each_model_as_it_would_alone():
     finally:
         sys.path.remove(str(ROOT / "bench"))
     from model import build_model
-    from search.space import build_configs
+    from search.running.space import build_configs
 
     model_cfg, _ = build_configs(dict(KNOWN_CONFIGS["sample-code"], dropout=0.0), 40, 6, 100, seed=0)
     torch.manual_seed(0)

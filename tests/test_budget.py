@@ -1,4 +1,4 @@
-"""The GPU budget (search/budget.py): each trial's finalize estimate at the default steps on its device (`trials`,
+"""The GPU budget (search/finalizing/budget.py): each trial's finalize estimate at the default steps on its device (`trials`,
 `show`, the dashboard note, the report), `finalize` saying how long it should take before it starts, `finalize
 --time` planning its steps from a speed measured on this device, and a warning for --steps below the search's."""
 
@@ -10,7 +10,7 @@ import re
 import optuna
 import pytest
 
-from search import budget
+from search.finalizing import budget
 from tests.helpers import SAMPLE, in_folder, invoke, one_error_line, run_configs
 
 STUDY = "gpu"
@@ -55,7 +55,7 @@ def test_each_trial_records_and_shows_what_its_finalize_would_take(studied, monk
     assert "finalize" in table[0] and budget.duration_text(best.user_attrs[budget.ATTR]) in table[1 + best.number]
     rows = json.loads(invoke("trials", "--study", STUDY, "--json").output)
     assert [r[budget.ATTR] for r in rows] == [t.user_attrs[budget.ATTR] for t in study.trials]
-    from search.notes import study_note, trial_note
+    from search.reporting.notes import study_note, trial_note
 
     assert "**finalize** ~" in trial_note(study, best) and "at 2,000 steps" in study_note(study)
     assert invoke("report", "--study", STUDY, "--out", "r.html").exit_code == 0

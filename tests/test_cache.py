@@ -1,4 +1,4 @@
-"""The cache shared by every folder (search/files.py ``cache_dir``, search/task.py): the embedded dataset is generated
+"""The cache shared by every folder (search/files.py ``cache_dir``, search/running/task.py): the embedded dataset is generated
 once per user, not once per working folder, and processes that start together on it take turns."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # one process preparing the embedded data: says whether it generated it (the progress callback runs only then)
 PREPARE = """
 import sys
-from search.task import prepare_bank
+from search.running.task import prepare_bank
 generated = []
 bank = prepare_bank(None, progress=lambda phase: lambda done, total: generated.append(done))
 print("generated" if generated else "found", bank.fingerprint, len(bank.labels))

@@ -42,7 +42,7 @@ def test_trials_record_what_users_browse(tiny_dataset, workdir):
     study = optuna.load_study(study_name="s", storage=SHARED)
     trial = study.trials[0]
     assert trial.user_attrs["warm_start"] == "cpu-sample-code-stats-pooling"  # a CPU study's warm start, first
-    assert trial.user_attrs["model.n_classes"] > 0 and trial.params["d_model"] == 80  # flat: search/attrs.py
+    assert trial.user_attrs["model.n_classes"] > 0 and trial.params["d_model"] == 80  # flat: search/reporting/attrs.py
     assert trial.user_attrs["parameters"] > 0
     assert trial.user_attrs["steps_per_second"] > 0
     assert trial.user_attrs["device"] == "cpu"
@@ -62,7 +62,7 @@ def test_resume_adds_trials_to_the_study(tiny_dataset, workdir):
 def test_a_bad_trial_is_pruned(four_speakers, workdir):
     """Good trials first, then one whose learning rate (1e-7, enqueued outside the space) leaves it at its
     random initialisation: at its first rung it ranks below the good ones and the pruner stops it."""
-    from search.space import KNOWN_CONFIGS
+    from search.running.space import KNOWN_CONFIGS
 
     good = dict(KNOWN_CONFIGS["sample-code"], lr=3e-3)
     storage = SHARED
@@ -79,7 +79,7 @@ def test_a_bad_trial_is_pruned(four_speakers, workdir):
     assert bad.state == TrialState.PRUNED, [(t.number, t.state, t.intermediate_values) for t in study.trials]
     assert bad.user_attrs["ended"].startswith("pruned at step")
     assert max(bad.intermediate_values) < 64  # stopped before its full budget
-    # where a pruned trial got to, written once as it ended (search/objective.py): its last validation step, the
+    # where a pruned trial got to, written once as it ended (search/running/objective.py): its last validation step, the
     # training loss there (the loss curve's last value) and its speed
     assert bad.user_attrs["last_step"] == max(bad.intermediate_values)
     assert bad.user_attrs["train_loss"] == pytest.approx(bad.user_attrs["train_loss_curve"][-1], rel=1e-3)
@@ -123,7 +123,7 @@ def test_no_pruning_is_kept_by_the_study(tiny_dataset, workdir):
     assert "pruning off" in result.output
     study = optuna.load_study(study_name="np", storage=SHARED)
     assert study.user_attrs["pruning"] is False
-    # every trial ran its whole budget: validations at the learning curve's points (search/schedule.py), no rungs
+    # every trial ran its whole budget: validations at the learning curve's points (search/running/schedule.py), no rungs
     assert all(t.state == TrialState.COMPLETE and sorted(t.intermediate_values) == [4, 8, 12, 16] for t in study.trials)
 
     resumed = invoke("run", "--trials", "1", *data)  # no flag: the study's own choice

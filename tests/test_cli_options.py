@@ -171,7 +171,7 @@ def test_the_numbers_in_the_environment_are_bounded_too(value, workdir, monkeypa
     assert line == (f"Error: SEARCH_PROGRESS_INTERVAL={value!r}: must be above 0 and at most 86,400 seconds"), line
     assert list(workdir.iterdir()) == []
     from search.errors import UserError
-    from search.storage import heartbeat_settings
+    from search.db.storage import heartbeat_settings
 
     monkeypatch.setenv("SEARCH_HEARTBEAT_INTERVAL", "9" * 20)
     with pytest.raises(UserError, match="SEARCH_HEARTBEAT_INTERVAL=9+: expected a whole number of seconds from 1 to"):

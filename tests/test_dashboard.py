@@ -102,8 +102,8 @@ def test_dashboard_shows_the_study_its_trials_and_artifacts(dashboard, study_fol
     study_id = study._study_id
     profile = tmp_path / "chromium-profile"
 
-    # the trial list: study name, trial count, the first trial's note (search/notes.py) at the top of its page,
-    # and its user attributes: short and flat (search/attrs.py), no JSON dict running off the page
+    # the trial list: study name, trial count, the first trial's note (search/reporting/notes.py) at the top of its page,
+    # and its user attributes: short and flat (search/reporting/attrs.py), no JSON dict running off the page
     first = study.trials[0]
     heading = f"Trial {first.number}: " + ("complete, " if first.state.name == "COMPLETE" else "pruned, last ") \
         + f"validation accuracy {first.value:.4f}"
@@ -188,7 +188,7 @@ def test_dashboard_speaks_validation_accuracy_and_keeps_the_users_note(dashboard
     user saves in the dashboard (its own web API, what its editor calls) survives the rewrite after the next trial."""
     import optuna
 
-    from search.notes import BEGIN, END, write_study_note
+    from search.reporting.notes import BEGIN, END, write_study_note
 
     study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{study_folder}/studies/{STUDY}.db")
     study_id, best = study._study_id, study.best_trial

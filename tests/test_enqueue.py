@@ -9,8 +9,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
 
-from search.space import KNOWN_CONFIGS, build_space
-from search.study import load_study
+from search.running.space import KNOWN_CONFIGS, build_space
+from search.running.study import load_study
 from tests.helpers import SAMPLE, SHARED, invoke, new_study, one_error_line
 
 BUDGET = 8  # new_study's budget: rungs at steps 1 and 3 (the cpu profile's decision and second look)

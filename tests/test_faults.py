@@ -3,7 +3,7 @@
 Divergence is provoked through the real training path: a trial enqueued with a learning rate far
 outside the search space (lr=1e30, as a user typing a configuration by hand could) makes AdamW blow the
 weights up to inf after one step, the loss becomes NaN, the trainer raises TrainingDiverged at the next
-evaluation. Nothing is monkeypatched. CUDA out-of-memory is handled in search/objective.py but cannot
+evaluation. Nothing is monkeypatched. CUDA out-of-memory is handled in search/running/objective.py but cannot
 be provoked on a CPU-only machine: not tested here.
 """
 
@@ -26,11 +26,11 @@ import torch
 from optuna.trial import TrialState
 
 from search.cli import main
-from search.storage import open_storage
-from search.runner import run_trials
-from search.settings import StudySettings
-from search.study import open_study
-from search.task import load_task
+from search.db.storage import open_storage
+from search.running.runner import run_trials
+from search.running.settings import StudySettings
+from search.running.study import open_study
+from search.running.task import load_task
 from tests.helpers import (SAMPLE, SHARED, invoke, kill_once_written, new_study, one_error_line, reachable,
                            signal_while_running, study_dbs, wait_running)
 
@@ -226,7 +226,7 @@ def test_sqlite_file_stays_sound_after_faults(tiny_dataset, workdir):
 def test_any_unexpected_exception_is_one_line_with_its_traceback_in_the_log(workdir):
     """The top level, not each command: a command added later that raises anything still gives one line."""
     from search.cli import study_option
-    from search.guard import SafeCommand
+    from search.processes.guard import SafeCommand
 
     @main.command("kaput-for-test")
     @study_option
@@ -333,7 +333,7 @@ def test_no_form_of_password_is_shown_or_logged(url, secret, tiny_dataset, workd
         assert secret not in text, text
     for path in workdir.rglob("*"):
         assert not path.is_file() or secret.encode() not in path.read_bytes(), path
-    from search.storage import redact
+    from search.db.storage import redact
 
     assert secret not in redact(url) and "***" in redact(url)
 
@@ -510,7 +510,7 @@ class _SigtermWhileAsking(optuna.samplers.RandomSampler):
 
 
 def test_a_signal_while_a_trial_is_being_created_fails_that_trial(tiny_dataset, workdir):
-    from search.signals import interrupt_once
+    from search.processes.signals import interrupt_once
     from search.errors import Terminated
 
     study = make_study(tiny_dataset)
@@ -546,7 +546,7 @@ def test_a_background_thread_that_dies_is_one_warning_line_not_a_traceback():
     import click
     from click.testing import CliRunner
 
-    from search.guard import SafeGroup
+    from search.processes.guard import SafeGroup
 
     @click.group(cls=SafeGroup)
     def group():

@@ -23,11 +23,11 @@ import torch
 from optuna.trial import TrialState
 
 from model import ModelConfig, build_model
-from search.storage import open_storage
-from search.runner import run_trials
-from search.settings import StudySettings
-from search.task import load_task
-from search.train import predict_proba
+from search.db.storage import open_storage
+from search.running.runner import run_trials
+from search.running.settings import StudySettings
+from search.running.task import load_task
+from search.training.train import predict_proba
 from tests.helpers import SAMPLE, delete_study, invoke, kill_once_written, new_study, one_error_line
 
 REPO = Path(__file__).resolve().parents[1]
@@ -253,8 +253,8 @@ def check_top3(study: optuna.Study, data: Path, workdir: Path, output: str, url:
     stored = optuna.load_study(study_name=study.study_name, storage=open_storage(url)).user_attrs["final_ensemble"]
     assert [m["trial"] for m in stored["members"]] == expected
     assert [m["weight"] for m in stored["members"]] == weights
-    # the dashboard's study note and the report (search/notes.py) give each member's weight
-    from search.notes import study_note
+    # the dashboard's study note and the report (search/reporting/notes.py) give each member's weight
+    from search.reporting.notes import study_note
 
     note = study_note(optuna.load_study(study_name=study.study_name, storage=open_storage(url)))
     for m in stored["members"]:
@@ -346,7 +346,7 @@ def test_a_clearly_worse_member_is_left_out(four_speakers, workdir):
 
 def test_selection_is_never_below_the_best_member_on_validation():
     """The selection itself, on random probabilities: members of every quality, correlated or not."""
-    from search.ensemble import _scores, combine, select_weights
+    from search.finalizing.ensemble import _scores, combine, select_weights
 
     generator = torch.Generator().manual_seed(0)
     for case in range(40):

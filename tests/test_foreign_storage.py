@@ -67,7 +67,7 @@ def test_an_empty_file_in_studies_stays_empty(workdir):
 def test_studies_on_an_empty_postgresql_database_creates_no_table(postgres, workdir):
     import sqlalchemy
 
-    from search.storage import _with_installed_driver
+    from search.db.storage import _with_installed_driver
 
     name = f"empty_{uuid.uuid4().hex[:12]}"
     admin = sqlalchemy.create_engine(_with_installed_driver(sqlalchemy.engine.make_url(postgres)),

@@ -165,9 +165,9 @@ def test_any_corruption_passes_check_and_trains_or_is_one_error_line(corruptions
         return
     CASES["passed"] += 1
     from data.bank import open_bank
-    from search.space import KNOWN_CONFIGS, build_configs
-    from search.task import load_task
-    from search.train import train
+    from search.running.space import KNOWN_CONFIGS, build_configs
+    from search.running.task import load_task
+    from search.training.train import train
 
     bank = open_bank(folder, cache_root=case / "cache")
     task = load_task(folder, 0, torch.device("cpu"))

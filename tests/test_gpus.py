@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from search.errors import UserError
-from search.workers import worker_devices
+from search.running.workers import worker_devices
 from tests.helpers import invoke, one_error_line
 
 GPU_COUNT = torch.cuda.device_count()

@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("sklearn", reason="the surrogate needs scikit-learn (pip install -e '.[test]')")
 
 from bench.hw04bench import replay, surrogate as bench_surrogate  # noqa: E402
-from search import space as search_space  # noqa: E402
+from search.running import space as search_space  # noqa: E402
 
 
 def _check(result: replay.Evaluation, names: list[str]) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bench.hw04bench import configs, table
 from bench.hw04bench.record import eval_steps, train_seed
-from search import space as search_space
+from search.running import space as search_space
 
 ROOT = Path(__file__).resolve().parent.parent
 

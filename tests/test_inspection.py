@@ -1,4 +1,4 @@
-"""search/inspection.py: the text of `search studies`, `search show` and `search trials`, and the note beside
+"""search/reporting/inspection.py: the text of `search studies`, `search show` and `search trials`, and the note beside
 `search run`'s best trial, read from studies built by hand (``optuna.create_trial``: every state, both
 directions, in milliseconds). The same commands on a real search are in test_report.py and test_trials.py.
 """
@@ -13,8 +13,8 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from search.errors import UserError
-from search.inspection import pick_any_trial, reference_note, studies_lines, study_rows, trial_lines
-from search.trial_table import trial_rows, trials_lines
+from search.reporting.inspection import pick_any_trial, reference_note, studies_lines, study_rows, trial_lines
+from search.reporting.trial_table import trial_rows, trials_lines
 
 DISTRIBUTIONS = {"encoder": CategoricalDistribution(["transformer", "conformer"]),
                  "lr": FloatDistribution(1e-4, 1e-2, log=True)}

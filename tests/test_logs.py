@@ -1,4 +1,4 @@
-"""search/logs.py: what a command prints and what its log file ``studies/<study>/search.log`` keeps.
+"""search/reporting/logs.py: what a command prints and what its log file ``studies/<study>/search.log`` keeps.
 
 A small click group stands in for `search run` and `search finalize` (which open their console the same way,
 through ``open_console``), so each behaviour is seen alone: summary and progress lines, ``--quiet``, the log
@@ -18,7 +18,7 @@ import optuna
 import pytest
 from click.testing import CliRunner
 
-from search.logs import open_console
+from search.reporting.logs import open_console
 
 LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (\d+) (INFO|WARNING|ERROR) (.*)$")
 

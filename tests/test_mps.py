@@ -1,8 +1,8 @@
-"""MPS for workers sharing a GPU (search/mps.py).
+"""MPS for workers sharing a GPU (search/processes/mps.py).
 
 This machine has no GPU and no NVIDIA driver, so the MPS control daemon cannot run here. The tests run the
 real code against a stand-in ``nvidia-cuda-mps-control`` (a shell script put first on PATH) that behaves
-like the real one where search/mps.py depends on it: ``-d`` returns at once and leaves a background daemon
+like the real one where search/processes/mps.py depends on it: ``-d`` returns at once and leaves a background daemon
 process (with the binary's name in its command line and the pipe folder in its environment) that makes a
 ``control`` pipe in ``CUDA_MPS_PIPE_DIRECTORY``; ``echo quit | nvidia-cuda-mps-control`` ends it. It records
 every call, so the tests see what was started and stopped, with which folders. The no-binary path runs for
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from search import mps
+from search.processes import mps
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -124,7 +124,7 @@ def test_a_daemon_is_started_for_the_run_exported_to_workers_and_stopped(fake, i
         assert status == "MPS: on (started for this run)"
         assert os.environ[mps.ENV_PIPE] == str(root / "pipe") and os.environ[mps.ENV_LOG] == str(root / "log")
         assert len(_ours(root)) == 1
-        # a worker started now (spawned, like search/workers.py's) sees the folders
+        # a worker started now (spawned, like search/running/workers.py's) sees the folders
         seen = subprocess.run([sys.executable, "-c", f"import os; print(os.environ['{mps.ENV_PIPE}'])"],
                               capture_output=True, text=True, check=True).stdout.strip()
         assert seen == str(root / "pipe")
@@ -151,7 +151,7 @@ def _hold(root: Path, ready: Path) -> subprocess.Popen:
     code = textwrap.dedent(f"""
         import sys
         from pathlib import Path
-        from search import mps
+        from search.processes import mps
         with mps.gpu_sharing(["cuda:0", "cuda:0"], root=Path({str(root)!r}), probe=lambda g, e: None) as status:
             Path({str(ready)!r}).write_text(status)
             sys.stdin.read()

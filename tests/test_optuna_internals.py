@@ -1,4 +1,4 @@
-"""Optuna's private names that search/optuna_internals.py uses, each checked against the installed Optuna: a
+"""Optuna's private names that search/db/optuna_internals.py uses, each checked against the installed Optuna: a
 release that renames or removes one fails here, naming it, before a user meets it."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search import optuna_internals as internals
-from search.storage import open_storage
+from search.db import optuna_internals as internals
+from search.db.storage import open_storage
 
 
 @pytest.fixture
@@ -101,11 +101,11 @@ def test_the_numbers_of_optuna_s_own_halving_pruners():
     assert internals.halving_numbers(sha) == (250, 3, 1, None, None)
     assert internals.halving_numbers(optuna.pruners.SuccessiveHalvingPruner()) is None  # 'auto'
     assert internals.halving_numbers(optuna.pruners.MedianPruner()) is None
-    # Optuna's own count of brackets, which search/schedule.py hyperband_rungs repeats
+    # Optuna's own count of brackets, which search/running/schedule.py hyperband_rungs repeats
     study = optuna.create_study()
     hyperband._try_initialization(study)
     assert hyperband._n_brackets == 2
-    from search import schedule
+    from search.running import schedule
 
     assert schedule.hyperband_rungs(250, 2000, 3, 2000) == [250, 750]
 
@@ -116,7 +116,7 @@ def test_the_journal_s_operation_codes():
 
 
 def test_the_heartbeat_warning_the_runner_silences_is_still_optuna_s(rdb_study):
-    """search/runner.py asks for trials outside study.optimize on a storage with heartbeats: Optuna warns, with
+    """search/running/runner.py asks for trials outside study.optimize on a storage with heartbeats: Optuna warns, with
     this text, which the runner filters out. A new text would reach users' terminals."""
     with pytest.warns(UserWarning, match="Heartbeat of storage is supposed to be used"):
         rdb_study.ask()
@@ -124,7 +124,7 @@ def test_the_heartbeat_warning_the_runner_silences_is_still_optuna_s(rdb_study):
 
 def test_the_runner_logs_a_trial_as_optuna_s_loop_does(rdb_study):
     """The runner's line for a complete trial is the one study.optimize logs (Optuna's ``_log_completed_trial``)."""
-    from search.runner import _log_end
+    from search.running.runner import _log_end
 
     trial = rdb_study.ask()
     trial.suggest_float("x", 0, 1)

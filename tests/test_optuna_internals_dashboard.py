@@ -1,4 +1,4 @@
-"""search/optuna_internals.py against the installed Optuna and optuna-dashboard: each private name it uses must
+"""search/db/optuna_internals.py against the installed Optuna and optuna-dashboard: each private name it uses must
 still exist and still mean what we use it for. A release that changes one fails here, by name, instead of in a
 user's finalize or dashboard."""
 
@@ -10,7 +10,7 @@ import optuna
 import pytest
 from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upload_artifact
 
-from search import optuna_internals as internals
+from search.db import optuna_internals as internals
 
 
 @pytest.fixture

@@ -119,7 +119,7 @@ def test_worker_processes_send_their_training_lines_to_the_parent(micro_dataset,
 def test_a_finalize_evaluation_line_gives_a_long_eta_in_minutes_and_hours():
     """A 70,000-step finalize at 20 steps/s: its evaluation lines say `ETA 58m20s` as its 10-s lines do, not
     `ETA 3500s`."""
-    from search.finalize import echo_eval
+    from search.finalizing.finalize import echo_eval
 
     printed = []
 
@@ -141,7 +141,7 @@ def test_each_trial_says_where_it_came_from_and_a_pruned_one_what_it_lost_to(mic
     that says what it prepares."""
     import shutil
 
-    from search.formats import config_line
+    from search.reporting.formats import config_line
 
     data = tmp_path / "Dataset"
     shutil.copytree(micro_dataset, data, ignore=shutil.ignore_patterns(".bank"))  # packed in this run
@@ -170,7 +170,7 @@ def test_each_trial_says_where_it_came_from_and_a_pruned_one_what_it_lost_to(mic
 
 def _ask_until_pruned_or_done(study, values, steps):
     """One trial reporting ``values`` at ``steps`` until pruned: (the frozen trial after each decision, pruned?)."""
-    from search import optuna_internals as internals
+    from search.db import optuna_internals as internals
 
     trial, decisions = study.ask(), []
     for step, value in zip(steps, values):
@@ -190,7 +190,7 @@ def test_the_value_a_pruned_trial_needed_is_the_one_the_pruner_compared_against(
     that was stopped had less than the value printed as needed, and one that went on had at least as much."""
     import random
 
-    from search.sampler import SecondLookPruner, StudyHyperband, needed_to_go_on
+    from search.running.sampler import SecondLookPruner, StudyHyperband, needed_to_go_on
 
     hyperband = StudyHyperband(1, 27, 9 if second_look else 3)
     pruner = SecondLookPruner(hyperband, 3) if second_look else hyperband
@@ -214,7 +214,7 @@ def test_the_eta_expects_the_steps_trials_have_run_past_each_rung():
     run 62 steps, on with (1 + 1) / (4 + 2) of them to 186, and on with (1 + 1) / (1 + 2) of those to 500."""
     from optuna.trial import TrialState, create_trial
 
-    from search.logs import Progress
+    from search.reporting.logs import Progress
 
     def finished(state, last_step):
         return create_trial(state=state, value=0.5 if state == TrialState.COMPLETE else None,

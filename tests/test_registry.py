@@ -16,7 +16,7 @@ from torch import nn
 
 from model import ENCODERS, HEADS, LOSSES, POOLINGS, Encoder, Head, Loss, ModelConfig, Pooling, build_model
 from model.registry import Registry
-from search.space import build_space
+from search.running.space import build_space
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ModelConfig(d_model=16, nhead=2, ffn=32, n_classes=5, conformer_kernel=7, subsampling_channels=8,
@@ -202,7 +202,7 @@ def test_reading_recorded_configurations_does_not_load_torch():
     large part of such a command's memory and start-up, stays unloaded; the first torch-side name loads it."""
     script = "\n".join([
         "import sys",
-        "import search.report, search.attrs, search.inspection",
+        "import search.reporting.report, search.reporting.attrs, search.reporting.inspection",
         "from model import ModelConfig, TrainConfig",
         "print('torch' in sys.modules)",
         "from model import ENCODERS",

@@ -90,7 +90,7 @@ def finish(process: subprocess.Popen, what: str) -> str:
 
 
 def trials_of(url: str, study: str) -> list[optuna.trial.FrozenTrial]:
-    from search.storage import open_storage
+    from search.db.storage import open_storage
 
     return optuna.load_study(study_name=study, storage=open_storage(url, heartbeat_interval=None)).trials
 
@@ -224,7 +224,7 @@ def test_a_killed_proxy_is_one_line_and_its_trial_is_failed_once_it_is_back(micr
     """SIGKILL to `search proxy` under a running worker: the worker ends with one line naming the proxy (not
     Optuna's gRPC client's UnboundLocalError), its trial stays RUNNING in the database; with the proxy back, the
     next `search run` on this machine records that trial as FAIL (ended: interrupted) and says so."""
-    from search.storage import open_storage
+    from search.db.storage import open_storage
 
     port, study, url = free_port(), "lost", "sqlite:///studies/lost.db"
     serve = f"search proxy --storage {url} --port {port}"

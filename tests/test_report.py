@@ -18,9 +18,9 @@ import pytest
 from optuna.artifacts import FileSystemArtifactStore, download_artifact, get_all_artifact_meta
 from optuna.trial import TrialState
 
-from search.attrs import resolved_configs, train_loss_points
+from search.reporting.attrs import resolved_configs, train_loss_points
 from search.cli import main
-from search.report import IMPORTANCE_RELIABLE, build_sections
+from search.reporting.report import IMPORTANCE_RELIABLE, build_sections
 from tests.helpers import REPORT_FIGURES, SAMPLE, in_folder, invoke, one_error_line, run_configs
 
 STUDY = "rep"
@@ -71,7 +71,7 @@ def test_the_study_has_what_the_report_compares(inside):
         assert t.intermediate_values
         # short and flat: the dashboard shows each attribute as one unwrapped line, `key value`
         assert not [k for k, v in a.items() if isinstance(v, dict) or len(json.dumps(v)) > 60], a
-        # ... and the resolved configuration is all there, read back by search/attrs.py
+        # ... and the resolved configuration is all there, read back by search/reporting/attrs.py
         model, train = resolved_configs(t)
         assert model["n_classes"] == 6 and model["encoder"] == t.params["encoder"] and model["n_mels"] > 0
         assert train["steps"] == 8 and train["lr"] == t.params["lr"] and "grad_clip" in train
@@ -199,8 +199,8 @@ def test_notes_say_what_each_trial_did_and_where_the_study_stands(inside):
     optuna-dashboard's own get_note (its page is checked in a browser in tests/test_dashboard.py)."""
     from optuna_dashboard import get_note
 
-    from search import notes
-    from search.notes import study_note, trial_note
+    from search.reporting import notes
+    from search.reporting.notes import study_note, trial_note
 
     study = load()
     best = study.best_trial
@@ -208,7 +208,7 @@ def test_notes_say_what_each_trial_did_and_where_the_study_stands(inside):
     assert stored.startswith(f"{notes.BEGIN}\n\n### Study {STUDY}\n") and stored.rstrip().endswith(notes.END)
     assert "| budget | 8 |" in stored and "| profile | cpu |" in stored
     assert f"**best so far**: trial {best.number}, validation accuracy {best.value:.4f}" in stored
-    # what finalize's refresh writes (search/notes.py write_study_note): the finalized result
+    # what finalize's refresh writes (search/reporting/notes.py write_study_note): the finalized result
     final = study.user_attrs["final"]
     note = study_note(study)
     assert "**finalized result**" in note and f"trial #{final['trial']} retrained for 8 steps" in note
@@ -228,11 +228,11 @@ def test_notes_say_what_each_trial_did_and_where_the_study_stands(inside):
 
 
 def test_a_shorter_note_replaces_a_longer_one_whole(workdir):
-    """Notes are written without reading the study's system attributes (search/notes.py): a rewrite must
+    """Notes are written without reading the study's system attributes (search/reporting/notes.py): a rewrite must
     still leave exactly the new text, as optuna-dashboard reads it."""
     from optuna_dashboard import get_note
 
-    from search import notes
+    from search.reporting import notes
 
     (workdir / "studies").mkdir()
     fake_study("notes", n_complete=1)
@@ -261,7 +261,7 @@ def test_the_study_note_keeps_what_the_user_wrote(workdir):
     it with optuna-dashboard's save_note_with_version) is kept, above and below the generated block, however long."""
     from optuna_dashboard import get_note, save_note
 
-    from search import notes
+    from search.reporting import notes
 
     (workdir / "studies").mkdir()
     fake_study("notes", n_complete=1)
@@ -416,7 +416,7 @@ def test_finalize_uploads_its_files_to_the_artifact_store(inside):
     assert study.user_attrs["final"]["artifacts"] == {n: metas[n].artifact_id for n in names}
 
     # the same files again (finalize re-run with identical results): nothing new is uploaded
-    from search.artifacts import upload_final
+    from search.finalizing.artifacts import upload_final
 
     again = upload_final(study, number, originals, Path("studies/rep/artifacts"), {"steps": 8})
     assert again == study.user_attrs["final"]["artifacts"]
@@ -425,7 +425,7 @@ def test_finalize_uploads_its_files_to_the_artifact_store(inside):
 
 def test_upload_survives_an_artifact_deleted_in_the_dashboard(workdir):
     """optuna-dashboard deletes an artifact by leaving a null in the study's system attributes."""
-    from search.artifacts import study_artifacts, upload_final
+    from search.finalizing.artifacts import study_artifacts, upload_final
 
     (workdir / "studies").mkdir()
     fake_study("del", n_complete=1)
@@ -476,7 +476,7 @@ def test_every_commands_help_says_what_it_does_with_an_example():
 def test_a_study_of_many_trials_gets_summaries_not_a_line_per_trial(workdir, monkeypatch):
     """Issue 23 (load): past CURVES_DRAWN trials the curves figure draws the best ones and a band for all, and past
     TIMELINE_DRAWN the timeline is a histogram; small limits here stand for the real ones."""
-    import search.report as report
+    import search.reporting.report as report
 
     monkeypatch.setattr(report, "CURVES_DRAWN", 4)
     monkeypatch.setattr(report, "TIMELINE_DRAWN", 10)

@@ -1,4 +1,4 @@
-"""Where trials validate (search/schedule.py): at the pruner's rungs and the end, not on a fixed grid."""
+"""Where trials validate (search/running/schedule.py): at the pruner's rungs and the end, not on a fixed grid."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from search import schedule
-from search.space import KNOWN_CONFIGS
-from search.runner import run_trials
-from search.sampler import make_pruner
-from search.settings import StudySettings
-from search.study import open_study
-from search.task import load_task
+from search.running import schedule
+from search.running.space import KNOWN_CONFIGS
+from search.running.runner import run_trials
+from search.running.sampler import make_pruner
+from search.running.settings import StudySettings
+from search.running.study import open_study
+from search.running.task import load_task
 
 
 def _pruner(budget: int, profile: str = "full") -> optuna.pruners.BasePruner:
@@ -73,7 +73,7 @@ def _report_until_pruned(trial: optuna.Trial, steps, quality: float, budget: int
 @pytest.mark.parametrize("budget", [400, 200, 64, 63, 18, 9, 8])
 def test_a_cpu_studys_trial_validates_at_its_two_decisions_and_its_end(budget):
     """A CPU study's pruner decides at budget/8 (one Hyperband bracket, whatever the rounding of budget/8) and takes
-    a second look at three times that (search/sampler.py): a trial validates there and at the end."""
+    a second look at three times that (search/running/sampler.py): a trial validates there and at the end."""
     first = schedule.min_resource(budget)
     assert schedule.trial_steps(budget, _pruner(budget, "cpu")) == [first, 3 * first, budget]
 
@@ -131,7 +131,7 @@ def test_a_cpu_study_stops_a_fast_starter_at_its_second_look():
 def test_a_cpu_study_prunes_nothing_until_two_trials_are_complete():
     """With 7 of 8 trials pruned, a report had one point per figure and `finalize top --k 2` nothing to pick: a
     cpu study's pruner lets trials complete until KEEP_COMPLETE (2) are, then decides as before."""
-    from search.sampler import KEEP_COMPLETE
+    from search.running.sampler import KEEP_COMPLETE
 
     budget = 400
     study = optuna.create_study(study_name="cpu-keep", direction="maximize", pruner=_pruner(budget, "cpu"))

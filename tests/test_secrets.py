@@ -85,7 +85,7 @@ PASSWORDS = st.text(st.one_of(URL_SYNTAX, st.sampled_from(string.printable[:95])
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(drawn=PASSWORDS, encoded=st.booleans())
 def test_no_password_is_ever_shown_or_written(drawn, encoded, tiny_dataset, tmp_path_factory, capfd):
-    from search import redaction
+    from search.db import redaction
 
     # Between two markers, so that a leak is told from the same characters occurring by chance: a password
     # "0000" is also in a log line's timestamp or process id, and a search for it there finds no leak.

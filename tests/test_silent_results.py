@@ -111,7 +111,7 @@ def test_a_worse_finalize_never_replaces_predictions_csv(four_speakers, workdir)
     """`finalize best` wrote predictions.csv (test 0.4885), then `finalize top` wrote the same file (0.3364) without a
     word, and nothing said which result the file held. Each finalize has its own file; predictions.csv is a copy of
     the best by validation accuracy, and the command, `show` and the dashboard note say which result it is."""
-    from search.notes import study_note
+    from search.reporting.notes import study_note
 
     run_configs(four_speakers, "pc", [SAMPLE], "--no-pruning")
     common = ["--study", "pc", "--device", "cpu", "--quiet", "--checkpoint-every", "1000"]
@@ -263,7 +263,7 @@ def test_runs_resuming_together_queue_an_interrupted_warm_start_once(server, wor
 
     from optuna.trial import TrialState
 
-    from search.study import requeue_interrupted_warm_starts
+    from search.running.study import requeue_interrupted_warm_starts
 
     url = f"sqlite:///{workdir}/race.db" if server == "sqlite" else request.getfixturevalue("postgres")
     for attempt in range(5):
@@ -296,7 +296,7 @@ def test_a_warm_start_queued_twice_is_dropped_once_on_resume(workdir):
     the later one (FAIL, `duplicate of #1`) and a worker takes the first."""
     from optuna.trial import TrialState
 
-    from search.study import requeue_interrupted_warm_starts
+    from search.running.study import requeue_interrupted_warm_starts
 
     url = f"sqlite:///{workdir}/twice.db"
     _interrupted_warm_start(url, "twice")

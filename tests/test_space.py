@@ -1,4 +1,4 @@
-"""The search space keeps the promises of search/space.py's docstring: every (d_model, nhead) pair it can
+"""The search space keeps the promises of search/running/space.py's docstring: every (d_model, nhead) pair it can
 sample makes a model, conditional parameters appear exactly when their condition holds, the cpu profile is
 a narrower copy of the full one, and the warm-start configurations are points of the space."""
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from model import ENCODERS, HEADS, LOSSES, POOLINGS, ModelConfig, build_model
-from search.space import (CPU_CONFIGS, KNOWN_CONFIGS, PROFILES, build_configs, build_space, contains, suggest,
+from search.running.space import (CPU_CONFIGS, KNOWN_CONFIGS, PROFILES, build_configs, build_space, contains, suggest,
                           warm_start_configs)
 
 
@@ -158,10 +158,10 @@ def test_an_unknown_profile_is_named_with_the_choices():
         build_space("gpu")
 
 
-# --- the user's space: a space file, --set, --range (search/user_space.py) ----------------------------------
+# --- the user's space: a space file, --set, --range (search/running/user_space.py) ----------------------------------
 
 def _user_space(profile: str = "cpu", file=None, sets=(), ranges=()):
-    from search.user_space import SpaceRequest, resolve
+    from search.running.user_space import SpaceRequest, resolve
 
     changes = resolve(SpaceRequest(file, tuple(sets), tuple(ranges)), profile)
     return changes, build_space(profile, changes)
@@ -187,7 +187,7 @@ def test_set_and_range_narrow_the_profile_and_every_sample_stays_inside():
 
 
 def test_a_space_file_in_yaml_or_json_gives_the_same_space_as_the_options(tmp_path):
-    from search.user_space import read_space_file
+    from search.running.user_space import read_space_file
 
     (tmp_path / "s.yaml").write_text("profile: cpu\nparameters:\n  encoder: conformer\n  pooling: [sap, asp]\n"
                                      "  lr: {low: 1e-3, high: 2e-3}\n  norm_first: false\n")
@@ -239,7 +239,7 @@ def test_a_wrong_space_is_one_line_and_creates_nothing(args, expected, workdir):
 
 
 def test_misfit_names_the_parameter_that_does_not_fit():
-    from search.space import misfit
+    from search.running.space import misfit
 
     space = _user_space(sets=["encoder=conformer"])[1]
     assert misfit(space, KNOWN_CONFIGS["sample-code"]) == "encoder transformer is not in the space (conformer)"
@@ -255,8 +255,8 @@ def test_a_study_keeps_its_space_and_shows_it(micro_dataset, workdir):
     again is accepted and another one refused."""
     import json
 
-    from search.notes import study_note
-    from search.study import load_study
+    from search.reporting.notes import study_note
+    from search.running.study import load_study
     from tests.helpers import invoke, one_error_line
 
     (workdir / "conf.json").write_text(json.dumps({"parameters": {"encoder": "conformer", "layers": 1}}))

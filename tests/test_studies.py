@@ -85,7 +85,7 @@ def test_migrate_moves_old_files_checks_the_copies_and_keeps_the_originals(tiny_
 
 
 def test_a_migrate_killed_halfway_is_finished_by_the_next_and_another_study_is_left_alone(tiny_dataset, workdir):
-    from search import migrate
+    from search.db import migrate
 
     run(tiny_dataset, "k", "--storage", "sqlite:///studies/k.db", trials=3)
     old = optuna.load_study(study_name="k", storage="sqlite:///studies/k.db")
@@ -143,7 +143,7 @@ def test_compare_shows_studies_side_by_side(tiny_dataset, workdir):
         best = optuna.load_study(study_name=name, storage=SHARED).best_trial
         assert f"{best.value:.4f} (#{best.number})" in rows["best value"]
         assert str(best.params["encoder"]) in rows["best encoder"]
-    from search.optuna_internals import study_id
+    from search.db.optuna_internals import study_id
 
     ids = [study_id(optuna.load_study(study_name=n, storage=SHARED)) for n in ("one", "two")]
     assert result.output.rstrip().endswith(f"/dashboard/compare-studies?ids={ids[0]},{ids[1]}")

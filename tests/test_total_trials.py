@@ -1,6 +1,6 @@
 """`search run --total-trials N`: a study-wide cap shared by every run on the study (machines, or here two real
 processes on one SQLite study): each stops taking trials once the study holds N counted trials
-(search/workers.py ``trial_count``)."""
+(search/running/workers.py ``trial_count``)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def search_run(folder: Path, data: Path, *extra: str, study: str = "cap", **env_
 
 
 def test_two_processes_stop_together_at_the_studys_total(micro_dataset, workdir):
-    from search.target import trial_count
+    from search.running.target import trial_count
 
     processes = [search_run(workdir, micro_dataset, "--total-trials", "4") for _ in range(2)]
     outputs = [p.communicate(timeout=540)[0] for p in processes]
@@ -56,11 +56,11 @@ def test_a_bad_total_is_one_error_line_and_creates_nothing(micro_dataset, workdi
 
 
 def test_two_machines_on_postgresql_overshoot_the_total_by_at_most_one(postgres, micro_dataset, workdir, tmp_path):
-    """Runs on two machines share no lock file (search/workers.py ``study_lock_path``: a temp folder each, as two
+    """Runs on two machines share no lock file (search/running/workers.py ``study_lock_path``: a temp folder each, as two
     machines have): on one PostgreSQL study each may take the last trial at once, so the study holds the cap or one
     trial more (machines - 1), never each run's own share of it."""
-    from search.storage import open_storage
-    from search.target import trial_count
+    from search.db.storage import open_storage
+    from search.running.target import trial_count
 
     study = f"cap-{uuid.uuid4().hex[:10]}"
     temps = [tmp_path / f"machine{i}" for i in range(2)]

@@ -7,11 +7,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-import search.train as train_module
+import search.training.train as train_module
 from model import ModelConfig, build_model
 from search.errors import TrainingDiverged
-from search.task import load_task
-from search.train import CollapseGuard, TrainConfig, TrainStep, evaluate, predict, train
+from search.running.task import load_task
+from search.training.train import CollapseGuard, TrainConfig, TrainStep, evaluate, predict, train
 
 
 def test_batched_full_length_prediction_equals_one_at_a_time(tiny_dataset):

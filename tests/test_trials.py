@@ -54,7 +54,7 @@ def stored_trials():
 
 
 def test_trials_prints_one_row_per_trial_with_its_results(inside, monkeypatch):
-    from search.formats import param_count
+    from search.reporting.formats import param_count
 
     monkeypatch.setenv("COLUMNS", "200")  # a terminal wide enough for every default column
     result = invoke("trials", "--study", STUDY)
@@ -123,7 +123,7 @@ def test_trials_json_and_csv_hold_optunas_values(inside):
         assert row["parameters"] == t.user_attrs.get("parameters")
         assert row["wall_seconds"] == t.user_attrs.get("wall_seconds")
         assert row["steps_per_second"] == t.user_attrs.get("steps_per_second")
-        assert row["finalize_seconds"] == t.user_attrs.get("finalize_seconds")  # search/budget.py
+        assert row["finalize_seconds"] == t.user_attrs.get("finalize_seconds")  # search/finalizing/budget.py
         assert t.state != TrialState.COMPLETE or row["finalize_seconds"] > 0
     assert rows[1]["d_model"] == 64 and rows[1]["pooling"] == "sap" and rows[1]["lr"] == 2e-3
     assert rows[2]["layers"] == 2 and rows[0]["encoder"] == "transformer" and rows[0]["loss"] == "ce"
@@ -168,7 +168,7 @@ def test_trials_bad_options_are_one_line(inside):
 def test_the_table_fits_the_terminal_and_wide_shows_every_column(inside, monkeypatch, columns):
     """At 60, 80 or 100 columns no line is wider than the terminal; the last line names the columns left out,
     by priority (wall time first, the trial's number never); ``--wide`` has every sampled parameter, rounded."""
-    from search.formats import number
+    from search.reporting.formats import number
 
     monkeypatch.setenv("COLUMNS", str(columns))
     lines = invoke("trials", "--study", STUDY).output.rstrip("\n").splitlines()

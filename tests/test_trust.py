@@ -23,9 +23,9 @@ def trained_study(dataset_copy, workdir) -> optuna.Study:
     """Study ``t`` in studies/t.db on a private copy of the tiny dataset, one complete sample-code trial."""
     import torch
 
-    from search.runner import run_trials
-    from search.settings import StudySettings
-    from search.task import load_task
+    from search.running.runner import run_trials
+    from search.running.settings import StudySettings
+    from search.running.task import load_task
 
     study = new_study(dataset_copy, "sqlite:///studies/t.db", "t")
     study.enqueue_trial(SAMPLE)
@@ -167,10 +167,10 @@ def test_a_checkpoint_write_killed_leaves_no_temporary_file_for_good(trained_stu
     import subprocess
 
     final = workdir / "studies" / "t" / "final"
-    # a finalize killed with SIGKILL in the middle of writing its checkpoint (search/train.py _save_atomically)
+    # a finalize killed with SIGKILL in the middle of writing its checkpoint (search/training/train.py _save_atomically)
     # (torch.save is made to die as it writes the file's last record: the temporary file is there, half-written)
     _killed_while_writing(
-        "import torch\nfrom pathlib import Path\nfrom search.train import _save_atomically\n"
+        "import torch\nfrom pathlib import Path\nfrom search.training.train import _save_atomically\n"
         "class Dies:\n    def __reduce__(self):\n        die()\n"
         f"_save_atomically({{'step': 500, 'weights': torch.zeros(1000), 'last': Dies()}}, "
         f"Path({str(final / 'checkpoint-trial0-steps999.pt')!r}))\n")
@@ -253,7 +253,7 @@ def test_a_file_size_limit_names_the_file(workdir):
     import subprocess
     import sys
 
-    code = ("import torch\nfrom pathlib import Path\nfrom search.train import _save_atomically\n"
+    code = ("import torch\nfrom pathlib import Path\nfrom search.training.train import _save_atomically\n"
             "_save_atomically({'weights': torch.zeros(100_000)}, Path('final/checkpoint.pt'))\n")
     repo = Path(__file__).resolve().parents[1]
     result = subprocess.run([sys.executable, "-c", code], cwd=workdir, env={**os.environ, "PYTHONPATH": str(repo)},
@@ -274,7 +274,7 @@ def test_a_file_size_limit_names_the_file(workdir):
 ], ids=["not-utf8", "unknown-operation", "not-json"])
 def test_a_damaged_journal_file_is_one_line(damage, problem, workdir):
     """Optuna's replay said `UnicodeDecodeError: 'utf-16-le' codec ...` or `AssertionError: Should not reach.`"""
-    from search.storage import open_storage
+    from search.db.storage import open_storage
 
     study = optuna.create_study(study_name="j", storage=open_storage("journal://j.log"), direction="maximize")
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
@@ -290,7 +290,7 @@ def test_a_damaged_journal_file_is_one_line(damage, problem, workdir):
 # --- load: the tables of a big study, read from the database itself -----------------------------------------
 
 def test_the_trials_table_reads_the_same_from_the_database_as_through_optuna(workdir):
-    """`search trials` / `studies` on SQLite ask the tables for what they show (search/queries.py trial_fields);
+    """`search trials` / `studies` on SQLite ask the tables for what they show (search/reporting/queries.py trial_fields);
     the same study copied to a journal file goes Optuna's way (every trial whole): the output is the same."""
     from bench.load import STUDY, build
 
@@ -313,11 +313,11 @@ def test_the_trials_table_reads_the_same_from_the_database_as_through_optuna(wor
 
 
 def test_the_report_reads_every_trial_as_optuna_gives_it(workdir):
-    """`search report` reads a study's trials with plain queries on SQLite (search/queries.py whole_trials, a
+    """`search report` reads a study's trials with plain queries on SQLite (search/reporting/queries.py whole_trials, a
     fraction of the memory of Optuna's get_trials on a big study): each trial as Optuna gives it (system attributes
     aside), and the report's summary the same as from a journal copy of the study, which goes Optuna's way."""
     from bench.load import STUDY, build
-    from search.queries import whole_trials
+    from search.reporting.queries import whole_trials
 
     build(workdir, 60)
     study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{workdir}/studies/{STUDY}.db")

@@ -25,9 +25,9 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from search.settings import StudySettings
-from search.storage import open_storage
-from search.target import run_target, trial_count
+from search.running.settings import StudySettings
+from search.db.storage import open_storage
+from search.running.target import run_target, trial_count
 from tests.helpers import MARIADB, POSTGRES, SAMPLE, delete_study, invoke, new_study, reachable
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,7 +65,7 @@ def test_the_shared_count_skips_queued_trials_and_re_queued_failures(workdir):
 def _sampled(handles: list[optuna.Study], n: int) -> dict[int, dict]:
     """Ask ``n`` trials, taking turns between ``handles`` (processes on one study), and sample each one's
     configuration from the space as a trial does; {trial number: parameters}."""
-    from search import space as search_space
+    from search.running import space as search_space
 
     space, params = search_space.build_space("cpu"), {}
     for i in range(n):
@@ -79,7 +79,7 @@ def test_processes_joining_a_study_together_sample_different_trials_and_the_firs
     """Two processes opening one study at the same moment with the same --seed (two machines, two Slurm
     tasks) must not draw the same configurations; and trial N's start-up configuration is the same whether
     one process or two ran the study."""
-    from search.study import open_study
+    from search.running.study import open_study
     from tests.helpers import settings_for
 
     url = "sqlite:///studies/seeded.db"
@@ -169,10 +169,10 @@ def test_journal_storage_with_two_workers(micro_dataset, workdir):
 def _brackets(url: str, name: str, budget: int) -> tuple:
     """In a fresh process: the pruner a worker builds, initialised on the study as that process sees it."""
     study = optuna.load_study(study_name=name, storage=open_storage(url))
-    from search.sampler import make_pruner
+    from search.running.sampler import make_pruner
 
     pruner = make_pruner(StudySettings.from_attrs(study.user_attrs))
-    pruner = getattr(pruner, "hyperband", pruner)  # a cpu study's second look wraps it (search/sampler.py)
+    pruner = getattr(pruner, "hyperband", pruner)  # a cpu study's second look wraps it (search/running/sampler.py)
     pruner._try_initialization(study)  # what its first prune() call does
     fake = [optuna.trial.FrozenTrial(number=n, state=TrialState.RUNNING, value=None, datetime_start=None,
                                      datetime_complete=None, params={}, distributions={}, user_attrs={},
@@ -186,11 +186,11 @@ def test_hyperband_brackets_are_the_same_in_every_process(micro_dataset, workdir
     the budget, so a worker that starts early and one that starts late put each trial in the same bracket."""
     from dataclasses import replace
 
-    from search.study import open_study
+    from search.running.study import open_study
     from tests.helpers import settings_for
 
     url, budget = "sqlite:///studies/hb.db", 64
-    # a GPU study's (full profile) Hyperband, of two brackets; a CPU study's pruner has one (search/study.py)
+    # a GPU study's (full profile) Hyperband, of two brackets; a CPU study's pruner has one (search/running/study.py)
     study = open_study("hb", url, replace(settings_for(micro_dataset, budget), profile="full"), warm_start=False)[0]
     with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
         early = pool.submit(_brackets, url, "hb", budget).result()
@@ -288,7 +288,7 @@ def test_killed_workers_trials_are_failed_and_rerun(tiny_dataset, workdir, monke
 
 
 # ---------------------------------------------------------------------------------------------------
-# No idle workers: the workers take trials from one study-wide count (search.target.SharedTarget)
+# No idle workers: the workers take trials from one study-wide count (search.running.target.SharedTarget)
 # until the study holds the run's --trials new ones, instead of a fixed share each.
 
 def _new_trials(study: optuna.Study, before: set[int]) -> dict[int, optuna.trial.FrozenTrial]:
@@ -373,7 +373,7 @@ def test_a_killed_workers_remaining_trials_are_run_by_the_other(micro_dataset, w
 def test_a_trial_killed_before_its_first_heartbeat_is_failed_and_re_queued(workdir):
     """Optuna's fail_stale_trials never fails a RUNNING trial without any heartbeat (a worker killed
     right after asking for it): the shared count's waiting workers would wait for it forever."""
-    from search.runner import fail_stale_trials
+    from search.running.runner import fail_stale_trials
 
     storage = open_storage("sqlite:///studies/nobeat.db", heartbeat_interval=1, grace_period=2)
     study = optuna.create_study(study_name="nobeat", storage=storage)
@@ -389,16 +389,16 @@ def test_a_trial_killed_before_its_first_heartbeat_is_failed_and_re_queued(workd
 
 
 def test_the_runner_beats_and_recovers_dead_workers_trials_on_postgresql(micro_dataset, workdir, monkeypatch):
-    """The runner's own ask/tell loop (search/runner.py) on PostgreSQL: each trial it runs has a heartbeat, and a
+    """The runner's own ask/tell loop (search/running/runner.py) on PostgreSQL: each trial it runs has a heartbeat, and a
     dead worker's trials (one that beat once, one that never beat) are failed after the grace period, re-queued
     and run as this run's trials, the killed attempts not counted."""
     why = reachable(POSTGRES)
     if why:
         pytest.skip(why)
-    from search import optuna_internals as internals
-    from search.runner import run_trials
-    from search.target import SharedTarget
-    from search.task import load_task
+    from search.db import optuna_internals as internals
+    from search.running.runner import run_trials
+    from search.running.target import SharedTarget
+    from search.running.task import load_task
 
     for key, value in FAST_HEARTBEATS.items():
         monkeypatch.setenv(key, value)

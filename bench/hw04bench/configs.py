@@ -1,6 +1,6 @@
 """The configurations a HW04-Bench table holds, in the order they are recorded.
 
-First the warm-start configurations of the profile (what a new study runs first: search/space.py), then points of
+First the warm-start configurations of the profile (what a new study runs first: search/running/space.py), then points of
 a scrambled Sobol sequence mapped onto the space's parameters in their sampling order. A parameter whose condition
 does not hold (conformer settings in a Transformer) ignores its coordinate, so conditions hold by construction
 and every point is a point of the space (``space.contains``). Sobol rather than random: a prefix of 2^k points
@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from search import space as search_space
+from search.running import space as search_space
 
 SECOND_SEED_EVERY = 8  # 50 pairs in a 400-point table
 

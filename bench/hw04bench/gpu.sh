@@ -32,7 +32,7 @@ fi
 # Pack the feature bank before either recorder starts: beside the CPU recorder's workers the packing took most of
 # a call (BENCHMARKS.md, HW04-Bench), and no GPU run started before the deadline.
 python3 -c "
-from search.task import prepare_bank
+from search.running.task import prepare_bank
 prepare_bank('/tmp/hw04')"
 echo "bank ready after $(( $(date +%s) - start )) s"
 # The CPU table (embedded data) on the host's spare cores, beside the GPU recorder.

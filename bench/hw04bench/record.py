@@ -4,7 +4,7 @@ per run, appended as each run ends.
     python -m bench.hw04bench.record --profile full --data /tmp/hw04 --configs 512 --workers 8 \
         --out bench/results/hw04bench-gpu.jsonl --deadline 480
 
-A run trains exactly as a search trial of that study would (search/space.py ``build_configs``: the same
+A run trains exactly as a search trial of that study would (search/running/space.py ``build_configs``: the same
 warm-up, schedule, precision, CUDA graph, clipping, full-length validation), for the study's budget, but never
 pruned and validated every ``budget/16`` steps as well as at the default pruner's rungs, so that a replay can put
 any pruner's decisions at any of those steps. Workers share the GPU under MPS, as ``search run --workers-per-gpu``
@@ -44,9 +44,9 @@ def eval_steps(budget: int, profile: str) -> list[int]:
     """Every budget/16 steps, the default pruner's rungs and the end: at least every 125 steps of a 2,000-step
     trial, and every step where a pruner we compare (rungs at budget/8 times powers of 2, 3 or 4) decides,
     to within budget/16."""
-    from search import schedule
-    from search.sampler import make_pruner
-    from search.settings import StudySettings
+    from search.running import schedule
+    from search.running.sampler import make_pruner
+    from search.running.settings import StudySettings
 
     settings = StudySettings(budget=budget, eval_every=schedule.min_resource(budget), data="embedded", seed=0,
                              profile=profile)
@@ -64,9 +64,9 @@ def run_one(task, job: dict, budget: int, steps: list[int]) -> dict:
     import torch
 
     from model import build_model, count_parameters
-    from search import space as search_space
+    from search.running import space as search_space
     from search.errors import TrainingDiverged
-    from search.train import train
+    from search.training.train import train
 
     device = task.device
     model_cfg, train_cfg = search_space.build_configs(
@@ -112,7 +112,7 @@ def worker_main(index: int, device: str, data: str | None, seed: int, budget: in
                 threads: int, jobs, results) -> None:
     import torch
 
-    from search.task import load_task, use_device
+    from search.running.task import load_task, use_device
 
     torch.set_num_threads(threads)
     task = load_task(data, seed, use_device(device))
@@ -156,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from bench.hw04bench import configs, table
-    from search.mps import gpu_sharing
-    from search.settings import CPU_BUDGET, GPU_BUDGET
+    from search.processes.mps import gpu_sharing
+    from search.running.settings import CPU_BUDGET, GPU_BUDGET
 
     started = time.monotonic()
     budget = args.budget or (GPU_BUDGET if args.profile == "full" else CPU_BUDGET)
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     session_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + f"-{os.getpid()}"
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    from search.task import prepare_bank
+    from search.running.task import prepare_bank
 
     prepared = time.monotonic()
     prepare_bank(args.data)  # generated (embedded) and packed once here, not raced by the workers

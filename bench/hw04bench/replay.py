@@ -14,13 +14,13 @@ final accuracy (the surrogate's mean): the anytime curve is the best such score 
 far (the best configuration found, without seed luck: monotone, and its regret against the table's best recorded
 configuration is >= 0 by construction, see surrogate.py). What a user would actually keep is the strategy's own
 pick, chosen on what it observed (ours: the trial's value as ``search run`` records it, the best validation
-accuracy of its evaluations, search/objective.py; peers: the accuracy at the end of the budget), which seed luck
+accuracy of its evaluations, search/running/objective.py; peers: the accuracy at the end of the budget), which seed luck
 can mislead: its regret is the table's second regret column ("pick").
 
 Strategies. Ours run through Optuna's ask/tell with the search's own objects: ``default`` is the study exactly
-as ``search run`` opens it (search/study.py ``open_study``: its sampler, its ``make_pruner``, the warm starts of
-search/space.py enqueued first; only the storage is Optuna's in-memory one), each trial's parameters drawn by
-search/space.py ``suggest`` and validated at search/schedule.py ``trial_steps`` of the study's pruner. Variants
+as ``search run`` opens it (search/running/study.py ``open_study``: its sampler, its ``make_pruner``, the warm starts of
+search/running/space.py enqueued first; only the storage is Optuna's in-memory one), each trial's parameters drawn by
+search/running/space.py ``suggest`` and validated at search/running/schedule.py ``trial_steps`` of the study's pruner. Variants
 change one thing of that study: the sampler (random, univariate TPE, multivariate TPE with groups, GP; Optuna 5's
 TPE is already multivariate by default), no warm start, or the pruner (Hyperband / Successive Halving (ASHA) at
 reduction factors 2, 3, 4, median). Peers run through their own libraries on the same space translated once into
@@ -206,15 +206,15 @@ def _quiet_optuna() -> None:
 
 
 def default_study(surrogate: bench_surrogate.Surrogate, seed: int, warm_start: bool = True):
-    """The study ``search run --seed SEED --budget B --space PROFILE`` opens for a new study (search/study.py
+    """The study ``search run --seed SEED --budget B --space PROFILE`` opens for a new study (search/running/study.py
     ``open_study``, called as is), in Optuna's in-memory storage instead of a SQLite file: the replay asks and
     tells thousands of trials, and only the storage's speed differs. Returns (study, settings)."""
     from unittest import mock
 
     import optuna
 
-    from search import study as search_study
-    from search.settings import RequestedSettings
+    from search.running import study as search_study
+    from search.running.settings import RequestedSettings
 
     _quiet_optuna()
     device_type = "cuda" if surrogate.profile == "full" else "cpu"
@@ -232,7 +232,8 @@ class OptunaStrategy(Strategy):
 
     def __init__(self, name: str, surrogate: bench_surrogate.Surrogate, seed: int,
                  sampler: Callable | None = None, pruner: Callable | None = None, warm_start: bool = True) -> None:
-        from search import schedule, space as search_space
+        from search.running import schedule
+        from search.running import space as search_space
 
         self.name = name
         self.study, self.settings = default_study(surrogate, seed, warm_start)
@@ -256,7 +257,7 @@ class OptunaStrategy(Strategy):
         from optuna.trial import TrialState
 
         if state == "complete":
-            value = max(job.observed)  # search/objective.py returns the run's best validation accuracy
+            value = max(job.observed)  # search/running/objective.py returns the run's best validation accuracy
             self.study.tell(job.handle, value)
             return value
         self.study.tell(job.handle, state=TrialState.PRUNED if state == "pruned" else TrialState.FAIL)
@@ -266,7 +267,7 @@ class OptunaStrategy(Strategy):
 def _tpe(**changes) -> Callable:
     """A variant of the study's own sampler (TrialSeededTPESampler) with ``changes``; the rest read from it."""
     def build(default, settings):
-        from search.sampler import TrialSeededTPESampler
+        from search.running.sampler import TrialSeededTPESampler
 
         return TrialSeededTPESampler(settings.seed, n_startup_trials=default._n_startup_trials,
                                      constant_liar=default._constant_liar, **changes)
@@ -305,7 +306,7 @@ def _asha(factor: int) -> Callable:
 def _median(settings):
     import optuna
 
-    # trials validate on the budget/8 grid with it (search/schedule.py: its decision points are not known ahead)
+    # trials validate on the budget/8 grid with it (search/running/schedule.py: its decision points are not known ahead)
     return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=settings.eval_every)
 
 
@@ -327,7 +328,7 @@ OURS: dict[str, dict] = {
 
 
 def configspace(space, seed: int = 0):
-    """search/space.py's parameters as a ConfigSpace ``ConfigurationSpace`` (the one translation every peer uses).
+    """search/running/space.py's parameters as a ConfigSpace ``ConfigurationSpace`` (the one translation every peer uses).
 
     Categorical choices become strings (ConfigSpace compares choices as values: True and 1 would collide) and are
     mapped back by ``from_configspace``; an int with a step becomes an integer index over its values; a parameter
@@ -376,7 +377,7 @@ def _values(p) -> list | None:
 
 
 def from_configspace(space, config) -> dict:
-    """A ConfigSpace configuration (or dict of its active values) back to search/space.py parameters."""
+    """A ConfigSpace configuration (or dict of its active values) back to search/running/space.py parameters."""
     values = dict(config)
     params: dict = {}
     for p in space:
@@ -398,7 +399,7 @@ def from_configspace(space, config) -> dict:
 
 
 def to_configspace(space, params: dict) -> dict:
-    """search/space.py parameters as ConfigSpace values (for warm starts given to a peer)."""
+    """search/running/space.py parameters as ConfigSpace values (for warm starts given to a peer)."""
     out = {}
     for p in space:
         if p.name not in params:
@@ -414,14 +415,14 @@ def to_configspace(space, params: dict) -> dict:
 
 
 def _warm_starts(surrogate) -> list[dict]:
-    from search import space as search_space
+    from search.running import space as search_space
 
     return list(search_space.warm_start_configs(surrogate.space).values())
 
 
 def _fidelities(surrogate) -> tuple[int, int]:
     """(min, max) training steps for a multi-fidelity peer: the study's first rung and its budget, as ours."""
-    from search import schedule
+    from search.running import schedule
 
     return schedule.min_resource(surrogate.budget), surrogate.budget
 
@@ -593,7 +594,7 @@ def neps_python() -> Path:
 class NePSStrategy(Strategy):
     """NePS PriorBand (Hyperband base, eta 3, fidelity from the study's first rung to its budget), run in its own
     virtual environment by bench/hw04bench/neps_driver.py over a JSON-lines pipe. The prior is the best-ranked
-    warm start (search/space.py orders them by published score, best first), at "medium" confidence; parameters
+    warm start (search/running/space.py orders them by published score, best first), at "medium" confidence; parameters
     it lacks (a condition that does not hold there) have no prior. The space is the ConfigSpace translation,
     flat (NePS's classic space has no conditions; ``from_configspace`` drops what does not apply)."""
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bench.hw04bench import table as bench_table
-from search import space as search_space
+from search.running import space as search_space
 
 BOOTSTRAP = False
 NUMERIC_ABSENT = 0.5  # the middle of a [0, 1] range: a conditional number that does not apply

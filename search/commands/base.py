@@ -1,6 +1,6 @@
 """The ``search`` group and the options its commands share (as lhotse's ``lhotse/bin/modes/cli_base.py``).
 
-Every command of the group is a ``SafeCommand`` (search/guard.py): whatever goes wrong reaches the user as
+Every command of the group is a ``SafeCommand`` (search/processes/guard.py): whatever goes wrong reaches the user as
 one ``Error:`` line and a non-zero exit, never a traceback.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 import optuna
 
-from search.guard import SafeGroup
+from search.processes.guard import SafeGroup
 
 DEFAULT_STUDY = "hw04"
 SEED_MAX = 2**32 - 1  # numpy's and Optuna's samplers take seeds in 0 .. 2**32-1
@@ -75,7 +75,7 @@ def seed_type() -> Bounded:
 
 def _check_study(_ctx, _param, value: str) -> str:
     from search.errors import UserError
-    from search.storage import check_study_name
+    from search.db.storage import check_study_name
 
     try:
         check_study_name(value)
@@ -87,7 +87,7 @@ def _check_study(_ctx, _param, value: str) -> str:
 def _resolve_storage(_ctx, _param, value: str | None) -> str | None:
     """--storage as every process uses and prints it (a journal path made absolute)."""
     from search.errors import UserError
-    from search.storage import resolve_url
+    from search.db.storage import resolve_url
 
     try:
         return None if value is None else resolve_url(value)

@@ -1,4 +1,4 @@
-"""``search data synth`` and ``search data check`` (search/datasets.py)."""
+"""``search data synth`` and ``search data check`` (search/running/datasets.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from search.commands.base import MAX_PROCESSES, Bounded, count, main, seed_type
 
 
 def _echo_progress(label: str):
-    from search.logs import throttled
+    from search.reporting.logs import throttled
 
     return throttled(lambda done, total: click.echo(f"{label}: {done}/{total}", err=True))
 
@@ -45,7 +45,7 @@ def synth(out_dir, speakers, utterances_per_speaker, length_scale, seed, workers
     Example: search data synth hw04-synth/
              search data synth toy/ --speakers 20 --utterances-per-speaker 20 --length-scale 0.4
     """
-    from search.datasets import synthesize
+    from search.running.datasets import synthesize
 
     click.echo(synthesize(out_dir, progress=_echo_progress("synthesizing"), seed=seed, workers=workers,
                           speakers=speakers, utterances_per_speaker=utterances_per_speaker, length_scale=length_scale))
@@ -61,6 +61,6 @@ def check(folder, as_json):
 
     Example: search data check Dataset/
     """
-    from search.datasets import check_text
+    from search.running.datasets import check_text
 
     click.echo(check_text(folder, as_json))

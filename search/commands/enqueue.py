@@ -1,4 +1,4 @@
-"""``search enqueue``: queue other trials' configurations into a study (search/enqueue.py)."""
+"""``search enqueue``: queue other trials' configurations into a study (search/running/enqueue.py)."""
 
 from __future__ import annotations
 
@@ -44,8 +44,8 @@ def enqueue(study_name, storage, data_dir, from_trial, from_study, from_storage,
     Example: search enqueue --study hw04-gpu --from-study hw04-cpu --top 3 --space full
              search enqueue --study hw04 --from-trial 3 --full-budget
     """
-    from search.enqueue import EnqueueRequest, enqueue as enqueue_configs
-    from search.settings import RequestedSettings
+    from search.running.enqueue import EnqueueRequest, enqueue as enqueue_configs
+    from search.running.settings import RequestedSettings
 
     profile, space = space_request(profile, sets, ranges)
     if data_dir is not None and not data_dir.is_dir():

@@ -1,5 +1,5 @@
-"""The commands over several studies of a storage: ``delete`` (search/catalog.py), ``compare``
-(search/compare.py) and ``migrate`` (search/migrate.py)."""
+"""The commands over several studies of a storage: ``delete`` (search/db/catalog.py), ``compare``
+(search/reporting/compare.py) and ``migrate`` (search/db/migrate.py)."""
 
 from __future__ import annotations
 
@@ -24,10 +24,10 @@ def delete(study_name, storage, yes, outputs):
     Example: search delete --study hw4
              search delete --study hw4 --yes --outputs
     """
-    from search.catalog import delete_study, outputs_text, remove_outputs
-    from search.queries import state_counts
-    from search.storage import default_url, redact_url
-    from search.study import load_study
+    from search.db.catalog import delete_study, outputs_text, remove_outputs
+    from search.reporting.queries import state_counts
+    from search.db.storage import default_url, redact_url
+    from search.running.study import load_study
 
     study = load_study(study_name, storage, any_direction=True, read_only=True)  # a typo: "did you mean ..."
     url = storage or default_url(study_name)
@@ -65,8 +65,8 @@ def compare(studies, storage):
 
     Example: search compare hw04 hw04-cpu
     """
-    from search.compare import compare_text
-    from search.storage import check_study_name
+    from search.reporting.compare import compare_text
+    from search.db.storage import check_study_name
 
     for name in studies:
         check_study_name(name)
@@ -85,7 +85,7 @@ def migrate(storage):
 
     Example: search migrate
     """
-    from search.migrate import migrate as move
-    from search.storage import SHARED_URL, env_url
+    from search.db.migrate import migrate as move
+    from search.db.storage import SHARED_URL, env_url
 
     move(storage or env_url() or SHARED_URL, click.echo)

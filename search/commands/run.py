@@ -1,4 +1,4 @@
-"""``search run`` and ``search finalize``: the commands that train (search/run.py, search/finalize.py)."""
+"""``search run`` and ``search finalize``: the commands that train (search/running/run.py, search/finalizing/finalize.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import click
 
 from search.commands.base import (MAX_BUDGET, MAX_PROCESSES, MAX_SECONDS, MAX_STEPS, MAX_TRIALS, Bounded, count,
                                   device_option, main, quiet_option, seed_type, training_options)
-from search.settings import CPU_BUDGET, CPU_FINALIZE_STEPS, GPU_BUDGET, GPU_FINALIZE_STEPS  # no torch
+from search.running.settings import CPU_BUDGET, CPU_FINALIZE_STEPS, GPU_BUDGET, GPU_FINALIZE_STEPS  # no torch
 
 
 PROFILE_CHOICES = ("auto", "full", "cpu")
@@ -29,7 +29,7 @@ def space_options(f):
 
 def space_request(profile: str, sets: tuple, ranges: tuple):
     """(the profile asked for or None, the space file/--set/--range request) of --space, --set and --range."""
-    from search.user_space import SpaceRequest
+    from search.running.user_space import SpaceRequest
 
     if profile in PROFILE_CHOICES:
         return (None if profile == "auto" else profile), SpaceRequest(None, tuple(sets), tuple(ranges))
@@ -85,8 +85,8 @@ def run(trials, total_trials, study_name, storage, data_dir, budget, device, see
              search run --trials 200 --gpus --workers-per-gpu 4 --data Dataset/
              search run --trials 20 --study conf --set encoder=conformer --range lr=1e-4:1e-3
     """
-    from search.run import RunRequest, run_search
-    from search.settings import RequestedSettings
+    from search.running.run import RunRequest, run_search
+    from search.running.settings import RequestedSettings
 
     profile, space = space_request(profile, sets, ranges)
     run_search(RunRequest(
@@ -131,8 +131,8 @@ def finalize(which, study_name, storage, data_dir, steps, time_budget, out, devi
              search finalize best --study hw04 --time 2h
              search finalize top --k 3 --study hw04 --all-data
     """
-    from search.budget import parse_duration
-    from search.finalize import FinalizeRequest, run_finalize
+    from search.finalizing.budget import parse_duration
+    from search.finalizing.finalize import FinalizeRequest, run_finalize
 
     seconds = parse_duration(time_budget) if time_budget is not None else None
     run_finalize(FinalizeRequest(which, study_name, storage=storage, data_dir=data_dir, steps=steps, time=seconds, out=out,

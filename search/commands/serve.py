@@ -1,5 +1,5 @@
-"""The commands that serve until Ctrl-C: ``dashboard`` (optuna-dashboard, search/dashboard.py) and ``proxy``
-(a gRPC storage proxy for many workers, search/proxy.py).
+"""The commands that serve until Ctrl-C: ``dashboard`` (optuna-dashboard, search/reporting/dashboard.py) and ``proxy``
+(a gRPC storage proxy for many workers, search/db/proxy.py).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import sys
 import click
 
 from search.commands.base import _resolve_storage, count, main, storage_option, study_option
-from search.guard import friendly_errors
+from search.processes.guard import friendly_errors
 
 
 @main.command()
@@ -26,7 +26,7 @@ def dashboard(study_name, storage, host, port):
 
     Example: search dashboard --study hw04 --port 8080
     """
-    from search.dashboard import serve
+    from search.reporting.dashboard import serve
 
     serve(study_name, storage, host, port, click.echo)
 
@@ -52,8 +52,8 @@ def proxy(storage, host, port):
              search run --study hw04 --trials 50 --storage grpc://proxyhost:13000 --data Dataset/
     """
     from search.errors import UserError
-    from search.proxy import serve
-    from search.storage import env_url
+    from search.db.proxy import serve
+    from search.db.storage import env_url
 
     url = storage or env_url()
     if url is None:

@@ -1,5 +1,5 @@
 """The commands that look at studies and write nothing but their output: ``studies``, ``show``, ``trials``,
-``report``, ``space``, ``score`` (search/inspection.py, search/report.py, search/scoring.py).
+``report``, ``space``, ``score`` (search/reporting/inspection.py, search/reporting/report.py, search/finalizing/scoring.py).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def studies(storage, as_json):
 
     Example: search studies --storage sqlite:///studies/hw04.db
     """
-    from search.inspection import studies_text
+    from search.reporting.inspection import studies_text
 
     skipped: list[str] = []  # damaged files among studies/*.db: the others are listed, these named
     click.echo(studies_text(storage, as_json, skipped))
@@ -49,7 +49,7 @@ def show(study_name, storage, number, as_json):
 
     Example: search show --study hw04 --trial 3
     """
-    from search.inspection import show_text
+    from search.reporting.inspection import show_text
 
     click.echo(show_text(study_name, storage, number, as_json))
 
@@ -78,7 +78,7 @@ def trials(study_name, storage, sort, states, wide, as_json, as_csv):
     Example: search trials --study hw04 --sort value --state complete
              search trials --study hw04 --csv > trials.csv
     """
-    from search.inspection import trials_text
+    from search.reporting.inspection import trials_text
 
     click.echo(trials_text(study_name, storage, sort, states, as_json, as_csv, wide))
 
@@ -98,7 +98,7 @@ def report(study_name, storage, out):
     \b
     Example: search report --study hw04 --out report.html
     """
-    from search.inspection import report_text
+    from search.reporting.inspection import report_text
 
     click.echo(report_text(study_name, storage, out))
 
@@ -119,12 +119,12 @@ def space_command(profile, study_name, storage, as_json):
     Example: search space --profile cpu --json
              search space --study hw04
     """
-    from search.inspection import space_text
+    from search.reporting.inspection import space_text
 
     if study_name is None:
         click.echo(space_text(profile or "full", as_json))
         return
-    from search.inspection import study_space
+    from search.reporting.inspection import study_space
 
     if profile is not None:
         raise click.UsageError("--profile: give --profile or --study, not both (a study has its own profile)")
@@ -143,7 +143,7 @@ def score(predictions, answers):
 
     Example: search score studies/hw04/predictions.csv --answers hw04-synth/answers.csv
     """
-    from search.scoring import accuracy_line, score_files
+    from search.finalizing.scoring import accuracy_line, score_files
 
     accuracy, n = score_files(predictions, answers)
     click.echo(accuracy_line(accuracy, n))

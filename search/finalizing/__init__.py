@@ -1,0 +1,1 @@
+"""Finalize: retraining the best configurations, ensembles, the predictions and their record."""

@@ -1,0 +1,1 @@
+"""Processes and signals: the CLI guard, signal handling, CUDA MPS."""

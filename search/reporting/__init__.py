@@ -1,0 +1,1 @@
+"""What users read: report, show/trials/space, dashboard notes, printed lines and formats."""

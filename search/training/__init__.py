@@ -1,0 +1,1 @@
+"""Training one model: the loop, its step, evaluation, collapse handling, checkpoints."""
