@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from search.commands.base import (MAX_BUDGET, MAX_TRIAL_NUMBER, _resolve_storage, count, device_option, main,
-                                  seed_type, training_options)
-from search.commands.run import space_options, space_request
+                                  training_options)
+from search.commands.run import new_study_options, space_request
 
 
 @main.command()
@@ -25,11 +25,9 @@ from search.commands.run import space_options, space_request
 @click.option("--budget", type=count(MAX_BUDGET, "training steps of a trial"), default=None,
               help="A new study's steps per trial (as search run's).")
 @device_option
-@click.option("--seed", type=seed_type(), default=None, help="A new study's seed [default: 0].")
-@space_options
-@click.option("--warm-start/--no-warm-start", default=True, show_default=True,
-              help="A new study: queue the known HW04 configurations too, after these.")
-@click.option("--pruning/--no-pruning", default=None, help="A new study: pruning on (default) or off.")
+@new_study_options(seed_help="A new study's seed [default: 0].",
+                   warm_start_help="A new study: queue the known HW04 configurations too, after these.",
+                   pruning_help="A new study: pruning on (default) or off.")
 def enqueue(study_name, storage, data_dir, from_trial, from_study, from_storage, top, full_budget, budget, device,
             seed, profile, sets, ranges, warm_start, pruning):
     """Queue other trials' configurations into a study, run first.

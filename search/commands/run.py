@@ -27,6 +27,17 @@ def space_options(f):
                              "the user's changes to it (README, 'Your own space').")(f)
 
 
+def new_study_options(seed_help: str, warm_start_help: str, pruning_help: str):
+    """--seed, the space (``space_options``), --warm-start and --pruning: what shapes a new study (run, enqueue),
+    each command saying in its own words what they do there."""
+    def apply(f):
+        f = click.option("--pruning/--no-pruning", default=None, help=pruning_help)(f)
+        f = click.option("--warm-start/--no-warm-start", default=True, show_default=True, help=warm_start_help)(f)
+        f = space_options(f)
+        return click.option("--seed", type=seed_type(), default=None, help=seed_help)(f)
+    return apply
+
+
 def space_request(profile: str, sets: tuple, ranges: tuple):
     """(the profile asked for or None, the space file/--set/--range request) of --space, --set and --range."""
     from search.running.user_space import SpaceRequest
@@ -47,16 +58,13 @@ def space_request(profile: str, sets: tuple, ranges: tuple):
               help=f"Training steps of a full trial [default: {GPU_BUDGET} on GPU, {CPU_BUDGET} on CPU; "
                    "a resumed study keeps its own].")
 @device_option
-@click.option("--seed", type=seed_type(), default=None,
-              help="Seeds the split, the sampler and training [default: 0; a resumed study keeps its own].")
 @click.option("--timeout", type=Bounded(float, 0, MAX_SECONDS, "seconds", low_open=True), default=None,
               help="Stop starting new trials after this many seconds (without --trials: run until then).")
-@space_options
-@click.option("--warm-start/--no-warm-start", default=True, show_default=True,
-              help="Run the known HW04 configurations first in a new study.")
-@click.option("--pruning/--no-pruning", default=None,
-              help="Let Hyperband stop unpromising trials early (a new study's default: on; a study keeps its "
-                   "choice). --no-pruning runs every trial to its full budget.")
+@new_study_options(
+    seed_help="Seeds the split, the sampler and training [default: 0; a resumed study keeps its own].",
+    warm_start_help="Run the known HW04 configurations first in a new study.",
+    pruning_help="Let Hyperband stop unpromising trials early (a new study's default: on; a study keeps its choice). "
+                 "--no-pruning runs every trial to its full budget.")
 @click.option("--fail-fast", is_flag=True, help="Stop at the first failed trial instead of recording it.")
 @click.option("--workers", type=count(MAX_PROCESSES, "worker processes"), default=1, show_default=True,
               help="Worker processes on this machine, sharing the trials (more machines: run the same command "

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from search.running import schedule
 from search.errors import UserError
 from search.running.settings import CPU_FINALIZE_STEPS, GPU_FINALIZE_STEPS
+from search.reporting.formats import duration_text
 
 ATTR = "finalize_seconds"  # the trial's user attribute: a finalize at its device's default steps, in seconds
 MEASURE_STEPS = 300  # steps `finalize --time` trains to measure this device's speed (one validation at the end)
@@ -63,16 +64,6 @@ def estimate_of(trial) -> tuple[int, float] | None:
     if not isinstance(seconds, (int, float)):
         seconds = trial_finalize_seconds(attrs, len(trial.intermediate_values))
     return None if seconds is None else (default_steps_for(attrs.get("device", "cpu")), float(seconds))
-
-
-def duration_text(seconds: float) -> str:
-    """``45s``, ``12m30s``, ``3h05m``: a duration at a glance."""
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def estimate_text(trial) -> str | None:

@@ -16,6 +16,7 @@ import optuna
 
 from data.tempfiles import remove_stale
 from search.finalizing import budget
+from search.reporting.formats import duration_text
 from search.finalizing.ensemble import finalize_ensemble, pick_top, summary_lines
 from search.errors import UserError
 from search.files import (artifact_folder, check_out, check_writable, final_folder, predictions_path, replaced,
@@ -183,16 +184,16 @@ def plan_time(study: optuna.Study, request: FinalizeRequest, trial) -> tuple[Fin
     echo = request.console
     task = load_task(_data_dir(study, request), study_seed(study), resolve_device(request.device),
                      progress=echo.data_progress)
-    echo(f"--time {budget.duration_text(request.time)}: measuring trial #{trial.number}'s configuration on "
+    echo(f"--time {duration_text(request.time)}: measuring trial #{trial.number}'s configuration on "
          f"{task.device} ({budget.MEASURE_STEPS} steps and one validation)")
     started = time.monotonic()
     rate, validation = measure_speed(trial.params, task, single(trial, study_seed(study))[0].seed,
                                      budget.MEASURE_STEPS)
     left = request.time - (time.monotonic() - started)  # the measurement took part of the time given
-    plan = budget.plan_for(left, rate, validation, f"--time {budget.duration_text(request.time)}")
+    plan = budget.plan_for(left, rate, validation, f"--time {duration_text(request.time)}")
     return replace(request, steps=plan.steps), (
-        f"expected duration: about {budget.duration_text(plan.seconds)}: {plan.steps:,} steps fit in the "
-        f"{budget.duration_text(left)} left of {budget.duration_text(request.time)} at {rate:.1f} steps/s and {validation:.1f} s per validation, measured "
+        f"expected duration: about {duration_text(plan.seconds)}: {plan.steps:,} steps fit in the "
+        f"{duration_text(left)} left of {duration_text(request.time)} at {rate:.1f} steps/s and {validation:.1f} s per validation, measured "
         "here (the learning-rate schedule is set for that many steps)")
 
 

@@ -90,3 +90,13 @@ def ended_text(state: str, ended, value=None, attrs: dict | None = None) -> str:
             return "failed"
         return str(ended) if str(ended).startswith("failed") else f"failed: {ended}"
     return str(ended) if ended else state
+
+
+def duration_text(seconds: float) -> str:
+    """``45s``, ``12m30s``, ``3h05m``: a duration at a glance (negative: ``0s``)."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

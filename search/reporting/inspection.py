@@ -13,7 +13,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.finalizing.budget import ATTR as FINALIZE_SECONDS, duration_text, estimate_text
+from search.finalizing.budget import ATTR as FINALIZE_SECONDS, estimate_text
+from search.reporting.formats import duration_text
 from search.errors import NoStudyStorage, UserError
 from search.files import STUDIES
 from search.finalizing.final_record import show_lines

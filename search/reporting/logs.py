@@ -334,13 +334,10 @@ class Progress:
 
     @staticmethod
     def format_seconds(seconds: float) -> str:
-        """``42s``, ``3m05s``, ``2h07m``: an ETA at a glance."""
-        seconds = max(0, round(seconds))
-        if seconds < 60:
-            return f"{seconds}s"
-        if seconds < 3600:
-            return f"{seconds // 60}m{seconds % 60:02d}s"
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+        """``42s``, ``3m05s``, ``2h07m``: an ETA at a glance (search/reporting/formats.py)."""
+        from search.reporting.formats import duration_text
+
+        return duration_text(seconds)
 
 
 def _steps_of(trial) -> int:

@@ -38,6 +38,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.finalizing import budget
+from search.reporting.formats import duration_text
 
 from search.db import optuna_internals
 from search.reporting.attrs import resolved_configs, train_loss_points
@@ -116,7 +117,7 @@ def describe_size_and_speed(attrs: dict) -> list[str]:
     if attrs.get("device"):
         parts.append(f"**device** {attrs['device']}")
     if isinstance(attrs.get(budget.ATTR), (int, float)):  # a finalize at the default steps, on that device
-        parts.append(f"**finalize** ~{budget.duration_text(attrs[budget.ATTR])} at "
+        parts.append(f"**finalize** ~{duration_text(attrs[budget.ATTR])} at "
                      f"{budget.default_steps_for(attrs.get('device', 'cpu')):,} steps")
     return parts
 

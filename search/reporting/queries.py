@@ -220,22 +220,18 @@ def whole_trials(study: optuna.Study) -> list[FrozenTrial]:
             fields[trial_id] = dict(number=number, state=state, value=shown, datetime_start=_local(start),
                                     datetime_complete=_local(complete), params={}, distributions={},
                                     user_attrs={}, system_attrs={}, intermediate_values={}, trial_id=trial_id)
+        def rows(*columns):  # (trial_id, *columns) of this study's trials' rows of one table
+            query = sqlalchemy.select(columns[0].class_.trial_id, *columns).where(columns[0].class_.trial_id.in_(mine))
+            return ((fields[row[0]], *row[1:]) for row in connection.execute(query) if row[0] in fields)
+
         distributions: dict[str, object] = {}  # a few distinct JSON texts: parsed once each
-        for trial_id, name, internal, text in connection.execute(
-                sqlalchemy.select(param.trial_id, param.param_name, param.param_value, param.distribution_json)
-                .where(param.trial_id.in_(mine))):
-            if trial_id in fields:
-                if text not in distributions:
-                    distributions[text] = json_to_distribution(text)
-                fields[trial_id]["distributions"][name] = distributions[text]
-                fields[trial_id]["params"][name] = distributions[text].to_external_repr(internal)
-        for trial_id, key, text in connection.execute(
-                sqlalchemy.select(attr.trial_id, attr.key, attr.value_json).where(attr.trial_id.in_(mine))):
-            if trial_id in fields:
-                fields[trial_id]["user_attrs"][key] = json.loads(text)
-        for trial_id, at, stored, kind in connection.execute(
-                sqlalchemy.select(step.trial_id, step.step, step.intermediate_value, step.intermediate_value_type)
-                .where(step.trial_id.in_(mine))):
-            if trial_id in fields:
-                fields[trial_id]["intermediate_values"][at] = step.stored_repr_to_intermediate_value(stored, kind)
+        for f, name, internal, text in rows(param.param_name, param.param_value, param.distribution_json):
+            if text not in distributions:
+                distributions[text] = json_to_distribution(text)
+            f["distributions"][name] = distributions[text]
+            f["params"][name] = distributions[text].to_external_repr(internal)
+        for f, key, text in rows(attr.key, attr.value_json):
+            f["user_attrs"][key] = json.loads(text)
+        for f, at, stored, kind in rows(step.step, step.intermediate_value, step.intermediate_value_type):
+            f["intermediate_values"][at] = step.stored_repr_to_intermediate_value(stored, kind)
     return [FrozenTrial(**f) for f in sorted(fields.values(), key=lambda f: f["number"])]

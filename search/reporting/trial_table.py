@@ -124,7 +124,7 @@ def _cell(key: str, row: dict) -> str:
     if key == "wall_seconds":
         return f"{value:.1f}"
     if key == FINALIZE_SECONDS:
-        from search.finalizing.budget import duration_text
+        from search.reporting.formats import duration_text
 
         return duration_text(value)
     if isinstance(value, (list, dict)):
