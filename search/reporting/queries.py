@@ -220,6 +220,7 @@ def whole_trials(study: optuna.Study) -> list[FrozenTrial]:
             fields[trial_id] = dict(number=number, state=state, value=shown, datetime_start=_local(start),
                                     datetime_complete=_local(complete), params={}, distributions={},
                                     user_attrs={}, system_attrs={}, intermediate_values={}, trial_id=trial_id)
+
         def rows(*columns):  # (trial_id, *columns) of this study's trials' rows of one table
             query = sqlalchemy.select(columns[0].class_.trial_id, *columns).where(columns[0].class_.trial_id.in_(mine))
             return ((fields[row[0]], *row[1:]) for row in connection.execute(query) if row[0] in fields)
