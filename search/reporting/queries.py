@@ -142,46 +142,84 @@ def trial_fields(study: optuna.Study, states: tuple[TrialState, ...] | None, par
     rdb = internals.rdb_storage(study)
     if rdb is None:
         return study.get_trials(deepcopy=False, states=states)
-    import json
-
-    import sqlalchemy
-    from optuna.distributions import json_to_distribution
-
-    models, study_id = internals.rdb_models(), internals.study_id(study)
-    trial, value = models.TrialModel, models.TrialValueModel
-    started, completed = internals.trial_datetime_columns(models)
     rows: dict[int, TrialFields] = {}
     with rdb.engine.connect() as connection:
-        # the datetimes' columns: naive UTC, shown in local time as Optuna's FrozenTrial does (_local)
+        reader = _Rows(connection, study)
+        for trial_id, number, state, value, start, complete in reader.trials(states):
+            rows[trial_id] = TrialFields(number, state, value, start, complete)
+        if params is None or params:
+            for trial_id, name, _, shown in reader.params(params):
+                if trial_id in rows:
+                    rows[trial_id].params[name] = shown
+        if user_attrs is None or user_attrs:
+            for trial_id, key, shown in reader.user_attrs(user_attrs):
+                if trial_id in rows:
+                    rows[trial_id].user_attrs[key] = shown
+    return list(rows.values())
+
+
+class _Rows:
+    """A study's rows of Optuna's trial tables, as plain query results (no ORM object per row), each value as a
+    FrozenTrial holds it; the datetimes naive UTC in the table, naive local time here (``_local``), as Optuna's."""
+
+    def __init__(self, connection, study: optuna.Study) -> None:
+        import sqlalchemy
+
+        self.connection, self.models, self.study_id = connection, internals.rdb_models(), internals.study_id(study)
+        trial = self.models.TrialModel
+        self.mine = sqlalchemy.select(trial.trial_id).where(trial.study_id == self.study_id).scalar_subquery()
+
+    def trials(self, states: tuple[TrialState, ...] | None = None):
+        """(trial_id, number, state, value, start, complete) of each trial (in ``states``; all for None)."""
+        import sqlalchemy
+
+        trial, value = self.models.TrialModel, self.models.TrialValueModel
+        started, completed = internals.trial_datetime_columns(self.models)
         query = (sqlalchemy.select(trial.trial_id, trial.number, trial.state, started, completed, value.value,
                                    value.value_type)
                  .outerjoin(value, sqlalchemy.and_(value.trial_id == trial.trial_id, value.objective == 0))
-                 .where(trial.study_id == study_id))
+                 .where(trial.study_id == self.study_id))
         if states is not None:
             query = query.where(trial.state.in_(list(states)))
-        for trial_id, number, state, start, complete, stored, kind in connection.execute(query):
+        for trial_id, number, state, start, complete, stored, kind in self.connection.execute(query):
             shown = None if stored is None and kind is None else value.stored_repr_to_value(stored, kind)
-            rows[trial_id] = TrialFields(number, state, shown, _local(start), _local(complete))
-        mine = sqlalchemy.select(trial.trial_id).where(trial.study_id == study_id).scalar_subquery()
-        if params is None or params:
-            param = models.TrialParamModel
-            distributions: dict[str, object] = {}  # a few distinct JSON texts: parsed once each
-            query = (sqlalchemy.select(param.trial_id, param.param_name, param.param_value, param.distribution_json)
-                     .where(param.trial_id.in_(mine)))
-            for trial_id, name, internal, text in connection.execute(
-                    query if params is None else query.where(param.param_name.in_(params))):
-                if trial_id in rows:
-                    if text not in distributions:
-                        distributions[text] = json_to_distribution(text)
-                    rows[trial_id].params[name] = distributions[text].to_external_repr(internal)
-        if user_attrs is None or user_attrs:
-            attr = models.TrialUserAttributeModel
-            query = sqlalchemy.select(attr.trial_id, attr.key, attr.value_json).where(attr.trial_id.in_(mine))
-            for trial_id, key, text in connection.execute(
-                    query if user_attrs is None else query.where(attr.key.in_(user_attrs))):
-                if trial_id in rows:
-                    rows[trial_id].user_attrs[key] = json.loads(text)
-    return list(rows.values())
+            yield trial_id, number, state, shown, _local(start), _local(complete)
+
+    def params(self, names: tuple[str, ...] | None = None):
+        """(trial_id, name, distribution, value) of each sampled parameter (those ``names``; all for None)."""
+        import sqlalchemy
+        from optuna.distributions import json_to_distribution
+
+        param = self.models.TrialParamModel
+        query = (sqlalchemy.select(param.trial_id, param.param_name, param.param_value, param.distribution_json)
+                 .where(param.trial_id.in_(self.mine)))
+        distributions: dict[str, object] = {}  # a few distinct JSON texts: parsed once each
+        for trial_id, name, internal, text in self.connection.execute(
+                query if names is None else query.where(param.param_name.in_(names))):
+            if text not in distributions:
+                distributions[text] = json_to_distribution(text)
+            yield trial_id, name, distributions[text], distributions[text].to_external_repr(internal)
+
+    def user_attrs(self, keys: tuple[str, ...] | None = None):
+        """(trial_id, key, value) of each user attribute (those ``keys``; all for None)."""
+        import json
+
+        import sqlalchemy
+
+        attr = self.models.TrialUserAttributeModel
+        query = sqlalchemy.select(attr.trial_id, attr.key, attr.value_json).where(attr.trial_id.in_(self.mine))
+        for trial_id, key, text in self.connection.execute(query if keys is None else query.where(attr.key.in_(keys))):
+            yield trial_id, key, json.loads(text)
+
+    def intermediate_values(self):
+        """(trial_id, step, value) of each reported intermediate value."""
+        import sqlalchemy
+
+        step = self.models.TrialIntermediateValueModel
+        query = (sqlalchemy.select(step.trial_id, step.step, step.intermediate_value, step.intermediate_value_type)
+                 .where(step.trial_id.in_(self.mine)))
+        for trial_id, at, stored, kind in self.connection.execute(query):
+            yield trial_id, at, step.stored_repr_to_intermediate_value(stored, kind)
 
 
 def _local(utc):
@@ -199,40 +237,21 @@ def whole_trials(study: optuna.Study) -> list[FrozenTrial]:
     rdb = internals.rdb_storage(study)
     if rdb is None:
         return study.get_trials(deepcopy=False)
-    import json
-
-    import sqlalchemy
-    from optuna.distributions import json_to_distribution
-
-    models, study_id = internals.rdb_models(), internals.study_id(study)
-    trial, value = models.TrialModel, models.TrialValueModel
-    param, attr, step = models.TrialParamModel, models.TrialUserAttributeModel, models.TrialIntermediateValueModel
-    started, completed = internals.trial_datetime_columns(models)
-    mine = sqlalchemy.select(trial.trial_id).where(trial.study_id == study_id).scalar_subquery()
     fields: dict[int, dict] = {}
     with rdb.engine.connect() as connection:
-        for trial_id, number, state, start, complete, stored, kind in connection.execute(
-                sqlalchemy.select(trial.trial_id, trial.number, trial.state, started, completed, value.value,
-                                  value.value_type)
-                .outerjoin(value, sqlalchemy.and_(value.trial_id == trial.trial_id, value.objective == 0))
-                .where(trial.study_id == study_id)):
-            shown = None if stored is None and kind is None else value.stored_repr_to_value(stored, kind)
-            fields[trial_id] = dict(number=number, state=state, value=shown, datetime_start=_local(start),
-                                    datetime_complete=_local(complete), params={}, distributions={},
-                                    user_attrs={}, system_attrs={}, intermediate_values={}, trial_id=trial_id)
-
-        def rows(*columns):  # (trial_id, *columns) of this study's trials' rows of one table
-            query = sqlalchemy.select(columns[0].class_.trial_id, *columns).where(columns[0].class_.trial_id.in_(mine))
-            return ((fields[row[0]], *row[1:]) for row in connection.execute(query) if row[0] in fields)
-
-        distributions: dict[str, object] = {}  # a few distinct JSON texts: parsed once each
-        for f, name, internal, text in rows(param.param_name, param.param_value, param.distribution_json):
-            if text not in distributions:
-                distributions[text] = json_to_distribution(text)
-            f["distributions"][name] = distributions[text]
-            f["params"][name] = distributions[text].to_external_repr(internal)
-        for f, key, text in rows(attr.key, attr.value_json):
-            f["user_attrs"][key] = json.loads(text)
-        for f, at, stored, kind in rows(step.step, step.intermediate_value, step.intermediate_value_type):
-            f["intermediate_values"][at] = step.stored_repr_to_intermediate_value(stored, kind)
+        reader = _Rows(connection, study)
+        for trial_id, number, state, value, start, complete in reader.trials():
+            fields[trial_id] = dict(number=number, state=state, value=value, datetime_start=start,
+                                    datetime_complete=complete, params={}, distributions={}, user_attrs={},
+                                    system_attrs={}, intermediate_values={}, trial_id=trial_id)
+        for trial_id, name, distribution, shown in reader.params():
+            if trial_id in fields:
+                fields[trial_id]["distributions"][name] = distribution
+                fields[trial_id]["params"][name] = shown
+        for trial_id, key, shown in reader.user_attrs():
+            if trial_id in fields:
+                fields[trial_id]["user_attrs"][key] = shown
+        for trial_id, at, shown in reader.intermediate_values():
+            if trial_id in fields:
+                fields[trial_id]["intermediate_values"][at] = shown
     return [FrozenTrial(**f) for f in sorted(fields.values(), key=lambda f: f["number"])]

@@ -158,8 +158,9 @@ def queue_configs(study: optuna.Study, settings: StudySettings, configs: Sequenc
     from search.running import space as search_space
 
     space = search_space.build_space(settings.profile, settings.space)
-    waiting = [internals.queued_params(t) for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))]
-    labels = {t.user_attrs.get("warm_start") for t in study.get_trials(deepcopy=False)}
+    trials = study.get_trials(deepcopy=False)
+    waiting = [internals.queued_params(t) for t in trials if t.state == TrialState.WAITING]
+    labels = {t.user_attrs.get("warm_start") for t in trials}
     queued = []
     for config in configs:
         why = search_space.misfit(space, config.params)
