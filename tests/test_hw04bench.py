@@ -91,16 +91,36 @@ def test_surrogate_check_on_fixture():
 
 
 def test_the_surrogate_asks_its_trees_as_the_forest_would():
-    """surrogate.predict averages the trees itself (a forest's own predict dispatches 100 trees through joblib for
-    each single configuration a replay asks): the same curves, costs and failure chances, to the last bit."""
+    """surrogate.predict averages the failure classifier's trees itself (a forest's own predict dispatches 100
+    trees through joblib for each single configuration a replay asks): the same failure chances, to the last bit."""
     import numpy as np
 
     from bench.hw04bench import table
 
     model = bench_surrogate.Surrogate(table.load(replay.FIXTURE), n_estimators=10)
-    assert model.fail_model is not None  # the fixture holds a failed run: the classifier's path is checked too
+    assert model.fail_model is not None  # the fixture holds a failed run
     x = np.asarray(model.encoder.encode_many([r["params"] for r in table.load(replay.FIXTURE).runs]), dtype=np.float32)
-    assert np.array_equal(bench_surrogate._forest_mean(model.curve_model, x), model.curve_model.predict(x))
-    assert np.array_equal(bench_surrogate._forest_mean(model.cost_model, x), model.cost_model.predict(x))
     assert np.array_equal(bench_surrogate._forest_mean(model.fail_model, x, proba=True),
                           model.fail_model.predict_proba(x))
+
+
+def test_the_surrogate_promises_nothing_beyond_the_table():
+    """A replay's regret is measured against the table's best configuration: no point of the space, recorded or
+    sampled, may be predicted better than what the table recorded at any step, and the model size columns are
+    found (the speaker count solved from the recorded parameter counts)."""
+    import numpy as np
+
+    from bench.hw04bench import table
+
+    tbl = table.load(replay.FIXTURE)
+    model = bench_surrogate.Surrogate(tbl, n_estimators=10)
+    assert model.encoder.size is not None and model.encoder.columns[-2:] == ["log parameters",
+                                                                            "log parameters x frames"]
+    import optuna
+
+    space = search_space.build_space(tbl.profile)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    sampled = [search_space.suggest(study.ask(), space) for _ in range(40)]
+    curves, costs, _ = model.predict([r["params"] for r in tbl.runs] + sampled)
+    assert (curves <= model.ceiling + 1e-12).all() and curves[:, -1].max() <= model.best
+    assert (costs > 0).all()

@@ -11,11 +11,11 @@ the clock (the real search's sampler time is small against minutes of training; 
 
 The score. A training that reaches the full budget is a candidate, scored by its configuration's *noise-free*
 final accuracy (the surrogate's mean): the anytime curve is the best such score among the candidates finished so
-far (the best configuration found, without seed luck: monotone, and its regret against the table's best recorded
-configuration is >= 0 by construction, see surrogate.py). What a user would actually keep is the strategy's own
-pick, chosen on what it observed (ours: the trial's value as ``search run`` records it, the best validation
-accuracy of its evaluations, search/running/objective.py; peers: the accuracy at the end of the budget), which seed luck
-can mislead: its regret is the table's second regret column ("pick").
+far (the best configuration found, without seed luck: monotone, and its regret against the surrogate's mean at the
+table's best recorded configuration is >= 0 by construction, see surrogate.py). What a user would actually keep
+is the strategy's own pick, chosen on what it observed (ours: the trial's value as ``search run`` records it, the
+best validation accuracy of its evaluations, search/running/objective.py; peers: the accuracy at the end of the
+budget), which seed luck can mislead: its regret is the table's second regret column ("pick").
 
 Strategies. Ours run through Optuna's ask/tell with the search's own objects: ``default`` is the study exactly
 as ``search run`` opens it (search/running/study.py ``open_study``: its sampler, its ``make_pruner``, the warm starts of
@@ -820,7 +820,7 @@ class Evaluation:
 
     surrogate: bench_surrogate.Surrogate
     table: bench_table.Table
-    best: float  # the table's best recorded final accuracy (regret's zero)
+    best: float  # the surrogate's best final accuracy at a recorded configuration (regret's zero)
     budgets: list[float]
     peers: list[str]  # the peers that ran
     skipped: dict[str, str]  # peers not run, and why
@@ -838,7 +838,7 @@ def evaluate(tables: list[Path], budgets: list[float], seeds: int, workers: list
 
     tbl = bench_table.load(*tables)
     surrogate = bench_surrogate.Surrogate(tbl, n_estimators=trees)
-    best = bench_surrogate.table_best(tbl.results())
+    best = surrogate.best
     budgets = budgets or smoke_budgets(surrogate)
     status = peer_status()
     skipped = {n: why for n, why in status.items() if why is not None}
@@ -848,7 +848,8 @@ def evaluate(tables: list[Path], budgets: list[float], seeds: int, workers: list
         if name in skipped:
             raise SystemExit(f"peer {name} cannot run here: {skipped[name]}")
     log(f"table {' '.join(map(str, tables))}: {len(tbl.results())} runs, profile {tbl.profile}, {tbl.budget} steps, "
-        f"card {surrogate.card}; best recorded final accuracy {best:.4f}; budgets {budgets}, workers {workers}, "
+        f"card {surrogate.card}; best recorded final accuracy {bench_surrogate.table_best(tbl.results()):.4f} "
+        f"(the surrogate's mean there, regret's zero: {best:.4f}); budgets {budgets}, workers {workers}, "
         f"{seeds} seeds")
     with tempfile.TemporaryDirectory(prefix="hw04bench-replay-") as tmp:
         traces = run_all(surrogate, strategies, seeds, workers, max(budgets), Path(tmp),
