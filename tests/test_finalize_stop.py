@@ -121,7 +121,8 @@ def test_stopped_finalize_best_names_its_checkpoint_and_resumes(sig, micro_datas
     assert resumed.exit_code == 0, resumed.output
     assert f"resumed from the checkpoint at step {kept} of an earlier finalize" in resumed.output, resumed.output
     assert (workdir / "predictions.csv").read_text().startswith("Id,Category\n")
-    assert torch.load(checkpoint, weights_only=True)["step"] == STEPS
+    assert not checkpoint.exists()  # stored: the finished form (the best weights) is kept instead
+    assert torch.load(final / f"finished-trial{best}-steps{STEPS}.pt", weights_only=True)["step"] == STEPS
     assert json.loads((final / "config.json").read_text())["resumed_from_step"] == kept
 
 

@@ -387,8 +387,8 @@ def test_killed_ensemble_finalize_resumes(tiny_dataset, workdir):
         if process.poll() is None:
             process.kill()
     assert not (workdir / "resumed.csv").exists()  # killed before the end: no CSV
-    assert torch.load(done, weights_only=True)["step"] == steps  # the first member had finished
-    finished_at = done.stat().st_mtime_ns
+    first_state = torch.load(done, weights_only=True)
+    assert first_state["step"] == steps  # the first member had finished
 
     result = invoke(*command[3:])
     assert result.exit_code == 0, result.output
@@ -397,13 +397,19 @@ def test_killed_ensemble_finalize_resumes(tiny_dataset, workdir):
     resumed = int(result.output.split("member 2/3: resumed from the checkpoint at step ")[1].split()[0])
     assert 0 < resumed < steps
     assert "member 3/3: already" not in result.output and "member 3/3: resumed" not in result.output
-    assert done.stat().st_mtime_ns == finished_at  # not retrained: its checkpoint was never written again
+    # the outputs stored, every member's full checkpoint became its finished form: the best weights alone
+    assert not list(final.glob("checkpoint-*.pt"))
+    for checkpoint in (done, killed):
+        finished = torch.load(final / checkpoint.name.replace("checkpoint-", "finished-"), weights_only=True)
+        assert finished["finished"] and finished["step"] == steps and "optimizer" not in finished
+    finished_first = torch.load(final / done.name.replace("checkpoint-", "finished-"), weights_only=True)
+    assert all(torch.equal(finished_first["model"][k], v) for k, v in first_state["best_model"].items())
     config = json.loads((final / "top3" / "config.json").read_text())
     assert [(m["already_trained"], m["resumed_from_step"]) for m in config["members"]] == \
         [(True, None), (False, resumed), (False, None)]
 
     # The same ensemble without interruption gives the same predictions (CPU training is deterministic).
-    for leftover in final.glob("checkpoint-*.pt"):
+    for leftover in [*final.glob("checkpoint-*.pt"), *final.glob("finished-*.pt")]:
         leftover.unlink()
     straight = invoke(*command[3:-1], "straight.csv")
     assert straight.exit_code == 0, straight.output
@@ -428,7 +434,7 @@ def test_all_data_retrains_on_train_and_validation_for_the_chosen_steps(tiny_dat
         assert m["all_data_steps"] == chosen >= 1
         assert f"member {i}/2: training again on train + validation for {chosen} steps" in result.output
         assert m["all_data_train_config"]["steps"] == chosen and m["all_data_train_config"]["eval_every"] == chosen
-        checkpoint = final / f"checkpoint-trial{m['trial']}-steps8-alldata{chosen}.pt"
+        checkpoint = final / f"finished-trial{m['trial']}-steps8-alldata{chosen}.pt"
         state = torch.load(checkpoint, weights_only=True)
         assert state["step"] == chosen
         saved = torch.load(m["model_file"], weights_only=True)

@@ -75,13 +75,12 @@ def test_a_checkpoint_of_other_data_is_not_resumed(dataset_copy, workdir, tmp_pa
     first = invoke(*args)
     assert first.exit_code == 0, first.output
     final = workdir / "studies" / "fp" / "final"
-    checkpoint = final / "checkpoint-trial0-steps16.pt"
-    assert checkpoint.exists()
+    assert (final / "finished-trial0-steps16.pt").exists()  # the finished run, kept for a finalize again
     regenerate(dataset_copy, seed=11)
     again = invoke(*args)
     assert again.exit_code == 0, again.output
     assert "resumed" not in again.output, again.output
-    asides = sorted(final.glob("checkpoint-trial0-steps16.pt.other-data-*"))
+    asides = sorted(final.glob("finished-trial0-steps16.pt.other-data-*"))
     assert len(asides) == 1 and "trained on other data" in again.output and asides[0].name in again.output
     assert (json.loads((final / "config.json").read_text())["resumed_from_step"]) is None
 

@@ -360,13 +360,20 @@ def test_trials_and_studies_do_not_import_torch(workdir):
 # --- 11. the same trial finalized twice -----------------------------------------------------------------
 
 def test_finalizing_a_trial_again_reuses_its_artifact_set(trained_study, workdir):
-    """The second finalize finds the first one's finished checkpoint, trains nothing and writes the same model and
-    predictions; it stored a second set of artifacts all the same (config.json said where it "resumed")."""
+    """The second finalize finds the first one's finished run, trains nothing and writes the same model and
+    predictions, reusing the first one's set of artifacts; the first left its finished form, not its full
+    checkpoint (optimizer state, last and best weights)."""
     args = ("finalize", "best", "--study", "t", "--steps", "16", "--device", "cpu", "--out", "p.csv")
     first = invoke(*args)
     assert first.exit_code == 0, first.output
+    final = workdir / "studies" / "t" / "final"
+    # stored: the full checkpoint gave way to the finished form, the best weights without the optimizer's state
+    assert not list(final.glob("checkpoint-*")) and len(list(final.glob("finished-*.pt"))) == 1
+    [finished] = final.glob("finished-*.pt")
+    assert finished.stat().st_size < (final / "model.pt").stat().st_size * 1.5
     second = invoke(*args)
     assert second.exit_code == 0 and "resumed from the checkpoint at step 16" in second.output, second.output
+    assert not list(final.glob("checkpoint-*")) and list(final.glob("finished-*.pt")) == [finished]
     stored = sorted(p.name for p in (workdir / "studies" / "t" / "artifacts").iterdir() if not p.name.startswith("."))
     assert len(stored) == 3, stored  # model, config, predictions: once
     [first_names, second_names] = [[line for line in r.output.splitlines() if line.startswith("artifacts")]

@@ -3,10 +3,10 @@
 Members are the K best *distinct* configurations of a study (distinct parameters: the copies of a trial that
 Optuna re-queues after a killed worker count once), or with ``seeds`` the best configuration trained with K
 seeds. Each member is a finalize like ``search finalize N`` (the same configurations, seed and checkpoint:
-``studies/<study>/final/checkpoint-trial<N>-steps<S>[-seed<s>].pt``), so a killed ensemble finalize (or one
-stopped by Ctrl-C or SIGTERM, with one line naming the member and its checkpoint: search/finalizing/final_stop.py) resumes:
-a member whose checkpoint is at its last step is not retrained, the one in progress goes on from its
-checkpoint. The predictions are the argmax of the members' weighted mean class probabilities (softmax of the
+``studies/<study>/final/checkpoint-trial<N>-steps<S>[-seed<s>].pt``, ``finished-...pt`` once stored), so a
+killed ensemble finalize (or one stopped by Ctrl-C or SIGTERM, with one line naming the member and its
+checkpoint: search/finalizing/final_stop.py) resumes: a member whose checkpoint is at its last step (or that an
+earlier finalize finished) is not retrained, the one in progress goes on from its checkpoint. The predictions are the argmax of the members' weighted mean class probabilities (softmax of the
 logits, full-length test utterances).
 
 The weights are chosen on the validation split only (``select_weights``: Caruana et al. 2004, "Ensemble
@@ -42,7 +42,9 @@ import torch
 
 from search.errors import UserError
 from search.files import save_torch
-from search.finalizing.final_pipeline import Member, checkpoint_path, final_configs, prepare, train_run, write_outputs
+from search.finalizing.final_pipeline import (Member, Trained, checkpoint_path, final_configs, prepare, train_run,
+                                             write_outputs)
+from search.training.checkpoints import finish
 from search.finalizing.final_record import FinalRecord, MemberRecord
 from search.running.objective import trial_seed
 from search.reporting.queries import best_trials, pick_trial
@@ -217,6 +219,7 @@ class _Trained:
     valid_probs: torch.Tensor
     test_probs: torch.Tensor
     configs: dict
+    checkpoints: list[Path]  # the files its runs were read from or saved to (finished once the outputs are stored)
 
 
 def _say_resume(say: Callable[[str], None], run, done_line: str, resumed_line: str) -> None:
@@ -241,8 +244,11 @@ def _train_member(plan: _Plan, i: int, member: Member) -> _Trained:
     # the validation run's model: with --all-data too, these (not the retrained models) choose the weights
     valid_probs = predict_proba(run.result.model, bank, task.valid_ids, train_cfg.eval_max_frames).cpu()
     model, configs = run.result.model, {"model_config": model_cfg.to_dict(), "train_config": asdict(train_cfg)}
+    checkpoints = [run.checkpoint]
     if plan.all_data:
-        model = _all_data_run(plan, i, member, model_cfg, mr, configs)
+        all_data = _all_data_run(plan, i, member, model_cfg, mr, configs)
+        model = all_data.result.model
+        checkpoints.append(all_data.checkpoint)
     test_ids = bank.test_ids()
     test_probs = predict_proba(model, bank, test_ids, train_cfg.eval_max_frames).cpu()
     model_file = plan.home / f"member{i + 1}-{member.name}.pt"
@@ -252,11 +258,11 @@ def _train_member(plan: _Plan, i: int, member: Member) -> _Trained:
     if plan.answer_rows is not None:
         own = {bank.names[u]: bank.id2speaker[c] for u, c in zip(test_ids.tolist(), test_probs.argmax(-1).tolist())}
         mr.test_accuracy = score_rows(own, plan.answer_rows, f"member {i + 1}", bank.id2speaker)[0]
-    return _Trained(mr, valid_probs, test_probs, {**configs, "params": trial.params})
+    return _Trained(mr, valid_probs, test_probs, {**configs, "params": trial.params}, checkpoints)
 
 
-def _all_data_run(plan: _Plan, i: int, member: Member, model_cfg, mr: MemberResult, configs: dict):
-    """The member trained again on train + validation for its validation run's best step count; its model."""
+def _all_data_run(plan: _Plan, i: int, member: Member, model_cfg, mr: MemberResult, configs: dict) -> Trained:
+    """The member trained again on train + validation for its validation run's best step count."""
     task, tag = plan.task, f"member {i + 1}/{plan.k}"
     chosen = max(1, mr.best_step)
     plan.say(f"{tag}: training again on train + validation for {chosen} steps (the validation run's best step)")
@@ -270,7 +276,7 @@ def _all_data_run(plan: _Plan, i: int, member: Member, model_cfg, mr: MemberResu
                 f"{tag}: train + validation run resumed from the checkpoint at step {{}}")
     mr.all_data_steps, mr.all_data_already_trained, mr.all_data_resumed_from_step = chosen, run.already, run.resumed
     configs["all_data_train_config"] = asdict(all_cfg)
-    return run.result.model
+    return run
 
 
 def finalize_ensemble(study: optuna.Study, members: list[Member], task: Task, steps: int, out: Path, folder: Path,
@@ -308,6 +314,8 @@ def finalize_ensemble(study: optuna.Study, members: list[Member], task: Task, st
                                                m.test_accuracy, m.all_data_steps) for m in results])
     write_outputs(study, task, test_mix.argmax(-1).tolist(), out, answers, home / "config.json", config,
                   [Path(m.model_file) for m in results], record)
+    for checkpoint in {c for t in trained for c in t.checkpoints}:  # a member of --seeds shares none; a set anyway
+        finish(checkpoint)  # the outputs are stored: the full checkpoints are no longer needed
     return EnsembleResult(label, results, combination.valid_accuracy, out, home, all_data, record.test_accuracy,
                           config["test_utterances"], answers, record.artifacts, combination)
 

@@ -3,7 +3,8 @@
 ``prepare`` checks, before any training, the answer key and that the outputs can be written; ``train_run``
 trains (or resumes) one member from its checkpoint (``checkpoint_path``:
 ``studies/<study>/final/checkpoint-trial<N>-steps<S>[-alldata<B>][-seed<s>].pt``, saved atomically every
-``checkpoint_every`` steps: a killed finalize resumes from it); ``write_outputs`` writes the predictions CSV
+``checkpoint_every`` steps: a killed finalize resumes from it; once the outputs are stored it becomes
+``finished-...pt``, the best weights alone, which a later finalize of the same run reads instead of training); ``write_outputs`` writes the predictions CSV
 (``Id,Category``, one row per test utterance in testdata.json order, renamed into place), scores it with an
 answer key (``answers.csv`` in the data folder), writes ``config.json``, uploads the files as one set of study
 artifacts (search/finalizing/artifacts.py), records the result (search/finalizing/final_record.py) and rewrites the dashboard's study
@@ -25,7 +26,7 @@ from search.running import schedule
 
 from search.running import space as search_space
 from search.finalizing.artifacts import upload_record
-from search.training.checkpoints import saved_step
+from search.training.checkpoints import finish, finished_path, saved_step
 from search.errors import UserError
 from search.files import artifact_folder, check_writable, replaced, save_torch, write_text
 from search.finalizing.final_record import FINAL, FinalRecord
@@ -99,6 +100,7 @@ class Trained:
     result: TrainResult
     found_step: int | None  # the step of the checkpoint an earlier finalize left, None without one
     steps: int
+    checkpoint: Path  # the file that holds this run: its checkpoint, or the finished form a finalize left
 
     @property
     def already(self) -> bool:
@@ -114,15 +116,19 @@ class Trained:
 def train_run(model_cfg, train_cfg, task: Task, checkpoint: Path, on_eval, checkpoint_every: int, what: str,
               after_others: bool = False) -> Trained:
     """One checkpointed, resumable train(). ``what`` names the run in the line a signal stops it with
-    (``after_others``: runs trained before it are kept)."""
-    found = saved_step(checkpoint, task.bank.fingerprint)
+    (``after_others``: runs trained before it are kept). A run an earlier finalize finished and stored is read
+    from its finished file (search/training/checkpoints.py ``finish``): nothing is trained."""
+    finished = finished_path(checkpoint)
+    source = finished if finished.exists() and not checkpoint.exists() else checkpoint
+    found = saved_step(source, task.bank.fingerprint)
     try:
         with training_run(what, checkpoint, train_cfg.steps, after_others):
+            # a finished file of other data is moved aside, saying so, and training starts over into checkpoint
             result = train(model_cfg, train_cfg, task, on_eval=on_eval, checkpoint=checkpoint,
-                           checkpoint_every=checkpoint_every)
+                           checkpoint_every=checkpoint_every, resume_from=source)
     except ValueError as err:  # a checkpoint of another configuration
         raise UserError(str(err)) from None
-    return Trained(result, found, train_cfg.steps)
+    return Trained(result, found, train_cfg.steps, source if found is not None else checkpoint)
 
 
 def write_labels(task: Task, labels: list[int], out: Path) -> None:
@@ -193,6 +199,7 @@ def finalize(study: optuna.Study, trial: optuna.trial.FrozenTrial, task: Task, s
               "test_accuracy": None, "test_utterances": None, "answers": None}
     record = write_outputs(study, task, labels, out, answers, config_path, config, [model_path],
                            FinalRecord.of_trial(trial.number, steps, result.best_accuracy, result.best_step))
+    finish(run.checkpoint)  # the outputs are stored: the full checkpoint is no longer needed
     return FinalResult(trial.number, result.best_accuracy, result.best_step, model_path, out, result.steps_per_second,
                        record.artifacts, resumed_from_step=run.found_step, test_accuracy=config["test_accuracy"],
                        test_utterances=config["test_utterances"], answers=answers)

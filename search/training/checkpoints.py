@@ -1,7 +1,13 @@
 """Checkpoints left by a killed ``search finalize``: the step one holds, and whether it can be used.
 
 One that cannot be used (empty, truncated, not a checkpoint at all) must not block every later finalize: it is
-moved aside, with one line saying which file it was and where it went, and training starts over."""
+moved aside, with one line saying which file it was and where it went, and training starts over.
+
+Once a finalize has written and stored its outputs, the full checkpoints of the runs it finished are replaced by
+finished ones (``finish``: ``checkpoint-<run>.pt`` -> ``finished-<run>.pt``): the best weights, the step and the
+record, without the optimizer state and the last step's weights (a quarter of the size: Adam keeps two
+tensors a weight, and the last and best weights are two more). A later finalize of the same run (the command
+again, or an ensemble with this member) reads the finished file and trains nothing."""
 
 from __future__ import annotations
 
@@ -11,7 +17,10 @@ from pathlib import Path
 
 import torch
 
+from search.files import save_torch
+
 REQUIRED = ("step", "model", "model_config", "train_config")
+FINISHED_KEYS = ("model_config", "train_config", "step", "data_fingerprint", "best_accuracy", "best_step", "history")
 
 
 def other_data(state: dict, fingerprint: str) -> str | None:
@@ -65,3 +74,27 @@ def usable_checkpoint(path: Path) -> bool:
         print(f"warning: {path}: unusable checkpoint ({type(err).__name__}{': ' + reason if reason else ''}); "
               f"{moved}, training starts over", file=sys.stderr)
         return False
+
+
+def finished_path(checkpoint: Path) -> Path:
+    """Where the finished form of ``checkpoint`` (``checkpoint-<run>.pt``) is kept: ``finished-<run>.pt``."""
+    return checkpoint.with_name("finished-" + checkpoint.name.removeprefix("checkpoint-"))
+
+
+def is_finished(state: dict) -> bool:
+    return bool(state.get("finished"))
+
+
+def finish(checkpoint: Path) -> None:
+    """Replace a finished run's full checkpoint by its finished form (the module docstring): written whole
+    first, then the checkpoint removed, so a kill in between leaves one usable file or both. Nothing to do for a
+    run that was read from its finished file."""
+    if not checkpoint.exists():
+        return
+    state = _load(checkpoint)
+    if is_finished(state):
+        return
+    best = state.get("best_model") or state["model"]  # no evaluation improved on nothing: the last weights
+    save_torch({**{k: state.get(k) for k in FINISHED_KEYS}, "model": best, "finished": True},
+               finished_path(checkpoint))
+    checkpoint.unlink()

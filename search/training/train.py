@@ -30,7 +30,7 @@ import torch
 
 from model import Classifier, ModelConfig, TrainConfig, build_model, count_parameters
 from search.running import schedule
-from search.training.checkpoints import REQUIRED, other_data, set_aside, usable_checkpoint
+from search.training.checkpoints import REQUIRED, is_finished, other_data, set_aside, usable_checkpoint
 from search.training.collapse import CollapseGuard, describe_rollback
 from search.errors import TrainingDiverged
 from search.training.evaluation import EvalBatches, bucket_length, evaluate, predict, predict_proba
@@ -151,6 +151,11 @@ class _Run:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        if is_finished(state):  # a finished run (checkpoints.finish): its best weights, nothing left to train
+            self.model.load_state_dict(state["model"])
+            self.step, self.best_accuracy, self.best_step = state["step"], state["best_accuracy"], state["best_step"]
+            self.best_state, self.history = state["model"], state["history"]
+            return
         self.model.load_state_dict(state["model"])
         self.train_step.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"].cpu())
@@ -305,6 +310,7 @@ def train(
     on_eval: Callable[[int, dict], None] | None = None,
     checkpoint: Path | None = None,
     checkpoint_every: int = 0,
+    resume_from: Path | None = None,
 ) -> TrainResult:
     """Train a classifier from scratch (or resume from ``checkpoint`` if it exists).
 
@@ -313,12 +319,13 @@ def train(
     ``grad_clip``, ``grad_norm`` (the mean pre-clip norm) and ``clipped`` (the share of steps clipped); with
     ``recover_collapse``, ``rollback`` (a dict: step, to_step, lr, reason) when this evaluation found a collapse
     and training goes on from step ``to_step``. With ``checkpoint`` set, the full training state is saved there
-    atomically every ``checkpoint_every`` steps and at each evaluation, and a later call resumes from it.
+    atomically every ``checkpoint_every`` steps and at each evaluation, and a later call resumes from it;
+    ``resume_from``: resume from that file instead (a finished run's, search/training/checkpoints.py ``finish``).
     """
     run = _Run.start(model_cfg, cfg, task)
     lr_factor = lr_lambda(cfg.warmup_steps, cfg.steps)
-    if checkpoint is not None:
-        _resume(run, checkpoint)
+    if checkpoint is not None or resume_from is not None:
+        _resume(run, resume_from or checkpoint)
     eval_steps = set(evaluation_steps(cfg))
     valid_batches = EvalBatches(task.bank, task.valid_ids, cfg.eval_max_frames)  # planned once, run at each
     clock = _Clock()
