@@ -74,8 +74,14 @@ def test_diverging_trial_fails_with_its_reason_and_the_study_goes_on(tiny_datase
     assert first.user_attrs["ended"].startswith("failed: training loss became nan"), first.user_attrs["ended"]
     assert "failed: training loss became nan" in result.output  # the progress line says why
     assert second.state == TrialState.COMPLETE
-    # Optuna's warning about the failed trial is one line here; its traceback is in the log file
-    assert "Trial 0 failed" in result.output and "traceback in studies/f/search.log" in result.output
+    # one line of ours says why (above) and the run's end says where the traceback is: no line in Optuna's format
+    # (`[W <time>] Trial 0 failed with parameters: ...`, twice), no Python warning with its source line
+    assert "1 trial failed in this run (why: on its line above); the traceback is in studies/f/search.log" \
+        in result.output, result.output
+    assert "[W " not in result.output and "Trial 0 failed" not in result.output, result.output
+    assert "warning: Fixed parameter lr with value 1e+30 is out of range" in result.stderr, result.stderr
+    assert "optuna_warn(" not in result.stderr and "_trial.py" not in result.stderr, result.stderr
+    assert "#0 starts (enqueued): transformer" in result.output and "lr 1.0e+30," in result.output, result.output
     assert "Traceback" not in result.output, result.output
     assert "Traceback (most recent call last)" in (workdir / "studies" / "f" / "search.log").read_text()
 

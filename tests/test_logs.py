@@ -113,8 +113,7 @@ def test_optunas_failed_trial_warning_is_one_console_line_and_its_traceback_is_i
     result = invoke("demo", "--warn")
     assert result.exit_code == 0, result.output
     [warning] = [line for line in result.stderr.splitlines() if "Trial 1 failed" in line]
-    assert re.match(r"^\[W \d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\] Trial 1 failed with parameters: \{'lr': 1e\+30\}"
-                    r" \(traceback in studies/demo/search\.log\)$", warning), warning
+    assert warning == "warning: Trial 1 failed with parameters: {'lr': 1e+30} (traceback in studies/demo/search.log)"
     assert "Traceback" not in result.output and "FloatingPointError" not in result.output
     log = "\n".join(log_lines(workdir))
     assert "WARNING Trial 1 failed with parameters" in log
@@ -173,7 +172,7 @@ def test_a_log_file_that_cannot_be_created_is_one_warning_and_the_command_goes_o
     (workdir / "studies" / "demo").write_text("a file where the study's folder should be\n")
     result = invoke("demo", "--warn")
     assert result.exit_code == 0, result.output
-    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: cannot write the log file")]
     assert len(warnings) == 1 and warnings[0].startswith("warning: cannot write the log file studies/demo/search.log ("), \
         result.stderr
     assert result.stdout.splitlines()[-1] == "best trial #1: 0.6250"
@@ -193,8 +192,8 @@ def test_a_full_disk_stops_the_log_with_one_warning_not_a_traceback_per_line(wor
     full_log(workdir)
     result = invoke("demo", "--warn")
     assert "Logging error" not in result.output and "Traceback" not in result.output, result.output
-    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
-    assert len(warnings) == 1 and "cannot write the log file" in warnings[0] and "logging to it stopped" in warnings[0], \
+    warnings = [line for line in result.stderr.splitlines() if "cannot write the log file" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: ") and "logging to it stopped" in warnings[0], \
         result.stderr
     assert result.stdout.splitlines()[-1] == "best trial #1: 0.6250"  # every line still printed
 

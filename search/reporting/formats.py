@@ -31,16 +31,16 @@ def param_count(parameters) -> str:
 
 
 def number(value) -> str:
-    """A value as a table shows it: a float to 3 significant digits (``0.124``, ``25.3``), one below 0.01 in
-    scientific notation (``3.2e-04``), one of 100 or more without decimals (``1779``), 0 as ``0``; anything else
-    as ``str``."""
+    """A value as a table shows it: a float to 3 significant digits (``0.124``, ``25.3``), one below 0.01 or of a
+    million and more in scientific notation (``3.2e-04``, ``1.0e+30``: an lr typed by hand), one of 100 or more
+    without decimals (``1779``), 0 as ``0``; anything else as ``str``."""
     if isinstance(value, bool) or not isinstance(value, float):
         return str(value)
     if not math.isfinite(value):
         return str(value)
     if value == 0:
         return "0"
-    if abs(value) < 0.01:
+    if abs(value) < 0.01 or abs(value) >= 1e6:
         return f"{value:.1e}"
     return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
 

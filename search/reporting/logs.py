@@ -73,33 +73,55 @@ class _FileHandler(logging.FileHandler):
                 raise
 
 
+LOG_ONLY = {"console": False}  # ``extra`` of a record for the log file alone (the console says it its own way)
+
+
 class _WithoutTraceback(logging.Formatter):
-    """Optuna's console format, one line per record: a failed trial's traceback (a diverged trial is an
-    ordinary outcome of a search, not a crash) goes to the log file only."""
+    """One console line per record, in this tool's words (``warning: ...``), not Optuna's ``[W <time>] ...``: a
+    failed trial's traceback (a diverged trial is an ordinary outcome of a search, not a crash) goes to the log
+    file only."""
 
     def __init__(self, where: str) -> None:
-        super().__init__("[%(levelname)1.1s %(asctime)s] %(message)s")
+        super().__init__("%(message)s")
         self.where = where
 
     def format(self, record: logging.LogRecord) -> str:
         from search.db.storage import redact
 
+        level = "warning" if record.levelno < logging.ERROR else "error"
         if not record.exc_info:
-            return redact(super().format(record))
+            return f"{level}: " + redact(super().format(record))
         bare = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None})
-        return redact(super().format(bare)) + f" (traceback in {self.where})"
+        return f"{level}: " + redact(super().format(bare)) + f" (traceback in {self.where})"
+
+
+def _for_the_console(record: logging.LogRecord) -> bool:
+    return getattr(record, "console", True)
 
 
 def optuna_console_one_line(log_file: Path | None) -> Callable[[], None]:
-    """Print Optuna's warnings without tracebacks (to stderr as now) until the returned undo is called."""
+    """Until the returned undo is called: Optuna's log records as one ``warning:`` line each on stderr (not those
+    marked ``LOG_ONLY``), and Python warnings (Optuna's "Fixed parameter ... is out of range", say) as one line,
+    without the file and source line Python prints with them."""
+    import warnings
+
     import optuna
 
     handler = logging.StreamHandler()  # the current sys.stderr (CliRunner's, under test)
     handler.setFormatter(_WithoutTraceback(str(log_file) if log_file else "no log file: it could not be written"))
+    handler.addFilter(_for_the_console)
     optuna_logger = logging.getLogger("optuna")
     before = list(optuna_logger.handlers)
     optuna.logging.disable_default_handler()
     optuna_logger.addHandler(handler)
+    shown = warnings.showwarning
+
+    def one_line(message, category, filename, lineno, file=None, line=None) -> None:
+        from search.db.storage import redact
+
+        click.echo(f"warning: {redact(str(message))}", err=True)
+
+    warnings.showwarning = one_line
 
     def undo() -> None:
         # Put back exactly the handlers that were there, in their order: enable_default_handler() would append
@@ -108,6 +130,8 @@ def optuna_console_one_line(log_file: Path | None) -> Callable[[], None]:
         optuna_logger.removeHandler(handler)
         added = [h for h in optuna_logger.handlers if h not in before]
         optuna_logger.handlers[:] = before + added
+        if warnings.showwarning is one_line:
+            warnings.showwarning = shown
 
     return undo
 
@@ -243,6 +267,7 @@ class Progress:
         self.steps_done = 0  # steps trained by the trials this run finished
         self.expected_steps: float | None = None  # per trial still to run, from the study's trials so far
         self.running: dict[int | None, int] = {}  # worker (None: this process) -> the trial it runs
+        self.failed = 0  # trials of this run that failed (their tracebacks are in the log file)
 
     def start(self, budget: int | None = None, rungs: list[int] | None = None) -> None:
         """The trials start now (the data is ready): the pace and the timeout count from here. ``budget``: a
@@ -293,6 +318,7 @@ class Progress:
         from search.reporting.queries import best_or_none
 
         self.done += 1
+        self.failed += trial.state.name == "FAIL"
         self.steps_done += _steps_of(trial)
         self.running.pop(worker, None)
         trials = study.get_trials(deepcopy=False)

@@ -137,6 +137,9 @@ def run_search(request: RunRequest) -> None:
         _stopped(request, url, interrupt, progress, state, echo)
     for line in _summary(study, url, request):
         echo(line)
+    if progress.failed and echo.handler is not None:
+        echo(f"{_plural(progress.failed, 'trial')} failed in this run (why: on its line above); the "
+             f"traceback{'s are' if progress.failed > 1 else ' is'} in {echo.path}")
     if report is not None:
         raise UserError("; ".join(o.describe() for o in report.failed)
                         + f"; {report.finished} of {trials or 'the'} trials finished")

@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 from search.db import optuna_internals as internals
 from search.processes import signals
 from search.errors import UserError
+from search.reporting.logs import LOG_ONLY
 from search.running.settings import StudySettings
 
 if TYPE_CHECKING:
@@ -142,12 +143,13 @@ def _log_end(study: optuna.Study, frozen: optuna.trial.FrozenTrial, error, exc_i
     elif frozen.state == TrialState.PRUNED:
         _log.info(f"Trial {number} pruned. {error}")
     elif isinstance(error, KeyboardInterrupt):  # the user's doing, not a failure to explain
-        _log.warning(f"trial #{number} interrupted: recorded as FAIL (ended: interrupted)")
+        _log.warning(f"trial #{number} interrupted: recorded as FAIL (ended: interrupted)", extra=LOG_ONLY)
     else:
+        # the log file's lines; `search run` prints its own (`#3 failed: <why>`, search/reporting/logs.py Progress)
         why = repr(error) if error is not None else (told[-1] if told else "unknown")
         _log.warning(f"Trial {number} failed with parameters: {params} because of the following error: {why}.",
-                     exc_info=exc_info)
-        _log.warning(f"Trial {number} failed with value {value!r}.")
+                     exc_info=exc_info, extra=LOG_ONLY)
+        _log.warning(f"Trial {number} failed with value {value!r}.", extra=LOG_ONLY)
 
 
 def _fail_fast(objective):
