@@ -123,6 +123,19 @@ def worker_main(index: int, device: str, data: str | None, seed: int, budget: in
         results.put(line)
 
 
+def _cpu_model() -> str:
+    """The host's CPU model (Linux: /proc/cpuinfo's "model name"), else the platform's processor string."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown"
+
+
 def _commit() -> str:
     if os.environ.get("HW04BENCH_COMMIT"):
         return os.environ["HW04BENCH_COMMIT"]
@@ -148,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="CPU threads a worker (default: cores / workers)")
     parser.add_argument("--deadline", type=float, default=float("inf"), help="seconds after which no run starts")
     parser.add_argument("--limit", type=int, help="at most this many runs in this call")
+    parser.add_argument("--start", type=int, default=0, help="skip the plan's first N runs: two recorders on "
+                        "two machines take different parts of one plan (the CPU table here and on the device host)")
     parser.add_argument("--no-mps", action="store_true", help="workers share the GPU without MPS")
     args = parser.parse_args(argv)
 
@@ -164,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = eval_steps(budget, args.profile)
     done = table.load(args.out, *args.done).done()
     planned = configs.load_plan(args.plan) if args.plan else configs.plan(args.profile, args.configs, args.seed)
-    todo = [r for r in planned if r.key not in done][:args.limit]
+    todo = [r for r in planned[args.start:] if r.key not in done][:args.limit]
     print(f"{len(done)} runs recorded, {len(todo)} to go", flush=True)
     if not todo:
         return 0
@@ -184,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
                    "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "commit": _commit(),
                    "host": socket.gethostname(), "profile": args.profile, "budget": budget, "eval_steps": steps,
                    "data": args.data or "embedded", "seed": args.seed, "device": device, "workers": args.workers,
-                   "threads": threads, "mps": mps or "off (one worker)", "torch": torch.__version__}
+                   "threads": threads, "mps": mps or "off (one worker)", "torch": torch.__version__,
+                   "cpu": _cpu_model(), "cores": os.cpu_count()}
         out.write(json.dumps(session) + "\n")
         out.flush()
         context = multiprocessing.get_context("spawn")

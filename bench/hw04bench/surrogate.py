@@ -9,8 +9,9 @@ that the table never trained (a sampler proposes new points) on the same footing
   by construction.
 - Cost: a second Gaussian process to log(seconds per training step), log(seconds per validation) and log(seconds
   of a run's fixed overhead: model build, CUDA-graph capture, what ``wall_seconds`` holds beyond training and
-  validation), on the card the table was recorded on. Logs: costs span orders of magnitude and a relative
-  error is what matters for a simulated clock.
+  validation), on the card the table was recorded on (the machine with most runs, ``Surrogate.machine``: a CPU
+  table's curves may also come from runs on other machines, their seconds do not). Logs: costs span orders of
+  magnitude and a relative error is what matters for a simulated clock.
 - Why processes, not the random forests the issue suggested: on the CPU table (52 configurations, 5-fold over
   configurations, fold draws of seeds 0, 1, 2) the forest's Spearman was 0.640, 0.723, 0.710 and its time error
   24.7%, 24.1%, 22.3%; the process's 0.688, 0.780, 0.798 and 8.7%, 9.8%, 9.6%. A forest's prediction is a step
@@ -210,7 +211,12 @@ class Surrogate:
         recorded = list({params_key(r["params"]): r["params"] for r in complete}.values())
         self.ceiling = self.curve_model.predict(self.encoder.encode_many(recorded)).max(axis=0)
         self.best = float(self.ceiling[-1])
-        self.cost_model = _process(x, np.log(np.asarray([self._costs(r) for r in complete])), seed)
+        # Costs from one machine's runs: the table's own recording machine (the one with most complete runs); a
+        # CPU table may hold runs recorded elsewhere as well, whose curves count but whose seconds are another clock.
+        machines = [tbl.machine(r) for r in complete]
+        self.machine = max(set(machines), key=machines.count)
+        timed = [i for i, m in enumerate(machines) if m == self.machine]
+        self.cost_model = _process(x[timed], np.log(np.asarray([self._costs(complete[i]) for i in timed])), seed)
         failed = np.asarray([bool(r["failed"]) for r in runs])
         self.fail_model = None
         if failed.any() and not failed.all():
@@ -332,7 +338,7 @@ def check(tbl: bench_table.Table, folds: int = 5, n_estimators: int = 100, seed:
                 recorded.append(float(np.mean([r["curve"][-1][1] for r in complete])))
                 distance = np.abs(train_x - model.encoder.encode(runs[0]["params"])).sum(axis=1)
                 nn_predicted.append(complete_train[int(np.argmin(distance))]["curve"][-1][1])
-            for r in complete:
+            for r in (r for r in complete if tbl.machine(r) == model.machine):  # the clock it predicts
                 step = r["curve"][-1][0]
                 time = step * costs[0, 0] + len(r["curve"]) * costs[0, 1] + costs[0, 2]
                 rel_errors.append(abs(time - r["wall_seconds"]) / r["wall_seconds"])
