@@ -219,6 +219,13 @@ def _accuracy_axes(fig):
     return fig.update_yaxes(range=ACCURACY_RANGE)
 
 
+def _bare(trial: FrozenTrial) -> FrozenTrial:
+    """A complete trial as Optuna's figures read it (number order, value, parameters), without its ~40 user
+    attributes and its curve: the in-memory study deep-copies what it is given."""
+    return optuna.trial.create_trial(state=trial.state, value=trial.value, params=trial.params,
+                                     distributions=trial.distributions)
+
+
 def _in_memory(study: optuna.Study, trials: list[FrozenTrial], consume: bool = False) -> optuna.Study:
     """A study in memory holding ``trials`` (same name and direction), for Optuna's figures to read cheaply.
     With ``consume`` the list is emptied as its trials are copied (the storage keeps deep copies), so that a big
@@ -231,6 +238,22 @@ def _in_memory(study: optuna.Study, trials: list[FrozenTrial], consume: bool = F
     while trials:
         copy.add_trial(trials.pop())
     return copy
+
+
+def _importance_figure(study: optuna.Study, params: list[str]):
+    """Optuna's parameter importances for validation accuracy (its default evaluator, as optuna-dashboard's
+    figure: the same numbers), most important on top. Drawn here rather than by ``plot_param_importances``,
+    whose hover text copies every trial of the study once per parameter: 7.7 of the report's 22 s under cProfile
+    on a study of 5,004 trials (BENCHMARKS.md, issue 23)."""
+    import plotly.graph_objects as go
+
+    importances = optuna.importance.get_param_importances(study, params=params)  # {name: share}, largest first
+    names = list(importances)[::-1]  # plotly draws a horizontal bar chart's first category at the bottom
+    values = [importances[n] for n in names]
+    bars = go.Bar(x=values, y=names, orientation="h", text=[f"{v:.2f}" if v >= 0.01 else "<0.01" for v in values],
+                  textposition="outside", hovertemplate="%{y}: %{x:.3f}<extra></extra>")
+    return go.Figure(bars).update_layout(title="Hyperparameter importances", xaxis_title="importance for validation "
+                                         "accuracy", yaxis_title="hyperparameter", xaxis_range=[0, 1.1])
 
 
 def build_sections(study: optuna.Study) -> list[Section]:
@@ -253,15 +276,14 @@ def build_sections(study: optuna.Study) -> list[Section]:
     few = (f"needs at least {MIN_TRIALS_TO_COMPARE} complete trials to compare; this study has {len(complete)}" if len(complete) < MIN_TRIALS_TO_COMPARE else None)
     # Optuna's figures below read complete trials only, but through study.get_trials(), a full copy of every trial
     # each time (the importances' hover text once per parameter): they get an in-memory study of the complete ones.
-    study_of_complete = _in_memory(study, complete) if complete else study
+    study_of_complete = _in_memory(study, [_bare(t) for t in complete]) if complete else study
     add("Optimisation history", lambda: _accuracy_axes(vis.plot_optimization_history(
         study_of_complete, target_name="validation accuracy")), few)
     add("Intermediate values: validation accuracy and training loss during training",
         lambda: _curves_figure(study, with_curves),
         None if with_curves else "no trial reported a validation accuracy yet")
     importance_params = _params_in_all(complete)
-    add("Parameter importances", lambda: vis.plot_param_importances(study_of_complete, params=importance_params,
-                                                                     target_name="validation accuracy"),
+    add("Parameter importances", lambda: _importance_figure(study_of_complete, importance_params),
         None if len(complete) >= MIN_TRIALS_FOR_IMPORTANCE else
         f"needs at least {MIN_TRIALS_FOR_IMPORTANCE} complete trials; this study has {len(complete)}")
     if sections[-1].figure is not None and len(complete) < IMPORTANCE_RELIABLE:
