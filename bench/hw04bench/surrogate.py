@@ -14,7 +14,8 @@ that the table never trained (a sampler proposes new points) on the same footing
   magnitude and a relative error is what matters for a simulated clock.
 - Why processes, not the random forests the issue suggested: on the CPU table (52 configurations, 5-fold over
   configurations, fold draws of seeds 0, 1, 2) the forest's Spearman was 0.640, 0.723, 0.710 and its time error
-  24.7%, 24.1%, 22.3%; the process's 0.688, 0.780, 0.798 and 8.7%, 9.8%, 9.6%. A forest's prediction is a step
+  24.7%, 24.1%, 22.3%; the process's 0.688, 0.780, 0.798 and 8.7%, 9.8%, 9.6% (at 69 configurations: forest
+  0.735, 0.703, 0.716; process 0.899, 0.913, 0.886 and 9.0-10.5%). A forest's prediction is a step
   function of single columns; accuracy and cost are smooth in d_model, lr and the size columns.
 - Failure: a random-forest classifier on ``failed`` (0 where the table holds no failure); a failing run fails at a
   share of its budget drawn from the recorded failures (half-way where there are none).
