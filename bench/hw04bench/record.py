@@ -113,7 +113,9 @@ def worker_main(index: int, device: str, data: str | None, seed: int, budget: in
     import torch
 
     from search.running.task import load_task, use_device
+    from search.running.workers import stop_with_parent
 
+    stop_with_parent(os.getppid())  # a recorder killed (a call's time limit, Ctrl-C) takes its workers with it
     torch.set_num_threads(threads)
     task = load_task(data, seed, use_device(device))
     results.put({"kind": "ready", "worker": index})

@@ -175,7 +175,7 @@ class WorkersReport:
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def _stop_with_parent(parent_pid: int) -> None:
+def stop_with_parent(parent_pid: int) -> None:
     """Workers stop with their parent: on Linux the kernel sends SIGTERM when the parent dies (even by
     SIGKILL), which ends the running trial as FAIL (``ended: interrupted``) and exits, instead of running on
     unseen and dying on a broken pipe. Elsewhere a thread watches the parent and does the same."""
@@ -222,7 +222,7 @@ def _worker_main(job: WorkerJob, conn, cpu_threads: int) -> None:
     # a batch system's kill, the kernel when the parent dies) ends the trial in progress: Optuna records it as
     # FAIL instead of leaving it RUNNING, and a second signal cannot cut that short.
     interrupt_once()  # for the life of this process
-    _stop_with_parent(job.parent_pid)
+    stop_with_parent(job.parent_pid)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # Optuna's warnings (a failed trial's traceback) into the study's log file, one line each on stderr
     log_file = log_path(job.study_name)
