@@ -241,14 +241,16 @@ def _in_memory(study: optuna.Study, trials: list[FrozenTrial], consume: bool = F
 
 
 def _importance_figure(study: optuna.Study, params: list[str]):
-    """Optuna's parameter importances for validation accuracy (its default evaluator, as optuna-dashboard's
-    figure: the same numbers), most important on top. Drawn here rather than by ``plot_param_importances``,
-    whose hover text copies every trial of the study once per parameter: 7.7 of the report's 22 s under cProfile
-    on a study of 5,004 trials (BENCHMARKS.md, issue 23)."""
+    """Parameter importances for validation accuracy as optuna-dashboard computes them (PED-ANOVA, Optuna 5's
+    default evaluator, named here so that the two stay alike), most important on top. Drawn here rather than by
+    ``plot_param_importances``, whose hover text copies every trial of the study once per parameter: 7.7 of the
+    report's 22 s under cProfile on a study of 5,004 trials (BENCHMARKS.md, issue 23)."""
     import plotly.graph_objects as go
+    from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
 
-    importances = optuna.importance.get_param_importances(study, params=params)  # {name: share}, largest first
-    names = list(importances)[::-1]  # plotly draws a horizontal bar chart's first category at the bottom
+    # the study's direction (maximize) is the evaluator's to read: no target, so no negation to get wrong
+    importances = get_param_importances(study, params=params, evaluator=PedAnovaImportanceEvaluator())
+    names = list(importances)[::-1]  # {name: share} comes largest first; plotly draws the first bar at the bottom
     values = [importances[n] for n in names]
     bars = go.Bar(x=values, y=names, orientation="h", text=[f"{v:.2f}" if v >= 0.01 else "<0.01" for v in values],
                   textposition="outside", hovertemplate="%{y}: %{x:.3f}<extra></extra>")
