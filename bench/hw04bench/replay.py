@@ -873,7 +873,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", default="1,4")
     parser.add_argument("--strategies", help="comma-separated (default: all of ours and every installed peer)")
     parser.add_argument("--out", type=Path, default=Path("report.html"))
-    parser.add_argument("--trees", type=int, default=100, help="the surrogate's forest size")
+    parser.add_argument("--trees", type=int, default=100, help="the surrogate's failure classifier's forest size")
     parser.add_argument("--smoke", action="store_true", help="every strategy on the tiny fixture table, 2 seeds")
     args = parser.parse_args(argv)
 
