@@ -715,10 +715,15 @@ def run_all(surrogate, strategies: list[str], seeds: int, workers: list[int], ho
     return traces
 
 
-def summarize(traces: list[Trace], budget: float, best: float, grid_points: int = 60) -> dict:
+def summarize(traces: list[Trace], budget: float, best: float, grid_points: int = 60,
+              validation_size: int | None = None) -> dict:
     """Per (workers, strategy) at ``budget`` simulated seconds: mean rank over time, final regret, the anytime
-    curve (mean and 95% band over seeds, on a time grid), and the time to reach each other strategy's final best."""
+    curve (mean and 95% band over seeds, on a time grid), and the time to reach each other strategy's final best.
+    With ``validation_size`` (n), ranks and reaching compare scores rounded to whole validation utterances (k/n):
+    a surrogate's means differ by far less than one utterance, which no validation run could see."""
     grid = np.linspace(budget / grid_points, budget, grid_points)
+    whole = (lambda x: np.round(np.asarray(x, dtype=float) * validation_size) / validation_size) \
+        if validation_size else (lambda x: np.asarray(x, dtype=float))
     out: dict = {}
     for k in sorted({t.workers for t in traces}):
         group = [t for t in traces if t.workers == k]
@@ -728,7 +733,7 @@ def summarize(traces: list[Trace], budget: float, best: float, grid_points: int 
         curves = {n: np.array([[t.best_at(g) for g in grid] for t in group if t.strategy == n]) for n in names}
         ranks = {n: [] for n in names}
         for i, _ in enumerate(seeds):
-            at = np.stack([np.nan_to_num(curves[n][i], nan=-1.0) for n in names])  # [strategies, grid]
+            at = np.stack([np.nan_to_num(whole(curves[n][i]), nan=-1.0) for n in names])  # [strategies, grid]
             from scipy.stats import rankdata
 
             r = rankdata(-at, axis=0)  # 1 = best; ties share
@@ -749,11 +754,12 @@ def summarize(traces: list[Trace], budget: float, best: float, grid_points: int 
                 if not np.isfinite(finals[m]).any():  # X never completed a training in this budget
                     reach[m] = math.nan
                     continue
-                target = np.nanmean(finals[m])
+                target = whole(np.nanmean(finals[m]))
                 times = []
                 for t in (t for t in group if t.strategy == n):
                     # a mean of equal scores can come out one ulp above them: reaching it is reaching them
-                    hit = next((when for when, s in t.incumbent if when <= budget and s >= target - 1e-9), math.inf)
+                    hit = next((when for when, s in t.incumbent if when <= budget and whole(s) >= target - 1e-9),
+                               math.inf)
                     times.append(hit)
                 reach[m] = float(np.median(times))
             rows[n] = {"mean_rank": float(np.mean(ranks[n])), "regret_mean": float(regret.mean()),
@@ -857,7 +863,7 @@ def evaluate(tables: list[Path], budgets: list[float], seeds: int, workers: list
                          max_trials=SMOKE_MAX_TRIALS if smoke else None, log=log)
     with warnings.catch_warnings():  # a strategy with no complete training yet: nan means, on purpose
         warnings.simplefilter("ignore", RuntimeWarning)
-        summaries = {b: summarize(traces, b, best) for b in budgets}
+        summaries = {b: summarize(traces, b, best, validation_size=surrogate.validation_size) for b in budgets}
     return Evaluation(surrogate, tbl, best, budgets, [p for p in peers if p in strategies], skipped, traces,
                       summaries)
 

@@ -228,6 +228,7 @@ class Surrogate:
         # where recorded failures happened, as a share of the budget (the step after the last validation)
         self.fail_shares = [((r["curve"][-1][0] if r["curve"] else 0) + 1) / self.budget for r in runs if r["failed"]]
         self.noise = self._pair_differences(runs)
+        self.validation_size = validation_size(complete)
         self._cache: dict[str, tuple] = {}
 
     @staticmethod
@@ -285,6 +286,20 @@ class Surrogate:
             share = rng.choice(self.fail_shares) if self.fail_shares else 0.5
             fail_step = max(1, min(self.budget, int(round(share * self.budget))))
         return Outcome(curve, mean, float(costs[0]), float(costs[1]), float(costs[2]), fail_step)
+
+
+def validation_size(runs: list[dict], largest: int = 20_000) -> int | None:
+    """The number of validation utterances behind the table's accuracies (each is k/n, recorded to 5 decimals):
+    the smallest n that makes every recorded accuracy a whole count; None if none up to ``largest`` does. Two
+    scores less than half an utterance apart are one score: nothing a validation run could tell apart."""
+    values = np.unique([c[1] for r in runs for c in r["curve"]])
+    values = values[(values > 0) & (values < 1)]
+    if len(values) < 3:
+        return None
+    for n in range(2, largest + 1):
+        if np.abs(values * n - np.round(values * n)).max() <= n * 5.1e-6:  # the 5-decimal rounding, scaled
+            return n
+    return None
 
 
 def table_best(runs: list[dict]) -> float:
