@@ -6,8 +6,9 @@ seeds. Each member is a finalize like ``search finalize N`` (the same configurat
 ``studies/<study>/final/checkpoint-trial<N>-steps<S>[-seed<s>].pt``, ``finished-...pt`` once stored), so a
 killed ensemble finalize (or one stopped by Ctrl-C or SIGTERM, with one line naming the member and its
 checkpoint: search/finalizing/final_stop.py) resumes: a member whose checkpoint is at its last step (or that an
-earlier finalize finished) is not retrained, the one in progress goes on from its checkpoint. The predictions are the argmax of the members' weighted mean class probabilities (softmax of the
-logits, full-length test utterances).
+earlier finalize finished) is not retrained, the one in progress goes on from its checkpoint. The predictions
+are the argmax of the members' weighted mean class probabilities (softmax of the logits, full-length test
+utterances).
 
 The weights are chosen on the validation split only (``select_weights``: Caruana et al. 2004, "Ensemble
 selection from libraries of models"): greedy forward selection with replacement, starting from the best member
@@ -314,7 +315,7 @@ def finalize_ensemble(study: optuna.Study, members: list[Member], task: Task, st
                                                m.test_accuracy, m.all_data_steps) for m in results])
     write_outputs(study, task, test_mix.argmax(-1).tolist(), out, answers, home / "config.json", config,
                   [Path(m.model_file) for m in results], record)
-    for checkpoint in {c for t in trained for c in t.checkpoints}:  # a member of --seeds shares none; a set anyway
+    for checkpoint in (c for t in trained for c in t.checkpoints):  # each member's own files (trial and seed)
         finish(checkpoint)  # the outputs are stored: the full checkpoints are no longer needed
     return EnsembleResult(label, results, combination.valid_accuracy, out, home, all_data, record.test_accuracy,
                           config["test_utterances"], answers, record.artifacts, combination)

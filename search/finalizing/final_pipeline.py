@@ -4,7 +4,8 @@
 trains (or resumes) one member from its checkpoint (``checkpoint_path``:
 ``studies/<study>/final/checkpoint-trial<N>-steps<S>[-alldata<B>][-seed<s>].pt``, saved atomically every
 ``checkpoint_every`` steps: a killed finalize resumes from it; once the outputs are stored it becomes
-``finished-...pt``, the best weights alone, which a later finalize of the same run reads instead of training); ``write_outputs`` writes the predictions CSV
+``finished-...pt``, the best weights alone, which a later finalize of the same run reads instead of training);
+``write_outputs`` writes the predictions CSV
 (``Id,Category``, one row per test utterance in testdata.json order, renamed into place), scores it with an
 answer key (``answers.csv`` in the data folder), writes ``config.json``, uploads the files as one set of study
 artifacts (search/finalizing/artifacts.py), records the result (search/finalizing/final_record.py) and rewrites the dashboard's study
