@@ -143,7 +143,7 @@ def _log_end(study: optuna.Study, frozen: optuna.trial.FrozenTrial, error, exc_i
     elif frozen.state == TrialState.PRUNED:
         _log.info(f"Trial {number} pruned. {error}")
     elif isinstance(error, KeyboardInterrupt):  # the user's doing, not a failure to explain
-        _log.warning(f"trial #{number} interrupted: recorded as FAIL (ended: interrupted)", extra=LOG_ONLY)
+        _log.warning(f"trial #{number} interrupted: recorded as FAIL (ended: interrupted)")  # which trial it was
     else:
         # the log file's lines; `search run` prints its own (`#3 failed: <why>`, search/reporting/logs.py Progress)
         why = repr(error) if error is not None else (told[-1] if told else "unknown")
