@@ -170,15 +170,14 @@ def _forest_mean(forest, x: np.ndarray, proba: bool = False) -> np.ndarray:
 def _process(x: np.ndarray, y: np.ndarray, seed: int):
     """A Gaussian process from ``x`` [n, columns] to ``y`` [n, outputs] (one kernel for every output, each output
     normalized): Matern 5/2 with a length scale per column, times a scale, plus white noise (seed luck)."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.gaussian_process import GaussianProcessRegressor
     from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
 
     kernel = ConstantKernel(1.0, (1e-2, 1e2)) * Matern(np.ones(x.shape[1]), (1e-2, 1e3), nu=2.5) \
         + WhiteKernel(0.1, (1e-6, 1.0))
-    import warnings
-
-    from sklearn.exceptions import ConvergenceWarning
-
     with warnings.catch_warnings():
         # a length scale at its upper bound is a column that does not matter (most do not, for one table), and
         # the lower bound is a scale finer than [0, 1]'s spacing of a categorical: both are answers, not failures
@@ -358,13 +357,14 @@ def check(tbl: bench_table.Table, folds: int = 5, n_estimators: int = 100, seed:
                 step = r["curve"][-1][0]
                 time = step * costs[0, 0] + len(r["curve"]) * costs[0, 1] + costs[0, 2]
                 rel_errors.append(abs(time - r["wall_seconds"]) / r["wall_seconds"])
+    whole = Surrogate(tbl, n_estimators=10, seed=seed)  # the seed pairs of the whole table (fitted once)
     return {
         "configurations": len(configs), "runs": len(usable), "folds": folds,
         "spearman_final_accuracy": _spearman(predicted, recorded),
         "spearman_nearest_neighbour": _spearman(nn_predicted, recorded),
         "median_relative_time_error": float(np.median(rel_errors)),
-        "seed_spread_final": Surrogate(tbl, n_estimators=10, seed=seed).seed_spread(),
-        "pairs": int(len(Surrogate(tbl, n_estimators=10, seed=seed).noise)),
+        "seed_spread_final": whole.seed_spread(),
+        "pairs": int(len(whole.noise)),
         "failed_runs": sum(bool(r["failed"]) for r in usable),
         "out_of_memory_runs": len(tbl.runs) - len(usable),
     }

@@ -151,17 +151,16 @@ class _Run:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        if is_finished(state):  # a finished run (checkpoints.finish): its best weights, nothing left to train
-            self.model.load_state_dict(state["model"])
-            self.step, self.best_accuracy, self.best_step = state["step"], state["best_accuracy"], state["best_step"]
-            self.best_state, self.history = state["model"], state["history"]
-            return
         self.model.load_state_dict(state["model"])
+        self.step, self.best_accuracy, self.best_step = state["step"], state["best_accuracy"], state["best_step"]
+        self.history = state["history"]
+        if is_finished(state):  # a finished run (checkpoints.finish): its best weights, nothing left to train
+            self.best_state = state["model"]
+            return
+        self.best_state = state["best_model"]
         self.train_step.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"].cpu())
         torch.set_rng_state(state["torch_rng"].cpu())
-        self.step, self.best_accuracy, self.best_step = state["step"], state["best_accuracy"], state["best_step"]
-        self.best_state, self.history = state["best_model"], state["history"]
         if self.guard is not None:
             self.guard.load_state_dict(state["guard"])
 
