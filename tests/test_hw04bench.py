@@ -71,6 +71,21 @@ def test_smoke_peer(peer):
     _check(result, [peer])
 
 
+def test_replays_spread_over_processes_give_the_same_traces():
+    # --jobs only spreads the replays over processes: each replay is fixed by its seed, so a user's table must not
+    # change with the number of cores they lend it
+    args = dict(seeds=2, workers=[1, 4], strategies=["default", "asha-rf3"], trees=10, smoke=True,
+                log=lambda line: None)
+    one = replay.evaluate([replay.FIXTURE], [], jobs=1, **args)
+    two = replay.evaluate([replay.FIXTURE], [], jobs=2, **args)
+    key = [(t.strategy, t.workers, t.seed) for t in one.traces]
+    assert key == [(t.strategy, t.workers, t.seed) for t in two.traces] and len(key) == 8
+    for a, b in zip(one.traces, two.traces):
+        assert a.incumbent == b.incumbent and a.picked == b.picked
+        assert [(tr["params"], tr["state"], tr["end"]) for tr in a.trials] == \
+            [(tr["params"], tr["state"], tr["end"]) for tr in b.trials]
+
+
 def test_configspace_round_trip():
     pytest.importorskip("ConfigSpace")
     for profile in search_space.PROFILES:

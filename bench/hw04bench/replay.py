@@ -473,21 +473,23 @@ class SMACStrategy(Strategy):
     scratch to its budget with one validation at the end; cost = 1 - accuracy. ``n_trials`` is set far above
     what a replay can reach: the clock, not SMAC, ends the search."""
 
-    def __init__(self, surrogate, seed: int, workers: int, output: Path, facade: str = "multi-fidelity") -> None:
+    def __init__(self, surrogate, seed: int, workers: int, output: Path, facade: str = "multi-fidelity",
+                 warm_start: bool = True) -> None:
         import logging
 
         from ConfigSpace import Configuration
         from smac import HyperbandFacade, MultiFidelityFacade, Scenario
 
         logging.getLogger("smac").setLevel(logging.ERROR)
-        self.name = "smac-mf" if facade == "multi-fidelity" else "smac-hb"
+        self.name = ("smac-mf" if facade == "multi-fidelity" else "smac-hb") + ("" if warm_start else "-cold")
         self.space = surrogate.space
         cs = configspace(self.space, seed)
         low, high = _fidelities(surrogate)
         scenario = Scenario(cs, name=f"{self.name}-{seed}", output_directory=output, deterministic=False,
                             n_trials=10**6, min_budget=low, max_budget=high, seed=seed, n_workers=1)
         facade_cls = MultiFidelityFacade if facade == "multi-fidelity" else HyperbandFacade
-        warm = [Configuration(cs, values=to_configspace(self.space, p)) for p in _warm_starts(surrogate)]
+        warm = [Configuration(cs, values=to_configspace(self.space, p))
+                for p in (_warm_starts(surrogate) if warm_start else [])]
         self.smac = facade_cls(scenario, lambda config, seed=0, budget=None: 0.0, overwrite=True, logging_level=40,
                                intensifier=facade_cls.get_intensifier(scenario, eta=3),
                                initial_design=facade_cls.get_initial_design(scenario, additional_configs=warm))
@@ -533,17 +535,19 @@ class SyneTuneStrategy(Strategy):
     asynchronous successive halving from the study's first rung to its budget, reduction factor 3; a training
     validates at the rung levels and at the end. The warm starts are ``points_to_evaluate`` (suggested first)."""
 
-    def __init__(self, surrogate, seed: int, workers: int, output: Path, kind: str = "asha") -> None:
+    def __init__(self, surrogate, seed: int, workers: int, output: Path, kind: str = "asha",
+                 warm_start: bool = True) -> None:
         import logging
 
         from syne_tune.optimizer.baselines import ASHA, BOHB
 
         logging.getLogger("syne_tune").setLevel(logging.ERROR)
-        self.name = f"synetune-{kind}"
+        self.name = f"synetune-{kind}" + ("" if warm_start else "-cold")
         self.space = surrogate.space
         self.st_space = synetune_space(self.space, seed)
         low, high = _fidelities(surrogate)
-        flat = [{k: v for k, v in to_configspace(self.space, p).items()} for p in _warm_starts(surrogate)]
+        flat = [{k: v for k, v in to_configspace(self.space, p).items()}
+                for p in (_warm_starts(surrogate) if warm_start else [])]
         # a warm start lacks the parameters whose condition does not hold: Syne Tune wants every key
         warm = [{**{k: (v.sample(random_state=np.random.RandomState(seed)) if hasattr(v, "sample") else v)
                     for k, v in self.st_space.items()}, **w} for w in flat]
@@ -656,6 +660,13 @@ PEERS: dict[str, tuple[str, Callable]] = {
     "synetune-asha": ("syne_tune", lambda s, seed, workers, out: SyneTuneStrategy(s, seed, workers, out, "asha")),
     "synetune-bohb": ("syne_tune", lambda s, seed, workers, out: SyneTuneStrategy(s, seed, workers, out, "bohb")),
     "neps-priorband": ("<venv-neps>", lambda s, seed, workers, out: NePSStrategy(s, seed, workers, out)),
+    # the peers that take our warm starts, without them: beside ours without them ("no-warm-start"), the search
+    # methods compared on their own, as on data where the warm starts are not among the best
+    "smac-hb-cold": ("smac", lambda s, seed, workers, out: SMACStrategy(s, seed, workers, out, "hyperband", False)),
+    "synetune-asha-cold": ("syne_tune", lambda s, seed, workers, out: SyneTuneStrategy(s, seed, workers, out,
+                                                                                         "asha", False)),
+    "synetune-bohb-cold": ("syne_tune", lambda s, seed, workers, out: SyneTuneStrategy(s, seed, workers, out,
+                                                                                         "bohb", False)),
 }
 
 
@@ -701,18 +712,45 @@ def make_strategy(name: str, surrogate, seed: int, workers: int, output: Path) -
 
 
 def run_all(surrogate, strategies: list[str], seeds: int, workers: list[int], horizon: float, output: Path,
-            max_trials: int | None = None, log: Callable[[str], None] = print) -> list[Trace]:
-    traces = []
+            max_trials: int | None = None, log: Callable[[str], None] = print, jobs: int = 1) -> list[Trace]:
+    """Every (workers, strategy, seed) replay. ``jobs`` > 1: that many processes (forked, so they share the fitted
+    surrogate), one BLAS thread each; each replay is seeded by its own seed alone, so the traces are the same
+    whatever ``jobs`` is, in the same order."""
+    tasks = [(k, name, seed) for k in workers for name in strategies for seed in range(seeds)]
+    if jobs > 1:
+        import multiprocessing
+
+        global _SHARED
+        _SHARED = (surrogate, horizon, output, max_trials)
+        with multiprocessing.get_context("fork").Pool(jobs, initializer=_one_blas_thread) as pool:
+            traces = pool.map(_replay_task, tasks, chunksize=1)
+    else:
+        traces = []
+        for k, name, seed in tasks:
+            traces.append(replay(make_strategy(name, surrogate, seed, k, output / f"{name}-{k}-{seed}"),
+                                 surrogate, horizon, k, seed, max_trials))
     for k in workers:
         for name in strategies:
-            started = time.perf_counter()
-            for seed in range(seeds):
-                strategy = make_strategy(name, surrogate, seed, k, output / f"{name}-{k}-{seed}")
-                traces.append(replay(strategy, surrogate, horizon, k, seed, max_trials))
             done = [t for t in traces if t.strategy == name and t.workers == k]
             log(f"  {name:24s} K={k}: {seeds} seeds, {np.mean([len(t.trials) for t in done]):.0f} trainings a "
-                f"replay, {time.perf_counter() - started:.1f} s")
+                f"replay, {sum(t.wall_seconds for t in done):.1f} s of replay (summed over processes)")
     return traces
+
+
+_SHARED: tuple = ()  # (surrogate, horizon, output, max_trials) for forked replay processes
+
+
+def _one_blas_thread() -> None:
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+
+
+def _replay_task(task: tuple[int, str, int]) -> Trace:
+    surrogate, horizon, output, max_trials = _SHARED
+    k, name, seed = task
+    return replay(make_strategy(name, surrogate, seed, k, output / f"{name}-{k}-{seed}"), surrogate, horizon, k,
+                  seed, max_trials)
 
 
 def summarize(traces: list[Trace], budget: float, best: float, grid_points: int = 60,
@@ -837,7 +875,7 @@ class Evaluation:
 
 def evaluate(tables: list[Path], budgets: list[float], seeds: int, workers: list[int],
              strategies: list[str] | None = None, trees: int = 100, smoke: bool = False,
-             log: Callable[[str], None] = print) -> Evaluation:
+             log: Callable[[str], None] = print, jobs: int = 1) -> Evaluation:
     """Replay ``strategies`` (default: all of ours and every peer that imports) on the table; ``smoke``: the
     fixture table's time scale (budgets of about 3 and 10 full trainings when ``budgets`` is empty) and at most
     SMOKE_MAX_TRIALS trainings a replay."""
@@ -860,7 +898,7 @@ def evaluate(tables: list[Path], budgets: list[float], seeds: int, workers: list
         f"{seeds} seeds")
     with tempfile.TemporaryDirectory(prefix="hw04bench-replay-") as tmp:
         traces = run_all(surrogate, strategies, seeds, workers, max(budgets), Path(tmp),
-                         max_trials=SMOKE_MAX_TRIALS if smoke else None, log=log)
+                         max_trials=SMOKE_MAX_TRIALS if smoke else None, log=log, jobs=jobs)
     with warnings.catch_warnings():  # a strategy with no complete training yet: nan means, on purpose
         warnings.simplefilter("ignore", RuntimeWarning)
         summaries = {b: summarize(traces, b, best, validation_size=surrogate.validation_size) for b in budgets}
@@ -881,6 +919,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("report.html"))
     parser.add_argument("--trees", type=int, default=100, help="the surrogate's failure classifier's forest size")
     parser.add_argument("--smoke", action="store_true", help="every strategy on the tiny fixture table, 2 seeds")
+    parser.add_argument("--jobs", type=int, default=1, help="replay processes (the traces do not depend on it)")
     args = parser.parse_args(argv)
 
     if args.smoke:
@@ -894,7 +933,8 @@ def main(argv: list[str] | None = None) -> int:
         if why:
             print(f"peer {name}: not run ({why})")
     result = evaluate(args.table, budgets, args.seeds, [int(k) for k in args.workers.split(",")],
-                      args.strategies.split(",") if args.strategies else None, args.trees, args.smoke)
+                      args.strategies.split(",") if args.strategies else None, args.trees, args.smoke,
+                      jobs=args.jobs)
     for b in result.budgets:
         print(format_table(result.summaries[b], b, result.peers))
     write_html(result.summaries, args.out, f"HW04-Bench replay ({result.table.profile}, {result.surrogate.card})")

@@ -90,8 +90,20 @@ def merge(target: Path, *sources: Path) -> int:
     return added
 
 
-if __name__ == "__main__":
-    import sys
+def main(argv: list[str] | None = None) -> int:
+    import argparse
 
-    # python -m bench.hw04bench.table TABLE.jsonl.gz CALL.jsonl...: a device call's runs into the committed table
-    print(f"{merge(Path(sys.argv[1]), *map(Path, sys.argv[2:]))} lines added to {sys.argv[1]}")
+    parser = argparse.ArgumentParser(prog="python -m bench.hw04bench.table",
+                                     description="add a device call's runs to a committed table")
+    parser.add_argument("table", type=Path, help="the table (.jsonl.gz), created if absent")
+    parser.add_argument("calls", type=Path, nargs="+", help="each call's .jsonl")
+    args = parser.parse_args(argv)
+    for source in args.calls:
+        if not source.is_file():
+            parser.error(f"{source}: no such file")
+    print(f"{merge(args.table, *args.calls)} lines added to {args.table}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
