@@ -63,3 +63,27 @@ def test_a_run_that_ran_out_of_gpu_memory_is_retried_not_done(tmp_path):
     assert loaded.done() == {("sobol:2", 0)} and [r["config"] for r in loaded.results()] == ["sobol:2"]
     merged = tmp_path / "t.jsonl.gz"
     assert table.merge(merged, out) == 2 and table.merge(merged, out) == 0  # merging a call twice adds nothing
+
+
+def test_a_run_that_ran_out_of_memory_beside_others_is_retried_first_and_alone(tiny_dataset, tmp_path):
+    planned = configs.plan("cpu", 4)
+    earlier = tmp_path / "earlier.jsonl"  # an earlier call: the plan's third run ran out of GPU memory there
+    earlier.write_text(json.dumps({"kind": "run", "config": planned[2].config, "repeat": planned[2].repeat,
+                                   "failed": "out of GPU memory", "curve": []}) + "\n")
+    out = tmp_path / "table.jsonl"
+    done = subprocess.run([sys.executable, "-m", "bench.hw04bench.record", "--profile", "cpu", "--budget", "8",
+                           "--configs", "4", "--data", str(tiny_dataset), "--out", str(out), "--done", str(earlier),
+                           "--workers", "2", "--threads", "1", "--limit", "3"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    runs = table.load(out).runs
+    keys = [(r["config"], r["repeat"]) for r in runs]  # the two after it train side by side: either ends first
+    assert keys[0] == planned[2].key and sorted(keys[1:]) == sorted([planned[0].key, planned[1].key])
+    lone, *others = runs
+    assert lone["alone"] is True and not any(r.get("alone") for r in others)
+    # nothing else was on the card while it trained: the others were handed out after it ended
+    assert all(r["handed_out"] >= lone["handed_out"] + lone["wall_seconds"] - 0.02 for r in others)
+    assert "ran out of GPU memory first, each alone" in done.stdout and "(alone)" in done.stdout
+    # its seconds are another clock than the shared card's (the surrogate's cost model leaves them out)
+    recorded = table.load(out)
+    assert recorded.machine(lone) != recorded.machine(others[0])

@@ -19,7 +19,10 @@ A run line holds:
   memory); a failed run keeps its curve up to the failure.
 
 Resumable: runs already in ``--out`` (or in the tables given by ``--done``) are skipped, so a recorder stopped by
-a device call's time limit goes on where it stopped. ``--deadline`` stops handing out runs that many seconds
+a device call's time limit goes on where it stopped. A run that ran out of GPU memory beside the other workers is
+not done; a later call trains it first and alone on the card (at most ``--alone`` such runs a call; its line says
+``"alone": true``: its seconds are one run's, not a shared card's), then the others. ``handed_out``: seconds from
+the recorder's start to the run's hand-out. ``--deadline`` stops handing out runs that many seconds
 after the start (the runs in flight finish), so that a call ends inside its limit with nothing half-done.
 """
 
@@ -166,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start", type=int, default=0, help="skip the plan's first N runs: two recorders on "
                         "two machines take different parts of one plan (the CPU table here and on the device host)")
     parser.add_argument("--no-mps", action="store_true", help="workers share the GPU without MPS")
+    parser.add_argument("--alone", type=int, default=2, help="runs that ran out of GPU memory beside other workers "
+                        "retried first, each alone, in this call")
     args = parser.parse_args(argv)
 
     import multiprocessing
@@ -179,9 +184,14 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     budget = args.budget or (GPU_BUDGET if args.profile == "full" else CPU_BUDGET)
     steps = eval_steps(budget, args.profile)
-    done = table.load(args.out, *args.done).done()
+    recorded = table.load(args.out, *args.done)
+    done = recorded.done()
+    short_of_memory = {(r["config"], r["repeat"]) for r in recorded.runs if r.get("failed") == OUT_OF_MEMORY}
     planned = configs.load_plan(args.plan) if args.plan else configs.plan(args.profile, args.configs, args.seed)
     todo = [r for r in planned[args.start:] if r.key not in done][:args.limit]
+    # the same large configurations ran out of memory in call after call beside 6-8 others: alone they get the card
+    alone = [r for r in todo if r.key in short_of_memory][:args.alone]
+    todo = alone + [r for r in todo if r not in alone]
     print(f"{len(done)} runs recorded, {len(todo)} to go", flush=True)
     if not todo:
         return 0
@@ -212,20 +222,27 @@ def main(argv: list[str] | None = None) -> int:
         for w in workers:
             w.start()
         pending = list(todo)
-        in_flight, written = 0, 0
+        in_flight, written, waiting, lone = 0, 0, 0, False
 
         def hand_out() -> None:
-            nonlocal in_flight
-            if pending and time.monotonic() - started < args.deadline:
-                run = pending.pop(0)
-                jobs.put({"config": run.config, "repeat": run.repeat, "seed": train_seed(run.config, run.repeat),
-                          "params": run.params, "session": session_id})
-                in_flight += 1
-            else:
+            """Give the worker that asks its next run, or keep it waiting while a run alone is due or in flight,
+            or stop it."""
+            nonlocal in_flight, waiting, lone
+            if not pending or time.monotonic() - started >= args.deadline:
                 jobs.put(None)  # this worker stops
+                return
+            if pending[0] in alone and in_flight or lone:
+                waiting += 1  # the card empties first (or the lone run is on it)
+                return
+            run = pending.pop(0)
+            lone = run in alone
+            jobs.put({"config": run.config, "repeat": run.repeat, "seed": train_seed(run.config, run.repeat),
+                      "params": run.params, "session": session_id, **({"alone": True} if lone else {}),
+                      "handed_out": round(time.monotonic() - started, 2)})
+            in_flight += 1
 
-        print(f"{mps or 'MPS: off (one worker)'}; {args.workers} workers starting at {time.monotonic() - started:.0f} s",
-              flush=True)
+        print(f"{mps or 'MPS: off (one worker)'}; {args.workers} workers starting at {time.monotonic() - started:.0f} s"
+              + (f"; {len(alone)} run(s) that ran out of GPU memory first, each alone" if alone else ""), flush=True)
         for _ in workers:
             hand_out()
         while in_flight:
@@ -239,14 +256,19 @@ def main(argv: list[str] | None = None) -> int:
             if line["kind"] == "ready":
                 continue
             in_flight -= 1
+            lone = lone and in_flight > 0
             out.write(json.dumps(line) + "\n")
             out.flush()
             written += 1
             last = line["curve"][-1] if line["curve"] else [0, float("nan")]
-            print(f"{written}/{len(todo)} {line['config']}#{line['repeat']}: acc {last[1]:.4f} at step {last[0]}, "
+            print(f"{written}/{len(todo)} {line['config']}#{line['repeat']}{' (alone)' if line.get('alone') else ''}: "
+                  f"acc {last[1]:.4f} at step {last[0]}, "
                   f"{line['wall_seconds']:.1f} s{', failed: ' + line['failed'] if line['failed'] else ''} "
                   f"[{time.monotonic() - started:.0f} s]", flush=True)
-            hand_out()
+            # the card is empty: the workers kept waiting get work too
+            asking, waiting = (1 + waiting, 0) if in_flight == 0 else (1, waiting)
+            for _ in range(asking):
+                hand_out()
         for w in workers:
             w.join(timeout=30)
     print(f"recorded {written} runs in {time.monotonic() - started:.0f} s; {len(pending)} planned runs left",

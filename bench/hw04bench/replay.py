@@ -606,6 +606,7 @@ class NePSStrategy(Strategy):
 
     def __init__(self, surrogate, seed: int, workers: int, output: Path) -> None:
         import json
+        import os
         import subprocess
 
         import ConfigSpace as CS
@@ -623,8 +624,10 @@ class NePSStrategy(Strategy):
         constants = {d["name"] for d in spec if d["type"] == "constant"}
         prior = {k: v for k, v in to_configspace(self.space, _warm_starts(surrogate)[0]).items() if k not in constants}
         low, high = _fidelities(surrogate)
+        # its torch's deprecation warnings, once a replay, would bury the replay's own lines
         self.process = subprocess.Popen([str(neps_python()), str(Path(__file__).with_name("neps_driver.py"))],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                        env={**os.environ, "PYTHONWARNINGS": "ignore"})
         self._json = json
         self._call({"space": spec, "prior": prior, "fidelity": [low, high], "eta": 3, "seed": seed})
 

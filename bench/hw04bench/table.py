@@ -50,10 +50,11 @@ class Table:
         return {(r["config"], r["repeat"]) for r in self.runs if r.get("failed") != "out of GPU memory"}
 
     def machine(self, run: dict) -> tuple:
-        """What the run's costs were measured on: its session's host, torch, CPU model and card. Accuracy curves
-        do not depend on it; seconds do (a replay's clock is one machine's: surrogate.py)."""
+        """What the run's costs were measured on: its session's host, torch, CPU model and card, and whether it had
+        the card to itself (a retry after running out of memory: record.py). Accuracy curves do not depend on it;
+        seconds do (a replay's clock is one machine's: surrogate.py)."""
         session = next((s for s in self.sessions if s["session"] == run.get("session")), {})
-        return session.get("host"), session.get("torch"), session.get("cpu"), run.get("card")
+        return session.get("host"), session.get("torch"), session.get("cpu"), run.get("card"), bool(run.get("alone"))
 
     def results(self) -> list[dict]:
         """The runs a replay can use: every recorded run but those that ran out of GPU memory (see ``done``)."""
