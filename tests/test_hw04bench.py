@@ -37,7 +37,7 @@ def _check(result: replay.Evaluation, names: list[str]) -> None:
 
 
 def test_smoke_ours(tmp_path):
-    names = list(replay.OURS)
+    names = [*replay.OURS, *replay.EXTRA]
     result = replay.evaluate([replay.FIXTURE], [], seeds=1, workers=[1, 4], strategies=names, trees=10, smoke=True,
                              log=lambda line: None)
     _check(result, names)
@@ -155,3 +155,9 @@ def test_scores_less_than_one_validation_utterance_apart_rank_alike():
     alike = replay.summarize(traces, 10.0, 0.6, grid_points=5, validation_size=156)[1]
     assert alike["a"]["mean_rank"] == alike["b"]["mean_rank"] == 1.5
     assert alike["a"]["reach"]["b"] == 1.0  # a reaches b's final score: the same count of utterances
+
+
+def test_an_unknown_strategy_is_named_before_any_work():
+    with pytest.raises(SystemExit, match=r"--strategies: unknown strategy 'tpe-typo' \(known: default, "):
+        replay.evaluate([replay.FIXTURE], [], seeds=1, workers=[1], strategies=["default", "tpe-typo"], smoke=True,
+                        log=lambda line: None)

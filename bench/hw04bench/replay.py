@@ -310,6 +310,22 @@ def _median(settings):
     return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=settings.eval_every)
 
 
+def _cpu_factor_3(settings):
+    """The cpu profile's default pruner (search/running/sampler.py ``make_pruner``: KEEP_COMPLETE, the second look)
+    with the full profile's reduction factor 3 instead of budget / first rung + 1 (9 at 500 steps): two brackets, and
+    a trial goes on at budget/8 when among the best third, not the best ninth."""
+    from search.running import sampler as search_sampler
+
+    hyperband = search_sampler.StudyHyperband(settings.eval_every, settings.budget, 3)
+    return search_sampler.SecondLookPruner(hyperband, 3 * settings.eval_every, search_sampler.KEEP_COMPLETE)
+
+
+def _no_pruning(settings):
+    import optuna
+
+    return optuna.pruners.NopPruner()
+
+
 OURS: dict[str, dict] = {
     "default": {},
     "no-warm-start": {"warm_start": False},
@@ -320,6 +336,18 @@ OURS: dict[str, dict] = {
     **{f"hyperband-rf{r}": {"pruner": _hyperband(r)} for r in (2, 3, 4)},
     **{f"asha-rf{r}": {"pruner": _asha(r)} for r in (2, 3, 4)},
     "median": {"pruner": _median},
+}
+# Run when named (--strategies), not by default: ours without the warm starts, one part changed at a time (which
+# part of the cold search, sampler or pruner, is behind the peers where the warm starts are not among the best), and
+# candidate defaults, with and without the warm starts.
+EXTRA: dict[str, dict] = {
+    "no-warm-start-random": {"warm_start": False, "sampler": _random},
+    "no-warm-start-no-pruning": {"warm_start": False, "pruner": _no_pruning},
+    **{f"no-warm-start-asha-rf{r}": {"warm_start": False, "pruner": _asha(r)} for r in (3,)},
+    **{f"no-warm-start-hyperband-rf{r}": {"warm_start": False, "pruner": _hyperband(r)} for r in (3,)},
+    "no-warm-start-median": {"warm_start": False, "pruner": _median},
+    "cpu-factor-3": {"pruner": _cpu_factor_3},
+    "no-warm-start-cpu-factor-3": {"warm_start": False, "pruner": _cpu_factor_3},
 }
 
 
@@ -705,8 +733,8 @@ def _neps_status() -> str | None:
 
 
 def make_strategy(name: str, surrogate, seed: int, workers: int, output: Path) -> Strategy:
-    if name in OURS:
-        return OptunaStrategy(name, surrogate, seed, **OURS[name])
+    if name in OURS or name in EXTRA:
+        return OptunaStrategy(name, surrogate, seed, **{**OURS, **EXTRA}[name])
     return PEERS[name][1](surrogate, seed, workers, output)
 
 
@@ -884,6 +912,9 @@ def evaluate(tables: list[Path], budgets: list[float], seeds: int, workers: list
     SMOKE_MAX_TRIALS trainings a replay."""
     import tempfile
 
+    for name in strategies or []:
+        if name not in OURS and name not in EXTRA and name not in PEERS:
+            raise SystemExit(f"--strategies: unknown strategy {name!r} (known: {', '.join([*OURS, *EXTRA, *PEERS])})")
     tbl = bench_table.load(*tables)
     surrogate = bench_surrogate.Surrogate(tbl, n_estimators=trees)
     best = surrogate.best
