@@ -192,7 +192,7 @@ def test_the_value_a_pruned_trial_needed_is_the_one_the_pruner_compared_against(
 
     from search.running.sampler import SecondLookPruner, StudyHyperband, needed_to_go_on
 
-    hyperband = StudyHyperband(1, 27, 9 if second_look else 3)
+    hyperband = StudyHyperband(1, 27, 3)  # the factor of both profiles (search/running/sampler.py make_pruner)
     pruner = SecondLookPruner(hyperband, 3) if second_look else hyperband
     study = optuna.create_study(direction="maximize", pruner=pruner, study_name="needed")
     rng, decided = random.Random(0), {True: 0, False: 0}

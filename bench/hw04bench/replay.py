@@ -310,13 +310,16 @@ def _median(settings):
     return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=settings.eval_every)
 
 
-def _cpu_factor_3(settings):
-    """The cpu profile's default pruner (search/running/sampler.py ``make_pruner``: KEEP_COMPLETE, the second look)
-    with the full profile's reduction factor 3 instead of budget / first rung + 1 (9 at 500 steps): two brackets, and
-    a trial goes on at budget/8 when among the best third, not the best ninth."""
+def _cpu_one_bracket(settings):
+    """The cpu profile's pruner before HW04-Bench set the factor to 3 (search/running/sampler.py ``make_pruner``):
+    Hyperband with a factor above budget / first rung (9 at 500 steps): one bracket, one decision at budget/8
+    keeping the best ninth, then the second look and KEEP_COMPLETE as now. On the full profile: the default's."""
     from search.running import sampler as search_sampler
 
-    hyperband = search_sampler.StudyHyperband(settings.eval_every, settings.budget, 3)
+    if settings.profile != "cpu":
+        return search_sampler.make_pruner(settings)
+    hyperband = search_sampler.StudyHyperband(settings.eval_every, settings.budget,
+                                              settings.budget // settings.eval_every + 1)
     return search_sampler.SecondLookPruner(hyperband, 3 * settings.eval_every, search_sampler.KEEP_COMPLETE)
 
 
@@ -339,15 +342,17 @@ OURS: dict[str, dict] = {
 }
 # Run when named (--strategies), not by default: ours without the warm starts, one part changed at a time (which
 # part of the cold search, sampler or pruner, is behind the peers where the warm starts are not among the best), and
-# candidate defaults, with and without the warm starts.
+# earlier or candidate defaults, with and without the warm starts.
 EXTRA: dict[str, dict] = {
     "no-warm-start-random": {"warm_start": False, "sampler": _random},
     "no-warm-start-no-pruning": {"warm_start": False, "pruner": _no_pruning},
     **{f"no-warm-start-asha-rf{r}": {"warm_start": False, "pruner": _asha(r)} for r in (3,)},
     **{f"no-warm-start-hyperband-rf{r}": {"warm_start": False, "pruner": _hyperband(r)} for r in (3,)},
     "no-warm-start-median": {"warm_start": False, "pruner": _median},
-    "cpu-factor-3": {"pruner": _cpu_factor_3},
-    "no-warm-start-cpu-factor-3": {"warm_start": False, "pruner": _cpu_factor_3},
+    # the default before factor 3: BENCHMARKS.md's replays at commit eb9aef8 ran it as "default", factor 3 as
+    # "cpu-factor-3"
+    "cpu-one-bracket": {"pruner": _cpu_one_bracket},
+    "no-warm-start-cpu-one-bracket": {"warm_start": False, "pruner": _cpu_one_bracket},
 }
 
 
