@@ -61,8 +61,15 @@ def test_a_run_that_ran_out_of_gpu_memory_is_retried_not_done(tmp_path):
                    + json.dumps({"kind": "run", "config": "sobol:2", "repeat": 0, "failed": None}) + "\n")
     loaded = table.load(out)
     assert loaded.done() == {("sobol:2", 0)} and [r["config"] for r in loaded.results()] == ["sobol:2"]
+    # out of memory alone on the card (a retry: record.py --alone): the configuration does not fit, a failure
+    alone = json.dumps({"kind": "run", "config": "sobol:1", "repeat": 0, "failed": "out of GPU memory", "alone": True})
+    with open(out, "a", encoding="utf-8") as f:
+        f.write(alone + "\n")
+    loaded = table.load(out)
+    assert loaded.done() == {("sobol:1", 0), ("sobol:2", 0)}
+    assert [(r["config"], r["failed"]) for r in loaded.results()] == [("sobol:2", None), ("sobol:1", "out of GPU memory")]
     merged = tmp_path / "t.jsonl.gz"
-    assert table.merge(merged, out) == 2 and table.merge(merged, out) == 0  # merging a call twice adds nothing
+    assert table.merge(merged, out) == 3 and table.merge(merged, out) == 0  # merging a call twice adds nothing
 
 
 def test_a_run_that_ran_out_of_memory_beside_others_is_retried_first_and_alone(tiny_dataset, tmp_path):

@@ -91,7 +91,7 @@ def run_one(task, job: dict, budget: int, steps: list[int]) -> dict:
     except TrainingDiverged as err:
         failed = str(err)
     except torch.OutOfMemoryError:
-        failed = OUT_OF_MEMORY  # table.done() does not count it: retried by the next call (see table.py)
+        failed = OUT_OF_MEMORY  # beside other workers not done: a later call retries it alone (table.py)
     except Exception as err:  # noqa: BLE001 - recorded: a configuration the table cannot train is a fact too
         failed = f"{type(err).__name__}: {err}"[:300]
     wall = time.perf_counter() - started
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = eval_steps(budget, args.profile)
     recorded = table.load(args.out, *args.done)
     done = recorded.done()
-    short_of_memory = {(r["config"], r["repeat"]) for r in recorded.runs if r.get("failed") == OUT_OF_MEMORY}
+    short_of_memory = {(r["config"], r["repeat"]) for r in recorded.runs if table.short_of_shared_memory(r)}
     planned = configs.load_plan(args.plan) if args.plan else configs.plan(args.profile, args.configs, args.seed)
     todo = [r for r in planned[args.start:] if r.key not in done][:args.limit]
     # the same large configurations ran out of memory in call after call beside 6-8 others: alone they get the card

@@ -31,6 +31,11 @@ def read_lines(path: Path) -> list[dict]:
     return records
 
 
+def short_of_shared_memory(run: dict) -> bool:
+    """The run ran out of GPU memory while other workers shared the card."""
+    return run.get("failed") == "out of GPU memory" and not run.get("alone")
+
+
 @dataclass
 class Table:
     sessions: list[dict] = field(default_factory=list)
@@ -45,9 +50,10 @@ class Table:
         return self.sessions[0]["profile"]
 
     def done(self) -> set[tuple[str, int]]:
-        """The (config, repeat) runs recorded. A run that ran out of GPU memory is not done: with several workers
-        on one card, that says more about what the others held at the time than about the configuration."""
-        return {(r["config"], r["repeat"]) for r in self.runs if r.get("failed") != "out of GPU memory"}
+        """The (config, repeat) runs recorded. A run that ran out of GPU memory beside other workers is not done:
+        that says more about what the others held at the time than about the configuration. One that ran out of
+        memory alone on the card (record.py ``--alone``) is: that configuration does not fit the card."""
+        return {(r["config"], r["repeat"]) for r in self.runs if not short_of_shared_memory(r)}
 
     def machine(self, run: dict) -> tuple:
         """What the run's costs were measured on: its session's host, torch, CPU model and card, and whether it had
@@ -57,8 +63,9 @@ class Table:
         return session.get("host"), session.get("torch"), session.get("cpu"), run.get("card"), bool(run.get("alone"))
 
     def results(self) -> list[dict]:
-        """The runs a replay can use: every recorded run but those that ran out of GPU memory (see ``done``)."""
-        return [r for r in self.runs if r.get("failed") != "out of GPU memory"]
+        """The runs a replay can use: every recorded run but those that ran out of GPU memory beside other workers
+        (see ``done``); one that did alone is a failure of its configuration, as a NaN is."""
+        return [r for r in self.runs if not short_of_shared_memory(r)]
 
 
 def load(*paths: Path) -> Table:
