@@ -346,8 +346,8 @@ OURS: dict[str, dict] = {
 EXTRA: dict[str, dict] = {
     "no-warm-start-random": {"warm_start": False, "sampler": _random},
     "no-warm-start-no-pruning": {"warm_start": False, "pruner": _no_pruning},
-    **{f"no-warm-start-asha-rf{r}": {"warm_start": False, "pruner": _asha(r)} for r in (3,)},
-    **{f"no-warm-start-hyperband-rf{r}": {"warm_start": False, "pruner": _hyperband(r)} for r in (3,)},
+    "no-warm-start-asha-rf3": {"warm_start": False, "pruner": _asha(3)},
+    "no-warm-start-hyperband-rf3": {"warm_start": False, "pruner": _hyperband(3)},
     "no-warm-start-median": {"warm_start": False, "pruner": _median},
     # the default before factor 3: BENCHMARKS.md's replays at commit eb9aef8 ran it as "default", factor 3 as
     # "cpu-factor-3"
