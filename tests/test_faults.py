@@ -532,6 +532,38 @@ def test_a_signal_while_a_trial_is_being_created_fails_that_trial(tiny_dataset, 
     assert trial.state == TrialState.FAIL and trial.user_attrs["ended"] == "interrupted", trial
 
 
+def test_a_signal_while_the_trials_heartbeat_starts_fails_that_trial_and_leaves_no_beat(tiny_dataset, workdir,
+                                                                                        monkeypatch):
+    """A killed parent's SIGTERM reaches its workers just after their trials are created, as their heartbeat
+    threads start: raised there, it left Optuna's heartbeat thread (not a daemon) beating, and the worker could
+    not exit (an orphan seen in test_workers_stop_with_their_killed_parent)."""
+    import threading
+
+    from optuna.storages import _heartbeat
+    from search.processes.signals import interrupt_once
+    from search.errors import Terminated
+
+    start = _heartbeat.HeartbeatThread.start
+
+    def start_then_signal(self):
+        start(self)
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered before start() returns to the runner
+
+    monkeypatch.setattr(_heartbeat.HeartbeatThread, "start", start_then_signal)
+    study = make_study(tiny_dataset)
+    undo = interrupt_once()
+    try:
+        with pytest.raises(Terminated):
+            run_trials(study, StudySettings.from_attrs(study.user_attrs),
+                       load_task(tiny_dataset, 0, torch.device("cpu")), 2)
+    finally:
+        undo()
+    [trial] = optuna.load_study(study_name="f", storage=open_storage(URL)).trials
+    assert trial.state == TrialState.FAIL and trial.user_attrs["ended"] == "interrupted", trial
+    beating = [t for t in threading.enumerate() if t.is_alive() and "_record_heartbeat" in repr(getattr(t, "_target", ""))]
+    assert not beating, beating
+
+
 def test_sigterm_fails_the_running_trial_of_a_single_process_run(tiny_dataset, workdir):
     returncode, output = signal_while_running(
         ["run", "--trials", "3", "--study", "t", "--data", str(tiny_dataset), "--budget", "2000", "--device", "cpu",

@@ -10,6 +10,7 @@ the running trial as FAIL (``ended: interrupted``) and stops the run.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import gc
 import logging
@@ -109,7 +110,12 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, func, catch: tuple) -> 
     """Run the objective on ``trial``, record how it ended, log it; re-raise what ``catch`` does not take."""
     value, state, error, exc_info = None, None, None, None
     try:
-        with internals.heartbeat(study, trial):
+        with contextlib.ExitStack() as beating:
+            # Optuna's heartbeat thread is not a daemon: a signal while it starts (a killed parent's SIGTERM comes
+            # just after the trial is created) would leave it beating and the worker unable to exit. Held, the
+            # signal is raised just below, inside the guard, where the trial is recorded FAIL.
+            with signals.held():
+                beating.enter_context(internals.heartbeat(study, trial))
             try:
                 signals.raise_pending()  # an interrupt that came while the trial was created
                 value = func(trial)
