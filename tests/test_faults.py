@@ -515,20 +515,25 @@ class _SigtermWhileAsking(optuna.samplers.RandomSampler):
         super().before_trial(study, trial)
 
 
-def test_a_signal_while_a_trial_is_being_created_fails_that_trial(tiny_dataset, workdir):
+def _the_trial_a_sigterm_ended(study: optuna.Study, data: Path) -> optuna.trial.FrozenTrial:
+    """Run trials of ``study`` until the SIGTERM the test arranged stops the run; its one trial, as stored."""
     from search.processes.signals import interrupt_once
     from search.errors import Terminated
 
-    study = make_study(tiny_dataset)
-    study.sampler = _SigtermWhileAsking(seed=0)
     undo = interrupt_once()
     try:
         with pytest.raises(Terminated):
-            run_trials(study, StudySettings.from_attrs(study.user_attrs),
-                       load_task(tiny_dataset, 0, torch.device("cpu")), 2)
+            run_trials(study, StudySettings.from_attrs(study.user_attrs), load_task(data, 0, torch.device("cpu")), 2)
     finally:
         undo()
     [trial] = optuna.load_study(study_name="f", storage=open_storage(URL)).trials
+    return trial
+
+
+def test_a_signal_while_a_trial_is_being_created_fails_that_trial(tiny_dataset, workdir):
+    study = make_study(tiny_dataset)
+    study.sampler = _SigtermWhileAsking(seed=0)
+    trial = _the_trial_a_sigterm_ended(study, tiny_dataset)
     assert trial.state == TrialState.FAIL and trial.user_attrs["ended"] == "interrupted", trial
 
 
@@ -540,8 +545,6 @@ def test_a_signal_while_the_trials_heartbeat_starts_fails_that_trial_and_leaves_
     import threading
 
     from optuna.storages import _heartbeat
-    from search.processes.signals import interrupt_once
-    from search.errors import Terminated
 
     start = _heartbeat.HeartbeatThread.start
 
@@ -550,15 +553,7 @@ def test_a_signal_while_the_trials_heartbeat_starts_fails_that_trial_and_leaves_
         os.kill(os.getpid(), signal.SIGTERM)  # delivered before start() returns to the runner
 
     monkeypatch.setattr(_heartbeat.HeartbeatThread, "start", start_then_signal)
-    study = make_study(tiny_dataset)
-    undo = interrupt_once()
-    try:
-        with pytest.raises(Terminated):
-            run_trials(study, StudySettings.from_attrs(study.user_attrs),
-                       load_task(tiny_dataset, 0, torch.device("cpu")), 2)
-    finally:
-        undo()
-    [trial] = optuna.load_study(study_name="f", storage=open_storage(URL)).trials
+    trial = _the_trial_a_sigterm_ended(make_study(tiny_dataset), tiny_dataset)
     assert trial.state == TrialState.FAIL and trial.user_attrs["ended"] == "interrupted", trial
     beating = [t for t in threading.enumerate() if t.is_alive() and "_record_heartbeat" in repr(getattr(t, "_target", ""))]
     assert not beating, beating
