@@ -312,15 +312,12 @@ def _median(settings):
 
 def _cpu_one_bracket(settings):
     """The cpu profile's pruner before HW04-Bench set the factor to 3 (search/running/sampler.py ``make_pruner``):
-    Hyperband with a factor above budget / first rung (9 at 500 steps): one bracket, one decision at budget/8
-    keeping the best ninth, then the second look and KEEP_COMPLETE as now. On the full profile: the default's."""
-    from search.running import sampler as search_sampler
+    a factor above budget / first rung (9 at 500 steps): one bracket, one decision at budget/8 keeping the best
+    ninth, then the second look and KEEP_COMPLETE as now. On the full profile: the default's."""
+    from search.running.sampler import make_pruner
 
-    if settings.profile != "cpu":
-        return search_sampler.make_pruner(settings)
-    hyperband = search_sampler.StudyHyperband(settings.eval_every, settings.budget,
-                                              settings.budget // settings.eval_every + 1)
-    return search_sampler.SecondLookPruner(hyperband, 3 * settings.eval_every, search_sampler.KEEP_COMPLETE)
+    return make_pruner(settings, settings.budget // settings.eval_every + 1) if settings.profile == "cpu" \
+        else make_pruner(settings)
 
 
 def _no_pruning(settings):
@@ -354,6 +351,7 @@ EXTRA: dict[str, dict] = {
     "cpu-one-bracket": {"pruner": _cpu_one_bracket},
     "no-warm-start-cpu-one-bracket": {"warm_start": False, "pruner": _cpu_one_bracket},
 }
+OPTUNA_STRATEGIES = {**OURS, **EXTRA}  # every strategy run through our own study
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -738,8 +736,8 @@ def _neps_status() -> str | None:
 
 
 def make_strategy(name: str, surrogate, seed: int, workers: int, output: Path) -> Strategy:
-    if name in OURS or name in EXTRA:
-        return OptunaStrategy(name, surrogate, seed, **{**OURS, **EXTRA}[name])
+    if name in OPTUNA_STRATEGIES:
+        return OptunaStrategy(name, surrogate, seed, **OPTUNA_STRATEGIES[name])
     return PEERS[name][1](surrogate, seed, workers, output)
 
 
@@ -752,19 +750,19 @@ def run_all(surrogate, strategies: list[str], seeds: int, workers: list[int], ho
     """Every (workers, strategy, seed) replay. ``jobs`` > 1: that many processes (forked, so they share the fitted
     surrogate), one BLAS thread each; each replay is seeded by its own seed alone, so the traces are the same
     whatever ``jobs`` is, in the same order."""
-    tasks = [(k, name, seed) for k in workers for name in strategies for seed in range(seeds)]
-    if jobs > 1:
-        import multiprocessing
+    import multiprocessing
 
-        global _SHARED
-        _SHARED = (surrogate, horizon, output, max_trials)
-        with multiprocessing.get_context("fork").Pool(jobs, initializer=_one_blas_thread) as pool:
-            traces = pool.map(_replay_task, tasks, chunksize=1)
-    else:
-        traces = []
-        for k, name, seed in tasks:
-            traces.append(replay(make_strategy(name, surrogate, seed, k, output / f"{name}-{k}-{seed}"),
-                                 surrogate, horizon, k, seed, max_trials))
+    global _SHARED
+    tasks = [(k, name, seed) for k in workers for name in strategies for seed in range(seeds)]
+    _SHARED = (surrogate, horizon, output, max_trials)
+    try:
+        if jobs > 1:
+            with multiprocessing.get_context("fork").Pool(jobs, initializer=_one_blas_thread) as pool:
+                traces = pool.map(_replay_task, tasks, chunksize=1)
+        else:
+            traces = list(map(_replay_task, tasks))
+    finally:
+        _SHARED = ()
     for k in workers:
         for name in strategies:
             done = [t for t in traces if t.strategy == name and t.workers == k]
@@ -773,7 +771,7 @@ def run_all(surrogate, strategies: list[str], seeds: int, workers: list[int], ho
     return traces
 
 
-_SHARED: tuple = ()  # (surrogate, horizon, output, max_trials) for forked replay processes
+_SHARED: tuple = ()  # (surrogate, horizon, output, max_trials) of run_all's replays: forked processes inherit it
 
 
 def _one_blas_thread() -> None:
@@ -918,8 +916,9 @@ def evaluate(tables: list[Path], budgets: list[float], seeds: int, workers: list
     import tempfile
 
     for name in strategies or []:
-        if name not in OURS and name not in EXTRA and name not in PEERS:
-            raise SystemExit(f"--strategies: unknown strategy {name!r} (known: {', '.join([*OURS, *EXTRA, *PEERS])})")
+        if name not in OPTUNA_STRATEGIES and name not in PEERS:
+            known = ", ".join([*OPTUNA_STRATEGIES, *PEERS])
+            raise SystemExit(f"--strategies: unknown strategy {name!r} (known: {known})")
     tbl = bench_table.load(*tables)
     surrogate = bench_surrogate.Surrogate(tbl, n_estimators=trees)
     best = surrogate.best

@@ -133,7 +133,7 @@ def needed_to_go_on(pruner: optuna.pruners.BasePruner, study: optuna.Study,
     return decided[1] if decided is not None and decided[0] == trial.last_step else None
 
 
-def make_pruner(settings: StudySettings) -> optuna.pruners.BasePruner:
+def make_pruner(settings: StudySettings, reduction_factor: int = REDUCTION_FACTOR) -> optuna.pruners.BasePruner:
     """Hyperband over training steps, with explicit resources: every worker computes the same brackets
     (``max_resource='auto'`` would be guessed per process from the trials it happens to see).
 
@@ -146,12 +146,12 @@ def make_pruner(settings: StudySettings) -> optuna.pruners.BasePruner:
     start, 0.14 and 0.07 below the table's best after 10 simulated minutes (1 and 4 workers, 30 seeds) against
     0.09 and 0.02 with factor 3, and a tie with the warm starts (BENCHMARKS.md, HW04-Bench replay). The factor, the
     second look and that minimum are not stored settings: a cpu study made before them is pruned this way from then
-    on (its budget, stored, stays its own).
+    on (its budget, stored, stays its own). ``reduction_factor``: another factor, for comparisons (HW04-Bench).
     """
     if not settings.pruning:
         return optuna.pruners.NopPruner()
     cpu = settings.profile == "cpu"
-    hyperband = StudyHyperband(settings.eval_every, settings.budget, REDUCTION_FACTOR)
+    hyperband = StudyHyperband(settings.eval_every, settings.budget, reduction_factor)
     second_look = 3 * settings.eval_every
     return SecondLookPruner(hyperband, second_look, KEEP_COMPLETE) if cpu and second_look < settings.budget \
         else hyperband
