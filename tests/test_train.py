@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import search.training.train as train_module
+from search.training import evaluation
 from model import ModelConfig, build_model
 from search.errors import TrainingDiverged
 from search.running.task import load_task
@@ -82,12 +83,35 @@ def test_evaluation_batches_have_few_fixed_shapes_and_cover_each_utterance_once(
         rows = len(batch)
         assert padded == train_module.bucket_length(padded)  # a bucket's own length
         assert int(task.bank.lengths[ids[slot]].max()) <= padded < 1.125 * int(task.bank.lengths[ids[slot]].max()) + 8
-        assert rows == 4096 // padded or (rows == 1 << (n - 1).bit_length() and rows < 4096 // padded)
+        size = evaluation.batch_size(padded, 4096)
+        assert rows == size or (rows == 1 << (n - 1).bit_length() and rows < size)
         assert torch.equal(batch[:n], ids[slot])
     # the bucket lengths: 8 a doubling, multiples of 8
     lengths = [train_module.bucket_length(f) for f in range(1, 3000)]
     assert all(b % 8 == 0 and b >= f for f, b in zip(range(1, 3000), lengths))
     assert len(set(b for b in lengths if 512 < b <= 1024)) == 8
+
+
+def test_long_utterances_are_evaluated_in_batches_of_bounded_attention(tiny_dataset):
+    """Past ``attention_length`` frames a batch holds fewer utterances, so that batch x length^2 (each head's
+    attention scores) stays within max_frames x attention_length: HW04's longest validation utterances ran
+    configurations out of GPU memory at full max_frames batches. Same predictions as before, one at a time."""
+    task = load_task(tiny_dataset, seed=0, device=torch.device("cpu"))
+    cfg = ModelConfig(n_classes=task.bank.n_speakers, encoder="transformer", pooling="mean", d_model=32, nhead=2,
+                      ffn=64)
+    model = build_model(cfg)
+    ids = torch.cat([task.train_ids, task.valid_ids])
+    max_frames, attention_length = 1 << 14, 128  # the tiny set's utterances are mostly longer than 128 frames
+    bounded = train_module.EvalBatches(task.bank, ids, max_frames, attention_length)
+    unbounded = train_module.EvalBatches(task.bank, ids, max_frames, attention_length=max_frames)
+    assert len(bounded.batches) > len(unbounded.batches)  # the bound split some batches
+    for batch, _, _, padded, _ in bounded.batches:
+        assert len(batch) == 1 or len(batch) * padded**2 <= max_frames * attention_length
+    assert any(len(batch) * padded**2 > max_frames * attention_length for batch, _, _, padded, _ in unbounded.batches)
+    with torch.no_grad():
+        alone = torch.cat([predict(model, task.bank, ids[i:i + 1]) for i in range(len(ids))])
+        assert torch.equal(predict(model, task.bank, ids), alone)  # the default bound, as trials and finalize use it
+        assert bounded.correct(model) == unbounded.correct(model) == int((alone == task.bank.labels[ids]).sum())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: run on the GPU machine")

@@ -21,12 +21,28 @@ def bucket_length(frames: int) -> int:
     return -(-frames // granule) * granule
 
 
+# Attention in a batch of B utterances padded to T frames holds (B, H, T, T) scores, and more where no fused kernel
+# applies: the conformer's relative-position bias always, and a transformer's math fallback when the head size is
+# not a multiple of 8 (d_model 80 with 4 or more heads, 160 with 8 or more). At max_frames = B * T that grows as T: HW04's longest
+# validation utterances (up to 7,193 frames) gave 8 x 16 x 7,680^2 scores, 15 GB in bf16 per copy, and such
+# configurations ran out of memory on an 80 GB H100 even alone (BENCHMARKS.md, HW04-Bench). So past this length a
+# batch holds at most max_frames * ATTENTION_LENGTH / T^2 utterances: no larger attention than a batch of
+# ATTENTION_LENGTH-frame utterances, which every trial already evaluates (HW04's 95th percentile is 1,338 frames).
+ATTENTION_LENGTH = 1024
+
+
+def batch_size(padded: int, max_frames: int, attention_length: int = ATTENTION_LENGTH) -> int:
+    """Utterances in an evaluation batch padded to ``padded`` frames: at most ``max_frames`` frames, and at most
+    ``max_frames * attention_length`` frames squared (the attention's size per head); at least one."""
+    return max(1, min(max_frames // padded, max_frames * attention_length // padded**2))
+
+
 class EvalBatches:
     """Full-length evaluation of utterances ``ids``, planned once (per trial) and run with no host sync.
 
     Utterances sorted by length, longest first, fill batches in turn. A batch is padded to its longest
-    utterance's ``bucket_length`` T and holds ``max_frames // T`` utterances, so its shape is a function of T
-    alone, from a small fixed set: the same at every evaluation, in every trial on the same data, so the
+    utterance's ``bucket_length`` T and holds ``batch_size(T)`` utterances (``max_frames // T``, fewer past
+    ``attention_length`` frames), so its shape is a function of T alone, from a small fixed set: the same at every evaluation, in every trial on the same data, so the
     same kernels (and cuBLAS/cuDNN choices) serve them all. The last batch is filled up to a power of two with
     copies of its first utterance, which count for nothing. Padding is masked (equal to one utterance at a
     time; tests/test_train.py checks it against the earlier per-batch evaluation).
@@ -36,7 +52,8 @@ class EvalBatches:
     per batch, and no new shape per batch.
     """
 
-    def __init__(self, bank: FeatureBank, ids: torch.Tensor, max_frames: int = 1 << 16) -> None:
+    def __init__(self, bank: FeatureBank, ids: torch.Tensor, max_frames: int = 1 << 16,
+                 attention_length: int = ATTENTION_LENGTH) -> None:
         self.bank, self.count = bank, len(ids)
         self.labels = bank.labels[ids.to(bank.device)]
         host_ids = ids.cpu()
@@ -47,7 +64,7 @@ class EvalBatches:
         start = 0
         while start < len(order):
             padded = bucket_length(int(lengths[order[start]]))
-            size = max(1, max_frames // padded)
+            size = batch_size(padded, max_frames, attention_length)
             take = order[start:start + size]
             n = len(take)
             rows = size if n == size else min(size, 1 << (n - 1).bit_length())
