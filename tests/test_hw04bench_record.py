@@ -61,22 +61,31 @@ def test_a_run_that_ran_out_of_gpu_memory_is_retried_not_done(tmp_path):
                    + json.dumps({"kind": "run", "config": "sobol:2", "repeat": 0, "failed": None}) + "\n")
     loaded = table.load(out)
     assert loaded.done() == {("sobol:2", 0)} and [r["config"] for r in loaded.results()] == ["sobol:2"]
-    # out of memory alone on the card (a retry: record.py --alone): the configuration does not fit, a failure
-    alone = json.dumps({"kind": "run", "config": "sobol:1", "repeat": 0, "failed": "out of GPU memory", "alone": True})
+    # out of memory alone on the card, but before validation bounded its batches' attention: retried again
+    alone = {"kind": "run", "config": "sobol:1", "repeat": 0, "failed": "out of GPU memory", "alone": True}
     with open(out, "a", encoding="utf-8") as f:
-        f.write(alone + "\n")
+        f.write(json.dumps({"kind": "session", "session": "old"}) + "\n")
+        f.write(json.dumps({**alone, "session": "old"}) + "\n")
+    assert table.load(out).done() == {("sobol:2", 0)}
+    assert not table.load(out).retry_alone({**alone, "alone": False, "session": "old"})  # first beside the others
+    # alone with bounded batches (a session line says so: record.py): the configuration does not fit, a failure
+    with open(out, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"kind": "session", "session": "new", "attention_length": 1024}) + "\n")
+        f.write(json.dumps({**alone, "session": "new"}) + "\n")
     loaded = table.load(out)
     assert loaded.done() == {("sobol:1", 0), ("sobol:2", 0)}
-    assert [(r["config"], r["failed"]) for r in loaded.results()] == [("sobol:2", None), ("sobol:1", "out of GPU memory")]
+    assert [(r["config"], r["session"], r["failed"]) for r in loaded.results() if r["failed"]] == [
+        ("sobol:1", "new", "out of GPU memory")]
     merged = tmp_path / "t.jsonl.gz"
-    assert table.merge(merged, out) == 3 and table.merge(merged, out) == 0  # merging a call twice adds nothing
+    assert table.merge(merged, out) == 6 and table.merge(merged, out) == 0  # merging a call twice adds nothing
 
 
 def test_a_run_that_ran_out_of_memory_beside_others_is_retried_first_and_alone(tiny_dataset, tmp_path):
     planned = configs.plan("cpu", 4)
     earlier = tmp_path / "earlier.jsonl"  # an earlier call: the plan's third run ran out of GPU memory there
-    earlier.write_text(json.dumps({"kind": "run", "config": planned[2].config, "repeat": planned[2].repeat,
-                                   "failed": "out of GPU memory", "curve": []}) + "\n")
+    earlier.write_text(json.dumps({"kind": "session", "session": "s", "attention_length": 1024}) + "\n"
+                       + json.dumps({"kind": "run", "config": planned[2].config, "repeat": planned[2].repeat,
+                                     "failed": "out of GPU memory", "curve": [], "session": "s"}) + "\n")
     out = tmp_path / "table.jsonl"
     done = subprocess.run([sys.executable, "-m", "bench.hw04bench.record", "--profile", "cpu", "--budget", "8",
                            "--configs", "4", "--data", str(tiny_dataset), "--out", str(out), "--done", str(earlier),

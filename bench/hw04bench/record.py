@@ -21,9 +21,11 @@ A run line holds:
 Resumable: runs already in ``--out`` (or in the tables given by ``--done``) are skipped, so a recorder stopped by
 a device call's time limit goes on where it stopped. A run that ran out of GPU memory beside the other workers is
 not done; a later call trains it first and alone on the card (at most ``--alone`` such runs a call; its line says
-``"alone": true``: its seconds are one run's, not a shared card's), then the others. ``handed_out``: seconds from
-the recorder's start to the run's hand-out. ``--deadline`` stops handing out runs that many seconds
-after the start (the runs in flight finish), so that a call ends inside its limit with nothing half-done.
+``"alone": true``: its seconds are one run's, not a shared card's), then the others. Runs out of memory in a session
+from before validation bounded its batches' attention are retried beside the others (table.py ``retry``).
+``handed_out``: seconds from the recorder's start to the run's hand-out. ``--deadline`` stops handing out runs that
+many seconds after the start (the runs in flight finish), so that a call ends inside its limit with nothing
+half-done.
 """
 
 from __future__ import annotations
@@ -40,7 +42,6 @@ import time
 import zlib
 from pathlib import Path
 
-OUT_OF_MEMORY = "out of GPU memory"
 
 
 def eval_steps(budget: int, profile: str) -> list[int]:
@@ -68,6 +69,7 @@ def run_one(task, job: dict, budget: int, steps: list[int]) -> dict:
 
     from model import build_model, count_parameters
     from search.running import space as search_space
+    from bench.hw04bench.table import OUT_OF_MEMORY
     from search.errors import TrainingDiverged
     from search.training.train import train
 
@@ -91,7 +93,7 @@ def run_one(task, job: dict, budget: int, steps: list[int]) -> dict:
     except TrainingDiverged as err:
         failed = str(err)
     except torch.OutOfMemoryError:
-        failed = OUT_OF_MEMORY  # beside other workers not done: a later call retries it alone (table.py)
+        failed = OUT_OF_MEMORY  # beside other workers not done: a later call retries it alone (table.py ``retry``)
     except Exception as err:  # noqa: BLE001 - recorded: a configuration the table cannot train is a fact too
         failed = f"{type(err).__name__}: {err}"[:300]
     wall = time.perf_counter() - started
@@ -179,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench.hw04bench import configs, table
     from search.processes.mps import gpu_sharing
+    from search.training.evaluation import ATTENTION_LENGTH
     from search.running.settings import CPU_BUDGET, GPU_BUDGET
 
     started = time.monotonic()
@@ -186,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = eval_steps(budget, args.profile)
     recorded = table.load(args.out, *args.done)
     done = recorded.done()
-    short_of_memory = {(r["config"], r["repeat"]) for r in recorded.runs if table.short_of_shared_memory(r)}
+    short_of_memory = {(r["config"], r["repeat"]) for r in recorded.runs if recorded.retry_alone(r)}
     planned = configs.load_plan(args.plan) if args.plan else configs.plan(args.profile, args.configs, args.seed)
     todo = [r for r in planned[args.start:] if r.key not in done][:args.limit]
     # the same large configurations ran out of memory in call after call beside 6-8 others: alone they get the card
@@ -212,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                    "host": socket.gethostname(), "profile": args.profile, "budget": budget, "eval_steps": steps,
                    "data": args.data or "embedded", "seed": args.seed, "device": device, "workers": args.workers,
                    "threads": threads, "mps": mps or "off (one worker)", "torch": torch.__version__,
-                   "cpu": _cpu_model(), "cores": os.cpu_count()}
+                   "cpu": _cpu_model(), "cores": os.cpu_count(), "attention_length": ATTENTION_LENGTH}
         out.write(json.dumps(session) + "\n")
         out.flush()
         context = multiprocessing.get_context("spawn")

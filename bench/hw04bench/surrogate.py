@@ -328,7 +328,7 @@ def check(tbl: bench_table.Table, folds: int = 5, n_estimators: int = 100, seed:
     complete repeats against the noise-free prediction; time: the predicted time of the recorded run (its
     training steps, its validations, the overhead) against its ``wall_seconds``. A nearest-neighbour predictor
     (the closest other configuration's final accuracy) is the baseline a forest must beat."""
-    usable = tbl.results()  # not the runs that ran out of GPU memory under sharing (table.py)
+    usable = tbl.results()  # not the runs out of GPU memory for reasons outside their configuration (table.py retry)
     configs = sorted({r["config"] for r in usable})
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(configs))
@@ -385,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     card = next((r["card"] for r in tbl.runs if r.get("card")), "?")
     print(f"table {' '.join(args.table)}: {result['runs']} runs of {result['configurations']} configurations, "
           f"profile {tbl.profile}, {tbl.budget} steps, card {card}; {result['failed_runs']} failed "
-          f"({result['out_of_memory_runs']} more ran out of GPU memory under sharing: left out); "
+          f"({result['out_of_memory_runs']} more ran out of GPU memory beside other workers or before validation "
+          f"bounded its attention: left out, to retry); "
           f"{result['pairs']} second-seed pairs (one run's spread at the end: {result['seed_spread_final']:.4f})")
     ok = lambda good: "ok" if good else "BELOW TARGET"  # noqa: E731
     print(f"{result['folds']}-fold over configurations: Spearman(predicted, recorded final accuracy) "

@@ -31,9 +31,7 @@ def read_lines(path: Path) -> list[dict]:
     return records
 
 
-def short_of_shared_memory(run: dict) -> bool:
-    """The run ran out of GPU memory while other workers shared the card."""
-    return run.get("failed") == "out of GPU memory" and not run.get("alone")
+OUT_OF_MEMORY = "out of GPU memory"  # a run line's ``failed`` when CUDA ran out of memory (record.py)
 
 
 @dataclass
@@ -49,23 +47,40 @@ class Table:
     def profile(self) -> str:
         return self.sessions[0]["profile"]
 
+    def session_of(self, run: dict) -> dict:
+        return next((s for s in self.sessions if s["session"] == run.get("session")), {})
+
+    def retry(self, run: dict) -> bool:
+        """The run ran out of GPU memory for a reason outside its configuration, so it is neither done nor a result:
+        beside other workers (what they held at the time), or in a session whose validation batches did not yet
+        bound their attention (search/training/evaluation.py ``ATTENTION_LENGTH``: before it, HW04's longest
+        utterances ran small-head configurations out of memory even alone). One that ran out of memory alone on
+        the card with bounded batches (record.py ``--alone``) is done: that configuration does not fit the card."""
+        return run.get("failed") == OUT_OF_MEMORY and (
+            not run.get("alone") or "attention_length" not in self.session_of(run))
+
+    def retry_alone(self, run: dict) -> bool:
+        """The run ran out of GPU memory beside other workers with bounded validation batches: a later call trains it
+        alone on the card (record.py ``--alone``). Runs of the sessions before the bound are retried beside others
+        first: most of them ran out of memory in validation, which the bound takes away."""
+        return (run.get("failed") == OUT_OF_MEMORY and not run.get("alone")
+                and "attention_length" in self.session_of(run))
+
     def done(self) -> set[tuple[str, int]]:
-        """The (config, repeat) runs recorded. A run that ran out of GPU memory beside other workers is not done:
-        that says more about what the others held at the time than about the configuration. One that ran out of
-        memory alone on the card (record.py ``--alone``) is: that configuration does not fit the card."""
-        return {(r["config"], r["repeat"]) for r in self.runs if not short_of_shared_memory(r)}
+        """The (config, repeat) runs recorded, but those to ``retry``."""
+        return {(r["config"], r["repeat"]) for r in self.runs if not self.retry(r)}
 
     def machine(self, run: dict) -> tuple:
         """What the run's costs were measured on: its session's host, torch, CPU model and card, and whether it had
         the card to itself (a retry after running out of memory: record.py). Accuracy curves do not depend on it;
         seconds do (a replay's clock is one machine's: surrogate.py)."""
-        session = next((s for s in self.sessions if s["session"] == run.get("session")), {})
+        session = self.session_of(run)
         return session.get("host"), session.get("torch"), session.get("cpu"), run.get("card"), bool(run.get("alone"))
 
     def results(self) -> list[dict]:
-        """The runs a replay can use: every recorded run but those that ran out of GPU memory beside other workers
-        (see ``done``); one that did alone is a failure of its configuration, as a NaN is."""
-        return [r for r in self.runs if not short_of_shared_memory(r)]
+        """The runs a replay can use: every recorded run but those to ``retry``; one that ran out of memory alone
+        (with bounded batches) is a failure of its configuration, as a NaN is."""
+        return [r for r in self.runs if not self.retry(r)]
 
 
 def load(*paths: Path) -> Table:
