@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import search.training.train as train_module
-from search.training import evaluation
 from model import ModelConfig, build_model
 from search.errors import TrainingDiverged
 from search.running.task import load_task
+from search.training import evaluation
 from search.training.train import CollapseGuard, TrainConfig, TrainStep, evaluate, predict, train
 
 

@@ -43,7 +43,6 @@ import zlib
 from pathlib import Path
 
 
-
 def eval_steps(budget: int, profile: str) -> list[int]:
     """Every budget/16 steps, the default pruner's rungs and the end: at least every 125 steps of a 2,000-step
     trial, and every step where a pruner we compare (rungs at budget/8 times powers of 2, 3 or 4) decides,
@@ -67,10 +66,10 @@ def run_one(task, job: dict, budget: int, steps: list[int]) -> dict:
     """Train one planned run; its line (see the module docstring)."""
     import torch
 
-    from model import build_model, count_parameters
-    from search.running import space as search_space
     from bench.hw04bench.table import OUT_OF_MEMORY
+    from model import build_model, count_parameters
     from search.errors import TrainingDiverged
+    from search.running import space as search_space
     from search.training.train import train
 
     device = task.device
@@ -181,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench.hw04bench import configs, table
     from search.processes.mps import gpu_sharing
-    from search.training.evaluation import ATTENTION_LENGTH
     from search.running.settings import CPU_BUDGET, GPU_BUDGET
+    from search.training.evaluation import ATTENTION_LENGTH
 
     started = time.monotonic()
     budget = args.budget or (GPU_BUDGET if args.profile == "full" else CPU_BUDGET)

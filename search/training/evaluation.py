@@ -23,10 +23,10 @@ def bucket_length(frames: int) -> int:
 
 # Attention in a batch of B utterances padded to T frames holds (B, H, T, T) scores, and more where no fused kernel
 # applies: the conformer's relative-position bias always, and a transformer's math fallback when the head size is
-# not a multiple of 8 (d_model 80 with 4 or more heads, 160 with 8 or more). At max_frames = B * T that grows as T: HW04's longest
-# validation utterances (up to 7,193 frames) gave 8 x 16 x 7,680^2 scores, 15 GB in bf16 per copy, and such
-# configurations ran out of memory on an 80 GB H100 even alone (BENCHMARKS.md, HW04-Bench). So past this length a
-# batch holds at most max_frames * ATTENTION_LENGTH / T^2 utterances: no larger attention than a batch of
+# not a multiple of 8 (d_model 80 with 4 or more heads, 160 with 8 or more). At max_frames = B * T that grows as T:
+# HW04's longest validation utterances (up to 7,193 frames) gave 8 x 16 x 7,680^2 scores, 15 GB in bf16 per copy,
+# and such configurations ran out of memory on an 80 GB H100 even alone (BENCHMARKS.md, HW04-Bench). So past this
+# length a batch holds at most max_frames * ATTENTION_LENGTH / T^2 utterances: no larger attention than a batch of
 # ATTENTION_LENGTH-frame utterances, which every trial already evaluates (HW04's 95th percentile is 1,338 frames).
 ATTENTION_LENGTH = 1024
 
@@ -42,10 +42,11 @@ class EvalBatches:
 
     Utterances sorted by length, longest first, fill batches in turn. A batch is padded to its longest
     utterance's ``bucket_length`` T and holds ``batch_size(T)`` utterances (``max_frames // T``, fewer past
-    ``attention_length`` frames), so its shape is a function of T alone, from a small fixed set: the same at every evaluation, in every trial on the same data, so the
-    same kernels (and cuBLAS/cuDNN choices) serve them all. The last batch is filled up to a power of two with
-    copies of its first utterance, which count for nothing. Padding is masked (equal to one utterance at a
-    time; tests/test_train.py checks it against the earlier per-batch evaluation).
+    ``attention_length`` frames), so its shape is a function of T alone, from a small fixed set: the same at every
+    evaluation, in every trial on the same data, so the same kernels (and cuBLAS/cuDNN choices) serve them all.
+    The last batch is filled up to a power of two with copies of its first utterance, which count for nothing.
+    Padding is masked (equal to one utterance at a time; tests/test_train.py checks it against the earlier
+    per-batch evaluation).
 
     The plan reads the lengths on the host once; an evaluation then only launches work: each batch's correct
     predictions are added up on the device and the total is read once, at the end (``accuracy``): no sync
