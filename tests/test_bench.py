@@ -124,3 +124,16 @@ def test_fusion_smoke_prints_one_line_per_k(tmp_path):
     records = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert [r["what"] for r in records] == ["environment", "one_model", "fused", "fused"]
     assert [r["k"] for r in records[2:]] == [1, 2] and all(r["model_steps_per_second"] > 0 for r in records[2:])
+
+
+def test_eval_memory_smoke_measures_each_model_with_and_without_the_attention_bound(tmp_path):
+    """`bench/eval_memory.py --smoke`: every model is validated under the bound and without it, with the same
+    accuracy; the bound splits the batches (on the smoke set's short utterances only at its smoke bound)."""
+    done = subprocess.run([sys.executable, "bench/eval_memory.py", "--smoke"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, env=in_tmp(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")][1:]
+    assert len(rows) == 10 and all("error" not in r and r["eval_ms"] > 0 for r in rows)
+    for bounded, unbounded in zip(rows[::2], rows[1::2]):
+        assert bounded["model"] == unbounded["model"] and bounded["accuracy"] == unbounded["accuracy"]
+        assert bounded["batches"] > unbounded["batches"]
