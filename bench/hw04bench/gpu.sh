@@ -3,6 +3,7 @@
 # Usage: bench/hw04bench/gpu.sh CALL SECONDS
 #   CALL     a name for this call's files: $OUT/gpu-CALL.jsonl and $OUT/cpu-CALL.jsonl
 #   SECONDS  the call's time limit; each recorder stops handing out runs early enough for its runs in flight
+# EVAL_MEMORY=1: run bench/eval_memory.py on the HW04-scale set first ($OUT/eval-memory-CALL.jsonl).
 # HW04BENCH_COMMIT: write the local HEAD's hash into the command (the device's copy of .git is the last landed
 # commit, not the tree it runs).
 # Runs already recorded are skipped: the tables of earlier calls are read from .gpuwork/*.jsonl (copied back from
@@ -35,6 +36,12 @@ python3 -c "
 from search.running.task import prepare_bank
 prepare_bank('/tmp/hw04')"
 echo "bank ready after $(( $(date +%s) - start )) s"
+# EVAL_MEMORY=1: first measure validation's memory and time with and without the attention bound (bench/eval_memory.py)
+if [ "${EVAL_MEMORY:-0}" = 1 ]; then
+  python3 bench/eval_memory.py --data /tmp/hw04 --device cuda 2> "$out/eval-memory-$call.err" \
+    | tee "$out/eval-memory-$call.jsonl" || true
+  echo "eval memory done after $(( $(date +%s) - start )) s"
+fi
 # The CPU table (embedded data) on the host's spare cores, beside the GPU recorder.
 python3 -m bench.hw04bench.record --profile cpu --device cpu --workers "${CPU_WORKERS:-6}" --threads 1 \
   --plan .gpuwork/plan-cpu.json --done $(done_files cpu) --out "$out/cpu-$call.jsonl" \
