@@ -42,7 +42,7 @@ MODELS = {  # name: parameters; head size = d_model / nhead
 }
 
 
-def _timed_accuracy(plan: EvalBatches, model, device: torch.device, repeats: int) -> tuple[float, float]:
+def _timed_accuracy(plan: EvalBatches, model, repeats: int) -> tuple[float, float]:
     """(accuracy, median seconds of one whole validation); the first run warms up and is not timed."""
     accuracy = plan.accuracy(model)
     seconds = []
@@ -66,7 +66,7 @@ def measure(task, name: str, params: dict, attention_length: int, repeats: int) 
         torch.cuda.reset_peak_memory_stats(device)
     held = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
     try:
-        accuracy, seconds = _timed_accuracy(plan, model, device, repeats)
+        accuracy, seconds = _timed_accuracy(plan, model, repeats)
         row.update(accuracy=round(accuracy, 5), eval_ms=round(seconds * 1000, 1))
     except torch.OutOfMemoryError:
         row.update(error="out of GPU memory")

@@ -555,7 +555,8 @@ def test_a_signal_while_the_trials_heartbeat_starts_fails_that_trial_and_leaves_
     monkeypatch.setattr(_heartbeat.HeartbeatThread, "start", start_then_signal)
     trial = _the_trial_a_sigterm_ended(make_study(tiny_dataset), tiny_dataset)
     assert trial.state == TrialState.FAIL and trial.user_attrs["ended"] == "interrupted", trial
-    beating = [t for t in threading.enumerate() if t.is_alive() and "_record_heartbeat" in repr(getattr(t, "_target", ""))]
+    beating = [t for t in threading.enumerate()
+               if t.is_alive() and "_record_heartbeat" in repr(getattr(t, "_target", ""))]
     assert not beating, beating
 
 

@@ -56,15 +56,17 @@ class Table:
         bound their attention (search/training/evaluation.py ``ATTENTION_LENGTH``: before it, HW04's longest
         utterances ran small-head configurations out of memory even alone). One that ran out of memory alone on
         the card with bounded batches (record.py ``--alone``) is done: that configuration does not fit the card."""
-        return run.get("failed") == OUT_OF_MEMORY and (
-            not run.get("alone") or "attention_length" not in self.session_of(run))
+        return run.get("failed") == OUT_OF_MEMORY and (not run.get("alone") or not self._bounded(run))
 
     def retry_alone(self, run: dict) -> bool:
         """The run ran out of GPU memory beside other workers with bounded validation batches: a later call trains it
         alone on the card (record.py ``--alone``). Runs of the sessions before the bound are retried beside others
         first: most of them ran out of memory in validation, which the bound takes away."""
-        return (run.get("failed") == OUT_OF_MEMORY and not run.get("alone")
-                and "attention_length" in self.session_of(run))
+        return run.get("failed") == OUT_OF_MEMORY and not run.get("alone") and self._bounded(run)
+
+    def _bounded(self, run: dict) -> bool:
+        """The run's session bounded its validation batches' attention (its session line says ``attention_length``)."""
+        return "attention_length" in self.session_of(run)
 
     def done(self) -> set[tuple[str, int]]:
         """The (config, repeat) runs recorded, but those to ``retry``."""
