@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from bench.hw04bench import configs, table
-from bench.hw04bench.record import eval_steps, train_seed
+from bench.hw04bench.record import MIN_COST_RUNS, cost_bound, eval_steps, train_seed
 from search.running import space as search_space
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,3 +104,51 @@ def test_a_run_that_ran_out_of_memory_beside_others_is_retried_first_and_alone(t
     # its seconds are another clock than the shared card's (the surrogate's cost model leaves them out)
     recorded = table.load(out)
     assert recorded.machine(lone) != recorded.machine(others[0])
+
+
+def _history(planned: list, seconds) -> list[dict]:
+    """Earlier runs of the plan's configurations under other names (so none of the plan is done), timed by
+    ``seconds(params)``."""
+    return [{"kind": "run", "config": f"earlier:{i}", "repeat": 0, "params": planned[i % len(planned)].params,
+             "failed": None, "wall_seconds": seconds(planned[i % len(planned)].params), "curve": []}
+            for i in range(MIN_COST_RUNS)]
+
+
+def test_the_cost_bound_learns_what_makes_runs_slow_and_needs_enough_runs():
+    planned = configs.plan("cpu", 4)[:7]
+    slow = lambda params: 900.0 if params["encoder"] == "conformer" else 30.0  # noqa: E731
+    bound = cost_bound(_history(planned, slow))
+    for run in planned:
+        assert slow(run.params) * 0.9 <= bound(run.params) <= slow(run.params) * 1.5
+    assert cost_bound(_history(planned, slow)[:MIN_COST_RUNS - 1]) is None
+
+
+def test_a_recorder_with_an_end_time_hands_out_only_runs_that_end_by_it(tiny_dataset, tmp_path):
+    planned = configs.plan("cpu", 4)
+    earlier = tmp_path / "earlier.jsonl"  # on this machine Conformers took hours, Transformers a second
+    lines = _history(planned[:7], lambda params: 1e4 if params["encoder"] == "conformer" else 1.0)
+    earlier.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = tmp_path / "table.jsonl"
+    command = [sys.executable, "-m", "bench.hw04bench.record", "--profile", "cpu", "--budget", "8", "--configs", "4",
+               "--data", str(tiny_dataset), "--out", str(out), "--done", str(earlier), "--workers", "1",
+               "--threads", "1", "--limit", "6"]
+    done = subprocess.run([*command, "--end-at", str(time.time() + 300)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    recorded = [(r["config"], r["repeat"]) for r in table.load(out).runs]
+    # the Conformers (sobol:0, twice) wait for a call with hours to spare; the plan's order otherwise kept
+    assert recorded == [r.key for r in planned[:7] if r.params["encoder"] == "transformer"]
+    assert "2 planned runs left" in done.stdout
+
+
+def test_a_run_still_in_flight_at_the_end_time_is_stopped_and_not_recorded(tiny_dataset, tmp_path):
+    out = tmp_path / "table.jsonl"  # no timed runs yet: no cost model, the plan's first run is handed out
+    started = time.time()
+    done = subprocess.run([sys.executable, "-m", "bench.hw04bench.record", "--profile", "cpu", "--budget", "100000",
+                           "--configs", "4", "--data", str(tiny_dataset), "--out", str(out), "--workers", "1",
+                           "--threads", "1", "--limit", "1", "--end-at", str(started + 20)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "1 runs in flight stopped, not recorded" in done.stdout
+    assert table.load(out).runs == [] and len(table.load(out).sessions) == 1
+    assert time.time() - started < 20 + 60  # it ended at the end time, not with its 100,000-step run

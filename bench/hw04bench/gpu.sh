@@ -2,7 +2,8 @@
 # One device call of HW04-Bench recording (an H100/H200 without a package index; see bench/gpu.sh for the wheels).
 # Usage: bench/hw04bench/gpu.sh CALL SECONDS
 #   CALL     a name for this call's files: $OUT/gpu-CALL.jsonl and $OUT/cpu-CALL.jsonl
-#   SECONDS  the call's time limit; each recorder stops handing out runs early enough for its runs in flight
+#   SECONDS  the call's time limit: each recorder hands out only runs expected to end END_MARGIN (20) seconds
+#            before it (record.py --end-at), and stops any still in flight then
 # EVAL_MEMORY=1: run bench/eval_memory.py on the HW04-scale set first ($OUT/eval-memory-CALL.jsonl).
 # HW04BENCH_COMMIT: write the local HEAD's hash into the command (the device's copy of .git is the last landed
 # commit, not the tree it runs).
@@ -21,7 +22,7 @@ fi
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HW04BENCH_COMMIT=${HW04BENCH_COMMIT:-unknown}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 done_files() { ls .gpuwork/$1-*.jsonl bench/results/hw04bench-$1*.jsonl.gz 2>/dev/null || true; }
-left() { echo $(( limit - ($(date +%s) - start) )); }
+end_at=$(( start + limit - ${END_MARGIN:-20} ))
 
 if [ ! -f /tmp/hw04/metadata.json ]; then
   python3 -c "
@@ -45,11 +46,11 @@ fi
 # The CPU table (embedded data) on the host's spare cores, beside the GPU recorder.
 python3 -m bench.hw04bench.record --profile cpu --device cpu --workers "${CPU_WORKERS:-6}" --threads 1 \
   --plan .gpuwork/plan-cpu.json --done $(done_files cpu) --out "$out/cpu-$call.jsonl" \
-  --deadline $(( $(left) - ${CPU_MARGIN:-150} )) > "$out/cpu-$call.log" 2>&1 &
+  --end-at "$end_at" > "$out/cpu-$call.log" 2>&1 &
 cpu_pid=$!
 python3 -m bench.hw04bench.record --profile full --data /tmp/hw04 --workers "${GPU_WORKERS:-8}" \
   --plan .gpuwork/plan-full.json --done $(done_files gpu) --out "$out/gpu-$call.jsonl" \
-  --deadline $(( $(left) - ${GPU_MARGIN:-170} )) 2>&1 | tee "$out/gpu-$call.log" | grep -v '^ ' || true
+  --end-at "$end_at" 2>&1 | tee "$out/gpu-$call.log" | grep -v '^ ' || true
 wait $cpu_pid || true
 tail -n 3 "$out/cpu-$call.log"
 echo "call $call done after $(( $(date +%s) - start )) s"
