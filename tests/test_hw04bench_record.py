@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from bench.hw04bench import configs, table
-from bench.hw04bench.record import MIN_COST_RUNS, cost_bound, eval_steps, train_seed
+from bench.hw04bench.record import MIN_COST_RUNS, cost_bound, eval_steps, final_eval_steps, train_seed
 from search.running import space as search_space
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -152,3 +152,28 @@ def test_a_run_still_in_flight_at_the_end_time_is_stopped_and_not_recorded(tiny_
     assert "1 runs in flight stopped, not recorded" in done.stdout
     assert table.load(out).runs == [] and len(table.load(out).sessions) == 1
     assert time.time() - started < 20 + 60  # it ended at the end time, not with its 100,000-step run
+
+
+def test_a_long_run_stopped_by_the_end_time_goes_on_from_its_checkpoint_in_the_next_call(tiny_dataset, tmp_path):
+    plan = tmp_path / "plan.json"
+    configs.save_plan(configs.plan("cpu", 4)[:1], plan)
+    out, checkpoints = tmp_path / "long.jsonl", tmp_path / "checkpoints"
+    command = [sys.executable, "-m", "bench.hw04bench.record", "--profile", "cpu", "--final", "--budget", "400",
+               "--data", str(tiny_dataset), "--plan", str(plan), "--out", str(out), "--workers", "1",
+               "--threads", "1", "--checkpoints", str(checkpoints)]
+    first = subprocess.run([*command, "--end-at", str(time.time() + 25)], cwd=ROOT, capture_output=True, text=True,
+                           timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "1 runs in flight stopped, not recorded" in first.stdout and table.load(out).runs == []
+    kept = json.loads(next(checkpoints.glob("*.json")).read_text())["curve"]
+    assert kept and kept[-1][0] < 400  # stopped part way, after some validations
+    second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-2000:]
+    [run] = table.load(out).runs
+    assert [point[0] for point in run["curve"]] == final_eval_steps(400) == list(range(20, 401, 20))
+    assert run["curve"][:len(kept)] == kept  # the first call's validations, then the second's
+    seconds = [(point[3], point[4]) for point in run["curve"]]
+    assert all(a[0] < b[0] and a[1] <= b[1] for a, b in zip(seconds, seconds[1:]))  # they add up across the calls
+    assert run["wall_seconds"] > run["curve"][-1][3] and run["rollbacks"] == 0 and run["failed"] is None
+    assert list(checkpoints.iterdir()) == []  # a finished run's checkpoint is not kept
+    assert table.load(out).sessions[-1]["final"] is True

@@ -77,6 +77,44 @@ def plan(profile: str, n_sobol: int, seed: int = 0, second_seed_every: int = SEC
     return runs
 
 
+def long_plan(runs: list[dict], n: int = 24, n_longest: int = 6) -> tuple[list[Run], list[Run]]:
+    """The long-horizon runs (issue 20): ``n`` configurations of a recorded table, to train with finalize's
+    settings, and ``n_longest`` of them for the longest horizon. Every warm start the table trained through its
+    budget, then configurations spread over the table's score range (the complete configuration nearest each of
+    evenly spaced final accuracies, a configuration's repeats averaged): most of a table ends near chance, and a
+    spread by rank would be mostly those. The longest: the best-scoring warm start and Sobol point, then the rest
+    spread over the score range the same way."""
+    finals: dict[str, list[float]] = {}
+    params: dict[str, dict] = {}
+    for r in runs:
+        if not r["failed"] and r["curve"]:
+            finals.setdefault(r["config"], []).append(r["curve"][-1][1])
+            params[r["config"]] = r["params"]
+    score = {config: sum(v) / len(v) for config, v in finals.items()}
+    warm = sorted((c for c in score if c.startswith("warm:")), key=score.get, reverse=True)
+    chosen = warm[:n] + _spread([c for c in score if c not in warm], score, n - len(warm[:n]))
+    sobol = sorted((c for c in chosen if not c.startswith("warm:")), key=score.get, reverse=True)
+    longest = (warm[:1] + sobol[:1])[:n_longest]
+    longest += _spread([c for c in chosen if c not in longest], score, n_longest - len(longest))
+    by_score = lambda configs: sorted(configs, key=score.get, reverse=True)  # noqa: E731
+    return ([Run(c, 0, params[c]) for c in by_score(chosen)], [Run(c, 0, params[c]) for c in by_score(longest)])
+
+
+def _spread(configs: list[str], score: dict[str, float], k: int) -> list[str]:
+    """``k`` of ``configs``: for each of ``k`` evenly spaced scores from the lowest to the highest, the nearest
+    configuration not yet taken."""
+    left, taken = sorted(configs, key=score.get), []
+    if k <= 0 or not left:
+        return taken
+    low, high = score[left[0]], score[left[-1]]
+    for i in range(min(k, len(left))):
+        target = high if k == 1 else low + (high - low) * i / (k - 1)
+        nearest = min(left, key=lambda c: abs(score[c] - target))
+        taken.append(nearest)
+        left.remove(nearest)
+    return taken
+
+
 def save_plan(runs: list[Run], path) -> None:
     import json
 
@@ -98,6 +136,18 @@ if __name__ == "__main__":
     parser.add_argument("--profile", choices=search_space.PROFILES, default="full")
     parser.add_argument("--configs", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out", required=True, help="the plan's .json (with --long-from: two, PREFIX-N.json and "
+                        "PREFIX-LONGEST.json, for PREFIX=--out without .json)")
+    parser.add_argument("--long-from", nargs="+", help="a recorded table's files: plan the long-horizon runs from it")
+    parser.add_argument("--long", type=int, default=24, help="with --long-from: configurations")
+    parser.add_argument("--longest", type=int, default=6, help="with --long-from: of them, for the longest horizon")
     args = parser.parse_args()
-    save_plan(plan(args.profile, args.configs, args.seed), args.out)
+    if args.long_from:
+        from bench.hw04bench import table
+
+        long, longest = long_plan(table.load(*args.long_from).results(), args.long, args.longest)
+        stem = args.out.removesuffix(".json")
+        save_plan(long, f"{stem}-long.json")
+        save_plan(longest, f"{stem}-longest.json")
+    else:
+        save_plan(plan(args.profile, args.configs, args.seed), args.out)

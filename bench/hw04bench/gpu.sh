@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call of HW04-Bench recording (an H100/H200 without a package index; see bench/gpu.sh for the wheels).
 # Usage: bench/hw04bench/gpu.sh CALL SECONDS
-#   CALL     a name for this call's files: $OUT/gpu-CALL.jsonl and $OUT/cpu-CALL.jsonl
+#   CALL     a name for this call's files: $OUT/gpu-CALL.jsonl (RECORD=final20k: final20k-CALL.jsonl; below) and
+#            $OUT/cpu-CALL.jsonl
 #   SECONDS  the call's time limit: each recorder hands out only runs expected to end END_MARGIN (20) seconds
 #            before it (record.py --end-at), and stops any still in flight then
 # EVAL_MEMORY=1: run bench/eval_memory.py on the HW04-scale set first ($OUT/eval-memory-CALL.jsonl).
@@ -48,9 +49,19 @@ python3 -m bench.hw04bench.record --profile cpu --device cpu --workers "${CPU_WO
   --plan .gpuwork/plan-cpu.json --done $(done_files cpu) --out "$out/cpu-$call.jsonl" \
   --end-at "$end_at" > "$out/cpu-$call.log" 2>&1 &
 cpu_pid=$!
-python3 -m bench.hw04bench.record --profile full --data /tmp/hw04 --workers "${GPU_WORKERS:-8}" \
-  --plan .gpuwork/plan-full.json --done $(done_files gpu) --out "$out/gpu-$call.jsonl" \
-  --end-at "$end_at" 2>&1 | tee "$out/gpu-$call.log" | grep -v '^ ' || true
+# RECORD=final20k / final70k: the long-horizon runs instead of the 2,000-step table (finalize's settings; plans from
+# `python -m bench.hw04bench.configs --long-from bench/results/hw04bench-gpu.jsonl.gz --out .gpuwork/plan-final.json`),
+# kept at each validation in /tmp/hw04bench-checkpoints so that a run goes on in the next call on this machine.
+case ${RECORD:-gpu} in
+  gpu) table=gpu; runs=(--plan .gpuwork/plan-full.json) ;;
+  final20k) table=final20k; runs=(--final --budget 20000 --plan .gpuwork/plan-final-long.json) ;;
+  final70k) table=final70k; runs=(--final --budget 70000 --plan .gpuwork/plan-final-longest.json) ;;
+  *) echo "RECORD=$RECORD: expected gpu, final20k or final70k" >&2; exit 2 ;;
+esac
+[ "$table" = gpu ] || runs+=(--checkpoints /tmp/hw04bench-checkpoints)
+python3 -m bench.hw04bench.record --profile full --data /tmp/hw04 --workers "${GPU_WORKERS:-8}" "${runs[@]}" \
+  --done $(done_files $table) --out "$out/$table-$call.jsonl" \
+  --end-at "$end_at" 2>&1 | tee "$out/$table-$call.log" | grep -v '^ ' || true
 wait $cpu_pid || true
 tail -n 3 "$out/cpu-$call.log"
 echo "call $call done after $(( $(date +%s) - start )) s"

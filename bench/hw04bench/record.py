@@ -25,7 +25,13 @@ not done; a later call trains it first and alone on the card (at most ``--alone`
 from before validation bounded its batches' attention are retried beside the others (table.py ``retry``).
 ``handed_out``: seconds from the recorder's start to the run's hand-out. ``--deadline`` stops handing out runs that
 many seconds after the start (the runs in flight finish), so that a call ends inside its limit with nothing
-half-done. ``--end-at`` (a Unix time: a device call's limit) fills the call's last minutes instead of leaving
+half-done.
+
+Long horizon (``--final``, a plan from ``configs.py --long-from``): runs with finalize's settings over 20,000 or
+70,000 steps, validated every 1,000, to see how well a trial's 2,000-step score ranks what finalize delivers. With
+``--checkpoints`` such a run is kept at each validation and goes on in the next call; its seconds add up over them.
+
+``--end-at`` (a Unix time: a device call's limit) fills the call's last minutes instead of leaving
 them idle: a run is handed out only where it is expected to end by then (``cost_bound``, fitted on the runs
 recorded so far), so short runs fill the time the long ones would overrun and the long ones wait for the next
 call, where they come first; a run still in flight at that time is stopped and not recorded.
@@ -44,6 +50,7 @@ import subprocess
 import sys
 import time
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -105,40 +112,96 @@ def train_seed(config: str, repeat: int) -> int:
     return zlib.crc32(f"{config}/{repeat}".encode())
 
 
-def run_one(task, job: dict, budget: int, steps: list[int]) -> dict:
+def final_eval_steps(budget: int) -> list[int]:
+    """A long-horizon run's validations: every 1,000 steps (every budget/20 in a shorter one) and at the end."""
+    every = min(1000, max(1, budget // 20))
+    return sorted({*range(every, budget + 1, every), budget})
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How every run of a recording trains: ``budget`` steps validated at ``steps``; ``final``: with finalize's
+    settings (tf32, collapse recovery: search/finalizing/final_pipeline.py ``final_configs``) instead of a
+    trial's; ``checkpoints``: a folder where a run's state and curve so far are kept at each validation, so that a
+    run stopped by a call's end goes on from there in the next call on the same machine."""
+
+    budget: int
+    steps: tuple[int, ...]
+    final: bool = False
+    checkpoints: str | None = None
+
+
+def _configs(task, job: dict, settings: RunSettings):
+    from search.running import space as search_space
+
+    model_cfg, train_cfg = search_space.build_configs(job["params"], task.bank.n_mels, task.bank.n_speakers,
+                                                      settings.budget, job["seed"], eval_steps=settings.steps)
+    if settings.final:
+        train_cfg.recover_collapse, train_cfg.precision = True, "tf32"  # as final_pipeline.final_configs
+        train_cfg = search_space.as_run_on(train_cfg, task.device.type)
+    return model_cfg, train_cfg
+
+
+class _Progress:
+    """A run's curve and seconds so far, across the calls a long run spans: kept as JSON beside its checkpoint
+    (written after the checkpoint at each validation), so a resumed run's seconds add up from where it stopped."""
+
+    def __init__(self, checkpoint: Path | None) -> None:
+        self.path = checkpoint.with_suffix(".json") if checkpoint else None
+        kept = json.loads(self.path.read_text()) if self.path and self.path.exists() and checkpoint.exists() else {}
+        self.curve: list[list] = kept.get("curve", [])
+        self.wall_before: float = kept.get("wall", 0.0)
+        last = self.curve[-1] if self.curve else [0, None, None, 0.0, 0.0]
+        self.start_step, self.train_before, self.eval_before = last[0], last[3], last[4]
+
+    def add(self, step: int, metrics: dict, wall: float) -> None:
+        train_seconds = (step - self.start_step) / metrics["steps_per_second"]  # this call's steps, this call's speed
+        self.curve.append([step, round(metrics["valid_accuracy"], 5), round(metrics["train_loss"], 5),
+                           round(self.train_before + train_seconds, 3),
+                           round(self.eval_before + metrics["elapsed"] - train_seconds, 3)])
+        if self.path:
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"curve": self.curve, "wall": self.wall_before + wall}))
+            tmp.replace(self.path)
+
+
+def run_one(task, job: dict, settings: RunSettings) -> dict:
     """Train one planned run; its line (see the module docstring)."""
     import torch
 
     from bench.hw04bench.table import OUT_OF_MEMORY
     from model import build_model, count_parameters
     from search.errors import TrainingDiverged
-    from search.running import space as search_space
     from search.training.train import train
 
     device = task.device
-    model_cfg, train_cfg = search_space.build_configs(
-        job["params"], task.bank.n_mels, task.bank.n_speakers, budget, job["seed"], eval_steps=steps)
+    model_cfg, train_cfg = _configs(task, job, settings)
     with torch.device("meta"):
         parameters = count_parameters(build_model(model_cfg))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    curve: list[list] = []
-
-    def on_eval(step: int, metrics: dict) -> None:
-        train_seconds = step / metrics["steps_per_second"]
-        curve.append([step, round(metrics["valid_accuracy"], 5), round(metrics["train_loss"], 5),
-                      round(train_seconds, 3), round(metrics["elapsed"] - train_seconds, 3)])
-
-    started, failed = time.perf_counter(), None
+    checkpoint = None
+    if settings.checkpoints:
+        name = f"{job['config']}-{job['repeat']}-{settings.budget}".replace(":", "_")
+        checkpoint = Path(settings.checkpoints) / f"{name}.pt"
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    progress = _Progress(checkpoint)
+    curve = progress.curve
+    started, failed, rollbacks = time.perf_counter(), None, None
     try:
-        train(model_cfg, train_cfg, task, on_eval=on_eval)
+        result = train(model_cfg, train_cfg, task, checkpoint=checkpoint,
+                       on_eval=lambda step, metrics: progress.add(step, metrics, time.perf_counter() - started))
+        rollbacks = len(result.rollbacks) if settings.final else None
     except TrainingDiverged as err:
         failed = str(err)
     except torch.OutOfMemoryError:
         failed = OUT_OF_MEMORY  # beside other workers not done: a later call retries it alone (table.py ``retry``)
     except Exception as err:  # noqa: BLE001 - recorded: a configuration the table cannot train is a fact too
         failed = f"{type(err).__name__}: {err}"[:300]
-    wall = time.perf_counter() - started
+    wall = progress.wall_before + time.perf_counter() - started
+    if checkpoint is not None:  # the run is over: its line holds what the files kept for a resume
+        checkpoint.unlink(missing_ok=True)
+        progress.path.unlink(missing_ok=True)
     if device.type == "cuda":
         # Give the cached blocks back: the workers share one card, and memory one worker's allocator keeps after a
         # large run is memory the others cannot have (a call of 8 workers lost 10 of its 24 runs to
@@ -151,11 +214,11 @@ def run_one(task, job: dict, budget: int, steps: list[int]) -> dict:
         "wall_seconds": round(wall, 2),
         "peak_memory_mib": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None,
         "card": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "failed": failed,
+        "failed": failed, **({"rollbacks": rollbacks} if settings.final else {}),
     }
 
 
-def worker_main(index: int, device: str, data: str | None, seed: int, budget: int, steps: list[int],
+def worker_main(index: int, device: str, data: str | None, seed: int, settings: RunSettings,
                 threads: int, jobs, results) -> None:
     import torch
 
@@ -167,7 +230,7 @@ def worker_main(index: int, device: str, data: str | None, seed: int, budget: in
     task = load_task(data, seed, use_device(device))
     results.put({"kind": "ready", "worker": index})
     while (job := jobs.get()) is not None:
-        line = run_one(task, job, budget, steps)
+        line = run_one(task, job, settings)
         line["worker"] = index
         results.put(line)
 
@@ -211,6 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deadline", type=float, default=float("inf"), help="seconds after which no run starts")
     parser.add_argument("--end-at", type=float, help="a Unix time by which every run has ended: runs are handed "
                         "out only where expected to end by then, and any in flight at it are stopped, unrecorded")
+    parser.add_argument("--final", action="store_true", help="long-horizon runs: finalize's settings (tf32, "
+                        "collapse recovery), validated every 1,000 steps (configs.py --long-from plans them)")
+    parser.add_argument("--checkpoints", help="a folder for runs' checkpoints: a run stopped by --end-at goes on "
+                        "from its last validation in the next call on this machine")
     parser.add_argument("--limit", type=int, help="at most this many runs in this call")
     parser.add_argument("--start", type=int, default=0, help="skip the plan's first N runs: two recorders on "
                         "two machines take different parts of one plan (the CPU table here and on the device host)")
@@ -230,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     budget = args.budget or (GPU_BUDGET if args.profile == "full" else CPU_BUDGET)
-    steps = eval_steps(budget, args.profile)
+    steps = final_eval_steps(budget) if args.final else eval_steps(budget, args.profile)
+    settings = RunSettings(budget, tuple(steps), args.final, args.checkpoints)
     recorded = table.load(args.out, *args.done)
     done = recorded.done()
     short_of_memory = {(r["config"], r["repeat"]) for r in recorded.runs if recorded.retry_alone(r)}
@@ -239,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     # the same large configurations ran out of memory in call after call beside 6-8 others: alone they get the card
     alone = [r for r in todo if r.key in short_of_memory][:args.alone]
     todo = alone + [r for r in todo if r not in alone]
-    bound = cost_bound(recorded.runs) if args.end_at else None
+    # a run that can go on in the next call (--checkpoints) need not end by this one's end
+    bound = cost_bound(recorded.runs) if args.end_at and not args.checkpoints else None
     print(f"{len(done)} runs recorded, {len(todo)} to go", flush=True)
     if not todo:
         return 0
@@ -260,13 +329,14 @@ def main(argv: list[str] | None = None) -> int:
                    "host": socket.gethostname(), "profile": args.profile, "budget": budget, "eval_steps": steps,
                    "data": args.data or "embedded", "seed": args.seed, "device": device, "workers": args.workers,
                    "threads": threads, "mps": mps or "off (one worker)", "torch": torch.__version__,
-                   "cpu": _cpu_model(), "cores": os.cpu_count(), "attention_length": ATTENTION_LENGTH}
+                   "cpu": _cpu_model(), "cores": os.cpu_count(), "attention_length": ATTENTION_LENGTH,
+                   **({"final": True} if args.final else {})}
         out.write(json.dumps(session) + "\n")
         out.flush()
         context = multiprocessing.get_context("spawn")
         jobs, results = context.Queue(), context.Queue()
         workers = [context.Process(target=worker_main, daemon=True, args=(
-            i, device, args.data, args.seed, budget, steps, threads, jobs, results)) for i in range(args.workers)]
+            i, device, args.data, args.seed, settings, threads, jobs, results)) for i in range(args.workers)]
         for w in workers:
             w.start()
         pending = list(todo)
