@@ -40,7 +40,7 @@ prepare_bank('/tmp/hw04')"
 echo "bank ready after $(( $(date +%s) - start )) s"
 # EVAL_MEMORY=1: first measure validation's memory and time with and without the attention bound (bench/eval_memory.py)
 if [ "${EVAL_MEMORY:-0}" = 1 ]; then
-  python3 bench/eval_memory.py --data /tmp/hw04 --device cuda 2> "$out/eval-memory-$call.err" \
+  python3 bench/eval_memory.py --data /tmp/hw04 --device cuda --repeats 2 2> "$out/eval-memory-$call.err" \
     | tee "$out/eval-memory-$call.jsonl" || true
   echo "eval memory done after $(( $(date +%s) - start )) s"
 fi
