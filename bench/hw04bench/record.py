@@ -148,6 +148,8 @@ class _Progress:
 
     def __init__(self, checkpoint: Path | None) -> None:
         self.path = checkpoint.with_suffix(".json") if checkpoint else None
+        if checkpoint and checkpoint.exists() and not self.path.exists():
+            checkpoint.unlink()  # stopped before its first curve point was kept: start over, not from an unknown step
         kept = json.loads(self.path.read_text()) if self.path and self.path.exists() and checkpoint.exists() else {}
         self.curve: list[list] = kept.get("curve", [])
         self.wall_before: float = kept.get("wall", 0.0)
