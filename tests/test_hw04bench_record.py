@@ -106,6 +106,20 @@ def test_a_run_that_ran_out_of_memory_beside_others_is_retried_first_and_alone(t
     assert recorded.machine(lone) != recorded.machine(others[0])
 
 
+def test_the_long_horizon_plan_spans_the_tables_scores_not_only_its_many_near_chance_runs():
+    finals = {"warm:a": 0.60, "warm:b": 0.01, **{f"sobol:{i}": 0.002 * i for i in range(20)}, "sobol:20": 0.80,
+              "sobol:21": 0.45, "sobol:22": 0.30}  # most of a 2,000-step table ends near chance
+    runs = [{"config": c, "failed": None, "params": {"name": c}, "curve": [[2000, score]]} for c, score in finals.items()]
+    runs.append({"config": "sobol:23", "failed": "NaN", "params": {}, "curve": [[500, 0.9]]})  # failed: never planned
+    long, longest = configs.long_plan(runs, n=8, n_longest=4)
+    chosen = [r.config for r in long]
+    assert len(chosen) == 8 == len(set(chosen)) and {"warm:a", "warm:b", "sobol:20", "sobol:0"} <= set(chosen)
+    assert {"sobol:21", "sobol:22"} <= set(chosen)  # the middle of the score range, not a fifth near-chance run
+    assert [finals[c] for c in chosen] == sorted((finals[c] for c in chosen), reverse=True)
+    assert [r.config for r in longest][:2] == ["sobol:20", "warm:a"] and len(longest) == 4
+    assert {r.config for r in longest} <= set(chosen)
+
+
 def _history(planned: list, seconds) -> list[dict]:
     """Earlier runs of the plan's configurations under other names (so none of the plan is done), timed by
     ``seconds(params)``."""

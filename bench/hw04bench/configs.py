@@ -136,8 +136,8 @@ if __name__ == "__main__":
     parser.add_argument("--profile", choices=search_space.PROFILES, default="full")
     parser.add_argument("--configs", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", required=True, help="the plan's .json (with --long-from: two, PREFIX-N.json and "
-                        "PREFIX-LONGEST.json, for PREFIX=--out without .json)")
+    parser.add_argument("--out", required=True, help="the plan's .json (with --long-from: two, PREFIX-long.json and "
+                        "PREFIX-longest.json, for PREFIX = --out less .json)")
     parser.add_argument("--long-from", nargs="+", help="a recorded table's files: plan the long-horizon runs from it")
     parser.add_argument("--long", type=int, default=24, help="with --long-from: configurations")
     parser.add_argument("--longest", type=int, default=6, help="with --long-from: of them, for the longest horizon")
