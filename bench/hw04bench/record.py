@@ -132,14 +132,17 @@ class RunSettings:
 
 
 def _configs(task, job: dict, settings: RunSettings):
+    """A trial's configurations, or finalize's own (final_pipeline.final_configs), validated at ``settings.steps``."""
+    import dataclasses
+
+    from search.finalizing.final_pipeline import final_configs
     from search.running import space as search_space
 
-    model_cfg, train_cfg = search_space.build_configs(job["params"], task.bank.n_mels, task.bank.n_speakers,
-                                                      settings.budget, job["seed"], eval_steps=settings.steps)
     if settings.final:
-        train_cfg.recover_collapse, train_cfg.precision = True, "tf32"  # as final_pipeline.final_configs
-        train_cfg = search_space.as_run_on(train_cfg, task.device.type)
-    return model_cfg, train_cfg
+        model_cfg, train_cfg = final_configs(job["params"], task, settings.budget, job["seed"])
+        return model_cfg, dataclasses.replace(train_cfg, eval_steps=settings.steps)
+    return search_space.build_configs(job["params"], task.bank.n_mels, task.bank.n_speakers, settings.budget,
+                                      job["seed"], eval_steps=settings.steps)
 
 
 class _Progress:
