@@ -191,3 +191,23 @@ def test_a_long_run_stopped_by_the_end_time_goes_on_from_its_checkpoint_in_the_n
     assert run["wall_seconds"] > run["curve"][-1][3] and run["rollbacks"] == 0 and run["failed"] is None
     assert list(checkpoints.iterdir()) == []  # a finished run's checkpoint is not kept
     assert table.load(out).sessions[-1]["final"] is True
+
+
+def test_a_worker_whose_run_failed_with_an_error_is_replaced_and_the_next_runs_train(tiny_dataset, tmp_path):
+    # An error that is not the configuration's divergence (out of GPU memory, here an optimizer that refuses its
+    # learning rate) may leave the process unfit to train on: call 10 lost 105 runs in a row to one such worker.
+    first, second, third = configs.plan("cpu", 3)[:3]  # the warm start, then Sobol points
+    broken = configs.Run("sobol:broken", 0, {**second.params, "lr": -1.0})
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps([{"config": r.config, "repeat": r.repeat, "params": r.params}
+                                for r in (first, broken, third)]))
+    out = tmp_path / "table.jsonl"
+    done = subprocess.run([sys.executable, "-m", "bench.hw04bench.record", "--profile", "cpu", "--budget", "8",
+                           "--plan", str(plan), "--data", str(tiny_dataset), "--out", str(out),
+                           "--workers", "1", "--threads", "1"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    runs = {r["config"]: r for r in table.load(out).runs}
+    assert runs["sobol:broken"]["failed"].startswith("ValueError") and "learning rate" in runs["sobol:broken"]["failed"]
+    assert runs[first.config]["failed"] is None and runs[third.config]["failed"] is None  # trained after it
+    assert [point[0] for point in runs[third.config]["curve"]] == eval_steps(8, "cpu")
+    assert "1 worker(s) replaced after a failed run" in done.stdout

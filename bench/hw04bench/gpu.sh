@@ -5,7 +5,8 @@
 #            $OUT/cpu-CALL.jsonl
 #   SECONDS  the call's time limit: each recorder hands out only runs expected to end END_MARGIN (20) seconds
 #            before it (record.py --end-at), and stops any still in flight then
-# EVAL_MEMORY=1: run bench/eval_memory.py on the HW04-scale set first ($OUT/eval-memory-CALL.jsonl).
+# EVAL_MEMORY=1: run bench/eval_memory.py on the HW04-scale set first ($OUT/eval-memory-CALL.jsonl); OOM_RECOVERY=1:
+# bench/oom_recovery.py ($OUT/oom-recovery-CALL.jsonl).
 # HW04BENCH_COMMIT: write the local HEAD's hash into the command (the device's copy of .git is the last landed
 # commit, not the tree it runs).
 # Runs already recorded are skipped: the tables of earlier calls are read from .gpuwork/*.jsonl (copied back from
@@ -43,6 +44,11 @@ if [ "${EVAL_MEMORY:-0}" = 1 ]; then
   python3 bench/eval_memory.py --data /tmp/hw04 --device cuda --repeats 2 2> "$out/eval-memory-$call.err" \
     | tee "$out/eval-memory-$call.jsonl" || true
   echo "eval memory done after $(( $(date +%s) - start )) s"
+fi
+# OOM_RECOVERY=1: whether a process that ran out of memory can train the next run (bench/oom_recovery.py)
+if [ "${OOM_RECOVERY:-0}" = 1 ]; then
+  python3 bench/oom_recovery.py --data /tmp/hw04 2> "$out/oom-recovery-$call.err" | tee "$out/oom-recovery-$call.jsonl" || true
+  echo "oom recovery done after $(( $(date +%s) - start )) s"
 fi
 # The CPU table (embedded data) on the host's spare cores, beside the GPU recorder.
 python3 -m bench.hw04bench.record --profile cpu --device cpu --workers "${CPU_WORKERS:-6}" --threads 1 \

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import gc
 import json
 import math
 import os
@@ -170,8 +171,9 @@ class _Progress:
             tmp.replace(self.path)
 
 
-def run_one(task, job: dict, settings: RunSettings) -> dict:
-    """Train one planned run; its line (see the module docstring)."""
+def run_one(task, job: dict, settings: RunSettings) -> tuple[dict, bool]:
+    """Train one planned run: its line (see the module docstring), and whether this process can train the next one
+    (False after a run that ended in out-of-memory or another error, not divergence: ``worker_main``)."""
     import torch
 
     from bench.hw04bench.table import OUT_OF_MEMORY
@@ -192,17 +194,21 @@ def run_one(task, job: dict, settings: RunSettings) -> dict:
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
     progress = _Progress(checkpoint)
     curve = progress.curve
-    started, failed, rollbacks = time.perf_counter(), None, None
+    started, failed, rollbacks, sound = time.perf_counter(), None, None, True
     try:
         result = train(model_cfg, train_cfg, task, checkpoint=checkpoint,
                        on_eval=lambda step, metrics: progress.add(step, metrics, time.perf_counter() - started))
         rollbacks = len(result.rollbacks) if settings.final else None
     except TrainingDiverged as err:
-        failed = str(err)
+        failed = str(err)  # the configuration's own fault (a NaN loss): the process is as sound as before
     except torch.OutOfMemoryError:
         failed = OUT_OF_MEMORY  # beside other workers not done: a later call retries it alone (table.py ``retry``)
+        sound = False
     except Exception as err:  # noqa: BLE001 - recorded: a configuration the table cannot train is a fact too
         failed = f"{type(err).__name__}: {err}"[:300]
+        sound = False
+    # the failed run's frames (model, optimizer, a half-captured graph) sit in reference cycles: free them now
+    gc.collect()
     wall = progress.wall_before + time.perf_counter() - started
     if checkpoint is not None:  # the run is over: its line holds what the files kept for a resume
         checkpoint.unlink(missing_ok=True)
@@ -220,7 +226,7 @@ def run_one(task, job: dict, settings: RunSettings) -> dict:
         "peak_memory_mib": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None,
         "card": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "failed": failed, **({"rollbacks": rollbacks} if settings.final else {}),
-    }
+    }, sound
 
 
 def worker_main(index: int, device: str, data: str | None, seed: int, settings: RunSettings,
@@ -235,9 +241,15 @@ def worker_main(index: int, device: str, data: str | None, seed: int, settings: 
     task = load_task(data, seed, use_device(device))
     results.put({"kind": "ready", "worker": index})
     while (job := jobs.get()) is not None:
-        line = run_one(task, job, settings)
+        line, sound = run_one(task, job, settings)
         line["worker"] = index
         results.put(line)
+        if not sound:
+            # Call 10 (BENCHMARKS.md, HW04-Bench): after one run out of memory a worker failed the next 105 runs
+            # handed to it within 0.1 s each, "out of memory" on a card the other five trained on. A process
+            # that failed this way is not trusted with another run: it ends, and the recorder starts a fresh one.
+            results.put({"kind": "replace", "worker": index})
+            return
 
 
 def _cpu_model() -> str:
@@ -340,10 +352,14 @@ def main(argv: list[str] | None = None) -> int:
         out.flush()
         context = multiprocessing.get_context("spawn")
         jobs, results = context.Queue(), context.Queue()
-        workers = [context.Process(target=worker_main, daemon=True, args=(
-            i, device, args.data, args.seed, settings, threads, jobs, results)) for i in range(args.workers)]
-        for w in workers:
-            w.start()
+        def new_worker(index: int):
+            worker = context.Process(target=worker_main, daemon=True, args=(
+                index, device, args.data, args.seed, settings, threads, jobs, results))
+            worker.start()
+            return worker
+
+        workers = [new_worker(i) for i in range(args.workers)]
+        replaced = 0
         pending = list(todo)
         in_flight, written, waiting, lone = 0, 0, 0, False
 
@@ -384,6 +400,11 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             if line["kind"] == "ready":
                 continue
+            if line["kind"] == "replace":  # its run's line came first; the jobs queue waits for the new worker
+                workers[line["worker"]].join(timeout=30)
+                workers[line["worker"]] = new_worker(line["worker"])
+                replaced += 1
+                continue
             in_flight -= 1
             lone = lone and in_flight > 0
             out.write(json.dumps(line) + "\n")
@@ -400,8 +421,8 @@ def main(argv: list[str] | None = None) -> int:
                 hand_out()
         for w in workers:
             w.join(timeout=30)
-    print(f"recorded {written} runs in {time.monotonic() - started:.0f} s; {len(pending)} planned runs left",
-          flush=True)
+    print(f"recorded {written} runs in {time.monotonic() - started:.0f} s; {len(pending)} planned runs left"
+          + (f"; {replaced} worker(s) replaced after a failed run" if replaced else ""), flush=True)
     return 0
 
 
