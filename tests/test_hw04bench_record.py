@@ -211,3 +211,20 @@ def test_a_worker_whose_run_failed_with_an_error_is_replaced_and_the_next_runs_t
     assert runs[first.config]["failed"] is None and runs[third.config]["failed"] is None  # trained after it
     assert [point[0] for point in runs[third.config]["curve"]] == eval_steps(8, "cpu")
     assert "1 worker(s) replaced after a failed run" in done.stdout
+
+
+def test_runs_failed_by_a_worker_after_its_first_out_of_memory_are_no_evidence_about_their_configurations(tmp_path):
+    def lines(mark: dict) -> str:
+        runs = [{"kind": "run", "config": f"sobol:{i}", "repeat": 0, "worker": 0, "session": "s",
+                 "failed": "out of GPU memory"} for i in (1, 2)]
+        return "\n".join(json.dumps(r) for r in [{"kind": "session", "session": "s", "attention_length": 1024,
+                                                  **mark}, *runs]) + "\n"
+    old = tmp_path / "old.jsonl"  # a recorder that kept such a worker: its second failure says nothing of sobol:2
+    old.write_text(lines({}))
+    loaded = table.load(old)
+    assert [r["config"] for r in loaded.runs if loaded.retry_alone(r)] == ["sobol:1"]
+    assert loaded.done() == set()  # both are retried, the second beside the other workers
+    new = tmp_path / "new.jsonl"  # a recorder that replaces the worker: each failure is its configuration's
+    new.write_text(lines({"replaces_workers": True}))
+    loaded = table.load(new)
+    assert [r["config"] for r in loaded.runs if loaded.retry_alone(r)] == ["sobol:1", "sobol:2"]

@@ -347,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
                    "data": args.data or "embedded", "seed": args.seed, "device": device, "workers": args.workers,
                    "threads": threads, "mps": mps or "off (one worker)", "torch": torch.__version__,
                    "cpu": _cpu_model(), "cores": os.cpu_count(), "attention_length": ATTENTION_LENGTH,
+                   "replaces_workers": True,  # a worker whose run failed with an error is replaced (table.py)
                    **({"final": True} if args.final else {})}
         out.write(json.dumps(session) + "\n")
         out.flush()

@@ -62,7 +62,26 @@ class Table:
         """The run ran out of GPU memory beside other workers with bounded validation batches: a later call trains it
         alone on the card (record.py ``--alone``). Runs of the sessions before the bound are retried beside others
         first: most of them ran out of memory in validation, which the bound takes away."""
-        return run.get("failed") == OUT_OF_MEMORY and not run.get("alone") and self._bounded(run)
+        return run.get("failed") == OUT_OF_MEMORY and not run.get("alone") and self._bounded(run) \
+            and id(run) not in self._unfit_worker_runs()
+
+    def _unfit_worker_runs(self) -> set[int]:
+        """Runs (their ids) that failed in a worker process that had run out of memory earlier in its session: no
+        evidence about their configurations (call 10: one such worker failed 105 runs in a row within 0.1 s each).
+        Sessions whose recorder replaces such a worker (its session line says ``replaces_workers``) have none."""
+        if getattr(self, "_unfit", None) is None:
+            unfit, hit = set(), set()
+            for run in self.runs:
+                session = self.session_of(run)
+                if session.get("replaces_workers"):
+                    continue
+                worker = (run.get("session"), run.get("worker"))
+                if worker in hit and run.get("failed"):
+                    unfit.add(id(run))
+                if run.get("failed") == OUT_OF_MEMORY:
+                    hit.add(worker)
+            self._unfit = unfit
+        return self._unfit
 
     def _bounded(self, run: dict) -> bool:
         """The run's session bounded its validation batches' attention (its session line says ``attention_length``)."""
