@@ -6,7 +6,7 @@ while the other five workers trained on. This script asks the question on its ow
 process's share of the card (``torch.cuda.set_per_process_memory_fraction``) so that a large configuration runs
 out of memory (at warm-up, at CUDA-graph capture or at validation, depending on the cap), then lift the cap,
 clean up as the recorder did (``empty_cache``) or as ``search run``'s objective does (``gc.collect`` first), and
-train a small configuration. One JSON line per case.
+train a small configuration. One JSON line per case; the cases run without MPS, then under it.
 
     python bench/oom_recovery.py --data /tmp/hw04 --fractions 0.01,0.03,0.06
 """
@@ -87,14 +87,20 @@ def main(argv: list[str] | None = None) -> int:
         fraction, collect = args.case.split(",")
         print(json.dumps(one_case(args.data, float(fraction), collect == "1", args.steps)), flush=True)
         return 0
-    # every case in a fresh process: a poisoned allocator must not carry over to the next case
+    from search.processes.mps import gpu_sharing
+
+    # every case in a fresh process (a poisoned allocator must not carry over to the next case), all side by side,
+    # without MPS and then under MPS as the recorder's and `search run`'s workers share a card
     cases = [(f, c) for f in args.fractions.split(",") for c in ("0", "1")]
-    procs = [subprocess.Popen([sys.executable, __file__, "--data", args.data, "--steps", str(args.steps),
-                               "--case", f"{f},{c}"], stdout=subprocess.PIPE, text=True) for f, c in cases]
-    for (f, c), proc in zip(cases, procs):
-        out, _ = proc.communicate()
-        print(out.strip() or json.dumps({"fraction": float(f), "collect": c == "1", "exit": proc.returncode}),
-              flush=True)
+    for sharing in (False, True):
+        with gpu_sharing(["cuda:0", "cuda:0"], enabled=sharing) as status:
+            procs = [subprocess.Popen([sys.executable, __file__, "--data", args.data, "--steps", str(args.steps),
+                                       "--case", f"{f},{c}"], stdout=subprocess.PIPE, text=True) for f, c in cases]
+            for (f, c), proc in zip(cases, procs):
+                out, _ = proc.communicate()
+                line = json.loads(out) if out.strip() else {"fraction": float(f), "collect": c == "1",
+                                                             "exit": proc.returncode}
+                print(json.dumps({"mps": status, **line}), flush=True)
     return 0
 
 
