@@ -61,7 +61,7 @@ def one_case(data: str, fraction: float, collect: bool, steps: int) -> dict:
 
     from search.running.task import load_task
 
-    device = torch.device("cuda")
+    device = torch.device("cuda", 0)  # set_per_process_memory_fraction needs an index
     task = load_task(data, 0, device)
     torch.cuda.set_per_process_memory_fraction(fraction, device)
     large = _train(task, LARGE, steps)
