@@ -23,6 +23,8 @@ a device call's time limit goes on where it stopped. A run that ran out of GPU m
 not done; a later call trains it first and alone on the card (at most ``--alone`` such runs a call; its line says
 ``"alone": true``: its seconds are one run's, not a shared card's), then the others. Runs out of memory in a session
 from before validation bounded its batches' attention are retried beside the others (table.py ``retry``).
+A worker whose run failed with out-of-memory or another error (not a NaN loss) ends after writing it, and a fresh
+process takes its place: a process that failed so may not train the next run (BENCHMARKS.md, call 10).
 ``handed_out``: seconds from the recorder's start to the run's hand-out. ``--deadline`` stops handing out runs that
 many seconds after the start (the runs in flight finish), so that a call ends inside its limit with nothing
 half-done.
@@ -353,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         out.flush()
         context = multiprocessing.get_context("spawn")
         jobs, results = context.Queue(), context.Queue()
+
         def new_worker(index: int):
             worker = context.Process(target=worker_main, daemon=True, args=(
                 index, device, args.data, args.seed, settings, threads, jobs, results))
