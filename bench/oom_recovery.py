@@ -1,7 +1,7 @@
 """After a training runs out of GPU memory, can the same process train the next one?
 
 HW04-Bench call 10 (BENCHMARKS.md): one recorder worker ran out of memory on a small configuration (625k
-parameters), and then every run handed to that worker failed with "out of memory" within 0.1 s, 105 in a row,
+parameters), and then every run handed to that worker failed with "out of memory", 105 in a row (94 within 0.2 s),
 while the other five workers trained on. This script asks the question on its own: in a fresh process, cap this
 process's share of the card (``torch.cuda.set_per_process_memory_fraction``) so that a large configuration runs
 out of memory (at warm-up, at CUDA-graph capture or at validation, depending on the cap), then lift the cap,

@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def _table(path: Path, budget: int, runs: dict[str, list[tuple[int, float]] | str], final: bool) -> Path:
     """A table as record.py writes it: a session line, then one run line per configuration (a curve of
     (step, accuracy) points, or the text of a failure)."""
-    lines = [{"kind": "session", "session": "s", "budget": budget, "profile": "full", **({"final": True} if final else {})}]
+    session = {"kind": "session", "session": "s", "budget": budget, "profile": "full"}
+    lines = [{**session, **({"final": True} if final else {})}]
     for config, curve in runs.items():
         failed = curve if isinstance(curve, str) else None
         points = [] if failed else [[step, acc, 1.0, step / 100, 1.0] for step, acc in curve]
@@ -53,6 +54,7 @@ def test_the_comparison_ranks_what_finalize_keeps_against_the_trials_score(tmp_p
 
 
 def test_a_missing_table_is_named(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "bench.hw04bench.horizon", "--short", str(tmp_path / "none.jsonl"),
-                           "--long", str(tmp_path / "none.jsonl")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    missing = str(tmp_path / "none.jsonl")
+    done = subprocess.run([sys.executable, "-m", "bench.hw04bench.horizon", "--short", missing, "--long", missing],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "none.jsonl: no such file" in done.stderr and "Traceback" not in done.stderr

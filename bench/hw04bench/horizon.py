@@ -55,7 +55,8 @@ def long_runs(tbl: bench_table.Table) -> list[LongRun]:
         curve = r["curve"]
         steps = [point[0] for point in curve]
         at_2000 = float(np.interp(2000, steps, [point[1] for point in curve])) if curve and steps[-1] >= 2000 else None
-        why = r["failed"] or (None if curve and steps[-1] == tbl.budget else f"stopped at step {steps[-1] if curve else 0}")
+        last = steps[-1] if curve else 0
+        why = r["failed"] or (None if last == tbl.budget else f"stopped at step {last}")
         runs.append(LongRun(r["config"], tbl.budget, None if why else max(p[1] for p in curve), at_2000, why))
     return runs
 

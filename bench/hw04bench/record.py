@@ -248,8 +248,8 @@ def worker_main(index: int, device: str, data: str | None, seed: int, settings: 
         results.put(line)
         if not sound:
             # Call 10 (BENCHMARKS.md, HW04-Bench): after one run out of memory a worker failed the next 105 runs
-            # handed to it within 0.1 s each, "out of memory" on a card the other five trained on. A process
-            # that failed this way is not trusted with another run: it ends, and the recorder starts a fresh one.
+            # handed to it (94 within 0.2 s), "out of memory" on a card the other five trained on. A process that
+            # failed this way is not trusted with another run: it ends, and the recorder starts a fresh one.
             results.put({"kind": "replace", "worker": index})
             return
 

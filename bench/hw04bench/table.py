@@ -67,7 +67,7 @@ class Table:
 
     def _unfit_worker_runs(self) -> set[int]:
         """Runs (their ids) that failed in a worker process that had run out of memory earlier in its session: no
-        evidence about their configurations (call 10: one such worker failed 105 runs in a row within 0.1 s each).
+        evidence about their configurations (call 10: one such worker failed 105 runs in a row, 94 within 0.2 s).
         Sessions whose recorder replaces such a worker (its session line says ``replaces_workers``) have none."""
         if getattr(self, "_unfit", None) is None:
             unfit, hit = set(), set()
