@@ -84,13 +84,10 @@ def long_plan(runs: list[dict], n: int = 24, n_longest: int = 6) -> tuple[list[R
     evenly spaced final accuracies, a configuration's repeats averaged): most of a table ends near chance, and a
     spread by rank would be mostly those. The longest: the best-scoring warm start and Sobol point, then the rest
     spread over the score range the same way."""
-    finals: dict[str, list[float]] = {}
-    params: dict[str, dict] = {}
-    for r in runs:
-        if not r["failed"] and r["curve"]:
-            finals.setdefault(r["config"], []).append(r["curve"][-1][1])
-            params[r["config"]] = r["params"]
-    score = {config: sum(v) / len(v) for config, v in finals.items()}
+    from bench.hw04bench.table import final_scores
+
+    score = final_scores(runs)
+    params = {r["config"]: r["params"] for r in runs}
     warm = sorted((c for c in score if c.startswith("warm:")), key=score.get, reverse=True)
     chosen = warm[:n] + _spread([c for c in score if c not in warm], score, n - len(warm[:n]))
     sobol = sorted((c for c in chosen if not c.startswith("warm:")), key=score.get, reverse=True)

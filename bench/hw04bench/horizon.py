@@ -37,15 +37,6 @@ class LongRun:
     why_not: str | None = None  # failed / unfinished: why it is left out
 
 
-def short_scores(tbl: bench_table.Table) -> dict[str, float]:
-    """Each configuration's accuracy at the end of the 2,000-step table's budget, the mean of its complete runs."""
-    finals: dict[str, list[float]] = {}
-    for r in tbl.results():
-        if not r["failed"] and r["curve"] and r["curve"][-1][0] == tbl.budget:
-            finals.setdefault(r["config"], []).append(r["curve"][-1][1])
-    return {config: float(np.mean(values)) for config, values in finals.items()}
-
-
 def long_runs(tbl: bench_table.Table) -> list[LongRun]:
     """The long table's runs (repeat 0), complete or not."""
     runs = []
@@ -96,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in [*args.short, *args.long]:
         if not Path(path).is_file():
             parser.error(f"{path}: no such file")
-    short = short_scores(bench_table.load(*args.short))
+    short = bench_table.final_scores(bench_table.load(*args.short).results())
     results = [compare(short, long_runs(bench_table.load(path))) for path in args.long]
     for result in results:
         print(f"{result['budget']} steps, {result['configurations']} configurations also in the 2,000-step table: "

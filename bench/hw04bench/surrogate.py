@@ -304,11 +304,7 @@ def validation_size(runs: list[dict], largest: int = 20_000) -> int | None:
 def table_best(runs: list[dict]) -> float:
     """The best final validation accuracy of the table's configurations (the mean of a configuration's complete
     repeats): what a strategy that found the table's best configuration would score, without seed luck."""
-    finals: dict[str, list[float]] = {}
-    for r in runs:
-        if not r["failed"] and r["curve"]:
-            finals.setdefault(r["config"], []).append(r["curve"][-1][1])
-    return max(float(np.mean(v)) for v in finals.values())
+    return max(bench_table.final_scores(runs).values())
 
 
 def load(path, n_estimators: int = 100, seed: int = 0) -> tuple[Surrogate, bench_table.Table]:

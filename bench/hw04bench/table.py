@@ -104,6 +104,16 @@ class Table:
         return [r for r in self.runs if not self.retry(r)]
 
 
+def final_scores(runs: list[dict]) -> dict[str, float]:
+    """Each configuration's final validation accuracy: the mean over its complete runs (its repeats) of the
+    accuracy at the end of the budget. Failed runs are left out."""
+    finals: dict[str, list[float]] = {}
+    for r in runs:
+        if not r["failed"] and r["curve"]:
+            finals.setdefault(r["config"], []).append(r["curve"][-1][1])
+    return {config: sum(values) / len(values) for config, values in finals.items()}
+
+
 def load(*paths: Path) -> Table:
     """The table held by ``paths`` together (a recording spread over several files: one per device call)."""
     table = Table()
