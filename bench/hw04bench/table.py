@@ -38,6 +38,8 @@ OUT_OF_MEMORY = "out of GPU memory"  # a run line's ``failed`` when CUDA ran out
 class Table:
     sessions: list[dict] = field(default_factory=list)
     runs: list[dict] = field(default_factory=list)
+    # ids of the runs ``_unfit_worker_runs`` finds, computed once when first asked (load() has read every line by then)
+    _unfit: set[int] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def budget(self) -> int:
@@ -69,7 +71,7 @@ class Table:
         """Runs (their ids) that failed in a worker process that had run out of memory earlier in its session: no
         evidence about their configurations (call 10: one such worker failed 105 runs in a row, 94 within 0.2 s).
         Sessions whose recorder replaces such a worker (its session line says ``replaces_workers``) have none."""
-        if getattr(self, "_unfit", None) is None:
+        if self._unfit is None:
             unfit, hit = set(), set()
             for run in self.runs:
                 session = self.session_of(run)
