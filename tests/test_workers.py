@@ -429,3 +429,12 @@ def test_the_runner_beats_and_recovers_dead_workers_trials_on_postgresql(micro_d
         assert {internals.trial_id(t) for t in ran} <= beating  # the runner's heartbeat thread beat for each
     finally:
         delete_study(POSTGRES, name)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2, reason="needs Linux, 2+ cores")
+def test_thread_counts_start_from_the_cores_the_job_may_use_not_the_machines():
+    # A batch system's CPU set (SLURM, a container) or taskset gives the job fewer cores than the node has:
+    # workers splitting os.cpu_count() threads among them would oversubscribe the cores they actually have.
+    code = "import os; os.sched_setaffinity(0, {0}); from search.processes.cores import usable_cores; print(usable_cores())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "1"

@@ -310,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from bench.hw04bench import configs, table
+    from search.processes.cores import usable_cores
     from search.processes.mps import gpu_sharing
     from search.running.settings import CPU_BUDGET, GPU_BUDGET
     from search.training.evaluation import ATTENTION_LENGTH
@@ -333,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
     device = "cpu" if device == "auto" else device
-    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
+    threads = args.threads or max(1, usable_cores() // args.workers)
     session_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + f"-{os.getpid()}"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     from search.running.task import prepare_bank
@@ -348,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
                    "host": socket.gethostname(), "profile": args.profile, "budget": budget, "eval_steps": steps,
                    "data": args.data or "embedded", "seed": args.seed, "device": device, "workers": args.workers,
                    "threads": threads, "mps": mps or "off (one worker)", "torch": torch.__version__,
-                   "cpu": _cpu_model(), "cores": os.cpu_count(), "attention_length": ATTENTION_LENGTH,
+                   "cpu": _cpu_model(), "cores": usable_cores(), "attention_length": ATTENTION_LENGTH,
                    "replaces_workers": True,  # a worker whose run failed with an error is replaced (table.py)
                    **({"final": True} if args.final else {})}
         out.write(json.dumps(session) + "\n")

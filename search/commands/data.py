@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
 
 from search.commands.base import MAX_PROCESSES, Bounded, count, main, seed_type
+from search.processes.cores import usable_cores
 
 
 def _echo_progress(label: str):
@@ -33,7 +33,7 @@ def data() -> None:
               help="Utterance lengths relative to HW04's (the embedded set uses 0.4).")
 @click.option("--seed", type=seed_type(), default=0, show_default=True,
               help="Seeds the speakers, utterances and test answer key (same seed, same files).")
-@click.option("--workers", type=count(MAX_PROCESSES, "processes"), default=min(os.cpu_count() or 1, MAX_PROCESSES),
+@click.option("--workers", type=count(MAX_PROCESSES, "processes"), default=min(usable_cores(), MAX_PROCESSES),
               help="Processes rendering in parallel [default: all cores]; the files do not depend on it.")
 def synth(out_dir, speakers, utterances_per_speaker, length_scale, seed, workers):
     """Write a synthetic speech-like dataset in the HW04 layout.

@@ -35,6 +35,7 @@ import optuna
 
 from search.db import optuna_internals as internals
 from search.errors import UserError
+from search.processes.cores import usable_cores
 from search.reporting.logs import Progress
 from search.running.runner import run_trials
 from search.running.settings import StudySettings
@@ -275,7 +276,7 @@ def run_workers(study: optuna.Study, jobs: list[WorkerJob], echo: Callable[[str]
     processes: dict[int, multiprocessing.Process] = {}
     readers: dict = {}
     started = time.perf_counter()
-    cpu_threads = max(1, (os.cpu_count() or 1) // max(1, len(jobs)))
+    cpu_threads = max(1, usable_cores() // max(1, len(jobs)))  # the job's cores, not the machine's
     try:
         for job in jobs:
             reader, writer = context.Pipe(duplex=False)
