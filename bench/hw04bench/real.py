@@ -185,9 +185,11 @@ def main(argv: list[str] | None = None) -> int:
             from bench.hw04bench import surrogate
 
             model = surrogate.Surrogate(bench_table.load(*args.table))
-            ratio = speed_ratio(lines, model)
-            print(f"this machine's training speed / the table's: {ratio:.2f} (median over the real trials)")
-            replay = replay_prediction(model, sorted({line["strategy"] for line in lines}), budget,
+            # the replay's clock is the table machine's: this machine's budget is worth `ratio` times as much there
+            ratio = speed_ratio(lines, model) or 1.0
+            print(f"this machine trains {ratio:.2f} times as fast as the table's (median over the real trials): "
+                  f"the replay's budget is {budget:g} x {ratio:.2f} = {budget * ratio:.0f} s, {args.replay_seeds} seeds")
+            replay = replay_prediction(model, sorted({line["strategy"] for line in lines}), budget * ratio,
                                        args.replay_seeds)
         print("\n".join(summary(lines, replay)))
         return 0
