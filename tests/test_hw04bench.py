@@ -103,6 +103,10 @@ def test_surrogate_check_on_fixture():
     result = bench_surrogate.check(table.load(replay.FIXTURE), folds=3, n_estimators=10)
     assert -1 <= result["spearman_final_accuracy"] <= 1 and result["median_relative_time_error"] >= 0
     assert result["pairs"] >= 1
+    # the early ranking, at every validation step before the last: recorded and drawn, each a rank correlation
+    steps = table.load(replay.FIXTURE).sessions[0]["eval_steps"]
+    assert [step for step, _, _ in result["early_ranking"]] == steps[:-1]
+    assert all(-1 <= rec <= 1 and -1 <= drawn <= 1 for _, rec, drawn in result["early_ranking"])
 
 
 def test_the_surrogate_asks_its_trees_as_the_forest_would():

@@ -121,7 +121,8 @@ def summary(lines: list[dict], replay: dict[str, dict] | None) -> list[str]:
     by_strategy: dict[str, list[dict]] = {}
     for line in lines:
         by_strategy.setdefault(line["strategy"], []).append(line)
-    rows = [f"{'strategy':<26} {'real best at the budget, by seed':<34} {'mean':>7} {'trials':>7}"
+    width = max(34, *(13 * len(group) for group in by_strategy.values()))
+    rows = [f"{'strategy':<26} {'real best at the budget, by seed':<{width}} {'mean':>7} {'trials':>7}"
             + ("   replay: mean ± 95%, seeds' range" if replay else "")]
     for strategy, group in by_strategy.items():
         group.sort(key=lambda line: line["seed"])
@@ -130,7 +131,7 @@ def summary(lines: list[dict], replay: dict[str, dict] | None) -> list[str]:
         known = [b for b in bests if b is not None]
         trials = np.mean([sum(t["end"] is not None and t["end"] <= line["budget"] for t in line["trials"])
                           for line in group])
-        row = f"{strategy:<26} {shown:<34} {np.mean(known) if known else float('nan'):>7.4f} {trials:>7.1f}"
+        row = f"{strategy:<26} {shown:<{width}} {np.mean(known) if known else float('nan'):>7.4f} {trials:>7.1f}"
         if replay and strategy in replay:
             r = replay[strategy]
             row += f"   {r['mean']:.4f} ± {r['band']:.4f}, {r['low']:.4f}-{r['high']:.4f}"

@@ -318,6 +318,15 @@ def _spearman(a, b) -> float:
     return float(spearmanr(a, b).statistic)
 
 
+def early_ranking(steps: np.ndarray, recorded: np.ndarray, sampled: np.ndarray) -> list[tuple[int, float, float]]:
+    """(step, recorded, sampled): how well the accuracy at each validation step ranks the final accuracy, over
+    configurations, in the recorded curves [configs, steps] and in the curves the surrogate draws for the same
+    held-out configurations [configs, steps]. A pruner decides on these early ranks: where the surrogate's rank
+    better than the recorded ones do, the replay rewards early pruning more than real runs would."""
+    return [(int(step), _spearman(recorded[:, i], recorded[:, -1]), _spearman(sampled[:, i], sampled[:, -1]))
+            for i, step in enumerate(steps[:-1])]
+
+
 def check(tbl: bench_table.Table, folds: int = 5, n_estimators: int = 100, seed: int = 0) -> dict:
     """The held-out check: k-fold over configurations (a configuration's repeats stay together), each fold's runs
     predicted by a surrogate trained on the other folds. Final accuracy: the recorded mean of a configuration's
@@ -330,6 +339,7 @@ def check(tbl: bench_table.Table, folds: int = 5, n_estimators: int = 100, seed:
     order = rng.permutation(len(configs))
     fold_of = {configs[i]: k % folds for k, i in enumerate(order)}
     predicted, recorded, rel_errors, nn_predicted = [], [], [], []
+    recorded_curves, sampled_curves = [], []  # a held-out configuration's recorded curve, and one the replay would draw
     for k in range(folds):
         train = [r for r in usable if fold_of[r["config"]] != k]
         test = [r for r in usable if fold_of[r["config"]] == k]
@@ -349,6 +359,8 @@ def check(tbl: bench_table.Table, folds: int = 5, n_estimators: int = 100, seed:
                 recorded.append(float(np.mean([r["curve"][-1][1] for r in complete])))
                 distance = np.abs(train_x - model.encoder.encode(runs[0]["params"])).sum(axis=1)
                 nn_predicted.append(complete_train[int(np.argmin(distance))]["curve"][-1][1])
+                recorded_curves.append([c[1] for c in complete[0]["curve"]])
+                sampled_curves.append(model.sample(runs[0]["params"], rng).curve)
             for r in (r for r in complete if tbl.machine(r) == model.machine):  # the clock it predicts
                 step = r["curve"][-1][0]
                 time = step * costs[0, 0] + len(r["curve"]) * costs[0, 1] + costs[0, 2]
@@ -358,6 +370,7 @@ def check(tbl: bench_table.Table, folds: int = 5, n_estimators: int = 100, seed:
         "configurations": len(configs), "runs": len(usable), "folds": folds,
         "spearman_final_accuracy": _spearman(predicted, recorded),
         "spearman_nearest_neighbour": _spearman(nn_predicted, recorded),
+        "early_ranking": early_ranking(whole.steps, np.asarray(recorded_curves), np.asarray(sampled_curves)),
         "median_relative_time_error": float(np.median(rel_errors)),
         "seed_spread_final": whole.seed_spread(),
         "pairs": int(len(whole.noise)),
@@ -390,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
           f"(nearest neighbour: {result['spearman_nearest_neighbour']:.3f})")
     print(f"median relative error of the predicted run time: {result['median_relative_time_error']:.1%} "
           f"[target <= 20%: {ok(result['median_relative_time_error'] <= 0.2)}]")
+    print("how well the accuracy at a step ranks the final (Spearman over held-out configurations), recorded / "
+          "drawn by the surrogate: " + ", ".join(f"{step} {rec:.2f} / {drawn:.2f}"
+                                                  for step, rec, drawn in result["early_ranking"]))
     return 0
 
 
