@@ -81,6 +81,16 @@ def test_a_run_that_ran_out_of_gpu_memory_is_retried_not_done(tmp_path):
     assert table.merge(merged, out) == 6 and table.merge(merged, out) == 0  # merging a call twice adds nothing
 
 
+def test_cublas_failing_to_allocate_its_handle_is_out_of_memory_too(tmp_path):
+    # call 13: two runs failed at step 0 with cuBLAS's allocation error beside five other workers: the card's
+    # memory, not their configurations, so they are retried as runs out of memory are, not taken as failures
+    out = tmp_path / "t.jsonl"
+    failed = "RuntimeError: CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"
+    out.write_text(json.dumps({"kind": "run", "config": "sobol:76", "repeat": 0, "failed": failed}) + "\n")
+    loaded = table.load(out)
+    assert loaded.done() == set() and loaded.results() == []
+
+
 def test_a_run_that_ran_out_of_memory_beside_others_is_retried_first_and_alone(tiny_dataset, tmp_path):
     planned = configs.plan("cpu", 4)
     earlier = tmp_path / "earlier.jsonl"  # an earlier call: the plan's third run ran out of GPU memory there

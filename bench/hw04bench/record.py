@@ -178,7 +178,7 @@ def run_one(task, job: dict, settings: RunSettings) -> tuple[dict, bool]:
     (False after a run that ended in out-of-memory or another error, not divergence: ``worker_main``)."""
     import torch
 
-    from bench.hw04bench.table import OUT_OF_MEMORY
+    from bench.hw04bench.table import OUT_OF_MEMORY, out_of_memory
     from model import build_model, count_parameters
     from search.errors import TrainingDiverged
     from search.training.train import train
@@ -208,6 +208,7 @@ def run_one(task, job: dict, settings: RunSettings) -> tuple[dict, bool]:
         sound = False
     except Exception as err:  # noqa: BLE001 - recorded: a configuration the table cannot train is a fact too
         failed = f"{type(err).__name__}: {err}"[:300]
+        failed = OUT_OF_MEMORY if out_of_memory(failed) else failed  # cuBLAS's / cuDNN's word for the same
         sound = False
     # the failed run's frames (model, optimizer, a half-captured graph) sit in reference cycles: free them now
     gc.collect()

@@ -32,6 +32,14 @@ def read_lines(path: Path) -> list[dict]:
 
 
 OUT_OF_MEMORY = "out of GPU memory"  # a run line's ``failed`` when CUDA ran out of memory (record.py)
+# cuBLAS and cuDNN report the same shortage as their own error (a RuntimeError, not torch.OutOfMemoryError) when a
+# handle or workspace cannot be allocated: call 13 recorded two such lines beside five other workers
+ALLOCATION_FAILURES = ("CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED")
+
+
+def out_of_memory(failed: str | None) -> bool:
+    """A run line's ``failed`` says the card ran out of memory (in PyTorch's allocator, cuBLAS's or cuDNN's)."""
+    return bool(failed) and (failed == OUT_OF_MEMORY or any(code in failed for code in ALLOCATION_FAILURES))
 
 
 @dataclass
@@ -58,13 +66,13 @@ class Table:
         bound their attention (search/training/evaluation.py ``ATTENTION_LENGTH``: before it, HW04's longest
         utterances ran small-head configurations out of memory even alone). One that ran out of memory alone on
         the card with bounded batches (record.py ``--alone``) is done: that configuration does not fit the card."""
-        return run.get("failed") == OUT_OF_MEMORY and (not run.get("alone") or not self._bounded(run))
+        return out_of_memory(run.get("failed")) and (not run.get("alone") or not self._bounded(run))
 
     def retry_alone(self, run: dict) -> bool:
         """The run ran out of GPU memory beside other workers with bounded validation batches: a later call trains it
         alone on the card (record.py ``--alone``). Runs of the sessions before the bound are retried beside others
         first: most of them ran out of memory in validation, which the bound takes away."""
-        return run.get("failed") == OUT_OF_MEMORY and not run.get("alone") and self._bounded(run) \
+        return out_of_memory(run.get("failed")) and not run.get("alone") and self._bounded(run) \
             and id(run) not in self._unfit_worker_runs()
 
     def _unfit_worker_runs(self) -> set[int]:
@@ -80,7 +88,7 @@ class Table:
                 worker = (run.get("session"), run.get("worker"))
                 if worker in hit and run.get("failed"):
                     unfit.add(id(run))
-                if run.get("failed") == OUT_OF_MEMORY:
+                if out_of_memory(run.get("failed")):
                     hit.add(worker)
             self._unfit = unfit
         return self._unfit
