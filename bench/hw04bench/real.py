@@ -82,8 +82,9 @@ def run(strategies: list[str], seeds: list[int], budget: float, out: Path, cores
                 storage = f"sqlite:///{db}"
                 command = _command(strategy, seed, budget, storage, name)
                 started = time.time()
-                process = subprocess.Popen(["taskset", "-c", str(core), *command], env=env,
-                                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                with open(work / f"{name}.err", "w") as err:  # a file, not a pipe nobody reads until the end
+                    process = subprocess.Popen(["taskset", "-c", str(core), *command], env=env,
+                                               stdout=subprocess.DEVNULL, stderr=err)
                 running[core] = (process, strategy, seed, storage, name, command, started)
                 print(f"core {core}: {name} started", flush=True)
         time.sleep(2)
@@ -92,7 +93,8 @@ def run(strategies: list[str], seeds: list[int], budget: float, out: Path, cores
                 continue
             del running[core]
             if process.returncode != 0:
-                raise SystemExit(f"{name}: search run exited {process.returncode}: {process.stderr.read()[-500:]}")
+                error = (work / f"{name}.err").read_text()[-500:]
+                raise SystemExit(f"{name}: search run exited {process.returncode}: {error}")
             line = study_line(storage, name, strategy, seed, budget, ["search", *command[1:]], started)
             with open(out, "a", encoding="utf-8") as f:
                 f.write(json.dumps(line) + "\n")

@@ -321,8 +321,9 @@ def _spearman(a, b) -> float:
 def early_ranking(steps: np.ndarray, recorded: np.ndarray, sampled: np.ndarray) -> list[tuple[int, float, float]]:
     """(step, recorded, sampled): how well the accuracy at each validation step ranks the final accuracy, over
     configurations, in the recorded curves [configs, steps] and in the curves the surrogate draws for the same
-    held-out configurations [configs, steps]. A pruner decides on these early ranks: where the surrogate's rank
-    better than the recorded ones do, the replay rewards early pruning more than real runs would."""
+    held-out configurations [configs, steps]. A pruner decides on these early ranks: where the surrogate's early
+    accuracies rank the finals better than the recorded ones do, a replay rewards early pruning more than real
+    runs would."""
     return [(int(step), _spearman(recorded[:, i], recorded[:, -1]), _spearman(sampled[:, i], sampled[:, -1]))
             for i, step in enumerate(steps[:-1])]
 
