@@ -10,6 +10,19 @@ class NoStudyStorage(UserError):
     or database). A read-only command says so and creates nothing there."""
 
 
+# cuBLAS and cuDNN report the GPU running out of memory as their own error (a RuntimeError, not
+# torch.OutOfMemoryError) when a handle or workspace cannot be allocated; HW04-Bench's recorder met
+# CUBLAS_STATUS_ALLOC_FAILED at a trial's first step beside five other workers on one card (BENCHMARKS.md, call 13).
+ALLOCATION_FAILURES = ("CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED")
+
+
+def out_of_gpu_memory(err: BaseException) -> bool:
+    """``err`` says the GPU ran out of memory: PyTorch's allocator (``torch.OutOfMemoryError``, a RuntimeError whose
+    message starts "CUDA out of memory") or cuBLAS's / cuDNN's allocation failure."""
+    return isinstance(err, RuntimeError) and (type(err).__name__ == "OutOfMemoryError"
+                                              or any(code in str(err) for code in ALLOCATION_FAILURES))
+
+
 class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite; the trial ends as failed with this reason."""
 

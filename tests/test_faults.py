@@ -3,8 +3,8 @@
 Divergence is provoked through the real training path: a trial enqueued with a learning rate far
 outside the search space (lr=1e30, as a user typing a configuration by hand could) makes AdamW blow the
 weights up to inf after one step, the loss becomes NaN, the trainer raises TrainingDiverged at the next
-evaluation. Nothing is monkeypatched. CUDA out-of-memory is handled in search/running/objective.py but cannot
-be provoked on a CPU-only machine: not tested here.
+evaluation. Nothing is monkeypatched there. CUDA out-of-memory cannot be provoked on a CPU-only machine: one test
+has the training raise cuBLAS's allocation error, as a GPU beside other workers did (BENCHMARKS.md, call 13).
 """
 
 from __future__ import annotations
@@ -603,3 +603,19 @@ def test_a_background_thread_that_dies_is_one_warning_line_not_a_traceback():
     assert "warning: Thread-1 (_record_heartbeat) stopped: OSError: No space left on device" in result.output
     assert "the command went on" in result.output
     assert threading.excepthook is hook  # the caller's hook is back after the command
+
+
+def test_cublas_failing_to_allocate_ends_the_trial_as_out_of_gpu_memory(micro_dataset, workdir, monkeypatch):
+    # cuBLAS says "the GPU is full" as a RuntimeError of its own: the trial must read "out of GPU memory" (and the
+    # worker give its cached memory back) as for PyTorch's OutOfMemoryError, not show a CUDA error code
+    import search.running.objective as objective
+
+    def full_gpu(*args, **kwargs):
+        raise RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`")
+
+    monkeypatch.setattr(objective, "train", full_gpu)
+    result = invoke("run", "--trials", "1", "--study", "oom", "--storage", URL, "--data", str(micro_dataset),
+                    "--budget", "8", "--device", "cpu", "--no-warm-start")
+    assert "Traceback" not in result.output, result.output
+    [trial] = optuna.load_study(study_name="oom", storage=URL).trials
+    assert trial.state == TrialState.FAIL and trial.user_attrs["ended"] == "failed: out of GPU memory"

@@ -12,6 +12,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# cuBLAS's and cuDNN's word for running out of memory (search/errors.py): call 13 recorded two such lines, written
+# before the recorder translated them
+from search.errors import ALLOCATION_FAILURES
+
 
 def _open(path: Path, mode: str = "rt"):
     return gzip.open(path, mode, encoding="utf-8") if path.suffix == ".gz" else open(path, mode, encoding="utf-8")
@@ -32,9 +36,6 @@ def read_lines(path: Path) -> list[dict]:
 
 
 OUT_OF_MEMORY = "out of GPU memory"  # a run line's ``failed`` when CUDA ran out of memory (record.py)
-# cuBLAS and cuDNN report the same shortage as their own error (a RuntimeError, not torch.OutOfMemoryError) when a
-# handle or workspace cannot be allocated: call 13 recorded two such lines beside five other workers
-ALLOCATION_FAILURES = ("CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED")
 
 
 def out_of_memory(failed: str | None) -> bool:

@@ -24,7 +24,7 @@ from search.running import schedule
 from search.running import space as search_space
 from search.reporting.attrs import config_attrs, rounded
 from search.finalizing.budget import ATTR as FINALIZE_SECONDS, device_name, trial_finalize_seconds
-from search.errors import TrainingDiverged
+from search.errors import TrainingDiverged, out_of_gpu_memory
 from search.running.task import Task
 from search.training.train import train
 
@@ -126,7 +126,9 @@ class Objective:
         except TrainingDiverged as err:
             trial.set_user_attr("ended", f"failed: {err}")
             raise
-        except torch.OutOfMemoryError:
+        except RuntimeError as err:
+            if not out_of_gpu_memory(err):
+                raise  # other failures: __call__
             trial.set_user_attr("ended", "failed: out of GPU memory")
             gc.collect()
             torch.cuda.empty_cache()  # give the memory back before the next trial of this worker
