@@ -17,10 +17,12 @@ ALLOCATION_FAILURES = ("CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED"
 
 
 def out_of_gpu_memory(err: BaseException) -> bool:
-    """``err`` says the GPU ran out of memory: PyTorch's allocator (``torch.OutOfMemoryError``, a RuntimeError whose
-    message starts "CUDA out of memory") or cuBLAS's / cuDNN's allocation failure."""
-    return isinstance(err, RuntimeError) and (type(err).__name__ == "OutOfMemoryError"
-                                              or any(code in str(err) for code in ALLOCATION_FAILURES))
+    """``err`` says the GPU ran out of memory: PyTorch's allocator (``torch.OutOfMemoryError``) or cuBLAS's /
+    cuDNN's allocation failure."""
+    import torch  # here, not at the top: the CLI imports this module before it needs torch
+
+    return isinstance(err, torch.OutOfMemoryError) or (
+        isinstance(err, RuntimeError) and any(code in str(err) for code in ALLOCATION_FAILURES))
 
 
 class TrainingDiverged(RuntimeError):

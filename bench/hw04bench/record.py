@@ -178,9 +178,9 @@ def run_one(task, job: dict, settings: RunSettings) -> tuple[dict, bool]:
     (False after a run that ended in out-of-memory or another error, not divergence: ``worker_main``)."""
     import torch
 
-    from bench.hw04bench.table import OUT_OF_MEMORY, out_of_memory
+    from bench.hw04bench.table import OUT_OF_MEMORY
     from model import build_model, count_parameters
-    from search.errors import TrainingDiverged
+    from search.errors import TrainingDiverged, out_of_gpu_memory
     from search.training.train import train
 
     device = task.device
@@ -203,12 +203,10 @@ def run_one(task, job: dict, settings: RunSettings) -> tuple[dict, bool]:
         rollbacks = len(result.rollbacks) if settings.final else None
     except TrainingDiverged as err:
         failed = str(err)  # the configuration's own fault (a NaN loss): the process is as sound as before
-    except torch.OutOfMemoryError:
-        failed = OUT_OF_MEMORY  # beside other workers not done: a later call retries it alone (table.py ``retry``)
-        sound = False
     except Exception as err:  # noqa: BLE001 - recorded: a configuration the table cannot train is a fact too
-        failed = f"{type(err).__name__}: {err}"[:300]
-        failed = OUT_OF_MEMORY if out_of_memory(failed) else failed  # cuBLAS's / cuDNN's word for the same
+        # out of memory (PyTorch's, cuBLAS's or cuDNN's) beside other workers is not done: a later call retries it
+        # alone (table.py ``retry``)
+        failed = OUT_OF_MEMORY if out_of_gpu_memory(err) else f"{type(err).__name__}: {err}"[:300]
         sound = False
     # the failed run's frames (model, optimizer, a half-captured graph) sit in reference cycles: free them now
     gc.collect()
