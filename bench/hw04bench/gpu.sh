@@ -13,7 +13,8 @@
 # $OUT and carried), and from bench/results/hw04bench-*.jsonl.gz. The plans come from .gpuwork/plan-*.json.
 # Two recorders run side by side: the GPU table (full space, 2,000 steps, HW04-scale synthetic set,
 # GPU_WORKERS workers under MPS) and the CPU table (cpu profile, 500 steps, embedded data, CPU_WORKERS workers of
-# one thread each on the host's spare cores).
+# one thread each on the host's spare cores; CPU_WORKERS=0 leaves the CPU table out and the host's cores to the GPU
+# workers).
 set -euo pipefail
 call=$1 limit=$2
 start=$(date +%s)
@@ -51,10 +52,13 @@ if [ "${OOM_RECOVERY:-0}" = 1 ]; then
   echo "oom recovery done after $(( $(date +%s) - start )) s"
 fi
 # The CPU table (embedded data) on the host's spare cores, beside the GPU recorder.
-python3 -m bench.hw04bench.record --profile cpu --device cpu --workers "${CPU_WORKERS:-6}" --threads 1 \
-  --plan .gpuwork/plan-cpu.json --done $(done_files cpu) --out "$out/cpu-$call.jsonl" \
-  --end-at "$end_at" > "$out/cpu-$call.log" 2>&1 &
-cpu_pid=$!
+cpu_pid=
+if [ "${CPU_WORKERS:-6}" != 0 ]; then
+  python3 -m bench.hw04bench.record --profile cpu --device cpu --workers "${CPU_WORKERS:-6}" --threads 1 \
+    --plan .gpuwork/plan-cpu.json --done $(done_files cpu) --out "$out/cpu-$call.jsonl" \
+    --end-at "$end_at" > "$out/cpu-$call.log" 2>&1 &
+  cpu_pid=$!
+fi
 # RECORD=final20k / final70k: the long-horizon runs instead of the 2,000-step table (finalize's settings; plans from
 # `python -m bench.hw04bench.configs --long-from bench/results/hw04bench-gpu.jsonl.gz --out .gpuwork/plan-final.json`),
 # kept at each validation in /tmp/hw04bench-checkpoints so that a run goes on in the next call on this machine.
@@ -68,6 +72,8 @@ esac
 python3 -m bench.hw04bench.record --profile full --data /tmp/hw04 --workers "${GPU_WORKERS:-8}" "${runs[@]}" \
   --done $(done_files $table) --out "$out/$table-$call.jsonl" \
   --end-at "$end_at" 2>&1 | tee "$out/$table-$call.log" | grep -v '^ ' || true
-wait $cpu_pid || true
-tail -n 3 "$out/cpu-$call.log"
+if [ -n "$cpu_pid" ]; then
+  wait "$cpu_pid" || true
+  tail -n 3 "$out/cpu-$call.log"
+fi
 echo "call $call done after $(( $(date +%s) - start )) s"
