@@ -165,3 +165,48 @@ def test_an_unknown_strategy_is_named_before_any_work():
     with pytest.raises(SystemExit, match=r"--strategies: unknown strategy 'tpe-typo' \(known: default, "):
         replay.evaluate([replay.FIXTURE], [], seeds=1, workers=[1], strategies=["default", "tpe-typo"], smoke=True,
                         log=lambda line: None)
+
+
+def test_sharing_counts_the_runs_on_the_card_over_a_runs_time():
+    """Table.sharing: the time-weighted mean number of a session's runs in flight while a run trained, itself
+    included; from ``handed_out`` where recorded, else from each worker's runs taken back to back in line order."""
+    from bench.hw04bench import table
+
+    def run(session, worker, wall, **extra):
+        return {"kind": "run", "session": session, "worker": worker, "wall_seconds": wall, "failed": None, **extra}
+
+    timed = [run("a", 0, 10.0, handed_out=0.0), run("a", 1, 10.0, handed_out=5.0)]  # overlapping for 5 s
+    untimed = [run("b", 0, 10.0), run("b", 0, 10.0), run("b", 1, 20.0)]  # worker 0: [0, 10], [10, 20]; 1: [0, 20]
+    tbl = table.Table(sessions=[{"session": "a"}, {"session": "b"}], runs=timed + untimed)
+    assert [tbl.sharing(r) for r in timed] == [1.5, 1.5]
+    assert [tbl.sharing(r) for r in untimed] == [2.0, 2.0, 2.0]
+
+
+def test_the_cost_model_of_a_gpu_table_learns_how_sharing_the_card_slows_a_run():
+    """On a GPU table the same configuration's seconds grow with the runs sharing the card (MPS): the surrogate's
+    costs take the sharing, and a replay's clock reads them at the recording's median. Here the fixture's runs are
+    recorded twice: alone (each in a session of its own) and three at a time with three times the seconds."""
+    import copy
+
+    import numpy as np
+
+    from bench.hw04bench import table
+
+    fixture = table.load(replay.FIXTURE)
+    complete = [r for r in fixture.runs if not r["failed"]]
+    sessions, runs = [], []
+    for i, r in enumerate(complete):
+        sessions.append({**fixture.sessions[0], "session": f"alone-{i}"})
+        runs.append({**copy.deepcopy(r), "session": f"alone-{i}", "worker": 0, "handed_out": 0.0})
+        sessions.append({**fixture.sessions[0], "session": f"shared-{i}"})
+        for worker in range(3):
+            slow = copy.deepcopy(r)
+            slow["curve"] = [c[:3] + [c[3] * 3, c[4] * 3] for c in slow["curve"]]
+            runs.append({**slow, "wall_seconds": r["wall_seconds"] * 3, "session": f"shared-{i}", "worker": worker,
+                         "handed_out": 0.0, "repeat": r["repeat"] + 10 * (worker + 1)})
+    model = bench_surrogate.Surrogate(table.Table(sessions=sessions, runs=runs), n_estimators=10)
+    assert model.shared_card and model.reference_sharing == 3.0
+    params = [r["params"] for r in complete]
+    slow_to_fast = model.costs(params, 3.0)[:, 0] / model.costs(params, 1.0)[:, 0]  # seconds per training step
+    assert np.median(slow_to_fast) == pytest.approx(3.0, rel=0.2)
+    assert np.allclose(model.predict(params)[1], model.costs(params))  # the replay's clock: the median sharing

@@ -49,6 +49,8 @@ class Table:
     runs: list[dict] = field(default_factory=list)
     # ids of the runs ``_unfit_worker_runs`` finds, computed once when first asked (load() has read every line by then)
     _unfit: set[int] | None = field(default=None, init=False, repr=False, compare=False)
+    # id of a run -> ``sharing``, computed for every run once when first asked
+    _sharing: dict[int, float] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def budget(self) -> int:
@@ -108,6 +110,30 @@ class Table:
         seconds do (a replay's clock is one machine's: surrogate.py)."""
         session = self.session_of(run)
         return session.get("host"), session.get("torch"), session.get("cpu"), run.get("card"), bool(run.get("alone"))
+
+    def sharing(self, run: dict) -> float:
+        """How many runs the card (or host) held on average while ``run`` trained, itself included: the time-weighted
+        mean count of its session's runs in flight (failed ones too) over its wall seconds. Under MPS a run's
+        seconds depend on it: the same configuration took 87 s beside ~4.3 runs and 234 s beside ~6.0 (Sobol 48).
+        Runs carry ``handed_out`` since commit 7b83229; for the earlier sessions a worker's runs are taken as back
+        to back in the order its lines were written (a line is written when its run ends)."""
+        if self._sharing is None:
+            self._sharing = {}
+            spans: dict[str, list[tuple[float, float, dict]]] = {}
+            ends: dict[tuple, float] = {}  # (session, worker) -> when its last run so far ended
+            for r in self.runs:
+                key = (r.get("session"), r.get("worker"))
+                start = r["handed_out"] if "handed_out" in r else ends.get(key, 0.0)
+                ends[key] = start + r["wall_seconds"]
+                spans.setdefault(r.get("session"), []).append((start, start + r["wall_seconds"], r))
+            for session_spans in spans.values():
+                for start, end, r in session_spans:
+                    if end <= start:
+                        self._sharing[id(r)] = 1.0
+                        continue
+                    overlap = sum(max(0.0, min(end, e) - max(start, s)) for s, e, _ in session_spans)
+                    self._sharing[id(r)] = overlap / (end - start)
+        return self._sharing[id(run)]
 
     def results(self) -> list[dict]:
         """The runs a replay can use: every recorded run but those to ``retry``; one that ran out of memory alone
