@@ -4,9 +4,9 @@ that the table never trained (a sampler proposes new points) on the same footing
 
 - Curve: a Gaussian process (scikit-learn; Matern 5/2 with one length scale per column, plus a noise term) from
   the encoded parameters to the logit of the validation accuracy at every step the table validated at
-  (``Surrogate.steps``; why the logit: ``_logit``), capped at each step by the best predicted accuracy of any recorded configuration there (``Surrogate.ceiling``),
-  so a replay never finds a point better than the table's best (``Surrogate.best``): regret against it is >= 0
-  by construction.
+  (``Surrogate.steps``; why the logit: ``_logit``), capped at each step by the best predicted accuracy of any
+  recorded configuration there (``Surrogate.ceiling``), so a replay never finds a point better than the table's
+  best (``Surrogate.best``): regret against it is >= 0 by construction.
 - Cost: a second Gaussian process to log(seconds per training step), log(seconds per validation) and log(seconds
   of a run's fixed overhead: model build, CUDA-graph capture, what ``wall_seconds`` holds beyond training and
   validation), on the card the table was recorded on (the machine with most runs, ``Surrogate.machine``: a CPU
@@ -393,7 +393,7 @@ def check(tbl: bench_table.Table, folds: int = 5, n_estimators: int = 100, seed:
         for r in test:
             by_config.setdefault(r["config"], []).append(r)
         for config, runs in by_config.items():
-            curves, costs, _ = model.predict([runs[0]["params"]])
+            curves, _, _ = model.predict([runs[0]["params"]])
             complete = [r for r in runs if not r["failed"] and len(r["curve"]) == len(model.steps)]
             if complete:
                 predicted.append(curves[0, -1])
