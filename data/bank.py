@@ -108,7 +108,12 @@ class FeatureBank:
 
     @property
     def device(self) -> torch.device:
-        return self.frames.device
+        """Where batches are cut and models train: the index tensors' device. The frames are there too, but in
+        ``to``'s fallback, which keeps them in pinned host memory when they do not fit on the GPU: the device
+        was then taken from the frames (the CPU), and every trial failed at its first step with "Expected a
+        'cuda' device type for generator but found 'cpu'" (HW04-Bench call 14: workers started on a card that
+        five others had filled)."""
+        return self.offsets.device
 
     @property
     def n_speakers(self) -> int:
@@ -132,9 +137,10 @@ class FeatureBank:
         """Cut ``length`` frames of each utterance ``ids[i]`` from ``starts[i]``.
 
         Returns x (B, length, n_mels) float32 with PAD_VALUE past each utterance's end, and mask
-        (B, length) bool, True on real frames. All on the bank's device: no host sync.
+        (B, length) bool, True on real frames. All on the bank's device: no host sync (frames kept on the host:
+        gathered there, and only the batch copied across).
         """
-        device = out_device or self.frames.device
+        device = out_device or self.device
         lengths = self.lengths[ids]
         pos = starts[:, None] + torch.arange(length, device=ids.device)  # (B, length)
         valid = pos < lengths[:, None]

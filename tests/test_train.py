@@ -131,6 +131,23 @@ def test_evaluation_reads_nothing_back_until_the_end(tiny_dataset):
     assert 0 <= int(correct) <= len(task.bank.test_ids())
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: run on the GPU machine")
+def test_a_bank_kept_in_host_memory_still_trains_and_evaluates_on_the_gpu(tiny_dataset):
+    """FeatureBank.to keeps the frames in pinned host memory when they do not fit on the GPU (a big dataset, or a
+    card other workers have filled). Training and evaluation still run on the GPU: batches are gathered on the host
+    and copied across. (The bank took its device from the frames: every trial failed at its first step.)"""
+    from search.running.task import Task
+
+    task = load_task(tiny_dataset, seed=0, device=torch.device("cuda"))
+    on_host = replace(task.bank, frames=task.bank.frames.cpu().pin_memory())  # what FeatureBank.to falls back to
+    task = Task(on_host, task.train_ids, task.valid_ids, task.seed, task.source)
+    assert task.device.type == "cuda" and not on_host.frames.is_cuda
+    cfg = TrainConfig(steps=30, eval_every=15, warmup_steps=5, batch_size=8)
+    result = train(ModelConfig(n_classes=on_host.n_speakers, head="linear"), cfg, task)
+    assert len(result.history) == 2 and next(result.model.parameters()).is_cuda
+    assert 0.0 <= evaluate(result.model, on_host, task.valid_ids) <= 1.0
+
+
 def test_training_learns_and_reports_every_evaluation(tiny_dataset):
     task = load_task(tiny_dataset, seed=0, device=torch.device("cpu"))
     seen = []
