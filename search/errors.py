@@ -11,14 +11,16 @@ class NoStudyStorage(UserError):
 
 
 # cuBLAS and cuDNN report the GPU running out of memory as their own error (a RuntimeError, not
-# torch.OutOfMemoryError) when a handle or workspace cannot be allocated; HW04-Bench's recorder met
-# CUBLAS_STATUS_ALLOC_FAILED at a trial's first step beside five other workers on one card (BENCHMARKS.md, call 13).
-ALLOCATION_FAILURES = ("CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED")
+# torch.OutOfMemoryError) when a handle or workspace cannot be allocated, and CUDA itself as torch.AcceleratorError
+# (a RuntimeError) "CUDA error: out of memory" when memory outside PyTorch's allocator cannot be had; HW04-Bench's
+# recorder met CUBLAS_STATUS_ALLOC_FAILED (call 13) and the CUDA error (call 14) at a trial's first step beside
+# five other workers on one card (BENCHMARKS.md).
+ALLOCATION_FAILURES = ("CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED", "CUDA error: out of memory")
 
 
 def out_of_gpu_memory(err: BaseException) -> bool:
-    """``err`` says the GPU ran out of memory: PyTorch's allocator (``torch.OutOfMemoryError``) or cuBLAS's /
-    cuDNN's allocation failure."""
+    """``err`` says the GPU ran out of memory: PyTorch's allocator (``torch.OutOfMemoryError``), cuBLAS's /
+    cuDNN's allocation failure, or CUDA's own (``ALLOCATION_FAILURES``)."""
     import torch  # here, not at the top: the CLI imports this module before it needs torch
 
     return isinstance(err, torch.OutOfMemoryError) or (

@@ -605,13 +605,19 @@ def test_a_background_thread_that_dies_is_one_warning_line_not_a_traceback():
     assert threading.excepthook is hook  # the caller's hook is back after the command
 
 
-def test_cublas_failing_to_allocate_ends_the_trial_as_out_of_gpu_memory(micro_dataset, workdir, monkeypatch):
-    # cuBLAS says "the GPU is full" as a RuntimeError of its own: the trial must read "out of GPU memory" (and the
-    # worker give its cached memory back) as for PyTorch's OutOfMemoryError, not show a CUDA error code
+@pytest.mark.parametrize("error", [
+    RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"),
+    torch.AcceleratorError("CUDA error: out of memory\nSearch for `cudaErrorMemoryAllocation' in https://docs.nvidia.com"
+                           "/cuda/cuda-runtime-api/group__CUDART__TYPES.html for more information."),
+], ids=["cublas", "cuda"])
+def test_cublas_failing_to_allocate_ends_the_trial_as_out_of_gpu_memory(micro_dataset, workdir, monkeypatch, error):
+    # cuBLAS, and CUDA outside PyTorch's allocator, say "the GPU is full" as a RuntimeError of their own: the trial
+    # must read "out of GPU memory" (and the worker give its cached memory back) as for PyTorch's OutOfMemoryError,
+    # not show a CUDA error code
     import search.running.objective as objective
 
     def full_gpu(*args, **kwargs):
-        raise RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`")
+        raise error
 
     monkeypatch.setattr(objective, "train", full_gpu)
     result = invoke("run", "--trials", "1", "--study", "oom", "--storage", URL, "--data", str(micro_dataset),

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from bench.hw04bench import configs, table
 from bench.hw04bench.record import MIN_COST_RUNS, cost_bound, eval_steps, final_eval_steps, train_seed
 from search.running import space as search_space
@@ -81,11 +83,16 @@ def test_a_run_that_ran_out_of_gpu_memory_is_retried_not_done(tmp_path):
     assert table.merge(merged, out) == 6 and table.merge(merged, out) == 0  # merging a call twice adds nothing
 
 
-def test_cublas_failing_to_allocate_its_handle_is_out_of_memory_too(tmp_path):
-    # call 13: two runs failed at step 0 with cuBLAS's allocation error beside five other workers: the card's
+@pytest.mark.parametrize("failed", [
+    "RuntimeError: CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",  # call 13
+    "AcceleratorError: CUDA error: out of memory\nSearch for `cudaErrorMemoryAllocation' in ...",  # call 14
+    "RuntimeError: Expected a 'cuda' device type for generator but found 'cpu'",  # call 14: the bank on the host
+])
+def test_cublas_failing_to_allocate_its_handle_is_out_of_memory_too(tmp_path, failed):
+    # calls 13 and 14: runs failed at step 0 with cuBLAS's or CUDA's allocation error, or (before data/bank.py's
+    # fix) because their worker's feature bank did not fit on the card, beside five other workers: the card's
     # memory, not their configurations, so they are retried as runs out of memory are, not taken as failures
     out = tmp_path / "t.jsonl"
-    failed = "RuntimeError: CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"
     out.write_text(json.dumps({"kind": "run", "config": "sobol:76", "repeat": 0, "failed": failed}) + "\n")
     loaded = table.load(out)
     assert loaded.done() == set() and loaded.results() == []

@@ -16,7 +16,9 @@ A run line holds:
   cumulative from the run's start (training steps, graph capture included; validation apart)
 - ``parameters``, ``steps_per_second`` (training only), ``wall_seconds`` (model build to the end),
   ``peak_memory_mib`` (CUDA), ``card``, ``worker``, and ``failed``: null, or why (a NaN loss at step N, out of
-  memory); a failed run keeps its curve up to the failure.
+  memory); a failed run keeps its curve up to the failure. ``bank_on_host``: true where the worker's feature
+  bank did not fit on the card and stayed in pinned host memory (data/bank.py ``FeatureBank.to``): batches are
+  gathered on the host, so its seconds are another clock.
 
 Resumable: runs already in ``--out`` (or in the tables given by ``--done``) are skipped, so a recorder stopped by
 a device call's time limit goes on where it stopped. A run that ran out of GPU memory beside the other workers is
@@ -227,6 +229,7 @@ def run_one(task, job: dict, settings: RunSettings) -> tuple[dict, bool]:
         "peak_memory_mib": round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None,
         "card": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "failed": failed, **({"rollbacks": rollbacks} if settings.final else {}),
+        **({"bank_on_host": True} if task.bank.frames.device != device else {}),
     }, sound
 
 

@@ -36,11 +36,16 @@ def read_lines(path: Path) -> list[dict]:
 
 
 OUT_OF_MEMORY = "out of GPU memory"  # a run line's ``failed`` when CUDA ran out of memory (record.py)
+# What a worker whose feature bank did not fit on the card failed with before data/bank.py's fix (call 14: 19 runs
+# of workers started on a card five others had filled): the card's memory, not the configuration.
+BANK_ON_HOST_FAILURE = "Expected a 'cuda' device type for generator but found 'cpu'"
 
 
 def out_of_memory(failed: str | None) -> bool:
-    """A run line's ``failed`` says the card ran out of memory (in PyTorch's allocator, cuBLAS's or cuDNN's)."""
-    return bool(failed) and (failed == OUT_OF_MEMORY or any(code in failed for code in ALLOCATION_FAILURES))
+    """A run line's ``failed`` says the card ran out of memory (in PyTorch's allocator, cuBLAS's or cuDNN's, or
+    for the worker's feature bank)."""
+    return bool(failed) and (failed == OUT_OF_MEMORY or BANK_ON_HOST_FAILURE in failed
+                             or any(code in failed for code in ALLOCATION_FAILURES))
 
 
 @dataclass
