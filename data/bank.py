@@ -137,8 +137,9 @@ class FeatureBank:
         """Cut ``length`` frames of each utterance ``ids[i]`` from ``starts[i]``.
 
         Returns x (B, length, n_mels) float32 with PAD_VALUE past each utterance's end, and mask
-        (B, length) bool, True on real frames. All on the bank's device: no host sync (frames kept on the host:
-        gathered there, and only the batch copied across).
+        (B, length) bool, True on real frames. All on the bank's device, with no host sync when the frames are
+        there too (frames kept on the host: the indices go to the host, the batch is gathered there and copied
+        across).
         """
         device = out_device or self.device
         lengths = self.lengths[ids]
