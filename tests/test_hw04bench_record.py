@@ -88,7 +88,7 @@ def test_a_run_that_ran_out_of_gpu_memory_is_retried_not_done(tmp_path):
     "AcceleratorError: CUDA error: out of memory\nSearch for `cudaErrorMemoryAllocation' in ...",  # call 14
     "RuntimeError: Expected a 'cuda' device type for generator but found 'cpu'",  # call 14: the bank on the host
 ])
-def test_cublas_failing_to_allocate_its_handle_is_out_of_memory_too(tmp_path, failed):
+def test_allocation_failures_and_a_bank_left_on_the_host_are_out_of_memory_too(tmp_path, failed):
     # calls 13 and 14: runs failed at step 0 with cuBLAS's or CUDA's allocation error, or (before data/bank.py's
     # fix) because their worker's feature bank did not fit on the card, beside five other workers: the card's
     # memory, not their configurations, so they are retried as runs out of memory are, not taken as failures

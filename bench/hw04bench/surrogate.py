@@ -289,15 +289,18 @@ class Surrogate:
     def costs(self, params_list: list[dict], sharing: float | list[float] | None = None) -> np.ndarray:
         """Costs [n, 3] in seconds (per step, per validation, overhead) on the recorded card, shared by ``sharing``
         runs on average (default: the recording's median; ignored on a CPU table)."""
-        x = self.encoder.encode_many(params_list)
-        sharing = self.reference_sharing if sharing is None else sharing
+        return self._costs_of(self.encoder.encode_many(params_list),
+                              self.reference_sharing if sharing is None else sharing)
+
+    def _costs_of(self, x: np.ndarray, sharing) -> np.ndarray:
+        """Costs [n, 3] in seconds for encoded parameters [n, columns] on a card shared by ``sharing`` runs."""
         return np.exp(self.cost_model.predict(self._cost_input(x, sharing)).reshape(len(x), 3))
 
     def predict(self, params_list: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(mean curves [n, steps], costs [n, 3] in seconds: per step, per validation, overhead; failure chance [n])."""
         x = self.encoder.encode_many(params_list)
         curves = np.clip(self._accuracy(x).reshape(len(x), len(self.steps)), 0.0, self.ceiling)
-        costs = np.exp(self.cost_model.predict(self._cost_input(x, self.reference_sharing)).reshape(len(x), 3))
+        costs = self._costs_of(x, self.reference_sharing)
         if self.fail_model is not None:
             classes = list(self.fail_model.classes_)
             # the trees' own input type
